@@ -1,0 +1,45 @@
+//! Map names, default sizes and load-time globals, declared once for both sides.
+//!
+//! Names are the kernel object names (at most 15 bytes) and also the file names under the
+//! bpffs pin directory.
+
+/// VIP lookup: `VipKey` -> `VipInfo`.
+pub const VIPS: &str = "XDPLB_VIPS";
+/// Backends by id: array of `BackendInfo`.
+pub const BACKENDS: &str = "XDPLB_BACKENDS";
+/// Maglev rings of all VIPs, flattened: slot `vip_id * ring_size + i` holds a backend id.
+pub const RING: &str = "XDPLB_RING";
+/// Connection table (LRU): `FlowKey` -> `ConnValue`.
+pub const CONNTRACK: &str = "XDPLB_CONNTRACK";
+/// Interfaces the program forwards out of: ifindex -> `IfaceInfo` (their MAC).
+pub const IFACES: &str = "XDPLB_IFACES";
+/// Devmap (hash) for XDP_REDIRECT to another interface: ifindex -> ifindex.
+pub const TX_PORTS: &str = "XDPLB_TX_PORTS";
+/// Per-CPU `TrafficCounters` per VIP id.
+pub const VIP_STATS: &str = "XDPLB_VIP_STATS";
+/// Per-CPU `TrafficCounters` per backend id.
+pub const BACKEND_STATS: &str = "XDPLB_BE_STATS";
+/// Per-CPU `u64` per verdict reason and event (see `stats`).
+pub const STATS: &str = "XDPLB_STATS";
+
+/// Program names inside the object.
+pub const PROG_LB: &str = "xdplb";
+/// An XDP program that passes everything: the peer end of a veth must have one attached for
+/// XDP_TX/XDP_REDIRECT into that veth to deliver, and it is the empty baseline in benchmarks.
+pub const PROG_PASS: &str = "xdplb_pass";
+
+/// Load-time global (read-only data) holding the Maglev ring size of every VIP.
+pub const GLOBAL_RING_SIZE: &str = "RING_SIZE";
+
+/// Default Maglev ring size: a prime, so every skip value is coprime with it and each
+/// backend's permutation visits every slot. 65537 keeps each backend's share within about 1%
+/// of its ideal up to a few hundred backends per VIP (see docs/maglev.md), at 256 KiB per VIP.
+pub const DEFAULT_RING_SIZE: u32 = 65_537;
+/// Default number of VIPs (the ring array is `max_vips * ring_size` entries of 4 bytes).
+pub const DEFAULT_MAX_VIPS: u32 = 128;
+/// Default number of backend slots over all VIPs.
+pub const DEFAULT_MAX_BACKENDS: u32 = 4096;
+/// Default connection-table size (entries; LRU-evicted beyond it).
+pub const DEFAULT_CONNTRACK_SIZE: u32 = 262_144;
+/// Maximum interfaces the program can forward out of.
+pub const MAX_IFACES: u32 = 64;

@@ -1,0 +1,139 @@
+//! `#[repr(C)]` keys and values of the maps. Field order is chosen so no implicit padding exists;
+//! explicit `_pad` fields keep it that way and are always zero.
+
+/// Forwarding mode of a VIP (`VipInfo::flags`).
+pub const VIP_F_MODE_L3: u32 = 1 << 0;
+/// Hash only the source address (all flows of a client share a backend) instead of the 5-tuple.
+pub const VIP_F_HASH_SRC_IP: u32 = 1 << 1;
+
+/// Marks an *address entry*: key `{addr, port 0, proto 0}` exists while any VIP uses `addr`.
+/// The data path consults it only for packets without usable ports (fragments, ICMP), to tell
+/// "for a VIP address" from "not ours".
+pub const VIP_F_ADDRESS: u32 = 1 << 2;
+
+/// Key of the VIP map. `port == 0` declares the VIP for all ports of `proto`; `proto == 0`
+/// is an address entry (see `VIP_F_ADDRESS`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VipKey {
+    /// Packet-order address words (see `addr`).
+    pub addr: [u32; 4],
+    /// Destination port in network byte order; 0 for an all-ports VIP.
+    pub port: u16,
+    /// IP protocol number (6 TCP, 17 UDP).
+    pub proto: u8,
+    /// `FAMILY_V4` or `FAMILY_V6`.
+    pub family: u8,
+}
+
+/// Value of the VIP map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipInfo {
+    /// Index of this VIP's ring and counters, `< max_vips`.
+    pub id: u32,
+    /// `VIP_F_*` bits.
+    pub flags: u32,
+}
+
+/// Ring slot value of a VIP without backends that take new flows.
+pub const NO_BACKEND: u32 = u32::MAX;
+
+/// The backend slot holds a live backend (unset: the slot is free and flows pointing at it are
+/// re-balanced).
+pub const BACKEND_F_VALID: u32 = 1 << 0;
+
+/// A backend, in the backend array at its id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendInfo {
+    /// Packet-order address words.
+    pub addr: [u32; 4],
+    /// MAC address the L2 mode sends to.
+    pub mac: [u8; 6],
+    /// `FAMILY_V4` or `FAMILY_V6`.
+    pub family: u8,
+    pub _pad0: u8,
+    /// Interface to send out of; 0 means the interface the packet came in on (XDP_TX).
+    pub ifindex: u32,
+    /// `BACKEND_F_*` bits.
+    pub flags: u32,
+    /// Bumped each time the id is given to a different backend, so connection-table entries
+    /// recorded for the previous holder of the id are recognised as stale.
+    pub generation: u32,
+    /// Destination port in network byte order for L3 port rewrite; 0 keeps the port.
+    pub port: u16,
+    pub _pad1: u16,
+}
+
+/// Key of the connection table: the flow as the client sent it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+    /// Ports in network byte order (0 for protocols without ports).
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Value of the connection table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnValue {
+    pub backend: u32,
+    /// `BackendInfo::generation` of the backend when the flow was recorded.
+    pub generation: u32,
+}
+
+/// Interface the program forwards out of.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IfaceInfo {
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+/// Per-CPU traffic counters of a VIP or a backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrafficCounters {
+    pub packets: u64,
+    pub bytes: u64,
+    /// Flows that were assigned here from the Maglev ring (connection-table misses).
+    pub new_flows: u64,
+}
+
+impl TrafficCounters {
+    /// Adds another CPU's counters (user space sums per-CPU values).
+    pub fn add(&mut self, other: &TrafficCounters) {
+        self.packets += other.packets;
+        self.bytes += other.bytes;
+        self.new_flows += other.new_flows;
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all are #[repr(C)] plain integers/arrays with no implicit padding (asserted below).
+    unsafe impl aya::Pod for VipKey {}
+    unsafe impl aya::Pod for VipInfo {}
+    unsafe impl aya::Pod for BackendInfo {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for ConnValue {}
+    unsafe impl aya::Pod for IfaceInfo {}
+    unsafe impl aya::Pod for TrafficCounters {}
+}
+
+// The sizes are the sums of the fields: any implicit padding would break these.
+const _: () = assert!(core::mem::size_of::<VipKey>() == 20);
+const _: () = assert!(core::mem::size_of::<VipInfo>() == 8);
+const _: () = assert!(core::mem::size_of::<BackendInfo>() == 40);
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+const _: () = assert!(core::mem::size_of::<ConnValue>() == 8);
+const _: () = assert!(core::mem::size_of::<IfaceInfo>() == 8);
+const _: () = assert!(core::mem::size_of::<TrafficCounters>() == 24);

@@ -1,0 +1,74 @@
+//! Backend choice: the connection table keeps existing flows where they are; a new flow (or one
+//! whose backend is gone) takes the backend in its VIP's Maglev ring slot.
+
+use aya_ebpf::bindings::BPF_ANY;
+use lb_common::{
+    hash::flow_hash, maps::DEFAULT_RING_SIZE, stats, BackendInfo, ConnValue, FlowKey, VipInfo,
+    BACKEND_F_VALID,
+};
+
+use crate::{
+    counters::event,
+    maps::{BACKENDS, CONNTRACK, RING},
+};
+
+/// Ring size of every VIP, set by the loader (read-only data, so the verifier sees a constant).
+#[unsafe(no_mangle)]
+static RING_SIZE: u32 = DEFAULT_RING_SIZE;
+
+pub struct Choice {
+    pub id: u32,
+    pub backend: BackendInfo,
+    /// The flow was placed from the ring (a new flow for the counters).
+    pub new_flow: bool,
+}
+
+/// Picks the backend for a flow of `vip`. `record`: remember a ring choice in the connection
+/// table (not done for ICMP errors, which must not create flows).
+#[inline(always)]
+pub fn choose(vip: &VipInfo, key: &FlowKey, record: bool) -> Option<Choice> {
+    // SAFETY: the entry is copied at once; a concurrent update replaces it whole.
+    if let Some(conn) = unsafe { CONNTRACK.get(key) }.copied() {
+        if let Some(backend) = live_backend(conn.backend) {
+            if backend.generation == conn.generation {
+                event(stats::EV_CT_HIT);
+                return Some(Choice {
+                    id: conn.backend,
+                    backend,
+                    new_flow: false,
+                });
+            }
+        }
+        // The backend was removed (or its id reused): re-balance the flow.
+        event(stats::EV_CT_STALE);
+    } else {
+        event(stats::EV_CT_MISS);
+    }
+
+    // SAFETY: reading a plain u32 from read-only data.
+    let ring_size = unsafe { core::ptr::read_volatile(&RING_SIZE) };
+    let slot = vip.id * ring_size + flow_hash(key, vip.flags) % ring_size;
+    let id = *RING.get(slot)?;
+    let backend = live_backend(id)?;
+    if record {
+        let conn = ConnValue {
+            backend: id,
+            generation: backend.generation,
+        };
+        // A full table evicts the least recently used entry; failure only costs stickiness.
+        let _ = CONNTRACK.insert(key, &conn, BPF_ANY as u64);
+    }
+    Some(Choice {
+        id,
+        backend,
+        new_flow: record,
+    })
+}
+
+#[inline(always)]
+fn live_backend(id: u32) -> Option<BackendInfo> {
+    BACKENDS
+        .get(id)
+        .copied()
+        .filter(|b| b.flags & BACKEND_F_VALID != 0)
+}

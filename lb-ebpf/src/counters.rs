@@ -1,0 +1,42 @@
+//! Per-CPU counters: verdict reasons and events in the global stats array, traffic per VIP and
+//! per backend. Per-CPU slots need no atomics; user space sums the CPUs.
+
+use lb_common::TrafficCounters;
+
+use crate::maps::{BACKEND_STATS, STATS, VIP_STATS};
+
+/// Counts the packet under `reason` and returns `action`.
+#[inline(always)]
+pub fn verdict(reason: u32, action: u32) -> u32 {
+    event(reason);
+    action
+}
+
+/// Increments one slot of the stats array.
+#[inline(always)]
+pub fn event(index: u32) {
+    if let Some(slot) = STATS.get_ptr_mut(index) {
+        // SAFETY: a per-CPU slot is only touched by this CPU while the program runs.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// Adds a forwarded packet to its VIP's and its backend's counters.
+#[inline(always)]
+pub fn traffic(vip: u32, backend: u32, bytes: u64, new_flow: bool) {
+    if let Some(c) = VIP_STATS.get_ptr_mut(vip) {
+        // SAFETY: per-CPU slot, see `event`.
+        unsafe { add(&mut *c, bytes, new_flow) };
+    }
+    if let Some(c) = BACKEND_STATS.get_ptr_mut(backend) {
+        // SAFETY: per-CPU slot, see `event`.
+        unsafe { add(&mut *c, bytes, new_flow) };
+    }
+}
+
+#[inline(always)]
+fn add(c: &mut TrafficCounters, bytes: u64, new_flow: bool) {
+    c.packets += 1;
+    c.bytes += bytes;
+    c.new_flows += new_flow as u64;
+}

@@ -1,0 +1,78 @@
+//! The program's maps. Sizes here are defaults; the loader overrides them from its options
+//! (ring and connection table) before loading.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+};
+use lb_common::{
+    maps as m, stats::STATS_LEN, BackendInfo, ConnValue, FlowKey, IfaceInfo, TrafficCounters,
+    VipInfo, VipKey, VIP_F_ADDRESS,
+};
+
+use crate::parse::Dest;
+
+#[map(name = "XDPLB_VIPS")]
+pub static VIPS: HashMap<VipKey, VipInfo> =
+    HashMap::with_max_entries(2 * m::DEFAULT_MAX_VIPS, 0);
+
+#[map(name = "XDPLB_BACKENDS")]
+pub static BACKENDS: Array<BackendInfo> = Array::with_max_entries(m::DEFAULT_MAX_BACKENDS, 0);
+
+#[map(name = "XDPLB_RING")]
+pub static RING: Array<u32> =
+    Array::with_max_entries(m::DEFAULT_MAX_VIPS * m::DEFAULT_RING_SIZE, 0);
+
+#[map(name = "XDPLB_CONNTRACK")]
+pub static CONNTRACK: LruHashMap<FlowKey, ConnValue> =
+    LruHashMap::with_max_entries(m::DEFAULT_CONNTRACK_SIZE, 0);
+
+#[map(name = "XDPLB_IFACES")]
+pub static IFACES: HashMap<u32, IfaceInfo> = HashMap::with_max_entries(m::MAX_IFACES, 0);
+
+#[map(name = "XDPLB_TX_PORTS")]
+pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(m::MAX_IFACES, 0);
+
+#[map(name = "XDPLB_VIP_STATS")]
+pub static VIP_STATS: PerCpuArray<TrafficCounters> =
+    PerCpuArray::with_max_entries(m::DEFAULT_MAX_VIPS, 0);
+
+#[map(name = "XDPLB_BE_STATS")]
+pub static BACKEND_STATS: PerCpuArray<TrafficCounters> =
+    PerCpuArray::with_max_entries(m::DEFAULT_MAX_BACKENDS, 0);
+
+#[map(name = "XDPLB_STATS")]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STATS_LEN, 0);
+
+/// The VIP for the flow's destination: the exact port first, then an all-ports VIP.
+#[inline(always)]
+pub fn find_vip(key: &FlowKey) -> Option<VipInfo> {
+    let mut vk = VipKey {
+        addr: key.dst,
+        port: key.dport,
+        proto: key.proto,
+        family: key.family,
+    };
+    // SAFETY: the value is copied out at once; VIP entries are replaced whole by user space.
+    if let Some(v) = unsafe { VIPS.get(&vk) } {
+        return Some(*v);
+    }
+    vk.port = 0;
+    // An address entry (proto 0, port 0) is not a VIP, even for a protocol-0 packet.
+    unsafe { VIPS.get(&vk) }
+        .copied()
+        .filter(|v| v.flags & VIP_F_ADDRESS == 0)
+}
+
+/// Whether any VIP uses this address (user space keeps one address entry per VIP address).
+#[inline(always)]
+pub fn is_vip_address(dst: &Dest) -> bool {
+    let vk = VipKey {
+        addr: dst.addr,
+        port: 0,
+        proto: 0,
+        family: dst.family,
+    };
+    // SAFETY: only the presence and a flag are read.
+    matches!(unsafe { VIPS.get(&vk) }, Some(v) if v.flags & VIP_F_ADDRESS != 0)
+}

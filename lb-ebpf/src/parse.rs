@@ -1,0 +1,266 @@
+//! Header parsing. Every read goes through `ptr_at`, which bounds-checks against `data_end`;
+//! anything that does not parse is reported as a reason and passed to the kernel untouched.
+
+use core::mem::size_of;
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::{
+    addr::{FAMILY_V4, FAMILY_V6},
+    stats, FlowKey,
+};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    vlan::VlanHdr,
+};
+
+const ETH_P_IP: u16 = 0x0800u16.to_be();
+const ETH_P_IPV6: u16 = 0x86ddu16.to_be();
+const ETH_P_8021Q: u16 = 0x8100u16.to_be();
+const ETH_P_8021AD: u16 = 0x88a8u16.to_be();
+
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_AH: u8 = 51;
+const IPPROTO_ICMPV6: u8 = 58;
+const IPPROTO_DSTOPTS: u8 = 60;
+
+/// IPv6 extension headers skipped before giving up (counted as malformed).
+const MAX_IPV6_EXT: usize = 6;
+const TCP_HDR_LEN: usize = 20;
+const UDP_HDR_LEN: usize = 8;
+const ICMP_HDR_LEN: usize = 8;
+/// IPv4 "more fragments" flag and fragment offset mask, in network order.
+const IPV4_MF_OFFSET: u16 = 0x3fffu16.to_be();
+
+/// A destination address, for lookups of packets that carry no usable ports.
+pub struct Dest {
+    pub addr: [u32; 4],
+    pub family: u8,
+}
+
+/// What the packet is, as far as balancing cares.
+pub enum Class {
+    /// TCP or UDP: the flow as the client sent it.
+    Flow(FlowKey),
+    /// An ICMP error quoting a packet sent from a VIP; `flow` is that flow turned around
+    /// (client -> VIP), `outer` the error's own destination.
+    IcmpError { flow: FlowKey, outer: Dest },
+    /// Any other ICMP message (echo, errors about other traffic).
+    Icmp(Dest),
+    /// An IPv4 or IPv6 fragment.
+    Fragment(Dest),
+}
+
+pub struct Parsed {
+    pub class: Class,
+    pub vlan: bool,
+}
+
+/// The one bounds-checked accessor for packet memory.
+#[inline(always)]
+pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*const T, u32> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + size_of::<T>() > end {
+        return Err(stats::PASS_MALFORMED);
+    }
+    Ok((start + offset) as *const T)
+}
+
+/// Reads a `T` at `offset` (packet data has no alignment guarantee).
+#[inline(always)]
+fn read<T: Copy>(ctx: &XdpContext, offset: usize) -> Result<T, u32> {
+    let p = ptr_at::<T>(ctx, offset)?;
+    // SAFETY: `ptr_at` checked that the bytes lie inside the packet.
+    Ok(unsafe { core::ptr::read_unaligned(p) })
+}
+
+/// Parses Ethernet (up to two VLAN tags), IPv4 or IPv6, and the L4 header.
+#[inline(always)]
+pub fn classify(ctx: &XdpContext) -> Result<Parsed, u32> {
+    let eth = ptr_at::<EthHdr>(ctx, 0)?;
+    // SAFETY: bounds-checked by ptr_at.
+    let mut proto = unsafe { (*eth).ether_type };
+    let mut off = EthHdr::LEN;
+    let mut vlan = false;
+    for _ in 0..2 {
+        if proto != ETH_P_8021Q && proto != ETH_P_8021AD {
+            break;
+        }
+        let tag = ptr_at::<VlanHdr>(ctx, off)?;
+        // SAFETY: bounds-checked by ptr_at.
+        proto = unsafe { (*tag).ether_type };
+        off += VlanHdr::LEN;
+        vlan = true;
+    }
+    let class = if proto == ETH_P_IP {
+        ipv4(ctx, off)?
+    } else if proto == ETH_P_IPV6 {
+        ipv6(ctx, off)?
+    } else {
+        return Err(stats::PASS_NOT_IP);
+    };
+    Ok(Parsed { class, vlan })
+}
+
+#[inline(always)]
+fn ipv4(ctx: &XdpContext, off: usize) -> Result<Class, u32> {
+    let ip = ptr_at::<Ipv4Hdr>(ctx, off)?;
+    // SAFETY: bounds-checked by ptr_at.
+    let (vihl, frags, proto) = unsafe { ((*ip).vihl, (*ip).frags, (*ip).proto) };
+    let ihl = ((vihl & 0x0f) as usize) * 4;
+    if vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN {
+        return Err(stats::PASS_MALFORMED);
+    }
+    let mut key = FlowKey {
+        family: FAMILY_V4,
+        proto,
+        ..FlowKey::default()
+    };
+    key.src[0] = read::<u32>(ctx, off + 12)?;
+    key.dst[0] = read::<u32>(ctx, off + 16)?;
+    if u16::from_ne_bytes(frags) & IPV4_MF_OFFSET != 0 {
+        return Ok(Class::Fragment(dest(&key)));
+    }
+    l4(ctx, off + ihl, key, IPPROTO_ICMP)
+}
+
+#[inline(always)]
+fn ipv6(ctx: &XdpContext, off: usize) -> Result<Class, u32> {
+    let ip = ptr_at::<Ipv6Hdr>(ctx, off)?;
+    // SAFETY: bounds-checked by ptr_at.
+    let vcf0 = unsafe { (*ip).vcf[0] };
+    if vcf0 >> 4 != 6 {
+        return Err(stats::PASS_MALFORMED);
+    }
+    let mut key = FlowKey {
+        family: FAMILY_V6,
+        src: read::<[u32; 4]>(ctx, off + 8)?,
+        dst: read::<[u32; 4]>(ctx, off + 24)?,
+        ..FlowKey::default()
+    };
+    let (next, l4_off) = skip_ipv6_extensions(ctx, off)?;
+    if next == IPPROTO_FRAGMENT {
+        return Ok(Class::Fragment(dest(&key)));
+    }
+    key.proto = next;
+    l4(ctx, l4_off, key, IPPROTO_ICMPV6)
+}
+
+/// Walks the extension-header chain; returns the upper-layer protocol (or the fragment header)
+/// and its offset.
+#[inline(always)]
+fn skip_ipv6_extensions(ctx: &XdpContext, ip_off: usize) -> Result<(u8, usize), u32> {
+    let ip = ptr_at::<Ipv6Hdr>(ctx, ip_off)?;
+    // SAFETY: bounds-checked by ptr_at.
+    let mut next = unsafe { (*ip).next_hdr };
+    let mut off = ip_off + Ipv6Hdr::LEN;
+    for _ in 0..MAX_IPV6_EXT {
+        let len = match next {
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
+                (read::<u8>(ctx, off + 1)? as usize + 1) * 8
+            }
+            // AH counts its length in 4-byte units, minus 2.
+            IPPROTO_AH => (read::<u8>(ctx, off + 1)? as usize + 2) * 4,
+            _ => return Ok((next, off)),
+        };
+        next = read::<u8>(ctx, off)?;
+        off += len;
+    }
+    match next {
+        IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH => {
+            Err(stats::PASS_MALFORMED)
+        }
+        _ => Ok((next, off)),
+    }
+}
+
+/// Reads the ports of TCP and UDP, or classifies ICMP. Other protocols are flows with port 0
+/// (no VIP matches them unless one is declared for that protocol).
+#[inline(always)]
+fn l4(ctx: &XdpContext, off: usize, mut key: FlowKey, icmp: u8) -> Result<Class, u32> {
+    match key.proto {
+        IPPROTO_TCP => {
+            // Require the whole fixed header, and a sane data offset.
+            let doff = read::<u8>(ctx, off + 12)? >> 4;
+            if (doff as usize) * 4 < TCP_HDR_LEN {
+                return Err(stats::PASS_MALFORMED);
+            }
+            ptr_at::<[u8; TCP_HDR_LEN]>(ctx, off)?;
+        }
+        IPPROTO_UDP => {
+            ptr_at::<[u8; UDP_HDR_LEN]>(ctx, off)?;
+        }
+        p if p == icmp => return icmp_message(ctx, off, &key),
+        _ => return Ok(Class::Flow(key)),
+    }
+    let ports = read::<[u16; 2]>(ctx, off)?;
+    key.sport = ports[0];
+    key.dport = ports[1];
+    Ok(Class::Flow(key))
+}
+
+#[inline(always)]
+fn dest(key: &FlowKey) -> Dest {
+    Dest {
+        addr: key.dst,
+        family: key.family,
+    }
+}
+
+/// ICMP errors carry the offending packet's IP header and first 8 bytes: for one sent from a
+/// VIP, return that flow as the client sees it.
+#[inline(always)]
+fn icmp_message(ctx: &XdpContext, off: usize, outer: &FlowKey) -> Result<Class, u32> {
+    let icmp_type = read::<[u8; ICMP_HDR_LEN]>(ctx, off)?[0];
+    let is_error = if outer.family == FAMILY_V4 {
+        // Destination unreachable (incl. fragmentation needed), time exceeded.
+        icmp_type == 3 || icmp_type == 11
+    } else {
+        // Destination unreachable, packet too big, time exceeded.
+        (1..=3).contains(&icmp_type)
+    };
+    if !is_error {
+        return Ok(Class::Icmp(dest(outer)));
+    }
+    let inner = off + ICMP_HDR_LEN;
+    let mut flow = FlowKey {
+        family: outer.family,
+        ..FlowKey::default()
+    };
+    let inner_l4 = if outer.family == FAMILY_V4 {
+        let vihl = read::<u8>(ctx, inner)?;
+        let ihl = ((vihl & 0x0f) as usize) * 4;
+        if vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN {
+            return Ok(Class::Icmp(dest(outer)));
+        }
+        flow.proto = read::<u8>(ctx, inner + 9)?;
+        // Turned around: the quoted packet went VIP -> client.
+        flow.dst[0] = read::<u32>(ctx, inner + 12)?;
+        flow.src[0] = read::<u32>(ctx, inner + 16)?;
+        inner + ihl
+    } else {
+        if read::<u8>(ctx, inner)? >> 4 != 6 {
+            return Ok(Class::Icmp(dest(outer)));
+        }
+        flow.proto = read::<u8>(ctx, inner + 6)?;
+        flow.dst = read::<[u32; 4]>(ctx, inner + 8)?;
+        flow.src = read::<[u32; 4]>(ctx, inner + 24)?;
+        inner + Ipv6Hdr::LEN
+    };
+    if flow.proto != IPPROTO_TCP && flow.proto != IPPROTO_UDP {
+        return Ok(Class::Icmp(dest(outer)));
+    }
+    let ports = read::<[u16; 2]>(ctx, inner_l4)?;
+    flow.dport = ports[0];
+    flow.sport = ports[1];
+    Ok(Class::IcmpError {
+        flow,
+        outer: dest(outer),
+    })
+}

@@ -1,0 +1,2 @@
+//! xdplb control plane.
+pub mod maglev;

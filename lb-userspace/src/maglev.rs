@@ -1,0 +1,215 @@
+//! Weighted Maglev consistent hashing (Eisenbud et al., NSDI 2016), computed in user space and
+//! written to the data path's ring map, slot by slot where it changed.
+//!
+//! * **Deterministic**: backends are sorted by their identity (address and port) before the
+//!   ring is populated, and each backend's permutation depends only on that identity. Two LB
+//!   nodes with the same backends build the same ring, whatever order they learned them in.
+//! * **Weighted**: each population round gives every backend `weight` credit; a backend places
+//!   one slot per `max_weight` credit, so slot shares follow weights. With equal weights every
+//!   round places one slot per backend and each owns `floor(M/N)` or `ceil(M/N)` slots.
+//! * **Minimal disruption**: removing a backend mostly re-assigns only its own slots (figures
+//!   in the tests and docs/maglev.md).
+
+use lb_common::{hash::murmur3, NO_BACKEND};
+
+const OFFSET_SEED: u32 = 0x5eed_0ff5;
+const SKIP_SEED: u32 = 0x5eed_5c1b;
+
+/// One backend as the ring builder sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RingMember {
+    /// Stable identity (the backend's address and port bytes): decides its permutation.
+    pub identity: Vec<u8>,
+    /// Relative weight; 0 takes no slots (draining).
+    pub weight: u32,
+    /// Value written into the slots it owns (the data path's backend id).
+    pub id: u32,
+}
+
+/// Whether `m` is prime (ring sizes must be).
+pub fn is_prime(m: u32) -> bool {
+    if m < 2 {
+        return false;
+    }
+    let mut d = 2u64;
+    while d * d <= m as u64 {
+        if m as u64 % d == 0 {
+            return false;
+        }
+        d += 1;
+    }
+    true
+}
+
+/// Builds a ring of `size` slots (a prime). Slots hold member ids; a ring without any member
+/// of non-zero weight holds `NO_BACKEND` everywhere.
+pub fn build(members: &[RingMember], size: u32) -> Vec<u32> {
+    assert!(is_prime(size), "Maglev ring size {size} is not prime");
+    let m = size as u64;
+    let mut active: Vec<&RingMember> = members.iter().filter(|b| b.weight > 0).collect();
+    let mut ring = vec![NO_BACKEND; size as usize];
+    if active.is_empty() {
+        return ring;
+    }
+    active.sort_by(|a, b| a.identity.cmp(&b.identity));
+    let max_weight = active.iter().map(|b| b.weight as u64).max().unwrap_or(1);
+
+    // Permutation of member i: slot(j) = (offset_i + j * skip_i) mod M. skip in [1, M-1] is
+    // coprime with the prime M, so the permutation visits every slot.
+    let perms: Vec<(u64, u64)> = active
+        .iter()
+        .map(|b| {
+            let offset = murmur3(&b.identity, OFFSET_SEED) as u64 % m;
+            let skip = murmur3(&b.identity, SKIP_SEED) as u64 % (m - 1) + 1;
+            (offset, skip)
+        })
+        .collect();
+    let mut next = vec![0u64; active.len()];
+    let mut credit = vec![0u64; active.len()];
+    let mut filled = 0u64;
+    'rounds: loop {
+        for i in 0..active.len() {
+            credit[i] += active[i].weight as u64;
+            while credit[i] >= max_weight {
+                credit[i] -= max_weight;
+                let (offset, skip) = perms[i];
+                // Walk member i's permutation to its next free slot.
+                let mut slot = (offset + next[i] * skip) % m;
+                while ring[slot as usize] != NO_BACKEND {
+                    next[i] += 1;
+                    slot = (offset + next[i] * skip) % m;
+                }
+                ring[slot as usize] = active[i].id;
+                next[i] += 1;
+                filled += 1;
+                if filled == m {
+                    break 'rounds;
+                }
+            }
+        }
+    }
+    ring
+}
+
+/// The slots that differ between two rings of the same size, as `(index, new value)`.
+pub fn delta(old: &[u32], new: &[u32]) -> Vec<(u32, u32)> {
+    assert_eq!(old.len(), new.len(), "rings of different sizes");
+    old.iter()
+        .zip(new)
+        .enumerate()
+        .filter(|(_, (o, n))| o != n)
+        .map(|(i, (_, n))| (i as u32, *n))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    const M: u32 = 65_537;
+
+    fn member(i: u32, weight: u32) -> RingMember {
+        // Distinct IPv4 addresses 10.x.y.z, port 80.
+        let mut identity = vec![10, (i >> 16) as u8, (i >> 8) as u8, i as u8];
+        identity.extend_from_slice(&80u16.to_be_bytes());
+        RingMember {
+            identity,
+            weight,
+            id: i,
+        }
+    }
+
+    fn shares(ring: &[u32]) -> HashMap<u32, u32> {
+        let mut s = HashMap::new();
+        for &id in ring {
+            *s.entry(id).or_insert(0) += 1;
+        }
+        s
+    }
+
+    #[test]
+    fn prime_check() {
+        assert!(is_prime(65_537) && is_prime(13) && is_prime(2));
+        assert!(!is_prime(65_536) && !is_prime(1) && !is_prime(0) && !is_prime(65_535));
+    }
+
+    #[test]
+    fn same_backends_in_any_order_build_the_same_ring() {
+        let a: Vec<_> = (0..50).map(|i| member(i, 1 + i % 3)).collect();
+        let mut b = a.clone();
+        b.reverse();
+        b.swap(3, 17);
+        assert_eq!(build(&a, M), build(&b, M));
+    }
+
+    #[test]
+    fn equal_weights_own_floor_or_ceil_of_m_over_n() {
+        for n in [1u32, 3, 10, 100, 1000] {
+            let members: Vec<_> = (0..n).map(|i| member(i, 1)).collect();
+            let s = shares(&build(&members, M));
+            assert_eq!(s.len() as u32, n, "every backend owns slots (n = {n})");
+            let (lo, hi) = (M / n, M.div_ceil(n));
+            for (id, count) in s {
+                assert!((lo..=hi).contains(&count), "n = {n}: backend {id} owns {count}, not in [{lo}, {hi}]");
+            }
+        }
+    }
+
+    #[test]
+    fn weighted_shares_follow_weights() {
+        let weights = [1u32, 2, 1, 5, 3];
+        let total: u32 = weights.iter().sum();
+        let members: Vec<_> = weights.iter().enumerate().map(|(i, &w)| member(i as u32, w)).collect();
+        let s = shares(&build(&members, M));
+        for (i, &w) in weights.iter().enumerate() {
+            let want = M as f64 * w as f64 / total as f64;
+            let got = s[&(i as u32)] as f64;
+            println!("weight {w}: {got} slots, ideal {want:.1}");
+            assert!((got - want).abs() <= 2.0 + want * 0.001, "weight {w}: {got} slots, ideal {want:.1}");
+        }
+    }
+
+    #[test]
+    fn zero_weight_takes_no_slots_and_no_members_means_no_backend() {
+        let members = vec![member(0, 0), member(1, 1)];
+        assert!(build(&members, 13).iter().all(|&id| id == 1));
+        assert!(build(&[member(0, 0)], 13).iter().all(|&id| id == NO_BACKEND));
+        assert!(build(&[], 13).iter().all(|&id| id == NO_BACKEND));
+    }
+
+    /// Share of the slots that did not belong to the removed backend and still changed owner.
+    fn disruption(n: u32) -> f64 {
+        let members: Vec<_> = (0..n).map(|i| member(i, 1)).collect();
+        let before = build(&members, M);
+        let removed = n / 2;
+        let rest: Vec<_> = members.iter().filter(|b| b.id != removed).cloned().collect();
+        let after = build(&rest, M);
+        let (mut kept_owner, mut moved) = (0u32, 0u32);
+        for (b, a) in before.iter().zip(&after) {
+            if *b != removed {
+                kept_owner += 1;
+                if a != b {
+                    moved += 1;
+                }
+            }
+        }
+        moved as f64 / kept_owner as f64
+    }
+
+    #[test]
+    fn removing_one_backend_moves_few_other_slots() {
+        for (n, bound) in [(10u32, 0.01), (100, 0.01), (1000, 0.01)] {
+            let d = disruption(n);
+            println!("maglev disruption M={M} N={n}: {:.4}% of other slots moved", d * 100.0);
+            assert!(d < bound, "N = {n}: {:.3}% of other slots moved", d * 100.0);
+        }
+    }
+
+    #[test]
+    fn delta_lists_only_changed_slots() {
+        assert_eq!(delta(&[1, 2, 3, 4], &[1, 5, 3, 6]), vec![(1, 5), (3, 6)]);
+        assert!(delta(&[1, 2], &[1, 2]).is_empty());
+    }
+}
