@@ -47,7 +47,8 @@ pub fn choose(vip: &VipInfo, key: &FlowKey, record: bool) -> Option<Choice> {
 
     // SAFETY: reading a plain u32 from read-only data.
     let ring_size = unsafe { core::ptr::read_volatile(&RING_SIZE) };
-    let slot = vip.id * ring_size + flow_hash(key, vip.flags) % ring_size;
+    // checked_rem: a plain `%` would add a divide-by-zero panic path the verifier rejects.
+    let slot = vip.id * ring_size + flow_hash(key, vip.flags).checked_rem(ring_size)?;
     let id = *RING.get(slot)?;
     let backend = live_backend(id)?;
     if record {

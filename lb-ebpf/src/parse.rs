@@ -73,11 +73,27 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*const T, u32> {
 }
 
 /// Reads a `T` at `offset` (packet data has no alignment guarantee).
+///
+/// Never use it for a single byte: LLVM turns `p + 1 > end` into `p >= end`, from which the
+/// verifier learns no range. Read the surrounding header instead.
 #[inline(always)]
 fn read<T: Copy>(ctx: &XdpContext, offset: usize) -> Result<T, u32> {
     let p = ptr_at::<T>(ctx, offset)?;
     // SAFETY: `ptr_at` checked that the bytes lie inside the packet.
     Ok(unsafe { core::ptr::read_unaligned(p) })
+}
+
+/// Address words of a header field, read through the header's checked pointer (a fresh
+/// `ptr_at` at a computed offset can lose the verifier's range on the way).
+#[inline(always)]
+fn words<const N: usize, const B: usize>(field: *const [u8; B]) -> [u32; N] {
+    // SAFETY: the caller passes a field of a header checked by ptr_at; N * 4 == B.
+    unsafe { core::ptr::read_unaligned(field as *const [u32; N]) }
+}
+
+#[inline(always)]
+fn v4_addr(field: *const [u8; 4]) -> [u32; 4] {
+    [words::<1, 4>(field)[0], 0, 0, 0]
 }
 
 /// Parses Ethernet (up to two VLAN tags), IPv4 or IPv6, and the L4 header.
@@ -122,8 +138,9 @@ fn ipv4(ctx: &XdpContext, off: usize) -> Result<Class, u32> {
         proto,
         ..FlowKey::default()
     };
-    key.src[0] = read::<u32>(ctx, off + 12)?;
-    key.dst[0] = read::<u32>(ctx, off + 16)?;
+    // SAFETY (both): fields of the header checked above.
+    key.src = v4_addr(unsafe { &raw const (*ip).src_addr });
+    key.dst = v4_addr(unsafe { &raw const (*ip).dst_addr });
     if u16::from_ne_bytes(frags) & IPV4_MF_OFFSET != 0 {
         return Ok(Class::Fragment(dest(&key)));
     }
@@ -140,8 +157,9 @@ fn ipv6(ctx: &XdpContext, off: usize) -> Result<Class, u32> {
     }
     let mut key = FlowKey {
         family: FAMILY_V6,
-        src: read::<[u32; 4]>(ctx, off + 8)?,
-        dst: read::<[u32; 4]>(ctx, off + 24)?,
+        // SAFETY (both): fields of the header checked above.
+        src: words::<4, 16>(unsafe { &raw const (*ip).src_addr }),
+        dst: words::<4, 16>(unsafe { &raw const (*ip).dst_addr }),
         ..FlowKey::default()
     };
     let (next, l4_off) = skip_ipv6_extensions(ctx, off)?;
@@ -161,16 +179,20 @@ fn skip_ipv6_extensions(ctx: &XdpContext, ip_off: usize) -> Result<(u8, usize), 
     let mut next = unsafe { (*ip).next_hdr };
     let mut off = ip_off + Ipv6Hdr::LEN;
     for _ in 0..MAX_IPV6_EXT {
-        let len = match next {
-            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
-                (read::<u8>(ctx, off + 1)? as usize + 1) * 8
-            }
-            // AH counts its length in 4-byte units, minus 2.
-            IPPROTO_AH => (read::<u8>(ctx, off + 1)? as usize + 2) * 4,
+        let len_unit = match next {
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => 8,
+            IPPROTO_AH => 4,
             _ => return Ok((next, off)),
         };
-        next = read::<u8>(ctx, off)?;
-        off += len;
+        // Every extension header starts with (next header, length).
+        let [following, len] = read::<[u8; 2]>(ctx, off)?;
+        off += if len_unit == 8 {
+            (len as usize + 1) * 8
+        } else {
+            // AH counts its length in 4-byte units, minus 2.
+            (len as usize + 2) * 4
+        };
+        next = following;
     }
     match next {
         IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH => {
@@ -187,21 +209,23 @@ fn l4(ctx: &XdpContext, off: usize, mut key: FlowKey, icmp: u8) -> Result<Class,
     match key.proto {
         IPPROTO_TCP => {
             // Require the whole fixed header, and a sane data offset.
-            let doff = read::<u8>(ctx, off + 12)? >> 4;
+            let tcp = ptr_at::<[u8; TCP_HDR_LEN]>(ctx, off)?;
+            // SAFETY: bounds-checked by ptr_at.
+            let doff = unsafe { (*tcp)[12] } >> 4;
             if (doff as usize) * 4 < TCP_HDR_LEN {
                 return Err(stats::PASS_MALFORMED);
             }
-            ptr_at::<[u8; TCP_HDR_LEN]>(ctx, off)?;
         }
-        IPPROTO_UDP => {
-            ptr_at::<[u8; UDP_HDR_LEN]>(ctx, off)?;
-        }
+        IPPROTO_UDP => {}
         p if p == icmp => return icmp_message(ctx, off, &key),
         _ => return Ok(Class::Flow(key)),
     }
-    let ports = read::<[u16; 2]>(ctx, off)?;
-    key.sport = ports[0];
-    key.dport = ports[1];
+    // TCP and UDP both start with the two ports; UDP's whole header is 8 bytes.
+    let udp = ptr_at::<[u16; UDP_HDR_LEN / 2]>(ctx, off)?;
+    // SAFETY: bounds-checked by ptr_at.
+    let h = unsafe { core::ptr::read_unaligned(udp) };
+    key.sport = h[0];
+    key.dport = h[1];
     Ok(Class::Flow(key))
 }
 
@@ -217,7 +241,9 @@ fn dest(key: &FlowKey) -> Dest {
 /// VIP, return that flow as the client sees it.
 #[inline(always)]
 fn icmp_message(ctx: &XdpContext, off: usize, outer: &FlowKey) -> Result<Class, u32> {
-    let icmp_type = read::<[u8; ICMP_HDR_LEN]>(ctx, off)?[0];
+    let icmp = ptr_at::<[u8; ICMP_HDR_LEN]>(ctx, off)?;
+    // SAFETY: bounds-checked by ptr_at.
+    let icmp_type = unsafe { (*icmp)[0] };
     let is_error = if outer.family == FAMILY_V4 {
         // Destination unreachable (incl. fragmentation needed), time exceeded.
         icmp_type == 3 || icmp_type == 11
@@ -234,29 +260,37 @@ fn icmp_message(ctx: &XdpContext, off: usize, outer: &FlowKey) -> Result<Class, 
         ..FlowKey::default()
     };
     let inner_l4 = if outer.family == FAMILY_V4 {
-        let vihl = read::<u8>(ctx, inner)?;
+        let ip = ptr_at::<Ipv4Hdr>(ctx, inner)?;
+        // SAFETY: bounds-checked by ptr_at.
+        let (vihl, proto) = unsafe { ((*ip).vihl, (*ip).proto) };
         let ihl = ((vihl & 0x0f) as usize) * 4;
         if vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN {
             return Ok(Class::Icmp(dest(outer)));
         }
-        flow.proto = read::<u8>(ctx, inner + 9)?;
+        flow.proto = proto;
         // Turned around: the quoted packet went VIP -> client.
-        flow.dst[0] = read::<u32>(ctx, inner + 12)?;
-        flow.src[0] = read::<u32>(ctx, inner + 16)?;
+        // SAFETY (both): fields of the header checked above.
+        flow.dst = v4_addr(unsafe { &raw const (*ip).src_addr });
+        flow.src = v4_addr(unsafe { &raw const (*ip).dst_addr });
         inner + ihl
     } else {
-        if read::<u8>(ctx, inner)? >> 4 != 6 {
+        let ip = ptr_at::<Ipv6Hdr>(ctx, inner)?;
+        // SAFETY: bounds-checked by ptr_at.
+        let (vcf0, proto) = unsafe { ((*ip).vcf[0], (*ip).next_hdr) };
+        if vcf0 >> 4 != 6 {
             return Ok(Class::Icmp(dest(outer)));
         }
-        flow.proto = read::<u8>(ctx, inner + 6)?;
-        flow.dst = read::<[u32; 4]>(ctx, inner + 8)?;
-        flow.src = read::<[u32; 4]>(ctx, inner + 24)?;
+        flow.proto = proto;
+        // SAFETY (both): fields of the header checked above.
+        flow.dst = words::<4, 16>(unsafe { &raw const (*ip).src_addr });
+        flow.src = words::<4, 16>(unsafe { &raw const (*ip).dst_addr });
         inner + Ipv6Hdr::LEN
     };
     if flow.proto != IPPROTO_TCP && flow.proto != IPPROTO_UDP {
         return Ok(Class::Icmp(dest(outer)));
     }
-    let ports = read::<[u16; 2]>(ctx, inner_l4)?;
+    // The quoted transport header: at least its first 8 bytes are there (RFC 792/4443).
+    let ports = read::<[u16; 4]>(ctx, inner_l4)?;
     flow.dport = ports[0];
     flow.sport = ports[1];
     Ok(Class::IcmpError {

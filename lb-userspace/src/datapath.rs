@@ -1,0 +1,334 @@
+//! The loader: loads the embedded XDP program with the configured map sizes, attaches it to
+//! interfaces, and gives typed access to its maps. It owns the `aya::Ebpf` object, so a daemon
+//! that owns a `DataPath` owns the whole data path.
+
+use std::path::PathBuf;
+
+use aya::{
+    include_bytes_aligned,
+    maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray},
+    programs::{xdp::XdpLinkId, Xdp, XdpMode},
+    Ebpf, EbpfLoader,
+};
+use lb_common::{
+    maps as m, stats::STATS_LEN, BackendInfo, ConnValue, FlowKey, IfaceInfo, TrafficCounters,
+    VipInfo, VipKey,
+};
+use thiserror::Error;
+
+use crate::{
+    iface, maglev,
+    mirror::{MapWriter, MirrorError},
+    model::Mac,
+};
+
+/// The XDP object built by build.rs.
+static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
+
+#[derive(Debug, Error)]
+pub enum DataPathError {
+    #[error("this binary was built with AYA_BUILD_SKIP=1 and carries no XDP program; rebuild without it")]
+    NotBuilt,
+    #[error("invalid data path option: {0}")]
+    Option(String),
+    #[error("loading the XDP program failed: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("{what} failed: {source}")]
+    Program {
+        what: String,
+        source: aya::programs::ProgramError,
+    },
+    #[error("interface {iface}: {source}")]
+    Iface { iface: String, source: std::io::Error },
+    #[error("map {map}: {reason}")]
+    Map { map: &'static str, reason: String },
+    #[error("interface {0} is not attached")]
+    NotAttached(String),
+}
+
+/// How to attach XDP to an interface.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AttachMode {
+    /// In the driver; fails where the driver has no XDP support.
+    Native,
+    /// In the generic (skb) path; works everywhere, slower.
+    Generic,
+    /// Native where the driver supports it, else generic.
+    #[default]
+    Auto,
+}
+
+/// Sizes fixed when the program is loaded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadOptions {
+    pub ring_size: u32,
+    pub max_vips: u32,
+    pub max_backends: u32,
+    pub conntrack_size: u32,
+    /// Pin the maps here (bpffs) so another process can adopt them; `None` keeps them private.
+    pub pin_dir: Option<PathBuf>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            ring_size: m::DEFAULT_RING_SIZE,
+            max_vips: m::DEFAULT_MAX_VIPS,
+            max_backends: m::DEFAULT_MAX_BACKENDS,
+            conntrack_size: m::DEFAULT_CONNTRACK_SIZE,
+            pin_dir: None,
+        }
+    }
+}
+
+impl LoadOptions {
+    fn validate(&self) -> Result<(), DataPathError> {
+        let bad = |s: String| Err(DataPathError::Option(s));
+        if !maglev::is_prime(self.ring_size) {
+            return bad(format!("ring_size {} is not a prime (65537 is the default)", self.ring_size));
+        }
+        if self.max_vips == 0 || self.max_backends == 0 || self.conntrack_size == 0 {
+            return bad("max_vips, max_backends and conntrack_size must be at least 1".into());
+        }
+        if (self.max_vips as u64) * (self.ring_size as u64) > u32::MAX as u64 / 4 {
+            return bad(format!(
+                "max_vips {} x ring_size {} slots exceed what one array map can hold",
+                self.max_vips, self.ring_size
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The loaded program and its maps.
+pub struct DataPath {
+    ebpf: Ebpf,
+    opts: LoadOptions,
+    links: Vec<(String, &'static str, XdpLinkId)>,
+}
+
+fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> DataPathError {
+    move |e| DataPathError::Map { map, reason: e.to_string() }
+}
+
+impl DataPath {
+    /// Loads and verifies both programs and creates the maps (not attached anywhere yet).
+    pub fn load(opts: &LoadOptions) -> Result<DataPath, DataPathError> {
+        if OBJECT.is_empty() {
+            return Err(DataPathError::NotBuilt);
+        }
+        opts.validate()?;
+        let mut loader = EbpfLoader::new();
+        loader
+            .override_global(m::GLOBAL_RING_SIZE, &opts.ring_size, true)
+            .map_max_entries(m::RING, opts.max_vips * opts.ring_size)
+            .map_max_entries(m::VIPS, 2 * opts.max_vips)
+            .map_max_entries(m::VIP_STATS, opts.max_vips)
+            .map_max_entries(m::BACKENDS, opts.max_backends)
+            .map_max_entries(m::BACKEND_STATS, opts.max_backends)
+            .map_max_entries(m::CONNTRACK, opts.conntrack_size);
+        let pins: Vec<(&'static str, PathBuf)> = match &opts.pin_dir {
+            Some(dir) => ALL_MAPS.iter().map(|n| (*n, dir.join(n))).collect(),
+            None => Vec::new(),
+        };
+        for (name, path) in &pins {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(OBJECT)?;
+        for name in [m::PROG_LB, m::PROG_PASS] {
+            let prog = program(&mut ebpf, name)?;
+            prog.load().map_err(|source| DataPathError::Program {
+                what: format!("verifying program {name}"),
+                source,
+            })?;
+        }
+        Ok(DataPath { ebpf, opts: opts.clone(), links: Vec::new() })
+    }
+
+    pub fn options(&self) -> &LoadOptions {
+        &self.opts
+    }
+
+    /// Attaches the load balancer to `iface` and registers the interface as an egress.
+    /// Returns the mode actually used.
+    pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<AttachMode, DataPathError> {
+        let ifindex = iface::index(iface).map_err(|source| DataPathError::Iface { iface: iface.into(), source })?;
+        let mac = iface::mac(iface).map_err(|source| DataPathError::Iface { iface: iface.into(), source })?;
+        self.register_iface(ifindex, mac)?;
+        self.attach_program(m::PROG_LB, iface, mode)
+    }
+
+    /// Attaches the pass-everything program: the peer of a veth that receives XDP_TX or
+    /// XDP_REDIRECT frames needs one for them to be delivered.
+    pub fn attach_pass(&mut self, iface: &str, mode: AttachMode) -> Result<AttachMode, DataPathError> {
+        self.attach_program(m::PROG_PASS, iface, mode)
+    }
+
+    fn attach_program(&mut self, name: &'static str, iface: &str, mode: AttachMode) -> Result<AttachMode, DataPathError> {
+        let prog = program(&mut self.ebpf, name)?;
+        let tries: &[(AttachMode, XdpMode)] = match mode {
+            AttachMode::Native => &[(AttachMode::Native, XdpMode::Driver)],
+            AttachMode::Generic => &[(AttachMode::Generic, XdpMode::Skb)],
+            AttachMode::Auto => &[(AttachMode::Native, XdpMode::Driver), (AttachMode::Generic, XdpMode::Skb)],
+        };
+        let mut last = None;
+        for (used, xdp_mode) in tries {
+            match prog.attach(iface, *xdp_mode) {
+                Ok(link) => {
+                    self.links.push((iface.to_string(), name, link));
+                    return Ok(*used);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(DataPathError::Program {
+            what: format!("attaching {name} to {iface} ({mode:?})"),
+            source: last.expect("at least one attach mode was tried"),
+        })
+    }
+
+    /// Detaches whatever this data path attached to `iface`.
+    pub fn detach(&mut self, iface: &str) -> Result<(), DataPathError> {
+        let mut found = false;
+        while let Some(pos) = self.links.iter().position(|(i, _, _)| i == iface) {
+            let (_, name, link) = self.links.remove(pos);
+            program(&mut self.ebpf, name)?.detach(link).map_err(|source| DataPathError::Program {
+                what: format!("detaching {name} from {iface}"),
+                source,
+            })?;
+            found = true;
+        }
+        if found { Ok(()) } else { Err(DataPathError::NotAttached(iface.into())) }
+    }
+
+    /// Declares an interface packets may leave by: its MAC becomes the source of rewritten
+    /// frames, and it becomes a redirect target.
+    pub fn register_iface(&mut self, ifindex: u32, mac: Mac) -> Result<(), DataPathError> {
+        let mut ifaces: HashMap<_, u32, IfaceInfo> = self.typed(m::IFACES)?;
+        ifaces
+            .insert(ifindex, IfaceInfo { mac: mac.0, _pad: [0; 2] }, 0)
+            .map_err(map_err(m::IFACES))?;
+        let map = self.ebpf.map_mut(m::TX_PORTS).ok_or(DataPathError::Map { map: m::TX_PORTS, reason: "missing".into() })?;
+        let mut ports: DevMapHash<&mut MapData> = map.try_into().map_err(map_err(m::TX_PORTS))?;
+        ports.insert(ifindex, ifindex, None, 0).map_err(|e| DataPathError::Map { map: m::TX_PORTS, reason: e.to_string() })
+    }
+
+    /// The load-balancer program (for BPF_PROG_TEST_RUN and program info).
+    pub fn program(&mut self) -> Result<&mut Xdp, DataPathError> {
+        program(&mut self.ebpf, m::PROG_LB)
+    }
+
+    /// The pass-everything program (the empty baseline of benchmarks).
+    pub fn pass_program(&mut self) -> Result<&mut Xdp, DataPathError> {
+        program(&mut self.ebpf, m::PROG_PASS)
+    }
+
+    /// Writer for the mirror.
+    pub fn writer(&mut self) -> KernelMaps<'_> {
+        KernelMaps { dp: self }
+    }
+
+    /// The stats array summed over CPUs, indexed by `lb_common::stats`.
+    pub fn stats(&self) -> Result<Vec<u64>, DataPathError> {
+        let arr: PerCpuArray<_, u64> = self.typed_ref(m::STATS)?;
+        (0..STATS_LEN)
+            .map(|i| Ok(arr.get(&i, 0).map_err(map_err(m::STATS))?.iter().sum()))
+            .collect()
+    }
+
+    pub fn vip_counters(&self, vip_id: u32) -> Result<TrafficCounters, DataPathError> {
+        self.counters(m::VIP_STATS, vip_id)
+    }
+
+    pub fn backend_counters(&self, backend_id: u32) -> Result<TrafficCounters, DataPathError> {
+        self.counters(m::BACKEND_STATS, backend_id)
+    }
+
+    fn counters(&self, map: &'static str, id: u32) -> Result<TrafficCounters, DataPathError> {
+        let arr: PerCpuArray<_, TrafficCounters> = self.typed_ref(map)?;
+        let mut sum = TrafficCounters::default();
+        for c in arr.get(&id, 0).map_err(map_err(map))?.iter() {
+            sum.add(c);
+        }
+        Ok(sum)
+    }
+
+    /// The connection-table entry of a flow, if any.
+    pub fn conntrack(&self, key: &FlowKey) -> Result<Option<ConnValue>, DataPathError> {
+        let ct: HashMap<_, FlowKey, ConnValue> = self.typed_ref(m::CONNTRACK)?;
+        match ct.get(key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(m::CONNTRACK)(e)),
+        }
+    }
+
+    fn typed<'a, T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>>(&'a mut self, name: &'static str) -> Result<T, DataPathError> {
+        let map = self.ebpf.map_mut(name).ok_or(DataPathError::Map { map: name, reason: "not in the object".into() })?;
+        T::try_from(map).map_err(map_err(name))
+    }
+
+    fn typed_ref<'a, T: TryFrom<&'a aya::maps::Map, Error = aya::maps::MapError>>(&'a self, name: &'static str) -> Result<T, DataPathError> {
+        let map = self.ebpf.map(name).ok_or(DataPathError::Map { map: name, reason: "not in the object".into() })?;
+        T::try_from(map).map_err(map_err(name))
+    }
+}
+
+/// Every map, for pinning.
+const ALL_MAPS: [&str; 9] = [
+    m::VIPS,
+    m::BACKENDS,
+    m::RING,
+    m::CONNTRACK,
+    m::IFACES,
+    m::TX_PORTS,
+    m::VIP_STATS,
+    m::BACKEND_STATS,
+    m::STATS,
+];
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp, DataPathError> {
+    let prog = ebpf.program_mut(name).ok_or_else(|| DataPathError::Option(format!("program {name} is not in the object")))?;
+    prog.try_into().map_err(|source| DataPathError::Program { what: format!("program {name}"), source })
+}
+
+/// The kernel maps as the mirror's `MapWriter`.
+pub struct KernelMaps<'a> {
+    dp: &'a mut DataPath,
+}
+
+fn mirror_err(map: &'static str) -> impl Fn(DataPathError) -> MirrorError {
+    move |e| MirrorError::Map { map, reason: e.to_string() }
+}
+
+impl KernelMaps<'_> {
+    fn write<'b, T, F>(&'b mut self, map: &'static str, f: F) -> Result<(), MirrorError>
+    where
+        T: TryFrom<&'b mut aya::maps::Map, Error = aya::maps::MapError>,
+        F: FnOnce(&mut T) -> Result<(), aya::maps::MapError>,
+    {
+        let mut typed: T = self.dp.typed(map).map_err(mirror_err(map))?;
+        f(&mut typed).map_err(|e| MirrorError::Map { map, reason: e.to_string() })
+    }
+}
+
+impl MapWriter for KernelMaps<'_> {
+    fn put_vip(&mut self, key: &VipKey, info: &VipInfo) -> Result<(), MirrorError> {
+        self.write(m::VIPS, |v: &mut HashMap<&mut MapData, VipKey, VipInfo>| v.insert(key, info, 0))
+    }
+
+    fn del_vip(&mut self, key: &VipKey) -> Result<(), MirrorError> {
+        self.write(m::VIPS, |v: &mut HashMap<&mut MapData, VipKey, VipInfo>| match v.remove(key) {
+            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            r => r,
+        })
+    }
+
+    fn put_backend(&mut self, id: u32, info: &BackendInfo) -> Result<(), MirrorError> {
+        self.write(m::BACKENDS, |a: &mut Array<&mut MapData, BackendInfo>| a.set(id, info, 0))
+    }
+
+    fn put_ring_slot(&mut self, index: u32, backend: u32) -> Result<(), MirrorError> {
+        self.write(m::RING, |a: &mut Array<&mut MapData, u32>| a.set(index, backend, 0))
+    }
+}

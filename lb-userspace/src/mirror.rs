@@ -1,0 +1,486 @@
+//! Mirrors the model into the data path's maps, writing only what changed, in an order that
+//! never shows a packet a half-applied change:
+//!
+//! * a new VIP gets its backends and its whole ring before its VIP entry appears;
+//! * a backend joins the backend array before any ring slot points at it, and leaves it only
+//!   after no slot does; a changed ring is written slot by slot, and every slot is valid on its
+//!   own (old or new owner), as in Katran;
+//! * a removed VIP disappears from the VIP map first.
+//!
+//! Every request is validated in full before the first write, so a refused change leaves the
+//! maps exactly as they were.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
+
+use lb_common::{
+    addr, hash::flow_hash, BackendInfo, FlowKey, VipInfo, VipKey, BACKEND_F_VALID, NO_BACKEND, VIP_F_ADDRESS,
+};
+use thiserror::Error;
+
+use crate::{
+    maglev::{self, RingMember},
+    model::{BackendTarget, Mode, VipAddr, VipState},
+};
+
+/// The writes the mirror needs; the kernel maps implement it, and tests record it.
+pub trait MapWriter {
+    fn put_vip(&mut self, key: &VipKey, info: &VipInfo) -> Result<(), MirrorError>;
+    fn del_vip(&mut self, key: &VipKey) -> Result<(), MirrorError>;
+    fn put_backend(&mut self, id: u32, info: &BackendInfo) -> Result<(), MirrorError>;
+    fn put_ring_slot(&mut self, index: u32, backend: u32) -> Result<(), MirrorError>;
+}
+
+#[derive(Debug, Error)]
+pub enum MirrorError {
+    #[error("{wanted} VIPs requested but the data path was loaded for at most {max} (raise max_vips)")]
+    TooManyVips { wanted: usize, max: u32 },
+    #[error("{wanted} backends requested but the data path was loaded for at most {max} (raise max_backends)")]
+    TooManyBackends { wanted: usize, max: u32 },
+    #[error("VIP {0} is declared twice")]
+    DuplicateVip(VipAddr),
+    #[error("backend {backend} is declared twice for VIP {vip}")]
+    DuplicateBackend { vip: VipAddr, backend: IpAddr },
+    #[error("backend {backend} of VIP {vip} is IPv{got} but the VIP is IPv{want}; L2 mode needs the same family")]
+    FamilyMismatch { vip: VipAddr, backend: IpAddr, got: u8, want: u8 },
+    #[error("VIP {0} asks for L3 (NAT) mode, which this version does not implement yet; use l2")]
+    L3NotImplemented(VipAddr),
+    #[error("writing map {map} failed: {reason}")]
+    Map { map: &'static str, reason: String },
+}
+
+/// What one `sync` wrote.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    pub vips_added: usize,
+    pub vips_removed: usize,
+    pub backends_written: usize,
+    pub ring_slots_written: usize,
+}
+
+struct MirroredVip {
+    id: u32,
+    flags: u32,
+    /// Backend ids by address.
+    backends: BTreeMap<IpAddr, (u32, BackendTarget)>,
+    ring: Vec<u32>,
+}
+
+/// The control plane's copy of what is in the maps, and the ids it handed out.
+pub struct Mirror {
+    ring_size: u32,
+    max_vips: u32,
+    max_backends: u32,
+    vips: BTreeMap<VipAddr, MirroredVip>,
+    free_vip_ids: BTreeSet<u32>,
+    free_backend_ids: BTreeSet<u32>,
+    /// Generation of each backend id, bumped whenever the id is handed out again.
+    generations: Vec<u32>,
+}
+
+impl Mirror {
+    pub fn new(ring_size: u32, max_vips: u32, max_backends: u32) -> Self {
+        Mirror {
+            ring_size,
+            max_vips,
+            max_backends,
+            vips: BTreeMap::new(),
+            free_vip_ids: (0..max_vips).collect(),
+            free_backend_ids: (0..max_backends).collect(),
+            generations: vec![0; max_backends as usize],
+        }
+    }
+
+    pub fn ring_size(&self) -> u32 {
+        self.ring_size
+    }
+
+    /// Data-path id of a VIP.
+    pub fn vip_id(&self, vip: &VipAddr) -> Option<u32> {
+        self.vips.get(vip).map(|v| v.id)
+    }
+
+    /// Data-path id of a VIP's backend.
+    pub fn backend_id(&self, vip: &VipAddr, backend: IpAddr) -> Option<u32> {
+        self.vips.get(vip)?.backends.get(&backend).map(|(id, _)| *id)
+    }
+
+    /// The ring as last written for a VIP.
+    pub fn ring(&self, vip: &VipAddr) -> Option<&[u32]> {
+        self.vips.get(vip).map(|v| v.ring.as_slice())
+    }
+
+    /// The backend the ring gives a new flow of `vip` (what the data path does on a
+    /// connection-table miss; `xdplb simulate` asks this).
+    pub fn ring_choice(&self, vip: &VipAddr, key: &FlowKey) -> Option<IpAddr> {
+        let v = self.vips.get(vip)?;
+        let slot = flow_hash(key, v.flags) % self.ring_size;
+        let id = v.ring[slot as usize];
+        v.backends.iter().find(|(_, (bid, _))| *bid == id).map(|(a, _)| *a)
+    }
+
+    /// Moves the maps to `desired` (the complete set of VIPs) with the fewest writes.
+    pub fn sync(&mut self, w: &mut dyn MapWriter, desired: &[VipState]) -> Result<SyncReport, MirrorError> {
+        self.validate(desired)?;
+        let mut report = SyncReport::default();
+        let wanted: BTreeSet<VipAddr> = desired.iter().map(|v| v.spec.addr).collect();
+
+        let gone: Vec<VipAddr> = self.vips.keys().filter(|a| !wanted.contains(a)).copied().collect();
+        for addr in gone {
+            self.remove_vip(w, &addr, &wanted, &mut report)?;
+        }
+        for state in desired {
+            self.apply_vip(w, state, &mut report)?;
+        }
+        Ok(report)
+    }
+
+    fn validate(&self, desired: &[VipState]) -> Result<(), MirrorError> {
+        let mut seen = BTreeSet::new();
+        for state in desired {
+            let vip = state.spec.addr;
+            if !seen.insert(vip) {
+                return Err(MirrorError::DuplicateVip(vip));
+            }
+            if state.spec.mode == Mode::L3 {
+                return Err(MirrorError::L3NotImplemented(vip));
+            }
+            let mut addrs = BTreeSet::new();
+            for b in &state.backends {
+                if !addrs.insert(b.addr) {
+                    return Err(MirrorError::DuplicateBackend { vip, backend: b.addr });
+                }
+                if b.addr.is_ipv4() != vip.ip.is_ipv4() {
+                    return Err(MirrorError::FamilyMismatch {
+                        vip,
+                        backend: b.addr,
+                        got: addr::family(b.addr),
+                        want: addr::family(vip.ip),
+                    });
+                }
+            }
+        }
+        if seen.len() > self.max_vips as usize {
+            return Err(MirrorError::TooManyVips { wanted: seen.len(), max: self.max_vips });
+        }
+        // Within a VIP, new backends take ids before removed ones give theirs back, so the peak
+        // is what the kept VIPs hold now plus every backend that is new.
+        let held: usize = self
+            .vips
+            .iter()
+            .filter(|(a, _)| seen.contains(a))
+            .map(|(_, v)| v.backends.len())
+            .sum();
+        let new: usize = desired
+            .iter()
+            .map(|s| {
+                let current = self.vips.get(&s.spec.addr);
+                s.backends
+                    .iter()
+                    .filter(|b| current.is_none_or(|v| !v.backends.contains_key(&b.addr)))
+                    .count()
+            })
+            .sum();
+        if held + new > self.max_backends as usize {
+            return Err(MirrorError::TooManyBackends { wanted: held + new, max: self.max_backends });
+        }
+        Ok(())
+    }
+
+    fn remove_vip(
+        &mut self,
+        w: &mut dyn MapWriter,
+        addr: &VipAddr,
+        wanted: &BTreeSet<VipAddr>,
+        report: &mut SyncReport,
+    ) -> Result<(), MirrorError> {
+        let Some(vip) = self.vips.remove(addr) else { return Ok(()) };
+        w.del_vip(&addr.key())?;
+        let shared = self.vips.keys().chain(wanted.iter()).any(|a| a.ip == addr.ip);
+        if !shared {
+            w.del_vip(&addr.address_key())?;
+        }
+        for (id, target) in vip.backends.values() {
+            self.release_backend(w, *id, target)?;
+            report.backends_written += 1;
+        }
+        self.free_vip_ids.insert(vip.id);
+        report.vips_removed += 1;
+        Ok(())
+    }
+
+    fn apply_vip(&mut self, w: &mut dyn MapWriter, state: &VipState, report: &mut SyncReport) -> Result<(), MirrorError> {
+        let addr = state.spec.addr;
+        let flags = state.spec.flags();
+        let is_new = !self.vips.contains_key(&addr);
+        if is_new {
+            let id = self.take_id(true)?;
+            self.vips.insert(addr, MirroredVip { id, flags, backends: BTreeMap::new(), ring: Vec::new() });
+        }
+
+        // 1. New and changed backends go in first.
+        let desired: BTreeMap<IpAddr, &BackendTarget> = state.backends.iter().map(|b| (b.addr, b)).collect();
+        for target in state.backends.iter() {
+            let existing = self.vips[&addr].backends.get(&target.addr).cloned();
+            let id = match existing {
+                Some((_, old)) if old == *target => continue,
+                Some((id, old)) if old.mac == target.mac && old.ifindex == target.ifindex => {
+                    // Only the weight changed: the ring changes, the backend entry does not.
+                    self.vips.get_mut(&addr).unwrap().backends.insert(target.addr, (id, target.clone()));
+                    continue;
+                }
+                Some((id, _)) => id,
+                None => {
+                    let id = self.take_id(false)?;
+                    self.generations[id as usize] = self.generations[id as usize].wrapping_add(1);
+                    id
+                }
+            };
+            w.put_backend(id, &self.backend_info(id, target))?;
+            report.backends_written += 1;
+            self.vips.get_mut(&addr).unwrap().backends.insert(target.addr, (id, target.clone()));
+        }
+
+        // 2. The ring, slot by slot where it changed (every slot of a new VIP).
+        let vip = &self.vips[&addr];
+        let members: Vec<RingMember> = vip
+            .backends
+            .iter()
+            .filter(|(a, _)| desired.contains_key(a))
+            .map(|(a, (id, t))| RingMember { identity: identity(*a), weight: t.weight, id: *id })
+            .collect();
+        let ring = maglev::build(&members, self.ring_size);
+        let base = vip.id * self.ring_size;
+        let writes: Vec<(u32, u32)> = if is_new {
+            ring.iter().enumerate().map(|(i, &b)| (i as u32, b)).collect()
+        } else {
+            maglev::delta(&vip.ring, &ring)
+        };
+        for (i, backend) in &writes {
+            w.put_ring_slot(base + i, *backend)?;
+        }
+        report.ring_slots_written += writes.len();
+
+        // 3. The VIP entry (new VIPs appear only now, fully built), flags when they changed.
+        let vip_id = vip.id;
+        if is_new || vip.flags != flags {
+            w.put_vip(&addr.key(), &VipInfo { id: vip_id, flags })?;
+            w.put_vip(&addr.address_key(), &VipInfo { id: NO_BACKEND, flags: VIP_F_ADDRESS })?;
+        }
+        if is_new {
+            report.vips_added += 1;
+        }
+
+        // 4. Backends no ring slot points at any more leave last.
+        let vip = self.vips.get_mut(&addr).unwrap();
+        vip.ring = ring;
+        vip.flags = flags;
+        let removed: Vec<(u32, BackendTarget)> = vip
+            .backends
+            .iter()
+            .filter(|(a, _)| !desired.contains_key(a))
+            .map(|(_, v)| v.clone())
+            .collect();
+        vip.backends.retain(|a, _| desired.contains_key(a));
+        for (id, target) in removed {
+            self.release_backend(w, id, &target)?;
+            report.backends_written += 1;
+        }
+        Ok(())
+    }
+
+    fn take_id(&mut self, vip: bool) -> Result<u32, MirrorError> {
+        let (set, err) = if vip {
+            (&mut self.free_vip_ids, MirrorError::TooManyVips { wanted: self.vips.len() + 1, max: self.max_vips })
+        } else {
+            (&mut self.free_backend_ids, MirrorError::TooManyBackends { wanted: 0, max: self.max_backends })
+        };
+        set.pop_first().ok_or(err)
+    }
+
+    fn backend_info(&self, id: u32, t: &BackendTarget) -> BackendInfo {
+        BackendInfo {
+            addr: addr::to_words(t.addr),
+            mac: t.mac.0,
+            family: addr::family(t.addr),
+            ifindex: t.ifindex,
+            flags: BACKEND_F_VALID,
+            generation: self.generations[id as usize],
+            ..BackendInfo::default()
+        }
+    }
+
+    /// Marks a backend id free: connection-table entries that still name it become stale and
+    /// their flows are re-balanced by the data path.
+    fn release_backend(&mut self, w: &mut dyn MapWriter, id: u32, t: &BackendTarget) -> Result<(), MirrorError> {
+        let mut info = self.backend_info(id, t);
+        info.flags = 0;
+        w.put_backend(id, &info)?;
+        self.free_backend_ids.insert(id);
+        Ok(())
+    }
+}
+
+/// A backend's identity for Maglev: its address bytes.
+fn identity(ip: IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{HashFields, Mac, VipSpec};
+
+    /// Records writes and keeps a copy of the maps, like the kernel would.
+    #[derive(Default)]
+    struct FakeMaps {
+        vips: BTreeMap<(Vec<u32>, u16, u8), VipInfo>,
+        backends: BTreeMap<u32, BackendInfo>,
+        ring: BTreeMap<u32, u32>,
+        log: Vec<String>,
+    }
+
+    impl MapWriter for FakeMaps {
+        fn put_vip(&mut self, k: &VipKey, i: &VipInfo) -> Result<(), MirrorError> {
+            self.log.push(format!("vip+ {}", k.proto));
+            self.vips.insert((k.addr.to_vec(), k.port, k.proto), *i);
+            Ok(())
+        }
+        fn del_vip(&mut self, k: &VipKey) -> Result<(), MirrorError> {
+            self.log.push(format!("vip- {}", k.proto));
+            self.vips.remove(&(k.addr.to_vec(), k.port, k.proto));
+            Ok(())
+        }
+        fn put_backend(&mut self, id: u32, i: &BackendInfo) -> Result<(), MirrorError> {
+            self.log.push(format!("backend {id} valid={}", i.flags));
+            self.backends.insert(id, *i);
+            Ok(())
+        }
+        fn put_ring_slot(&mut self, index: u32, b: u32) -> Result<(), MirrorError> {
+            self.ring.insert(index, b);
+            Ok(())
+        }
+    }
+
+    const M: u32 = 1009;
+
+    fn vip(port: u16, n: u8) -> VipState {
+        VipState {
+            spec: VipSpec {
+                addr: VipAddr { ip: "10.0.0.100".parse().unwrap(), port, proto: crate::model::Proto::Tcp },
+                mode: Mode::L2,
+                hash: HashFields::FiveTuple,
+            },
+            backends: (1..=n).map(|i| target(i, 1)).collect(),
+        }
+    }
+
+    fn target(i: u8, weight: u32) -> BackendTarget {
+        BackendTarget { addr: IpAddr::from([10, 0, 1, i]), weight, mac: Mac([2, 0, 0, 0, 0, i]), ifindex: 0 }
+    }
+
+    #[test]
+    fn new_vip_is_written_whole_and_appears_last() {
+        let mut maps = FakeMaps::default();
+        let mut mirror = Mirror::new(M, 4, 16);
+        let r = mirror.sync(&mut maps, &[vip(80, 3)]).unwrap();
+        assert_eq!(r, SyncReport { vips_added: 1, vips_removed: 0, backends_written: 3, ring_slots_written: M as usize });
+        assert_eq!(maps.ring.len(), M as usize);
+        assert!(maps.ring.values().all(|b| *b < 3));
+        // Backends first, then the VIP and its address entry.
+        assert_eq!(&maps.log[3..], &["vip+ 6", "vip+ 0"]);
+    }
+
+    #[test]
+    fn one_backend_change_writes_only_the_slots_that_change() {
+        let mut maps = FakeMaps::default();
+        let mut mirror = Mirror::new(M, 4, 16);
+        mirror.sync(&mut maps, &[vip(80, 10)]).unwrap();
+        let before = mirror.ring(&vip(80, 10).spec.addr).unwrap().to_vec();
+        let removed_id = mirror.backend_id(&vip(80, 10).spec.addr, target(4, 1).addr).unwrap();
+        let owned = before.iter().filter(|&&b| b == removed_id).count();
+
+        let mut smaller = vip(80, 10);
+        smaller.backends.retain(|b| b.addr != target(4, 1).addr);
+        maps.log.clear();
+        let r = mirror.sync(&mut maps, &[smaller]).unwrap();
+        // The removed backend's slots move, few others do; then it is invalidated.
+        assert!(r.ring_slots_written >= owned && r.ring_slots_written < owned + M as usize / 50, "{r:?}, owned {owned}");
+        assert_eq!(maps.log, vec![format!("backend {removed_id} valid=0")]);
+        assert!(maps.ring.values().all(|&b| b != removed_id));
+    }
+
+    #[test]
+    fn weight_zero_drains_without_removing_the_backend() {
+        let mut maps = FakeMaps::default();
+        let mut mirror = Mirror::new(M, 4, 16);
+        let mut v = vip(80, 3);
+        mirror.sync(&mut maps, &[v.clone()]).unwrap();
+        v.backends[1].weight = 0;
+        maps.log.clear();
+        mirror.sync(&mut maps, &[v.clone()]).unwrap();
+        let id = mirror.backend_id(&v.spec.addr, v.backends[1].addr).unwrap();
+        assert!(maps.log.is_empty(), "the backend entry stays valid: {:?}", maps.log);
+        assert_eq!(maps.backends[&id].flags, BACKEND_F_VALID);
+        assert!(maps.ring.values().all(|&b| b != id));
+    }
+
+    #[test]
+    fn reused_backend_ids_get_a_new_generation() {
+        let mut maps = FakeMaps::default();
+        let mut mirror = Mirror::new(M, 4, 16);
+        mirror.sync(&mut maps, &[vip(80, 1)]).unwrap();
+        let gen1 = maps.backends[&0].generation;
+        mirror.sync(&mut maps, &[]).unwrap();
+        let mut other = vip(80, 0);
+        other.backends.push(target(9, 1));
+        mirror.sync(&mut maps, &[other]).unwrap();
+        assert_eq!(maps.backends[&0].addr[0], u32::from_ne_bytes([10, 0, 1, 9]));
+        assert_ne!(maps.backends[&0].generation, gen1);
+    }
+
+    #[test]
+    fn removing_a_vip_removes_its_entries_but_keeps_a_shared_address() {
+        let mut maps = FakeMaps::default();
+        let mut mirror = Mirror::new(M, 4, 16);
+        mirror.sync(&mut maps, &[vip(80, 2), vip(443, 2)]).unwrap();
+        assert_eq!(maps.vips.len(), 3, "two VIPs and one address entry");
+        mirror.sync(&mut maps, &[vip(443, 2)]).unwrap();
+        assert_eq!(maps.vips.len(), 2);
+        mirror.sync(&mut maps, &[]).unwrap();
+        assert!(maps.vips.is_empty());
+        assert!(maps.backends.values().all(|b| b.flags == 0));
+    }
+
+    #[test]
+    fn invalid_requests_change_nothing() {
+        let mut maps = FakeMaps::default();
+        let mut mirror = Mirror::new(M, 1, 4);
+        mirror.sync(&mut maps, &[vip(80, 2)]).unwrap();
+        let log = maps.log.len();
+        let mut l3 = vip(80, 2);
+        l3.spec.mode = Mode::L3;
+        let mut dup = vip(80, 2);
+        dup.backends.push(target(1, 3));
+        let mut v6 = vip(80, 1);
+        v6.backends.push(BackendTarget { addr: "2001:db8::1".parse().unwrap(), ..target(7, 1) });
+        let cases: Vec<(Vec<VipState>, &str)> = vec![
+            (vec![vip(80, 2), vip(443, 2)], "at most 1"),
+            (vec![vip(80, 5)], "at most 4"),
+            (vec![l3], "L3"),
+            (vec![dup], "declared twice"),
+            (vec![v6], "IPv6"),
+            (vec![vip(80, 2), vip(80, 2)], "declared twice"),
+        ];
+        for (req, want) in cases {
+            let err = mirror.sync(&mut maps, &req).unwrap_err().to_string();
+            assert!(err.contains(want), "{err}");
+            assert_eq!(maps.log.len(), log, "a refused request wrote something: {err}");
+        }
+    }
+}

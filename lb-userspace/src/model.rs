@@ -1,0 +1,260 @@
+//! The typed model of what the data path should do: VIPs, their mode and hash fields, and
+//! their backends. It knows nothing of maps; `mirror` turns it into map writes.
+
+use std::{fmt, net::IpAddr, str::FromStr};
+
+use lb_common::{
+    addr::{self, FAMILY_V4, FAMILY_V6},
+    FlowKey, VipKey, VIP_F_HASH_SRC_IP,
+};
+use thiserror::Error;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    pub fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => 6,
+            Proto::Udp => 17,
+        }
+    }
+}
+
+/// Forwarding mode of a VIP.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// Direct server return: rewrite the destination MAC only.
+    #[default]
+    L2,
+    /// NAT: rewrite the destination address (not implemented yet).
+    L3,
+}
+
+/// Which fields of a flow pick its backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HashFields {
+    #[default]
+    FiveTuple,
+    SrcIp,
+}
+
+/// A VIP's address: `ADDR:PORT/PROTO`, where port 0 (written `*`) means all ports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VipAddr {
+    pub ip: IpAddr,
+    pub port: u16,
+    pub proto: Proto,
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ParseError {
+    #[error("VIP {0:?} is not of the form ADDR:PORT/PROTO (e.g. 10.0.0.100:80/tcp, [2001:db8::1]:443/tcp, 10.0.0.100:*/udp)")]
+    VipSyntax(String),
+    #[error("protocol {0:?} is not supported; use tcp or udp")]
+    Proto(String),
+    #[error("port {0:?} is not a number from 1 to 65535 or * (all ports)")]
+    Port(String),
+    #[error("address {0:?} is not an IPv4 or IPv6 address")]
+    Addr(String),
+    #[error("MAC address {0:?} is not six hex bytes separated by colons (e.g. 02:00:00:00:00:01)")]
+    Mac(String),
+}
+
+impl FromStr for VipAddr {
+    type Err = ParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let syntax = || ParseError::VipSyntax(s.to_string());
+        let (hostport, proto) = s.rsplit_once('/').ok_or_else(syntax)?;
+        let proto = match proto.to_ascii_lowercase().as_str() {
+            "tcp" => Proto::Tcp,
+            "udp" => Proto::Udp,
+            _ => return Err(ParseError::Proto(proto.to_string())),
+        };
+        let (host, port) = if let Some(rest) = hostport.strip_prefix('[') {
+            let (host, port) = rest.split_once("]:").ok_or_else(syntax)?;
+            (host, port)
+        } else {
+            let (host, port) = hostport.rsplit_once(':').ok_or_else(syntax)?;
+            if host.contains(':') {
+                // A bare IPv6 address needs brackets to separate the port.
+                return Err(syntax());
+            }
+            (host, port)
+        };
+        let ip: IpAddr = host.parse().map_err(|_| ParseError::Addr(host.to_string()))?;
+        let port = match port {
+            "*" => 0,
+            p => match p.parse::<u16>() {
+                Ok(n) if n > 0 => n,
+                _ => return Err(ParseError::Port(p.to_string())),
+            },
+        };
+        Ok(VipAddr { ip, port, proto })
+    }
+}
+
+impl fmt::Display for VipAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.ip {
+            IpAddr::V4(ip) => write!(f, "{ip}:")?,
+            IpAddr::V6(ip) => write!(f, "[{ip}]:")?,
+        }
+        match self.port {
+            0 => write!(f, "*")?,
+            p => write!(f, "{p}")?,
+        }
+        let proto = match self.proto {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        };
+        write!(f, "/{proto}")
+    }
+}
+
+impl VipAddr {
+    /// The data path's key for this VIP.
+    pub fn key(&self) -> VipKey {
+        VipKey {
+            addr: addr::to_words(self.ip),
+            port: self.port.to_be(),
+            proto: self.proto.number(),
+            family: addr::family(self.ip),
+        }
+    }
+
+    /// The address entry shared by every VIP on this address.
+    pub fn address_key(&self) -> VipKey {
+        VipKey {
+            addr: addr::to_words(self.ip),
+            port: 0,
+            proto: 0,
+            family: if self.ip.is_ipv4() { FAMILY_V4 } else { FAMILY_V6 },
+        }
+    }
+}
+
+/// The connection-table key of a flow from `src:sport` to a VIP (as the data path builds it).
+pub fn flow_key(src: IpAddr, sport: u16, vip: &VipAddr, dport: u16) -> FlowKey {
+    FlowKey {
+        src: addr::to_words(src),
+        dst: addr::to_words(vip.ip),
+        sport: sport.to_be(),
+        dport: dport.to_be(),
+        proto: vip.proto.number(),
+        family: addr::family(vip.ip),
+        _pad: [0; 2],
+    }
+}
+
+/// A VIP and how it balances.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VipSpec {
+    pub addr: VipAddr,
+    pub mode: Mode,
+    pub hash: HashFields,
+}
+
+impl VipSpec {
+    pub fn flags(&self) -> u32 {
+        match self.hash {
+            HashFields::FiveTuple => 0,
+            HashFields::SrcIp => VIP_F_HASH_SRC_IP,
+        }
+    }
+}
+
+/// A MAC address.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Mac(pub [u8; 6]);
+
+impl FromStr for Mac {
+    type Err = ParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || ParseError::Mac(s.to_string());
+        let mut mac = [0u8; 6];
+        let mut parts = s.split(':');
+        for b in &mut mac {
+            let p = parts.next().ok_or_else(err)?;
+            if p.len() != 2 {
+                return Err(err());
+            }
+            *b = u8::from_str_radix(p, 16).map_err(|_| err())?;
+        }
+        if parts.next().is_some() {
+            return Err(err());
+        }
+        Ok(Mac(mac))
+    }
+}
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self.0;
+        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+    }
+}
+
+/// A backend resolved to what the data path needs: where to send and how much.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendTarget {
+    pub addr: IpAddr,
+    /// Relative weight; 0 drains (existing flows stay, no new ones).
+    pub weight: u32,
+    pub mac: Mac,
+    /// Interface to send out of; 0 sends back out of the receiving interface.
+    pub ifindex: u32,
+}
+
+/// One VIP with its backends: the unit the mirror applies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VipState {
+    pub spec: VipSpec,
+    pub backends: Vec<BackendTarget>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vip_syntax_round_trips() {
+        for s in ["10.0.0.100:80/tcp", "[2001:db8::1]:443/tcp", "10.0.0.100:*/udp", "[::1]:*/udp"] {
+            let v: VipAddr = s.parse().unwrap();
+            assert_eq!(v.to_string(), s);
+        }
+        let v: VipAddr = "10.0.0.1:53/UDP".parse().unwrap();
+        assert_eq!((v.port, v.proto), (53, Proto::Udp));
+    }
+
+    #[test]
+    fn bad_vips_are_refused_with_a_reason() {
+        let cases = [
+            ("10.0.0.1:80", "ADDR:PORT/PROTO"),
+            ("10.0.0.1:80/icmp", "protocol \"icmp\""),
+            ("10.0.0.1:0/tcp", "port \"0\""),
+            ("10.0.0.1:99999/tcp", "port \"99999\""),
+            ("10.0.0.300:80/tcp", "address \"10.0.0.300\""),
+            ("2001:db8::1:80/tcp", "ADDR:PORT/PROTO"),
+            ("[2001:db8::1]80/tcp", "ADDR:PORT/PROTO"),
+        ];
+        for (input, want) in cases {
+            let err = input.parse::<VipAddr>().unwrap_err().to_string();
+            assert!(err.contains(want), "{input}: {err}");
+        }
+    }
+
+    #[test]
+    fn macs_parse_and_print() {
+        let m: Mac = "02:00:0a:FF:00:01".parse().unwrap();
+        assert_eq!(m.to_string(), "02:00:0a:ff:00:01");
+        for bad in ["02:00:0a:ff:00", "02:00:0a:ff:00:01:02", "02-00-0a-ff-00-01", "zz:00:0a:ff:00:01"] {
+            assert!(bad.parse::<Mac>().is_err(), "{bad}");
+        }
+    }
+}
