@@ -1,3 +1,6 @@
-//! Test support for xdplb: a packet builder for fixtures and network-namespace topologies.
-//! The tests themselves are in `tests/tests/`; they need root.
+//! Test support for xdplb: a packet builder for fixtures, network namespaces, real servers and
+//! clients, and the L2 topology. The tests themselves are in `tests/tests/`; they need root.
+pub mod netns;
 pub mod packet;
+pub mod peers;
+pub mod topology;

@@ -1,0 +1,210 @@
+//! Real servers and clients for namespace tests. Servers answer every request line (TCP) or
+//! datagram (UDP) with their own name, so a client learns which backend it reached.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::netns::Netns;
+
+pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A TCP and a UDP server in one namespace; stopped on drop.
+pub struct Server {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Serves `name` on TCP `port` (all addresses) and on UDP `port` at each of `udp_addrs`
+    /// (UDP binds the VIP itself, so replies leave from the VIP).
+    pub fn start(ns: &Netns, name: &str, port: u16, udp_addrs: &[IpAddr]) -> Result<Server> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tcp, udps) = ns.run(|| -> Result<_> {
+            let tcp = TcpListener::bind(SocketAddr::from(([0u16; 8], port))).context("bind TCP server")?;
+            tcp.set_nonblocking(true)?;
+            let udps = udp_addrs
+                .iter()
+                .map(|a| {
+                    let s = UdpSocket::bind(SocketAddr::new(*a, port)).with_context(|| format!("bind UDP {a}"))?;
+                    s.set_read_timeout(Some(Duration::from_millis(20)))?;
+                    Ok(s)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok((tcp, udps))
+        })??;
+        let mut threads = Vec::new();
+        let (n, st) = (name.to_string(), stop.clone());
+        threads.push(std::thread::spawn(move || accept_loop(tcp, n, st)));
+        for udp in udps {
+            let (n, st) = (name.to_string(), stop.clone());
+            threads.push(std::thread::spawn(move || udp_loop(udp, n, st)));
+        }
+        Ok(Server { stop, threads })
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn accept_loop(listener: TcpListener, name: String, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((conn, _)) => {
+                let (n, st) = (name.clone(), stop.clone());
+                std::thread::spawn(move || serve(conn, n, st));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(2)),
+        }
+    }
+}
+
+fn serve(conn: TcpStream, name: String, stop: Arc<AtomicBool>) {
+    let _ = conn.set_nonblocking(false);
+    let _ = conn.set_read_timeout(Some(Duration::from_millis(100)));
+    let mut reader = BufReader::new(match conn.try_clone() {
+        Ok(c) => c,
+        Err(_) => return,
+    });
+    let mut writer = conn;
+    let mut line = String::new();
+    while !stop.load(Ordering::Relaxed) {
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) => return,
+            Ok(_) => {
+                if writer.write_all(format!("{name}\n").as_bytes()).is_err() {
+                    return;
+                }
+            }
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+fn udp_loop(sock: UdpSocket, name: String, stop: Arc<AtomicBool>) {
+    let mut buf = [0u8; 1500];
+    while !stop.load(Ordering::Relaxed) {
+        if let Ok((_, from)) = sock.recv_from(&mut buf) {
+            let _ = sock.send_to(name.as_bytes(), from);
+        }
+    }
+}
+
+/// A client connection held open across requests.
+pub struct Conn {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Conn {
+    /// Connects from `src_port` (0: any) to `vip` (call inside the client namespace).
+    pub fn open(vip: SocketAddr, src_port: u16) -> Result<Conn> {
+        let stream = connect_from(vip, src_port)?;
+        stream.set_read_timeout(Some(IO_TIMEOUT))?;
+        Ok(Conn { reader: BufReader::new(stream.try_clone()?), writer: stream })
+    }
+
+    /// Sends one request line and returns the backend's name.
+    pub fn ask(&mut self) -> Result<String> {
+        self.writer.write_all(b"who\n")?;
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            bail!("connection closed by the server");
+        }
+        Ok(line.trim().to_string())
+    }
+}
+
+fn connect_from(vip: SocketAddr, src_port: u16) -> Result<TcpStream> {
+    // std has no bind-before-connect: go through a raw socket for a chosen source port.
+    let domain = if vip.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    // SAFETY: plain socket calls; the fd is owned by the TcpStream on success, closed otherwise.
+    unsafe {
+        use std::os::fd::FromRawFd;
+        let fd = libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            bail!("socket: {}", std::io::Error::last_os_error());
+        }
+        let stream = TcpStream::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, &one as *const _ as *const _, 4);
+        let tv = libc::timeval { tv_sec: IO_TIMEOUT.as_secs() as _, tv_usec: 0 };
+        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDTIMEO, &tv as *const _ as *const _, std::mem::size_of::<libc::timeval>() as _);
+        let (src, dst) = (sockaddr(SocketAddr::new(unspecified(vip), src_port)), sockaddr(vip));
+        if libc::bind(fd, &src.0 as *const _ as *const libc::sockaddr, src.1) != 0 {
+            bail!("bind source port {src_port}: {}", std::io::Error::last_os_error());
+        }
+        if libc::connect(fd, &dst.0 as *const _ as *const libc::sockaddr, dst.1) != 0 {
+            bail!("connect to {vip} from port {src_port}: {}", std::io::Error::last_os_error());
+        }
+        Ok(stream)
+    }
+}
+
+fn unspecified(like: SocketAddr) -> IpAddr {
+    if like.is_ipv4() {
+        IpAddr::from([0u8; 4])
+    } else {
+        IpAddr::from([0u16; 8])
+    }
+}
+
+fn sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: zeroed sockaddr_storage is valid; we fill the matching variant.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match a {
+        SocketAddr::V4(v4) => {
+            let sin = unsafe { &mut *(&mut ss as *mut _ as *mut libc::sockaddr_in) };
+            sin.sin_family = libc::AF_INET as _;
+            sin.sin_port = v4.port().to_be();
+            sin.sin_addr.s_addr = u32::from_ne_bytes(v4.ip().octets());
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(v6) => {
+            let sin6 = unsafe { &mut *(&mut ss as *mut _ as *mut libc::sockaddr_in6) };
+            sin6.sin6_family = libc::AF_INET6 as _;
+            sin6.sin6_port = v6.port().to_be();
+            sin6.sin6_addr.s6_addr = v6.ip().octets();
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (ss, len as libc::socklen_t)
+}
+
+/// One connection: connect from `src_port`, ask once, close. Returns the backend's name.
+pub fn tcp_once(vip: SocketAddr, src_port: u16) -> Result<String> {
+    Conn::open(vip, src_port)?.ask()
+}
+
+/// One UDP request from `src_port`; returns the backend's name.
+pub fn udp_once(vip: SocketAddr, src_port: u16) -> Result<String> {
+    let s = UdpSocket::bind(SocketAddr::new(unspecified(vip), src_port))?;
+    s.set_read_timeout(Some(Duration::from_millis(500)))?;
+    s.connect(vip)?;
+    let mut buf = [0u8; 64];
+    // UDP has no retransmission: retry a few times (the first packet may wait on ARP/NDP).
+    for _ in 0..5 {
+        s.send(b"who")?;
+        if let Ok(n) = s.recv(&mut buf) {
+            return Ok(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+    bail!("no UDP answer from {vip} to source port {src_port}")
+}
