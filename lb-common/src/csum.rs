@@ -114,12 +114,19 @@ mod tests {
                 *b = (round.wrapping_mul(31).wrapping_add(i as u32 * 7)) as u8;
             }
             let c = checksum(&data, 0);
-            let old: [u32; 4] = core::array::from_fn(|i| u32::from_ne_bytes(data[8 + 4 * i..12 + 4 * i].try_into().unwrap()));
-            let new: [u32; 4] = core::array::from_fn(|i| round.wrapping_mul(0x0101_0101).wrapping_add(i as u32));
+            let old: [u32; 4] = core::array::from_fn(|i| {
+                u32::from_ne_bytes(data[8 + 4 * i..12 + 4 * i].try_into().unwrap())
+            });
+            let new: [u32; 4] =
+                core::array::from_fn(|i| round.wrapping_mul(0x0101_0101).wrapping_add(i as u32));
             for i in 0..4 {
                 data[8 + 4 * i..12 + 4 * i].copy_from_slice(&new[i].to_ne_bytes());
             }
-            assert_eq!(replace128(c, &old, &new), checksum(&data, 0), "round {round}");
+            assert_eq!(
+                replace128(c, &old, &new),
+                checksum(&data, 0),
+                "round {round}"
+            );
         }
     }
 

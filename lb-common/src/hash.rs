@@ -9,7 +9,10 @@ const SEED: u32 = 0x9e37_79b9;
 
 #[inline(always)]
 fn mix(h: u32, k: u32) -> u32 {
-    let k = k.wrapping_mul(0xcc9e_2d51).rotate_left(15).wrapping_mul(0x1b87_3593);
+    let k = k
+        .wrapping_mul(0xcc9e_2d51)
+        .rotate_left(15)
+        .wrapping_mul(0x1b87_3593);
     (h ^ k)
         .rotate_left(13)
         .wrapping_mul(5)
@@ -60,7 +63,10 @@ pub fn murmur3(data: &[u8], seed: u32) -> u32 {
         for (i, b) in rest.iter().enumerate() {
             k |= (*b as u32) << (8 * i);
         }
-        h ^= k.wrapping_mul(0xcc9e_2d51).rotate_left(15).wrapping_mul(0x1b87_3593);
+        h ^= k
+            .wrapping_mul(0xcc9e_2d51)
+            .rotate_left(15)
+            .wrapping_mul(0x1b87_3593);
     }
     finish(h, data.len() as u32)
 }
@@ -89,7 +95,10 @@ mod tests {
         assert_eq!(murmur3(b"", 1), 0x514e_28b7);
         assert_eq!(murmur3(b"hello", 0), 0x248b_fa47);
         assert_eq!(murmur3(b"Hello, world!", 1234), 0xfaf6_cdb3);
-        assert_eq!(murmur3(b"The quick brown fox jumps over the lazy dog", 0x9747_b28c), 0x2fa8_26cd);
+        assert_eq!(
+            murmur3(b"The quick brown fox jumps over the lazy dog", 0x9747_b28c),
+            0x2fa8_26cd
+        );
     }
 
     #[test]
@@ -97,7 +106,10 @@ mod tests {
         let a = key(1000);
         let mut b = key(2000);
         b.dst[0] = 7;
-        assert_eq!(flow_hash(&a, VIP_F_HASH_SRC_IP), flow_hash(&b, VIP_F_HASH_SRC_IP));
+        assert_eq!(
+            flow_hash(&a, VIP_F_HASH_SRC_IP),
+            flow_hash(&b, VIP_F_HASH_SRC_IP)
+        );
         assert_ne!(flow_hash(&a, 0), flow_hash(&b, 0));
     }
 

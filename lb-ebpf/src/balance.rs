@@ -57,7 +57,7 @@ pub fn choose(vip: &VipInfo, key: &FlowKey, record: bool) -> Option<Choice> {
             generation: backend.generation,
         };
         // A full table evicts the least recently used entry; failure only costs stickiness.
-        let _ = CONNTRACK.insert(key, &conn, BPF_ANY as u64);
+        let _ = CONNTRACK.insert(key, conn, BPF_ANY as u64);
     }
     Some(Choice {
         id,

@@ -20,7 +20,7 @@ pub fn l2(ctx: &XdpContext, backend: &BackendInfo) -> u32 {
         backend.ifindex
     };
     // SAFETY: the value is copied at once.
-    let Some(iface) = (unsafe { IFACES.get(&egress) }).copied() else {
+    let Some(iface) = (unsafe { IFACES.get(egress) }).copied() else {
         return verdict(stats::DROP_NO_IFACE, xdp_action::XDP_DROP);
     };
     let Ok(eth) = ptr_at::<EthHdr>(ctx, 0) else {

@@ -13,8 +13,7 @@ use lb_common::{
 use crate::parse::Dest;
 
 #[map(name = "XDPLB_VIPS")]
-pub static VIPS: HashMap<VipKey, VipInfo> =
-    HashMap::with_max_entries(2 * m::DEFAULT_MAX_VIPS, 0);
+pub static VIPS: HashMap<VipKey, VipInfo> = HashMap::with_max_entries(2 * m::DEFAULT_MAX_VIPS, 0);
 
 #[map(name = "XDPLB_BACKENDS")]
 pub static BACKENDS: Array<BackendInfo> = Array::with_max_entries(m::DEFAULT_MAX_BACKENDS, 0);
@@ -54,12 +53,12 @@ pub fn find_vip(key: &FlowKey) -> Option<VipInfo> {
         family: key.family,
     };
     // SAFETY: the value is copied out at once; VIP entries are replaced whole by user space.
-    if let Some(v) = unsafe { VIPS.get(&vk) } {
+    if let Some(v) = unsafe { VIPS.get(vk) } {
         return Some(*v);
     }
     vk.port = 0;
     // An address entry (proto 0, port 0) is not a VIP, even for a protocol-0 packet.
-    unsafe { VIPS.get(&vk) }
+    unsafe { VIPS.get(vk) }
         .copied()
         .filter(|v| v.flags & VIP_F_ADDRESS == 0)
 }
@@ -74,5 +73,5 @@ pub fn is_vip_address(dst: &Dest) -> bool {
         family: dst.family,
     };
     // SAFETY: only the presence and a flag are read.
-    matches!(unsafe { VIPS.get(&vk) }, Some(v) if v.flags & VIP_F_ADDRESS != 0)
+    matches!(unsafe { VIPS.get(vk) }, Some(v) if v.flags & VIP_F_ADDRESS != 0)
 }

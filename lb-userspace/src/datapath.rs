@@ -39,7 +39,10 @@ pub enum DataPathError {
         source: aya::programs::ProgramError,
     },
     #[error("interface {iface}: {source}")]
-    Iface { iface: String, source: std::io::Error },
+    Iface {
+        iface: String,
+        source: std::io::Error,
+    },
     #[error("map {map}: {reason}")]
     Map { map: &'static str, reason: String },
     #[error("interface {0} is not attached")]
@@ -85,7 +88,10 @@ impl LoadOptions {
     fn validate(&self) -> Result<(), DataPathError> {
         let bad = |s: String| Err(DataPathError::Option(s));
         if !maglev::is_prime(self.ring_size) {
-            return bad(format!("ring_size {} is not a prime (65537 is the default)", self.ring_size));
+            return bad(format!(
+                "ring_size {} is not a prime (65537 is the default)",
+                self.ring_size
+            ));
         }
         if self.max_vips == 0 || self.max_backends == 0 || self.conntrack_size == 0 {
             return bad("max_vips, max_backends and conntrack_size must be at least 1".into());
@@ -108,7 +114,10 @@ pub struct DataPath {
 }
 
 fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> DataPathError {
-    move |e| DataPathError::Map { map, reason: e.to_string() }
+    move |e| DataPathError::Map {
+        map,
+        reason: e.to_string(),
+    }
 }
 
 impl DataPath {
@@ -142,7 +151,11 @@ impl DataPath {
                 source,
             })?;
         }
-        Ok(DataPath { ebpf, opts: opts.clone(), links: Vec::new() })
+        Ok(DataPath {
+            ebpf,
+            opts: opts.clone(),
+            links: Vec::new(),
+        })
     }
 
     pub fn options(&self) -> &LoadOptions {
@@ -152,24 +165,42 @@ impl DataPath {
     /// Attaches the load balancer to `iface` and registers the interface as an egress.
     /// Returns the mode actually used.
     pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<AttachMode, DataPathError> {
-        let ifindex = iface::index(iface).map_err(|source| DataPathError::Iface { iface: iface.into(), source })?;
-        let mac = iface::mac(iface).map_err(|source| DataPathError::Iface { iface: iface.into(), source })?;
+        let ifindex = iface::index(iface).map_err(|source| DataPathError::Iface {
+            iface: iface.into(),
+            source,
+        })?;
+        let mac = iface::mac(iface).map_err(|source| DataPathError::Iface {
+            iface: iface.into(),
+            source,
+        })?;
         self.register_iface(ifindex, mac)?;
         self.attach_program(m::PROG_LB, iface, mode)
     }
 
     /// Attaches the pass-everything program: the peer of a veth that receives XDP_TX or
     /// XDP_REDIRECT frames needs one for them to be delivered.
-    pub fn attach_pass(&mut self, iface: &str, mode: AttachMode) -> Result<AttachMode, DataPathError> {
+    pub fn attach_pass(
+        &mut self,
+        iface: &str,
+        mode: AttachMode,
+    ) -> Result<AttachMode, DataPathError> {
         self.attach_program(m::PROG_PASS, iface, mode)
     }
 
-    fn attach_program(&mut self, name: &'static str, iface: &str, mode: AttachMode) -> Result<AttachMode, DataPathError> {
+    fn attach_program(
+        &mut self,
+        name: &'static str,
+        iface: &str,
+        mode: AttachMode,
+    ) -> Result<AttachMode, DataPathError> {
         let prog = program(&mut self.ebpf, name)?;
         let tries: &[(AttachMode, XdpMode)] = match mode {
             AttachMode::Native => &[(AttachMode::Native, XdpMode::Driver)],
             AttachMode::Generic => &[(AttachMode::Generic, XdpMode::Skb)],
-            AttachMode::Auto => &[(AttachMode::Native, XdpMode::Driver), (AttachMode::Generic, XdpMode::Skb)],
+            AttachMode::Auto => &[
+                (AttachMode::Native, XdpMode::Driver),
+                (AttachMode::Generic, XdpMode::Skb),
+            ],
         };
         let mut last = None;
         for (used, xdp_mode) in tries {
@@ -192,13 +223,19 @@ impl DataPath {
         let mut found = false;
         while let Some(pos) = self.links.iter().position(|(i, _, _)| i == iface) {
             let (_, name, link) = self.links.remove(pos);
-            program(&mut self.ebpf, name)?.detach(link).map_err(|source| DataPathError::Program {
-                what: format!("detaching {name} from {iface}"),
-                source,
-            })?;
+            program(&mut self.ebpf, name)?
+                .detach(link)
+                .map_err(|source| DataPathError::Program {
+                    what: format!("detaching {name} from {iface}"),
+                    source,
+                })?;
             found = true;
         }
-        if found { Ok(()) } else { Err(DataPathError::NotAttached(iface.into())) }
+        if found {
+            Ok(())
+        } else {
+            Err(DataPathError::NotAttached(iface.into()))
+        }
     }
 
     /// Declares an interface packets may leave by: its MAC becomes the source of rewritten
@@ -206,11 +243,26 @@ impl DataPath {
     pub fn register_iface(&mut self, ifindex: u32, mac: Mac) -> Result<(), DataPathError> {
         let mut ifaces: HashMap<_, u32, IfaceInfo> = self.typed(m::IFACES)?;
         ifaces
-            .insert(ifindex, IfaceInfo { mac: mac.0, _pad: [0; 2] }, 0)
+            .insert(
+                ifindex,
+                IfaceInfo {
+                    mac: mac.0,
+                    _pad: [0; 2],
+                },
+                0,
+            )
             .map_err(map_err(m::IFACES))?;
-        let map = self.ebpf.map_mut(m::TX_PORTS).ok_or(DataPathError::Map { map: m::TX_PORTS, reason: "missing".into() })?;
+        let map = self.ebpf.map_mut(m::TX_PORTS).ok_or(DataPathError::Map {
+            map: m::TX_PORTS,
+            reason: "missing".into(),
+        })?;
         let mut ports: DevMapHash<&mut MapData> = map.try_into().map_err(map_err(m::TX_PORTS))?;
-        ports.insert(ifindex, ifindex, None, 0).map_err(|e| DataPathError::Map { map: m::TX_PORTS, reason: e.to_string() })
+        ports
+            .insert(ifindex, ifindex, None, 0)
+            .map_err(|e| DataPathError::Map {
+                map: m::TX_PORTS,
+                reason: e.to_string(),
+            })
     }
 
     /// The load-balancer program (for BPF_PROG_TEST_RUN and program info).
@@ -263,13 +315,25 @@ impl DataPath {
         }
     }
 
-    fn typed<'a, T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>>(&'a mut self, name: &'static str) -> Result<T, DataPathError> {
-        let map = self.ebpf.map_mut(name).ok_or(DataPathError::Map { map: name, reason: "not in the object".into() })?;
+    fn typed<'a, T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>>(
+        &'a mut self,
+        name: &'static str,
+    ) -> Result<T, DataPathError> {
+        let map = self.ebpf.map_mut(name).ok_or(DataPathError::Map {
+            map: name,
+            reason: "not in the object".into(),
+        })?;
         T::try_from(map).map_err(map_err(name))
     }
 
-    fn typed_ref<'a, T: TryFrom<&'a aya::maps::Map, Error = aya::maps::MapError>>(&'a self, name: &'static str) -> Result<T, DataPathError> {
-        let map = self.ebpf.map(name).ok_or(DataPathError::Map { map: name, reason: "not in the object".into() })?;
+    fn typed_ref<'a, T: TryFrom<&'a aya::maps::Map, Error = aya::maps::MapError>>(
+        &'a self,
+        name: &'static str,
+    ) -> Result<T, DataPathError> {
+        let map = self.ebpf.map(name).ok_or(DataPathError::Map {
+            map: name,
+            reason: "not in the object".into(),
+        })?;
         T::try_from(map).map_err(map_err(name))
     }
 }
@@ -288,8 +352,13 @@ const ALL_MAPS: [&str; 9] = [
 ];
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp, DataPathError> {
-    let prog = ebpf.program_mut(name).ok_or_else(|| DataPathError::Option(format!("program {name} is not in the object")))?;
-    prog.try_into().map_err(|source| DataPathError::Program { what: format!("program {name}"), source })
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or_else(|| DataPathError::Option(format!("program {name} is not in the object")))?;
+    prog.try_into().map_err(|source| DataPathError::Program {
+        what: format!("program {name}"),
+        source,
+    })
 }
 
 /// The kernel maps as the mirror's `MapWriter`.
@@ -298,7 +367,10 @@ pub struct KernelMaps<'a> {
 }
 
 fn mirror_err(map: &'static str) -> impl Fn(DataPathError) -> MirrorError {
-    move |e| MirrorError::Map { map, reason: e.to_string() }
+    move |e| MirrorError::Map {
+        map,
+        reason: e.to_string(),
+    }
 }
 
 impl KernelMaps<'_> {
@@ -308,27 +380,39 @@ impl KernelMaps<'_> {
         F: FnOnce(&mut T) -> Result<(), aya::maps::MapError>,
     {
         let mut typed: T = self.dp.typed(map).map_err(mirror_err(map))?;
-        f(&mut typed).map_err(|e| MirrorError::Map { map, reason: e.to_string() })
+        f(&mut typed).map_err(|e| MirrorError::Map {
+            map,
+            reason: e.to_string(),
+        })
     }
 }
 
 impl MapWriter for KernelMaps<'_> {
     fn put_vip(&mut self, key: &VipKey, info: &VipInfo) -> Result<(), MirrorError> {
-        self.write(m::VIPS, |v: &mut HashMap<&mut MapData, VipKey, VipInfo>| v.insert(key, info, 0))
-    }
-
-    fn del_vip(&mut self, key: &VipKey) -> Result<(), MirrorError> {
-        self.write(m::VIPS, |v: &mut HashMap<&mut MapData, VipKey, VipInfo>| match v.remove(key) {
-            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            r => r,
+        self.write(m::VIPS, |v: &mut HashMap<&mut MapData, VipKey, VipInfo>| {
+            v.insert(key, info, 0)
         })
     }
 
+    fn del_vip(&mut self, key: &VipKey) -> Result<(), MirrorError> {
+        self.write(
+            m::VIPS,
+            |v: &mut HashMap<&mut MapData, VipKey, VipInfo>| match v.remove(key) {
+                Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+                r => r,
+            },
+        )
+    }
+
     fn put_backend(&mut self, id: u32, info: &BackendInfo) -> Result<(), MirrorError> {
-        self.write(m::BACKENDS, |a: &mut Array<&mut MapData, BackendInfo>| a.set(id, info, 0))
+        self.write(m::BACKENDS, |a: &mut Array<&mut MapData, BackendInfo>| {
+            a.set(id, info, 0)
+        })
     }
 
     fn put_ring_slot(&mut self, index: u32, backend: u32) -> Result<(), MirrorError> {
-        self.write(m::RING, |a: &mut Array<&mut MapData, u32>| a.set(index, backend, 0))
+        self.write(m::RING, |a: &mut Array<&mut MapData, u32>| {
+            a.set(index, backend, 0)
+        })
     }
 }

@@ -21,7 +21,9 @@ pub fn index(name: &str) -> io::Result<u32> {
 /// Hardware address of an interface.
 pub fn mac(name: &str) -> io::Result<Mac> {
     if name.len() >= libc::IFNAMSIZ {
-        return Err(io::Error::other(format!("interface name {name:?} is too long")));
+        return Err(io::Error::other(format!(
+            "interface name {name:?} is too long"
+        )));
     }
     // SAFETY: plain socket/ioctl calls on a zeroed ifreq whose name fits (checked above); the
     // socket is closed on every path.

@@ -33,7 +33,7 @@ pub fn is_prime(m: u32) -> bool {
     }
     let mut d = 2u64;
     while d * d <= m as u64 {
-        if m as u64 % d == 0 {
+        if (m as u64).is_multiple_of(d) {
             return false;
         }
         d += 1;
@@ -152,7 +152,10 @@ mod tests {
             assert_eq!(s.len() as u32, n, "every backend owns slots (n = {n})");
             let (lo, hi) = (M / n, M.div_ceil(n));
             for (id, count) in s {
-                assert!((lo..=hi).contains(&count), "n = {n}: backend {id} owns {count}, not in [{lo}, {hi}]");
+                assert!(
+                    (lo..=hi).contains(&count),
+                    "n = {n}: backend {id} owns {count}, not in [{lo}, {hi}]"
+                );
             }
         }
     }
@@ -161,13 +164,20 @@ mod tests {
     fn weighted_shares_follow_weights() {
         let weights = [1u32, 2, 1, 5, 3];
         let total: u32 = weights.iter().sum();
-        let members: Vec<_> = weights.iter().enumerate().map(|(i, &w)| member(i as u32, w)).collect();
+        let members: Vec<_> = weights
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| member(i as u32, w))
+            .collect();
         let s = shares(&build(&members, M));
         for (i, &w) in weights.iter().enumerate() {
             let want = M as f64 * w as f64 / total as f64;
             let got = s[&(i as u32)] as f64;
             println!("weight {w}: {got} slots, ideal {want:.1}");
-            assert!((got - want).abs() <= 2.0 + want * 0.001, "weight {w}: {got} slots, ideal {want:.1}");
+            assert!(
+                (got - want).abs() <= 2.0 + want * 0.001,
+                "weight {w}: {got} slots, ideal {want:.1}"
+            );
         }
     }
 
@@ -175,7 +185,9 @@ mod tests {
     fn zero_weight_takes_no_slots_and_no_members_means_no_backend() {
         let members = vec![member(0, 0), member(1, 1)];
         assert!(build(&members, 13).iter().all(|&id| id == 1));
-        assert!(build(&[member(0, 0)], 13).iter().all(|&id| id == NO_BACKEND));
+        assert!(build(&[member(0, 0)], 13)
+            .iter()
+            .all(|&id| id == NO_BACKEND));
         assert!(build(&[], 13).iter().all(|&id| id == NO_BACKEND));
     }
 
@@ -184,7 +196,11 @@ mod tests {
         let members: Vec<_> = (0..n).map(|i| member(i, 1)).collect();
         let before = build(&members, M);
         let removed = n / 2;
-        let rest: Vec<_> = members.iter().filter(|b| b.id != removed).cloned().collect();
+        let rest: Vec<_> = members
+            .iter()
+            .filter(|b| b.id != removed)
+            .cloned()
+            .collect();
         let after = build(&rest, M);
         let (mut kept_owner, mut moved) = (0u32, 0u32);
         for (b, a) in before.iter().zip(&after) {
@@ -202,7 +218,10 @@ mod tests {
     fn removing_one_backend_moves_few_other_slots() {
         for (n, bound) in [(10u32, 0.01), (100, 0.01), (1000, 0.01)] {
             let d = disruption(n);
-            println!("maglev disruption M={M} N={n}: {:.4}% of other slots moved", d * 100.0);
+            println!(
+                "maglev disruption M={M} N={n}: {:.4}% of other slots moved",
+                d * 100.0
+            );
             assert!(d < bound, "N = {n}: {:.3}% of other slots moved", d * 100.0);
         }
     }

@@ -16,7 +16,8 @@ use std::{
 };
 
 use lb_common::{
-    addr, hash::flow_hash, BackendInfo, FlowKey, VipInfo, VipKey, BACKEND_F_VALID, NO_BACKEND, VIP_F_ADDRESS,
+    addr, hash::flow_hash, BackendInfo, FlowKey, VipInfo, VipKey, BACKEND_F_VALID, NO_BACKEND,
+    VIP_F_ADDRESS,
 };
 use thiserror::Error;
 
@@ -35,7 +36,9 @@ pub trait MapWriter {
 
 #[derive(Debug, Error)]
 pub enum MirrorError {
-    #[error("{wanted} VIPs requested but the data path was loaded for at most {max} (raise max_vips)")]
+    #[error(
+        "{wanted} VIPs requested but the data path was loaded for at most {max} (raise max_vips)"
+    )]
     TooManyVips { wanted: usize, max: u32 },
     #[error("{wanted} backends requested but the data path was loaded for at most {max} (raise max_backends)")]
     TooManyBackends { wanted: usize, max: u32 },
@@ -44,7 +47,12 @@ pub enum MirrorError {
     #[error("backend {backend} is declared twice for VIP {vip}")]
     DuplicateBackend { vip: VipAddr, backend: IpAddr },
     #[error("backend {backend} of VIP {vip} is IPv{got} but the VIP is IPv{want}; L2 mode needs the same family")]
-    FamilyMismatch { vip: VipAddr, backend: IpAddr, got: u8, want: u8 },
+    FamilyMismatch {
+        vip: VipAddr,
+        backend: IpAddr,
+        got: u8,
+        want: u8,
+    },
     #[error("VIP {0} asks for L3 (NAT) mode, which this version does not implement yet; use l2")]
     L3NotImplemented(VipAddr),
     #[error("writing map {map} failed: {reason}")]
@@ -104,7 +112,11 @@ impl Mirror {
 
     /// Data-path id of a VIP's backend.
     pub fn backend_id(&self, vip: &VipAddr, backend: IpAddr) -> Option<u32> {
-        self.vips.get(vip)?.backends.get(&backend).map(|(id, _)| *id)
+        self.vips
+            .get(vip)?
+            .backends
+            .get(&backend)
+            .map(|(id, _)| *id)
     }
 
     /// The ring as last written for a VIP.
@@ -118,16 +130,28 @@ impl Mirror {
         let v = self.vips.get(vip)?;
         let slot = flow_hash(key, v.flags) % self.ring_size;
         let id = v.ring[slot as usize];
-        v.backends.iter().find(|(_, (bid, _))| *bid == id).map(|(a, _)| *a)
+        v.backends
+            .iter()
+            .find(|(_, (bid, _))| *bid == id)
+            .map(|(a, _)| *a)
     }
 
     /// Moves the maps to `desired` (the complete set of VIPs) with the fewest writes.
-    pub fn sync(&mut self, w: &mut dyn MapWriter, desired: &[VipState]) -> Result<SyncReport, MirrorError> {
+    pub fn sync(
+        &mut self,
+        w: &mut dyn MapWriter,
+        desired: &[VipState],
+    ) -> Result<SyncReport, MirrorError> {
         self.validate(desired)?;
         let mut report = SyncReport::default();
         let wanted: BTreeSet<VipAddr> = desired.iter().map(|v| v.spec.addr).collect();
 
-        let gone: Vec<VipAddr> = self.vips.keys().filter(|a| !wanted.contains(a)).copied().collect();
+        let gone: Vec<VipAddr> = self
+            .vips
+            .keys()
+            .filter(|a| !wanted.contains(a))
+            .copied()
+            .collect();
         for addr in gone {
             self.remove_vip(w, &addr, &wanted, &mut report)?;
         }
@@ -150,7 +174,10 @@ impl Mirror {
             let mut addrs = BTreeSet::new();
             for b in &state.backends {
                 if !addrs.insert(b.addr) {
-                    return Err(MirrorError::DuplicateBackend { vip, backend: b.addr });
+                    return Err(MirrorError::DuplicateBackend {
+                        vip,
+                        backend: b.addr,
+                    });
                 }
                 if b.addr.is_ipv4() != vip.ip.is_ipv4() {
                     return Err(MirrorError::FamilyMismatch {
@@ -163,7 +190,10 @@ impl Mirror {
             }
         }
         if seen.len() > self.max_vips as usize {
-            return Err(MirrorError::TooManyVips { wanted: seen.len(), max: self.max_vips });
+            return Err(MirrorError::TooManyVips {
+                wanted: seen.len(),
+                max: self.max_vips,
+            });
         }
         // Within a VIP, new backends take ids before removed ones give theirs back, so the peak
         // is what the kept VIPs hold now plus every backend that is new.
@@ -184,7 +214,10 @@ impl Mirror {
             })
             .sum();
         if held + new > self.max_backends as usize {
-            return Err(MirrorError::TooManyBackends { wanted: held + new, max: self.max_backends });
+            return Err(MirrorError::TooManyBackends {
+                wanted: held + new,
+                max: self.max_backends,
+            });
         }
         Ok(())
     }
@@ -196,9 +229,15 @@ impl Mirror {
         wanted: &BTreeSet<VipAddr>,
         report: &mut SyncReport,
     ) -> Result<(), MirrorError> {
-        let Some(vip) = self.vips.remove(addr) else { return Ok(()) };
+        let Some(vip) = self.vips.remove(addr) else {
+            return Ok(());
+        };
         w.del_vip(&addr.key())?;
-        let shared = self.vips.keys().chain(wanted.iter()).any(|a| a.ip == addr.ip);
+        let shared = self
+            .vips
+            .keys()
+            .chain(wanted.iter())
+            .any(|a| a.ip == addr.ip);
         if !shared {
             w.del_vip(&addr.address_key())?;
         }
@@ -211,24 +250,42 @@ impl Mirror {
         Ok(())
     }
 
-    fn apply_vip(&mut self, w: &mut dyn MapWriter, state: &VipState, report: &mut SyncReport) -> Result<(), MirrorError> {
+    fn apply_vip(
+        &mut self,
+        w: &mut dyn MapWriter,
+        state: &VipState,
+        report: &mut SyncReport,
+    ) -> Result<(), MirrorError> {
         let addr = state.spec.addr;
         let flags = state.spec.flags();
         let is_new = !self.vips.contains_key(&addr);
         if is_new {
             let id = self.take_id(true)?;
-            self.vips.insert(addr, MirroredVip { id, flags, backends: BTreeMap::new(), ring: Vec::new() });
+            self.vips.insert(
+                addr,
+                MirroredVip {
+                    id,
+                    flags,
+                    backends: BTreeMap::new(),
+                    ring: Vec::new(),
+                },
+            );
         }
 
         // 1. New and changed backends go in first.
-        let desired: BTreeMap<IpAddr, &BackendTarget> = state.backends.iter().map(|b| (b.addr, b)).collect();
+        let desired: BTreeMap<IpAddr, &BackendTarget> =
+            state.backends.iter().map(|b| (b.addr, b)).collect();
         for target in state.backends.iter() {
             let existing = self.vips[&addr].backends.get(&target.addr).cloned();
             let id = match existing {
                 Some((_, old)) if old == *target => continue,
                 Some((id, old)) if old.mac == target.mac && old.ifindex == target.ifindex => {
                     // Only the weight changed: the ring changes, the backend entry does not.
-                    self.vips.get_mut(&addr).unwrap().backends.insert(target.addr, (id, target.clone()));
+                    self.vips
+                        .get_mut(&addr)
+                        .unwrap()
+                        .backends
+                        .insert(target.addr, (id, target.clone()));
                     continue;
                 }
                 Some((id, _)) => id,
@@ -240,7 +297,11 @@ impl Mirror {
             };
             w.put_backend(id, &self.backend_info(id, target))?;
             report.backends_written += 1;
-            self.vips.get_mut(&addr).unwrap().backends.insert(target.addr, (id, target.clone()));
+            self.vips
+                .get_mut(&addr)
+                .unwrap()
+                .backends
+                .insert(target.addr, (id, target.clone()));
         }
 
         // 2. The ring, slot by slot where it changed (every slot of a new VIP).
@@ -249,12 +310,19 @@ impl Mirror {
             .backends
             .iter()
             .filter(|(a, _)| desired.contains_key(a))
-            .map(|(a, (id, t))| RingMember { identity: identity(*a), weight: t.weight, id: *id })
+            .map(|(a, (id, t))| RingMember {
+                identity: identity(*a),
+                weight: t.weight,
+                id: *id,
+            })
             .collect();
         let ring = maglev::build(&members, self.ring_size);
         let base = vip.id * self.ring_size;
         let writes: Vec<(u32, u32)> = if is_new {
-            ring.iter().enumerate().map(|(i, &b)| (i as u32, b)).collect()
+            ring.iter()
+                .enumerate()
+                .map(|(i, &b)| (i as u32, b))
+                .collect()
         } else {
             maglev::delta(&vip.ring, &ring)
         };
@@ -267,7 +335,13 @@ impl Mirror {
         let vip_id = vip.id;
         if is_new || vip.flags != flags {
             w.put_vip(&addr.key(), &VipInfo { id: vip_id, flags })?;
-            w.put_vip(&addr.address_key(), &VipInfo { id: NO_BACKEND, flags: VIP_F_ADDRESS })?;
+            w.put_vip(
+                &addr.address_key(),
+                &VipInfo {
+                    id: NO_BACKEND,
+                    flags: VIP_F_ADDRESS,
+                },
+            )?;
         }
         if is_new {
             report.vips_added += 1;
@@ -293,9 +367,21 @@ impl Mirror {
 
     fn take_id(&mut self, vip: bool) -> Result<u32, MirrorError> {
         let (set, err) = if vip {
-            (&mut self.free_vip_ids, MirrorError::TooManyVips { wanted: self.vips.len() + 1, max: self.max_vips })
+            (
+                &mut self.free_vip_ids,
+                MirrorError::TooManyVips {
+                    wanted: self.vips.len() + 1,
+                    max: self.max_vips,
+                },
+            )
         } else {
-            (&mut self.free_backend_ids, MirrorError::TooManyBackends { wanted: 0, max: self.max_backends })
+            (
+                &mut self.free_backend_ids,
+                MirrorError::TooManyBackends {
+                    wanted: 0,
+                    max: self.max_backends,
+                },
+            )
         };
         set.pop_first().ok_or(err)
     }
@@ -314,7 +400,12 @@ impl Mirror {
 
     /// Marks a backend id free: connection-table entries that still name it become stale and
     /// their flows are re-balanced by the data path.
-    fn release_backend(&mut self, w: &mut dyn MapWriter, id: u32, t: &BackendTarget) -> Result<(), MirrorError> {
+    fn release_backend(
+        &mut self,
+        w: &mut dyn MapWriter,
+        id: u32,
+        t: &BackendTarget,
+    ) -> Result<(), MirrorError> {
         let mut info = self.backend_info(id, t);
         info.flags = 0;
         w.put_backend(id, &info)?;
@@ -372,7 +463,11 @@ mod tests {
     fn vip(port: u16, n: u8) -> VipState {
         VipState {
             spec: VipSpec {
-                addr: VipAddr { ip: "10.0.0.100".parse().unwrap(), port, proto: crate::model::Proto::Tcp },
+                addr: VipAddr {
+                    ip: "10.0.0.100".parse().unwrap(),
+                    port,
+                    proto: crate::model::Proto::Tcp,
+                },
                 mode: Mode::L2,
                 hash: HashFields::FiveTuple,
             },
@@ -381,7 +476,12 @@ mod tests {
     }
 
     fn target(i: u8, weight: u32) -> BackendTarget {
-        BackendTarget { addr: IpAddr::from([10, 0, 1, i]), weight, mac: Mac([2, 0, 0, 0, 0, i]), ifindex: 0 }
+        BackendTarget {
+            addr: IpAddr::from([10, 0, 1, i]),
+            weight,
+            mac: Mac([2, 0, 0, 0, 0, i]),
+            ifindex: 0,
+        }
     }
 
     #[test]
@@ -389,7 +489,15 @@ mod tests {
         let mut maps = FakeMaps::default();
         let mut mirror = Mirror::new(M, 4, 16);
         let r = mirror.sync(&mut maps, &[vip(80, 3)]).unwrap();
-        assert_eq!(r, SyncReport { vips_added: 1, vips_removed: 0, backends_written: 3, ring_slots_written: M as usize });
+        assert_eq!(
+            r,
+            SyncReport {
+                vips_added: 1,
+                vips_removed: 0,
+                backends_written: 3,
+                ring_slots_written: M as usize
+            }
+        );
         assert_eq!(maps.ring.len(), M as usize);
         assert!(maps.ring.values().all(|b| *b < 3));
         // Backends first, then the VIP and its address entry.
@@ -398,11 +506,15 @@ mod tests {
 
     #[test]
     fn one_backend_change_writes_only_the_slots_that_change() {
+        // The default ring size: disruption bounds hold for it (small rings move more).
+        const M: u32 = lb_common::maps::DEFAULT_RING_SIZE;
         let mut maps = FakeMaps::default();
         let mut mirror = Mirror::new(M, 4, 16);
         mirror.sync(&mut maps, &[vip(80, 10)]).unwrap();
         let before = mirror.ring(&vip(80, 10).spec.addr).unwrap().to_vec();
-        let removed_id = mirror.backend_id(&vip(80, 10).spec.addr, target(4, 1).addr).unwrap();
+        let removed_id = mirror
+            .backend_id(&vip(80, 10).spec.addr, target(4, 1).addr)
+            .unwrap();
         let owned = before.iter().filter(|&&b| b == removed_id).count();
 
         let mut smaller = vip(80, 10);
@@ -410,7 +522,10 @@ mod tests {
         maps.log.clear();
         let r = mirror.sync(&mut maps, &[smaller]).unwrap();
         // The removed backend's slots move, few others do; then it is invalidated.
-        assert!(r.ring_slots_written >= owned && r.ring_slots_written < owned + M as usize / 50, "{r:?}, owned {owned}");
+        assert!(
+            r.ring_slots_written >= owned && r.ring_slots_written < owned + M as usize / 100,
+            "{r:?}, owned {owned}"
+        );
         assert_eq!(maps.log, vec![format!("backend {removed_id} valid=0")]);
         assert!(maps.ring.values().all(|&b| b != removed_id));
     }
@@ -425,7 +540,11 @@ mod tests {
         maps.log.clear();
         mirror.sync(&mut maps, &[v.clone()]).unwrap();
         let id = mirror.backend_id(&v.spec.addr, v.backends[1].addr).unwrap();
-        assert!(maps.log.is_empty(), "the backend entry stays valid: {:?}", maps.log);
+        assert!(
+            maps.log.is_empty(),
+            "the backend entry stays valid: {:?}",
+            maps.log
+        );
         assert_eq!(maps.backends[&id].flags, BACKEND_F_VALID);
         assert!(maps.ring.values().all(|&b| b != id));
     }
@@ -468,7 +587,10 @@ mod tests {
         let mut dup = vip(80, 2);
         dup.backends.push(target(1, 3));
         let mut v6 = vip(80, 1);
-        v6.backends.push(BackendTarget { addr: "2001:db8::1".parse().unwrap(), ..target(7, 1) });
+        v6.backends.push(BackendTarget {
+            addr: "2001:db8::1".parse().unwrap(),
+            ..target(7, 1)
+        });
         let cases: Vec<(Vec<VipState>, &str)> = vec![
             (vec![vip(80, 2), vip(443, 2)], "at most 1"),
             (vec![vip(80, 5)], "at most 4"),
@@ -480,7 +602,11 @@ mod tests {
         for (req, want) in cases {
             let err = mirror.sync(&mut maps, &req).unwrap_err().to_string();
             assert!(err.contains(want), "{err}");
-            assert_eq!(maps.log.len(), log, "a refused request wrote something: {err}");
+            assert_eq!(
+                maps.log.len(),
+                log,
+                "a refused request wrote something: {err}"
+            );
         }
     }
 }

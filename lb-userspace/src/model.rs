@@ -86,7 +86,9 @@ impl FromStr for VipAddr {
             }
             (host, port)
         };
-        let ip: IpAddr = host.parse().map_err(|_| ParseError::Addr(host.to_string()))?;
+        let ip: IpAddr = host
+            .parse()
+            .map_err(|_| ParseError::Addr(host.to_string()))?;
         let port = match port {
             "*" => 0,
             p => match p.parse::<u16>() {
@@ -133,7 +135,11 @@ impl VipAddr {
             addr: addr::to_words(self.ip),
             port: 0,
             proto: 0,
-            family: if self.ip.is_ipv4() { FAMILY_V4 } else { FAMILY_V6 },
+            family: if self.ip.is_ipv4() {
+                FAMILY_V4
+            } else {
+                FAMILY_V6
+            },
         }
     }
 }
@@ -196,7 +202,11 @@ impl FromStr for Mac {
 impl fmt::Display for Mac {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let m = self.0;
-        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
     }
 }
 
@@ -224,7 +234,12 @@ mod tests {
 
     #[test]
     fn vip_syntax_round_trips() {
-        for s in ["10.0.0.100:80/tcp", "[2001:db8::1]:443/tcp", "10.0.0.100:*/udp", "[::1]:*/udp"] {
+        for s in [
+            "10.0.0.100:80/tcp",
+            "[2001:db8::1]:443/tcp",
+            "10.0.0.100:*/udp",
+            "[::1]:*/udp",
+        ] {
             let v: VipAddr = s.parse().unwrap();
             assert_eq!(v.to_string(), s);
         }
@@ -253,7 +268,12 @@ mod tests {
     fn macs_parse_and_print() {
         let m: Mac = "02:00:0a:FF:00:01".parse().unwrap();
         assert_eq!(m.to_string(), "02:00:0a:ff:00:01");
-        for bad in ["02:00:0a:ff:00", "02:00:0a:ff:00:01:02", "02-00-0a-ff-00-01", "zz:00:0a:ff:00:01"] {
+        for bad in [
+            "02:00:0a:ff:00",
+            "02:00:0a:ff:00:01:02",
+            "02-00-0a-ff-00-01",
+            "zz:00:0a:ff:00:01",
+        ] {
             assert!(bad.parse::<Mac>().is_err(), "{bad}");
         }
     }

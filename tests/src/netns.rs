@@ -15,9 +15,15 @@ pub fn sh(args: &[&str]) -> Result<String> {
     let out = Command::new(args[0])
         .args(&args[1..])
         .output()
-        .with_context(|| format!("running {args:?} (is iproute2 installed? run scripts/setup.sh)"))?;
+        .with_context(|| {
+            format!("running {args:?} (is iproute2 installed? run scripts/setup.sh)")
+        })?;
     if !out.status.success() {
-        bail!("{:?} failed: {}", args, String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{:?} failed: {}",
+            args,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -37,7 +43,9 @@ pub struct Netns {
 impl Netns {
     pub fn new(name: &str) -> Result<Netns> {
         sh(&["ip", "netns", "add", name])?;
-        let ns = Netns { name: name.to_string() };
+        let ns = Netns {
+            name: name.to_string(),
+        };
         ns.exec(&["ip", "link", "set", "lo", "up"])?;
         Ok(ns)
     }
@@ -51,10 +59,15 @@ impl Netns {
 
     /// Moves the calling thread into the namespace (for the rest of the thread's life).
     pub fn enter(&self) -> Result<()> {
-        let f = File::open(format!("/run/netns/{}", self.name)).with_context(|| format!("opening netns {}", self.name))?;
+        let f = File::open(format!("/run/netns/{}", self.name))
+            .with_context(|| format!("opening netns {}", self.name))?;
         // SAFETY: setns on a valid namespace fd; affects only this thread.
         if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            bail!("setns into {}: {}", self.name, std::io::Error::last_os_error());
+            bail!(
+                "setns into {}: {}",
+                self.name,
+                std::io::Error::last_os_error()
+            );
         }
         Ok(())
     }
@@ -77,21 +90,39 @@ impl Netns {
         if proto == "Udp6" {
             let text = self.exec(&["cat", "/proc/net/snmp6"])?;
             let name = format!("Udp6{field}");
-            let line = text.lines().find(|l| l.split_whitespace().next() == Some(&name)).with_context(|| format!("no {name}"))?;
-            return Ok(line.split_whitespace().nth(1).context("short snmp6 line")?.parse()?);
+            let line = text
+                .lines()
+                .find(|l| l.split_whitespace().next() == Some(&name))
+                .with_context(|| format!("no {name}"))?;
+            return Ok(line
+                .split_whitespace()
+                .nth(1)
+                .context("short snmp6 line")?
+                .parse()?);
         }
         let text = self.exec(&["cat", "/proc/net/snmp"])?;
         let mut lines = text.lines().filter(|l| l.starts_with(&format!("{proto}:")));
         let (names, values) = (lines.next(), lines.next());
-        let (Some(names), Some(values)) = (names, values) else { bail!("no {proto} section in /proc/net/snmp") };
-        let idx = names.split_whitespace().position(|n| n == field).with_context(|| format!("no {proto} {field}"))?;
-        Ok(values.split_whitespace().nth(idx).context("short snmp line")?.parse()?)
+        let (Some(names), Some(values)) = (names, values) else {
+            bail!("no {proto} section in /proc/net/snmp")
+        };
+        let idx = names
+            .split_whitespace()
+            .position(|n| n == field)
+            .with_context(|| format!("no {proto} {field}"))?;
+        Ok(values
+            .split_whitespace()
+            .nth(idx)
+            .context("short snmp line")?
+            .parse()?)
     }
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
         // Deleting the namespace also deletes the veth ends inside it (and so their peers).
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }

@@ -10,11 +10,26 @@ pub const ETH_ARP: u16 = 0x0806;
 
 #[derive(Clone, Debug)]
 pub enum L4 {
-    Tcp { sport: u16, dport: u16, flags: u8, doff: u8 },
-    Udp { sport: u16, dport: u16 },
+    Tcp {
+        sport: u16,
+        dport: u16,
+        flags: u8,
+        doff: u8,
+    },
+    Udp {
+        sport: u16,
+        dport: u16,
+    },
     /// ICMP or ICMPv6 (by the IP version) with a body after the 4-byte rest-of-header.
-    Icmp { ty: u8, code: u8, body: Vec<u8> },
-    Raw { proto: u8, bytes: Vec<u8> },
+    Icmp {
+        ty: u8,
+        code: u8,
+        body: Vec<u8>,
+    },
+    Raw {
+        proto: u8,
+        bytes: Vec<u8>,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -44,7 +59,16 @@ pub const LB_MAC: [u8; 6] = [0x02, 0x1b, 0, 0, 0, 1];
 impl Packet {
     /// A TCP segment from `src:sport` to `dst:dport` (SYN unless changed).
     pub fn tcp(src: &str, sport: u16, dst: &str, dport: u16) -> Packet {
-        Packet::new(src, dst, L4::Tcp { sport, dport, flags: 0x02, doff: 5 })
+        Packet::new(
+            src,
+            dst,
+            L4::Tcp {
+                sport,
+                dport,
+                flags: 0x02,
+                doff: 5,
+            },
+        )
     }
 
     pub fn udp(src: &str, sport: u16, dst: &str, dport: u16) -> Packet {
@@ -110,7 +134,7 @@ impl Packet {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
                 let l4 = self.l4_bytes(&s.octets(), &d.octets(), 6);
                 let mut opts = self.ip_options.clone();
-                while opts.len() % 4 != 0 {
+                while !opts.len().is_multiple_of(4) {
                     opts.push(0);
                 }
                 let ihl = 5 + opts.len() / 4;
@@ -164,7 +188,13 @@ impl Packet {
         match &self.l4 {
             L4::Tcp { .. } => 6,
             L4::Udp { .. } => 17,
-            L4::Icmp { .. } => if self.src.is_ipv4() { 1 } else { 58 },
+            L4::Icmp { .. } => {
+                if self.src.is_ipv4() {
+                    1
+                } else {
+                    58
+                }
+            }
             L4::Raw { proto, .. } => *proto,
         }
     }
@@ -172,7 +202,12 @@ impl Packet {
     fn l4_bytes(&self, src: &[u8], dst: &[u8], _: u8) -> Vec<u8> {
         let proto = self.l4_proto();
         let mut b = match &self.l4 {
-            L4::Tcp { sport, dport, flags, doff } => {
+            L4::Tcp {
+                sport,
+                dport,
+                flags,
+                doff,
+            } => {
                 let mut t = Vec::new();
                 t.extend_from_slice(&sport.to_be_bytes());
                 t.extend_from_slice(&dport.to_be_bytes());
@@ -234,9 +269,16 @@ impl Packet {
             f.extend_from_slice(&tpid.to_be_bytes());
             f.extend_from_slice(&id.to_be_bytes());
         }
-        let ty = self.ether_type.unwrap_or(if self.src.is_ipv4() { ETH_IPV4 } else { ETH_IPV6 });
+        let ty = self.ether_type.unwrap_or(if self.src.is_ipv4() {
+            ETH_IPV4
+        } else {
+            ETH_IPV6
+        });
         f.extend_from_slice(&ty.to_be_bytes());
-        if self.ether_type.is_some_and(|t| t != ETH_IPV4 && t != ETH_IPV6) {
+        if self
+            .ether_type
+            .is_some_and(|t| t != ETH_IPV4 && t != ETH_IPV6)
+        {
             f.extend_from_slice(&[0u8; 28]);
         } else {
             f.extend_from_slice(&self.ip_bytes());
@@ -249,7 +291,11 @@ impl Packet {
 pub fn internet_checksum(data: &[u8]) -> u16 {
     let mut sum: u32 = 0;
     for chunk in data.chunks(2) {
-        let word = if chunk.len() == 2 { u16::from_be_bytes([chunk[0], chunk[1]]) } else { u16::from_be_bytes([chunk[0], 0]) };
+        let word = if chunk.len() == 2 {
+            u16::from_be_bytes([chunk[0], chunk[1]])
+        } else {
+            u16::from_be_bytes([chunk[0], 0])
+        };
         sum += word as u32;
     }
     while sum > 0xffff {

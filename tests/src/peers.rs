@@ -30,12 +30,14 @@ impl Server {
     pub fn start(ns: &Netns, name: &str, port: u16, udp_addrs: &[IpAddr]) -> Result<Server> {
         let stop = Arc::new(AtomicBool::new(false));
         let (tcp, udps) = ns.run(|| -> Result<_> {
-            let tcp = TcpListener::bind(SocketAddr::from(([0u16; 8], port))).context("bind TCP server")?;
+            let tcp = TcpListener::bind(SocketAddr::from(([0u16; 8], port)))
+                .context("bind TCP server")?;
             tcp.set_nonblocking(true)?;
             let udps = udp_addrs
                 .iter()
                 .map(|a| {
-                    let s = UdpSocket::bind(SocketAddr::new(*a, port)).with_context(|| format!("bind UDP {a}"))?;
+                    let s = UdpSocket::bind(SocketAddr::new(*a, port))
+                        .with_context(|| format!("bind UDP {a}"))?;
                     s.set_read_timeout(Some(Duration::from_millis(20)))?;
                     Ok(s)
                 })
@@ -92,7 +94,11 @@ fn serve(conn: TcpStream, name: String, stop: Arc<AtomicBool>) {
                     return;
                 }
             }
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
             Err(_) => return,
         }
     }
@@ -118,7 +124,10 @@ impl Conn {
     pub fn open(vip: SocketAddr, src_port: u16) -> Result<Conn> {
         let stream = connect_from(vip, src_port)?;
         stream.set_read_timeout(Some(IO_TIMEOUT))?;
-        Ok(Conn { reader: BufReader::new(stream.try_clone()?), writer: stream })
+        Ok(Conn {
+            reader: BufReader::new(stream.try_clone()?),
+            writer: stream,
+        })
     }
 
     /// Sends one request line and returns the backend's name.
@@ -134,7 +143,11 @@ impl Conn {
 
 fn connect_from(vip: SocketAddr, src_port: u16) -> Result<TcpStream> {
     // std has no bind-before-connect: go through a raw socket for a chosen source port.
-    let domain = if vip.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    let domain = if vip.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
     // SAFETY: plain socket calls; the fd is owned by the TcpStream on success, closed otherwise.
     unsafe {
         use std::os::fd::FromRawFd;
@@ -144,15 +157,39 @@ fn connect_from(vip: SocketAddr, src_port: u16) -> Result<TcpStream> {
         }
         let stream = TcpStream::from_raw_fd(fd);
         let one: libc::c_int = 1;
-        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, &one as *const _ as *const _, 4);
-        let tv = libc::timeval { tv_sec: IO_TIMEOUT.as_secs() as _, tv_usec: 0 };
-        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDTIMEO, &tv as *const _ as *const _, std::mem::size_of::<libc::timeval>() as _);
-        let (src, dst) = (sockaddr(SocketAddr::new(unspecified(vip), src_port)), sockaddr(vip));
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            &one as *const _ as *const _,
+            4,
+        );
+        let tv = libc::timeval {
+            tv_sec: IO_TIMEOUT.as_secs() as _,
+            tv_usec: 0,
+        };
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            &tv as *const _ as *const _,
+            std::mem::size_of::<libc::timeval>() as _,
+        );
+        let (src, dst) = (
+            sockaddr(SocketAddr::new(unspecified(vip), src_port)),
+            sockaddr(vip),
+        );
         if libc::bind(fd, &src.0 as *const _ as *const libc::sockaddr, src.1) != 0 {
-            bail!("bind source port {src_port}: {}", std::io::Error::last_os_error());
+            bail!(
+                "bind source port {src_port}: {}",
+                std::io::Error::last_os_error()
+            );
         }
         if libc::connect(fd, &dst.0 as *const _ as *const libc::sockaddr, dst.1) != 0 {
-            bail!("connect to {vip} from port {src_port}: {}", std::io::Error::last_os_error());
+            bail!(
+                "connect to {vip} from port {src_port}: {}",
+                std::io::Error::last_os_error()
+            );
         }
         Ok(stream)
     }

@@ -50,25 +50,65 @@ impl L2Topology {
             let ns = Netns::new(&format!("{p}-{role}"))?;
             let port = format!("{p}p{idx}");
             crate::netns::sh(&[
-                "ip", "link", "add", "eth0", "netns", &ns.name, "type", "veth", "peer", "name", &port, "netns", &net.name,
+                "ip", "link", "add", "eth0", "netns", &ns.name, "type", "veth", "peer", "name",
+                &port, "netns", &net.name,
             ])?;
             net.exec(&["ip", "link", "set", &port, "master", "br0", "up"])?;
             let (ip4, ip6) = (format!("10.99.0.{idx}"), format!("fd99::{idx:x}"));
             ns.exec(&["ip", "addr", "add", &format!("{ip4}/24"), "dev", "eth0"])?;
-            ns.exec(&["ip", "addr", "add", &format!("{ip6}/64"), "dev", "eth0", "nodad"])?;
+            ns.exec(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("{ip6}/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ])?;
             ns.exec(&["ip", "link", "set", "eth0", "up"])?;
-            let mac: Mac = ns.exec(&["cat", "/sys/class/net/eth0/address"])?.trim().parse()?;
-            Ok(Host { ns, ip4: ip4.parse()?, ip6: ip6.parse()?, mac, port })
+            let mac: Mac = ns
+                .exec(&["cat", "/sys/class/net/eth0/address"])?
+                .trim()
+                .parse()?;
+            Ok(Host {
+                ns,
+                ip4: ip4.parse()?,
+                ip6: ip6.parse()?,
+                mac,
+                port,
+            })
         };
         let client = host("client", 1)?;
         let lb = host("lb", 2)?;
-        let backends = (0..n_backends).map(|i| host(&format!("b{}", i + 1), 0x11 + i as u8)).collect::<Result<Vec<_>>>()?;
-        let topo = L2Topology { client, lb, backends, net };
+        let backends = (0..n_backends)
+            .map(|i| host(&format!("b{}", i + 1), 0x11 + i as u8))
+            .collect::<Result<Vec<_>>>()?;
+        let topo = L2Topology {
+            client,
+            lb,
+            backends,
+            net,
+        };
 
         // Client: VIPs via the LB; no checksum offload (frames cross an XDP forwarder).
         let c = &topo.client.ns;
-        c.exec(&["ip", "route", "add", &format!("{VIP4}/32"), "via", &topo.lb.ip4.to_string()])?;
-        c.exec(&["ip", "-6", "route", "add", &format!("{VIP6}/128"), "via", &topo.lb.ip6.to_string()])?;
+        c.exec(&[
+            "ip",
+            "route",
+            "add",
+            &format!("{VIP4}/32"),
+            "via",
+            &topo.lb.ip4.to_string(),
+        ])?;
+        c.exec(&[
+            "ip",
+            "-6",
+            "route",
+            "add",
+            &format!("{VIP6}/128"),
+            "via",
+            &topo.lb.ip6.to_string(),
+        ])?;
         c.exec(&["ethtool", "-K", "eth0", "tx", "off"])?;
         // Backends: VIPs on lo, never answering ARP for them.
         for b in &topo.backends {
@@ -86,8 +126,11 @@ impl L2Topology {
     /// Attaches the data path to the LB's interface (native XDP) and the pass program to the
     /// bridge port facing it.
     pub fn attach(&self, dp: &mut DataPath) -> Result<()> {
-        self.lb.ns.run(|| dp.attach(LB_IFACE, AttachMode::Native))??;
-        self.net.run(|| dp.attach_pass(&self.lb.port, AttachMode::Native))??;
+        self.lb
+            .ns
+            .run(|| dp.attach(LB_IFACE, AttachMode::Native))??;
+        self.net
+            .run(|| dp.attach_pass(&self.lb.port, AttachMode::Native))??;
         Ok(())
     }
 }

@@ -8,7 +8,7 @@ use std::{collections::HashMap, net::IpAddr};
 
 use aya::programs::{TestRun, TestRunOptions};
 use lb_common::{stats, TrafficCounters};
-use lb_tests::packet::{with_macs, Packet, ETH_ARP, LB_MAC, L4};
+use lb_tests::packet::{with_macs, Packet, ETH_ARP, L4, LB_MAC};
 use lb_userspace::{
     datapath::{DataPath, LoadOptions},
     mirror::Mirror,
@@ -28,12 +28,21 @@ const V6_DNS: &str = "[2001:db8::100]:53/udp";
 const V4_EMPTY: &str = "10.0.0.101:80/tcp";
 
 fn backend(addr: &str, last: u8, weight: u32) -> BackendTarget {
-    BackendTarget { addr: addr.parse().unwrap(), weight, mac: Mac([0x02, 0xbe, 0, 0, 0, last]), ifindex: 0 }
+    BackendTarget {
+        addr: addr.parse().unwrap(),
+        weight,
+        mac: Mac([0x02, 0xbe, 0, 0, 0, last]),
+        ifindex: 0,
+    }
 }
 
 fn vip(addr: &str, backends: Vec<BackendTarget>) -> VipState {
     VipState {
-        spec: VipSpec { addr: addr.parse().unwrap(), mode: Mode::L2, hash: HashFields::FiveTuple },
+        spec: VipSpec {
+            addr: addr.parse().unwrap(),
+            mode: Mode::L2,
+            hash: HashFields::FiveTuple,
+        },
         backends,
     }
 }
@@ -53,13 +62,27 @@ struct Fixture {
 impl Fixture {
     fn new() -> Fixture {
         let opts = LoadOptions::default();
-        let mut dp = DataPath::load(&opts).expect("load the XDP program (are you root? run scripts/setup.sh)");
+        let mut dp = DataPath::load(&opts)
+            .expect("load the XDP program (are you root? run scripts/setup.sh)");
         dp.register_iface(TEST_IFINDEX, Mac(LB_MAC)).unwrap();
         let mirror = Mirror::new(opts.ring_size, opts.max_vips, opts.max_backends);
         let desired = vec![
-            vip(V4_WEB, vec![backend("10.0.1.1", 1, 1), backend("10.0.1.2", 2, 1), backend("10.0.1.3", 3, 1)]),
+            vip(
+                V4_WEB,
+                vec![
+                    backend("10.0.1.1", 1, 1),
+                    backend("10.0.1.2", 2, 1),
+                    backend("10.0.1.3", 3, 1),
+                ],
+            ),
             vip(V4_UDP_ALL, vec![backend("10.0.1.4", 4, 1)]),
-            vip(V6_WEB, vec![backend("2001:db8:1::1", 0x61, 1), backend("2001:db8:1::2", 0x62, 1)]),
+            vip(
+                V6_WEB,
+                vec![
+                    backend("2001:db8:1::1", 0x61, 1),
+                    backend("2001:db8:1::2", 0x62, 1),
+                ],
+            ),
             vip(V6_DNS, vec![backend("2001:db8:1::3", 0x63, 1)]),
             vip(V4_EMPTY, vec![]),
         ];
@@ -77,7 +100,9 @@ impl Fixture {
     }
 
     fn apply(&mut self) {
-        self.mirror.sync(&mut self.dp.writer(), &self.desired).expect("apply the configuration");
+        self.mirror
+            .sync(&mut self.dp.writer(), &self.desired)
+            .expect("apply the configuration");
     }
 
     fn vip_mut(&mut self, addr: &str) -> &mut VipState {
@@ -91,7 +116,11 @@ impl Fixture {
             .dp
             .program()
             .unwrap()
-            .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..Default::default() })
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..Default::default()
+            })
             .expect("BPF_PROG_TEST_RUN");
         out.truncate(res.data_size_out as usize);
         (res.return_value, out)
@@ -99,7 +128,13 @@ impl Fixture {
 
     fn backend_mac(&self, vip: &VipAddr, addr: IpAddr) -> [u8; 6] {
         let state = self.desired.iter().find(|v| v.spec.addr == *vip).unwrap();
-        state.backends.iter().find(|b| b.addr == addr).expect("backend in config").mac.0
+        state
+            .backends
+            .iter()
+            .find(|b| b.addr == addr)
+            .expect("backend in config")
+            .mac
+            .0
     }
 
     fn check(&mut self, row: &Row) {
@@ -110,27 +145,44 @@ impl Fixture {
         match &row.expect {
             Expect::Pass => {
                 assert_eq!(action, XDP_PASS, "{ctx}: verdict");
-                assert_eq!(out, frame, "{ctx}: a passed packet must be byte-for-byte unchanged");
+                assert_eq!(
+                    out, frame,
+                    "{ctx}: a passed packet must be byte-for-byte unchanged"
+                );
             }
             Expect::Drop => assert_eq!(action, XDP_DROP, "{ctx}: verdict"),
             Expect::Tx { vip, pick, record } => {
                 let vip: VipAddr = vip.parse().unwrap();
                 let backend = match pick {
-                    Pick::Ring(key) => self.mirror.ring_choice(&vip, key).expect("ring has a backend"),
+                    Pick::Ring(key) => self
+                        .mirror
+                        .ring_choice(&vip, key)
+                        .expect("ring has a backend"),
                     Pick::Flow(label) => self.flows[label],
                 };
                 assert_eq!(action, XDP_TX, "{ctx}: verdict");
                 let want = with_macs(&frame, self.backend_mac(&vip, backend), LB_MAC);
-                assert_eq!(out, want, "{ctx}: output must be the input with MACs {backend}/LB");
+                assert_eq!(
+                    out, want,
+                    "{ctx}: output must be the input with MACs {backend}/LB"
+                );
                 if let Some(label) = record {
                     self.flows.insert(label, backend);
                 }
                 *self.expected_vip_packets.entry(vip).or_default() += 1;
-                *self.expected_backend_packets.entry((vip, backend)).or_default() += 1;
+                *self
+                    .expected_backend_packets
+                    .entry((vip, backend))
+                    .or_default() += 1;
             }
         }
         let reason_count = self.dp.stats().unwrap()[row.reason as usize];
-        assert_eq!(reason_count, self.expected_reasons[&row.reason], "{ctx}: counter {}", stats::name(row.reason).unwrap());
+        assert_eq!(
+            reason_count,
+            self.expected_reasons[&row.reason],
+            "{ctx}: counter {}",
+            stats::name(row.reason).unwrap()
+        );
     }
 }
 
@@ -144,7 +196,11 @@ enum Pick {
 enum Expect {
     Pass,
     Drop,
-    Tx { vip: &'static str, pick: Pick, record: Option<&'static str> },
+    Tx {
+        vip: &'static str,
+        pick: Pick,
+        record: Option<&'static str>,
+    },
 }
 
 struct Row {
@@ -160,15 +216,40 @@ fn key(src: &str, sport: u16, vip: &str, dport: u16) -> lb_common::FlowKey {
 }
 
 fn pass(name: &'static str, scapy: &'static str, packet: impl Frame, reason: u32) -> Row {
-    Row { name, scapy, frame: packet.frame(), reason, expect: Expect::Pass }
+    Row {
+        name,
+        scapy,
+        frame: packet.frame(),
+        reason,
+        expect: Expect::Pass,
+    }
 }
 
 fn drop(name: &'static str, scapy: &'static str, packet: impl Frame, reason: u32) -> Row {
-    Row { name, scapy, frame: packet.frame(), reason, expect: Expect::Drop }
+    Row {
+        name,
+        scapy,
+        frame: packet.frame(),
+        reason,
+        expect: Expect::Drop,
+    }
 }
 
-fn tx(name: &'static str, scapy: &'static str, packet: impl Frame, vip: &'static str, pick: Pick, record: Option<&'static str>) -> Row {
-    Row { name, scapy, frame: packet.frame(), reason: stats::TX, expect: Expect::Tx { vip, pick, record } }
+fn tx(
+    name: &'static str,
+    scapy: &'static str,
+    packet: impl Frame,
+    vip: &'static str,
+    pick: Pick,
+    record: Option<&'static str>,
+) -> Row {
+    Row {
+        name,
+        scapy,
+        frame: packet.frame(),
+        reason: stats::TX,
+        expect: Expect::Tx { vip, pick, record },
+    }
 }
 
 /// A row's input: a built packet or raw bytes.
@@ -203,7 +284,11 @@ fn c() -> &'static str {
 fn table() -> Vec<Row> {
     let web = || Packet::tcp(c(), 40000, "10.0.0.100", 80);
     // VLAN tag + IPv4 options, and IPv6 + an extension header: frames with every boundary.
-    let tagged = || Packet::tcp(c(), 40000, "10.0.0.100", 80).vlan(0x8100, 5).options(&[1, 1, 1, 0]);
+    let tagged = || {
+        Packet::tcp(c(), 40000, "10.0.0.100", 80)
+            .vlan(0x8100, 5)
+            .options(&[1, 1, 1, 0])
+    };
     let v6ext = || Packet::tcp("2001:db8::1", 40000, "2001:db8::100", 443).ext(60, 6);
     vec![
         tx("v4 TCP SYN to VIP", "Ether()/IP(src='10.0.0.1',dst='10.0.0.100')/TCP(sport=40000,dport=80,flags='S')",
@@ -314,8 +399,18 @@ fn packet_fixtures() {
     let mut before = HashMap::new();
     for &sport in &flows {
         let k = key(c(), sport, V4_WEB, 80);
-        before.insert(sport, f.mirror.ring_choice(&V4_WEB.parse().unwrap(), &k).unwrap());
-        f.check(&tx("flow before ring change", "", Packet::tcp(c(), sport, "10.0.0.100", 80), V4_WEB, Pick::Ring(k), None));
+        before.insert(
+            sport,
+            f.mirror.ring_choice(&V4_WEB.parse().unwrap(), &k).unwrap(),
+        );
+        f.check(&tx(
+            "flow before ring change",
+            "",
+            Packet::tcp(c(), sport, "10.0.0.100", 80),
+            V4_WEB,
+            Pick::Ring(k),
+            None,
+        ));
     }
     f.vip_mut(V4_WEB).backends.push(backend("10.0.1.5", 5, 3));
     f.apply();
@@ -327,45 +422,102 @@ fn packet_fixtures() {
         }
         let label: &'static str = Box::leak(format!("sticky{sport}").into_boxed_str());
         f.flows.insert(label, before[&sport]);
-        f.check(&tx("flow stays after ring change", "", Packet::tcp(c(), sport, "10.0.0.100", 80), V4_WEB, Pick::Flow(label), None));
+        f.check(&tx(
+            "flow stays after ring change",
+            "",
+            Packet::tcp(c(), sport, "10.0.0.100", 80),
+            V4_WEB,
+            Pick::Flow(label),
+            None,
+        ));
     }
-    assert!(moved_in_ring > 0, "the ring change must move some of the 40 flows' slots for this check to mean anything");
+    assert!(
+        moved_in_ring > 0,
+        "the ring change must move some of the 40 flows' slots for this check to mean anything"
+    );
 
     // Draining the backend of "v4flow": the flow stays, new flows avoid it.
     let drained = f.flows["v4flow"];
-    f.vip_mut(V4_WEB).backends.iter_mut().find(|b| b.addr == drained).unwrap().weight = 0;
+    f.vip_mut(V4_WEB)
+        .backends
+        .iter_mut()
+        .find(|b| b.addr == drained)
+        .unwrap()
+        .weight = 0;
     f.apply();
-    f.check(&tx("flow on a draining backend stays", "", Packet::tcp(c(), 40000, "10.0.0.100", 80).flags(0x10), V4_WEB, Pick::Flow("v4flow"), None));
+    f.check(&tx(
+        "flow on a draining backend stays",
+        "",
+        Packet::tcp(c(), 40000, "10.0.0.100", 80).flags(0x10),
+        V4_WEB,
+        Pick::Flow("v4flow"),
+        None,
+    ));
     for sport in 42000..42050u16 {
         let k = key(c(), sport, V4_WEB, 80);
-        assert_ne!(f.mirror.ring_choice(&V4_WEB.parse().unwrap(), &k), Some(drained));
-        f.check(&tx("new flow avoids the draining backend", "", Packet::tcp(c(), sport, "10.0.0.100", 80), V4_WEB, Pick::Ring(k), None));
+        assert_ne!(
+            f.mirror.ring_choice(&V4_WEB.parse().unwrap(), &k),
+            Some(drained)
+        );
+        f.check(&tx(
+            "new flow avoids the draining backend",
+            "",
+            Packet::tcp(c(), sport, "10.0.0.100", 80),
+            V4_WEB,
+            Pick::Ring(k),
+            None,
+        ));
     }
 
     // Removing it: its flow is re-balanced (a stale connection-table entry).
     let stale_before = f.dp.stats().unwrap()[stats::EV_CT_STALE as usize];
     f.vip_mut(V4_WEB).backends.retain(|b| b.addr != drained);
     f.apply();
-    f.check(&tx("flow of a removed backend moves", "", Packet::tcp(c(), 40000, "10.0.0.100", 80).flags(0x10), V4_WEB,
-                Pick::Ring(key(c(), 40000, V4_WEB, 80)), None));
-    assert_eq!(f.dp.stats().unwrap()[stats::EV_CT_STALE as usize], stale_before + 1);
+    f.check(&tx(
+        "flow of a removed backend moves",
+        "",
+        Packet::tcp(c(), 40000, "10.0.0.100", 80).flags(0x10),
+        V4_WEB,
+        Pick::Ring(key(c(), 40000, V4_WEB, 80)),
+        None,
+    ));
+    assert_eq!(
+        f.dp.stats().unwrap()[stats::EV_CT_STALE as usize],
+        stale_before + 1
+    );
 
     // Counters: every packet counted under exactly one verdict reason, as the table says.
     let st = f.dp.stats().unwrap();
     let sent: u64 = f.expected_reasons.values().sum();
     let counted: u64 = (0..stats::VERDICT_COUNT).map(|i| st[i as usize]).sum();
-    assert_eq!(counted, sent, "verdict counters must add up to the packets sent");
+    assert_eq!(
+        counted, sent,
+        "verdict counters must add up to the packets sent"
+    );
     for i in 0..stats::VERDICT_COUNT {
-        assert_eq!(st[i as usize], f.expected_reasons.get(&i).copied().unwrap_or(0), "counter {}", stats::name(i).unwrap());
+        assert_eq!(
+            st[i as usize],
+            f.expected_reasons.get(&i).copied().unwrap_or(0),
+            "counter {}",
+            stats::name(i).unwrap()
+        );
     }
-    assert_eq!(st[stats::EV_VLAN as usize], 2, "the two VLAN-tagged packets that parse are counted");
+    assert_eq!(
+        st[stats::EV_VLAN as usize],
+        2,
+        "the two VLAN-tagged packets that parse are counted"
+    );
     for (vip, packets) in &f.expected_vip_packets {
         let c: TrafficCounters = f.dp.vip_counters(f.mirror.vip_id(vip).unwrap()).unwrap();
         assert_eq!(c.packets, *packets, "packets of VIP {vip}");
     }
     for ((vip, addr), packets) in &f.expected_backend_packets {
         if let Some(id) = f.mirror.backend_id(vip, *addr) {
-            assert_eq!(f.dp.backend_counters(id).unwrap().packets, *packets, "packets of backend {addr} of {vip}");
+            assert_eq!(
+                f.dp.backend_counters(id).unwrap().packets,
+                *packets,
+                "packets of backend {addr} of {vip}"
+            );
         }
     }
     println!("{n_rows} table rows, {sent} packets in all");

@@ -35,18 +35,31 @@ impl Setup {
         let topo = L2Topology::new(weights.len()).expect("build the L2 topology");
         let opts = LoadOptions::default();
         let mut dp = DataPath::load(&opts).expect("load xdplb (root? scripts/setup.sh?)");
-        topo.attach(&mut dp).expect("attach xdplb in the lb namespace");
+        topo.attach(&mut dp)
+            .expect("attach xdplb in the lb namespace");
         let mirror = Mirror::new(opts.ring_size, opts.max_vips, opts.max_backends);
         let servers = topo
             .backends
             .iter()
             .enumerate()
-            .map(|(i, b)| Server::start(&b.ns, &format!("b{}", i + 1), PORT, &[VIP4.parse().unwrap(), VIP6.parse().unwrap()]).unwrap())
+            .map(|(i, b)| {
+                Server::start(
+                    &b.ns,
+                    &format!("b{}", i + 1),
+                    PORT,
+                    &[VIP4.parse().unwrap(), VIP6.parse().unwrap()],
+                )
+                .unwrap()
+            })
             .collect();
         let mut desired = Vec::new();
         for ip in [VIP4, VIP6] {
             for proto in [Proto::Tcp, Proto::Udp] {
-                let addr = VipAddr { ip: ip.parse().unwrap(), port: PORT, proto };
+                let addr = VipAddr {
+                    ip: ip.parse().unwrap(),
+                    port: PORT,
+                    proto,
+                };
                 let backends = topo
                     .backends
                     .iter()
@@ -58,20 +71,39 @@ impl Setup {
                         ifindex: 0,
                     })
                     .collect();
-                desired.push(VipState { spec: VipSpec { addr, mode: Mode::L2, hash: HashFields::FiveTuple }, backends });
+                desired.push(VipState {
+                    spec: VipSpec {
+                        addr,
+                        mode: Mode::L2,
+                        hash: HashFields::FiveTuple,
+                    },
+                    backends,
+                });
             }
         }
-        let mut s = Setup { dp, mirror, desired, _servers: servers, topo };
+        let mut s = Setup {
+            dp,
+            mirror,
+            desired,
+            _servers: servers,
+            topo,
+        };
         s.apply();
         s
     }
 
     fn apply(&mut self) {
-        self.mirror.sync(&mut self.dp.writer(), &self.desired).expect("apply configuration");
+        self.mirror
+            .sync(&mut self.dp.writer(), &self.desired)
+            .expect("apply configuration");
     }
 
     fn vip(ip: &str, proto: Proto) -> VipAddr {
-        VipAddr { ip: ip.parse().unwrap(), port: PORT, proto }
+        VipAddr {
+            ip: ip.parse().unwrap(),
+            port: PORT,
+            proto,
+        }
     }
 
     fn client(&self) -> &Netns {
@@ -86,7 +118,10 @@ impl Setup {
             let got = *counts.get(name).unwrap_or(&0) as f64 / total as f64 * 100.0;
             let want = w as f64 / wsum as f64 * 100.0;
             println!("{what}: {name} weight {w}: {got:.1}% (ideal {want:.1}%)");
-            assert!((got - want).abs() <= 10.0, "{what}: {name} got {got:.1}%, weighted share {want:.1}%; all: {counts:?}");
+            assert!(
+                (got - want).abs() <= 10.0,
+                "{what}: {name} got {got:.1}%, weighted share {want:.1}%; all: {counts:?}"
+            );
         }
     }
 
@@ -97,7 +132,11 @@ impl Setup {
             (Proto::Udp, true) => ("Udp", "InDatagrams"),
             (Proto::Udp, false) => ("Udp6", "InDatagrams"),
         };
-        self.topo.backends.iter().map(|b| b.ns.snmp(section, field).unwrap()).collect()
+        self.topo
+            .backends
+            .iter()
+            .map(|b| b.ns.snmp(section, field).unwrap())
+            .collect()
     }
 
     /// Sends `CONNECTIONS` flows from distinct source ports and checks shares and counters.
@@ -124,8 +163,16 @@ impl Setup {
         for n in &names {
             *counts.entry(n.clone()).or_insert(0u32) += 1;
         }
-        assert_eq!(counts.values().sum::<u32>(), CONNECTIONS as u32, "every flow succeeded");
-        let named: Vec<(String, u32)> = weights.iter().enumerate().map(|(i, &w)| (format!("b{}", i + 1), w)).collect();
+        assert_eq!(
+            counts.values().sum::<u32>(),
+            CONNECTIONS as u32,
+            "every flow succeeded"
+        );
+        let named: Vec<(String, u32)> = weights
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| (format!("b{}", i + 1), w))
+            .collect();
         let named: Vec<(&str, u32)> = named.iter().map(|(n, w)| (n.as_str(), *w)).collect();
         Self::assert_shares(&counts, &named, &vip.to_string());
 
@@ -137,9 +184,17 @@ impl Setup {
             let id = self.mirror.backend_id(&vip, addr).unwrap();
             let c = self.dp.backend_counters(id).unwrap();
             let name = format!("b{}", i + 1);
-            assert_eq!(c.packets, after[i] - before[i], "{vip} {name}: packets counted by xdplb vs received by the backend");
+            assert_eq!(
+                c.packets,
+                after[i] - before[i],
+                "{vip} {name}: packets counted by xdplb vs received by the backend"
+            );
             if proto == Proto::Tcp {
-                assert_eq!(c.new_flows, *counts.get(&name).unwrap_or(&0) as u64, "{vip} {name}: new flows vs connections answered");
+                assert_eq!(
+                    c.new_flows,
+                    *counts.get(&name).unwrap_or(&0) as u64,
+                    "{vip} {name}: new flows vs connections answered"
+                );
             }
         }
     }
@@ -184,7 +239,10 @@ fn l2_backend_removal_keeps_other_connections() {
                 .collect()
         })
         .unwrap();
-    assert!(held.iter().any(|(_, n)| n == "b2"), "some connection landed on b2");
+    assert!(
+        held.iter().any(|(_, n)| n == "b2"),
+        "some connection landed on b2"
+    );
 
     // Remove b2 from every VIP.
     let b2 = (s.topo.backends[1].ip4, s.topo.backends[1].ip6);
@@ -196,20 +254,34 @@ fn l2_backend_removal_keeps_other_connections() {
     // Connections held to b1 and b3 keep working and stay where they were.
     let mut kept = 0;
     for (conn, name) in held.iter_mut().filter(|(_, n)| n != "b2") {
-        assert_eq!(conn.ask().unwrap(), *name, "a held connection changed backend");
+        assert_eq!(
+            conn.ask().unwrap(),
+            *name,
+            "a held connection changed backend"
+        );
         kept += 1;
     }
-    assert!(kept >= 20, "enough held connections on the remaining backends ({kept})");
+    assert!(
+        kept >= 20,
+        "enough held connections on the remaining backends ({kept})"
+    );
 
     // New connections spread over the two that remain.
     let names: Vec<String> = s
         .client()
-        .run(|| (0..150).map(|i| tcp_once(target, 32000 + i).unwrap()).collect())
+        .run(|| {
+            (0..150)
+                .map(|i| tcp_once(target, 32000 + i).unwrap())
+                .collect()
+        })
         .unwrap();
     let mut counts = BTreeMap::new();
     for n in names {
         *counts.entry(n).or_insert(0u32) += 1;
     }
-    assert!(!counts.contains_key("b2"), "no new connection reaches the removed backend: {counts:?}");
+    assert!(
+        !counts.contains_key("b2"),
+        "no new connection reaches the removed backend: {counts:?}"
+    );
     Setup::assert_shares(&counts, &[("b1", 1), ("b3", 1)], "after removing b2");
 }

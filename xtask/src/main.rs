@@ -1,1 +1,99 @@
-fn main() {}
+//! Developer workflows. Every command that needs the toolchain or root runs the idempotent
+//! setup first (scripts/setup.sh), so each works on a fresh machine.
+//!
+//!   cargo xtask setup   install what building and testing need (seconds when present)
+//!   cargo xtask test    setup, then every test: host unit tests, packet fixtures, namespaces
+//!   cargo xtask demo    setup, then the L2 demo on a namespace topology
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "xdplb developer workflows")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what building and testing need (idempotent).
+    Setup,
+    /// Run setup, then every test (needs root for the data-path tests).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Run setup, then the demo: traffic balanced over three backends in namespaces.
+    Demo,
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
+fn require_root(what: &str) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("{what} loads XDP programs and creates network namespaces: run it as root (sudo -E cargo xtask ...)");
+    }
+    Ok(())
+}
+
+fn setup() -> Result<()> {
+    run(Command::new("bash").arg(root().join("scripts/setup.sh")))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Setup => setup(),
+        Cmd::Test { args } => require_root("the test suite")
+            .and_then(|_| setup())
+            .and_then(|_| {
+                // Namespace tests build topologies; one test at a time keeps a 2-core machine calm.
+                run(Command::new("cargo")
+                    .current_dir(root())
+                    .args(["test", "--release"])
+                    .args(&args)
+                    .args(["--", "--test-threads=1"]))
+            }),
+        Cmd::Demo => require_root("the demo")
+            .and_then(|_| setup())
+            .and_then(|_| {
+                run(Command::new("cargo").current_dir(root()).args([
+                    "run",
+                    "--release",
+                    "--quiet",
+                    "-p",
+                    "lb-tests",
+                    "--bin",
+                    "demo",
+                ]))
+            }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
