@@ -4,6 +4,8 @@
 //!   cargo xtask setup   install what building and testing need (seconds when present)
 //!   cargo xtask test    setup, then every test: host unit tests, packet fixtures, namespaces
 //!   cargo xtask demo    setup, then the L2 demo on a namespace topology
+//!   cargo xtask bench   setup, then the per-packet benchmark
+//!   cargo xtask lint    rustfmt and clippy on every crate, the eBPF one included
 
 use std::{
     path::{Path, PathBuf},
@@ -32,6 +34,10 @@ enum Cmd {
     },
     /// Run setup, then the demo: traffic balanced over three backends in namespaces.
     Demo,
+    /// Run setup, then the per-packet benchmark (BPF_PROG_TEST_RUN, net of an empty program).
+    Bench,
+    /// Formatting and clippy (host crates and the eBPF crate), as CI would want them.
+    Lint,
 }
 
 fn root() -> PathBuf {
@@ -61,6 +67,19 @@ fn setup() -> Result<()> {
     run(Command::new("bash").arg(root().join("scripts/setup.sh")))
 }
 
+fn run_bin(name: &str) -> Result<()> {
+    run(Command::new("cargo").current_dir(root()).args(["run", "--release", "--quiet", "-p", "lb-tests", "--bin", name]))
+}
+
+fn lint() -> Result<()> {
+    let cargo = |args: &[&str]| run(Command::new("cargo").current_dir(root()).args(args));
+    cargo(&["+nightly", "fmt", "--all", "--", "--check"])?;
+    cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
+    cargo(&[
+        "+nightly", "clippy", "-p", "lb-ebpf", "--release", "--target", "bpfel-unknown-none", "-Z", "build-std=core", "--", "-D", "warnings",
+    ])
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
@@ -75,19 +94,9 @@ fn main() -> ExitCode {
                     .args(&args)
                     .args(["--", "--test-threads=1"]))
             }),
-        Cmd::Demo => require_root("the demo")
-            .and_then(|_| setup())
-            .and_then(|_| {
-                run(Command::new("cargo").current_dir(root()).args([
-                    "run",
-                    "--release",
-                    "--quiet",
-                    "-p",
-                    "lb-tests",
-                    "--bin",
-                    "demo",
-                ]))
-            }),
+        Cmd::Demo => require_root("the demo").and_then(|_| setup()).and_then(|_| run_bin("demo")),
+        Cmd::Bench => require_root("the benchmark").and_then(|_| setup()).and_then(|_| run_bin("bench")),
+        Cmd::Lint => lint(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
