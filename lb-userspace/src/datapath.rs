@@ -2,12 +2,16 @@
 //! interfaces, and gives typed access to its maps. It owns the `aya::Ebpf` object, so a daemon
 //! that owns a `DataPath` owns the whole data path.
 
-use std::path::PathBuf;
+use std::{collections::BTreeSet, path::PathBuf};
 
 use aya::{
     include_bytes_aligned,
     maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray},
-    programs::{xdp::XdpLinkId, Xdp, XdpMode},
+    programs::{
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+        Xdp, XdpMode,
+    },
     Ebpf, EbpfLoader,
 };
 use lb_common::{
@@ -85,7 +89,7 @@ impl Default for LoadOptions {
 }
 
 impl LoadOptions {
-    fn validate(&self) -> Result<(), DataPathError> {
+    pub fn validate(&self) -> Result<(), DataPathError> {
         let bad = |s: String| Err(DataPathError::Option(s));
         if !maglev::is_prime(self.ring_size) {
             return bad(format!(
@@ -106,11 +110,42 @@ impl LoadOptions {
     }
 }
 
+/// How an attachment is held.
+enum Held {
+    /// By the program object: detached when the `DataPath` is dropped (tests, no pin dir).
+    Owned(XdpLinkId),
+    /// Pinned in bpffs: survives this process. `owned` is this process's handle after adopting
+    /// a pinned link (bpf_link_update), which must be released on detach too.
+    Pinned {
+        path: PathBuf,
+        _pin: Option<PinnedLink>,
+        owned: Option<XdpLinkId>,
+    },
+}
+
+struct Attachment {
+    iface: String,
+    program: &'static str,
+    held: Held,
+    /// The mode used (None when an existing pinned attachment was adopted).
+    mode: Option<AttachMode>,
+    adopted: bool,
+}
+
+/// What `attach` did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attached {
+    /// A new attachment in this mode.
+    New(AttachMode),
+    /// An attachment pinned by an earlier daemon now runs this program (atomic replace).
+    Adopted,
+}
+
 /// The loaded program and its maps.
 pub struct DataPath {
     ebpf: Ebpf,
     opts: LoadOptions,
-    links: Vec<(String, &'static str, XdpLinkId)>,
+    links: Vec<Attachment>,
 }
 
 fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> DataPathError {
@@ -162,29 +197,77 @@ impl DataPath {
         &self.opts
     }
 
-    /// Attaches the load balancer to `iface` and registers the interface as an egress.
-    /// Returns the mode actually used.
-    pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<AttachMode, DataPathError> {
-        let ifindex = iface::index(iface).map_err(|source| DataPathError::Iface {
-            iface: iface.into(),
-            source,
-        })?;
-        let mac = iface::mac(iface).map_err(|source| DataPathError::Iface {
-            iface: iface.into(),
-            source,
-        })?;
+    /// Attaches the load balancer to `iface` and registers the interface as an egress. With a
+    /// pin directory, an attachment an earlier daemon pinned there is adopted: the kernel swaps
+    /// the program atomically (bpf_link_update), so no packet is missed.
+    pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<Attached, DataPathError> {
+        self.register_egress(iface)?;
+        if self.links.iter().any(|a| a.iface == iface && a.program == m::PROG_LB) {
+            return Ok(Attached::Adopted);
+        }
+        let Some(dir) = self.opts.pin_dir.clone() else {
+            let (id, used) = self.attach_program(m::PROG_LB, iface, mode)?;
+            self.push(iface, m::PROG_LB, Held::Owned(id), Some(used), false);
+            return Ok(Attached::New(used));
+        };
+        let path = dir.join(format!("link_{iface}"));
+        let link_err = |reason: String| DataPathError::Map { map: "link", reason };
+        if path.exists() {
+            let pinned = PinnedLink::from_pin(&path)
+                .map_err(|e| link_err(format!("opening {}: {e}", path.display())))?;
+            let link = XdpLink::try_from(FdLink::from(pinned))
+                .map_err(|e| link_err(format!("{} is not an XDP link: {e}", path.display())))?;
+            let id = program(&mut self.ebpf, m::PROG_LB)?
+                .attach_to_link(link)
+                .map_err(|source| DataPathError::Program {
+                    what: format!("adopting the attachment on {iface}"),
+                    source,
+                })?;
+            let held = Held::Pinned { path, _pin: None, owned: Some(id) };
+            self.push(iface, m::PROG_LB, held, None, true);
+            return Ok(Attached::Adopted);
+        }
+        let (id, used) = self.attach_program(m::PROG_LB, iface, mode)?;
+        let link = program(&mut self.ebpf, m::PROG_LB)?
+            .take_link(id)
+            .map_err(|source| DataPathError::Program { what: format!("taking the link on {iface}"), source })?;
+        let fd = FdLink::try_from(link).map_err(|e| link_err(format!("{iface}: {e}")))?;
+        let pin = fd.pin(&path).map_err(|e| link_err(format!("pinning {}: {e}", path.display())))?;
+        let held = Held::Pinned { path, _pin: Some(pin), owned: None };
+        self.push(iface, m::PROG_LB, held, Some(used), false);
+        Ok(Attached::New(used))
+    }
+
+    fn push(&mut self, iface: &str, program: &'static str, held: Held, mode: Option<AttachMode>, adopted: bool) {
+        self.links.push(Attachment { iface: iface.to_string(), program, held, mode, adopted });
+    }
+
+    /// Registers an interface packets may leave by (its MAC and a devmap slot) without
+    /// attaching to it: for backends reached through another interface.
+    pub fn register_egress(&mut self, iface: &str) -> Result<u32, DataPathError> {
+        let err = |source| DataPathError::Iface { iface: iface.into(), source };
+        let ifindex = iface::index(iface).map_err(err)?;
+        let mac = iface::mac(iface).map_err(err)?;
         self.register_iface(ifindex, mac)?;
-        self.attach_program(m::PROG_LB, iface, mode)
+        Ok(ifindex)
+    }
+
+    /// Interfaces the load balancer is attached to: (name, mode if this process attached it,
+    /// whether an earlier daemon's pinned attachment was adopted).
+    pub fn attachments(&self) -> Vec<(String, Option<AttachMode>, bool)> {
+        self.links
+            .iter()
+            .filter(|a| a.program == m::PROG_LB)
+            .map(|a| (a.iface.clone(), a.mode, a.adopted))
+            .collect()
     }
 
     /// Attaches the pass-everything program: the peer of a veth that receives XDP_TX or
-    /// XDP_REDIRECT frames needs one for them to be delivered.
-    pub fn attach_pass(
-        &mut self,
-        iface: &str,
-        mode: AttachMode,
-    ) -> Result<AttachMode, DataPathError> {
-        self.attach_program(m::PROG_PASS, iface, mode)
+    /// XDP_REDIRECT frames needs one for them to be delivered. Never pinned.
+    pub fn attach_pass(&mut self, iface: &str, mode: AttachMode) -> Result<AttachMode, DataPathError> {
+        let (id, used) = self.attach_program(m::PROG_PASS, iface, mode)?;
+        self.push(iface, m::PROG_PASS, Held::Owned(id), Some(used), false);
+        Ok(used)
     }
 
     fn attach_program(
@@ -192,23 +275,17 @@ impl DataPath {
         name: &'static str,
         iface: &str,
         mode: AttachMode,
-    ) -> Result<AttachMode, DataPathError> {
+    ) -> Result<(XdpLinkId, AttachMode), DataPathError> {
         let prog = program(&mut self.ebpf, name)?;
         let tries: &[(AttachMode, XdpMode)] = match mode {
             AttachMode::Native => &[(AttachMode::Native, XdpMode::Driver)],
             AttachMode::Generic => &[(AttachMode::Generic, XdpMode::Skb)],
-            AttachMode::Auto => &[
-                (AttachMode::Native, XdpMode::Driver),
-                (AttachMode::Generic, XdpMode::Skb),
-            ],
+            AttachMode::Auto => &[(AttachMode::Native, XdpMode::Driver), (AttachMode::Generic, XdpMode::Skb)],
         };
         let mut last = None;
         for (used, xdp_mode) in tries {
             match prog.attach(iface, *xdp_mode) {
-                Ok(link) => {
-                    self.links.push((iface.to_string(), name, link));
-                    return Ok(*used);
-                }
+                Ok(link) => return Ok((link, *used)),
                 Err(e) => last = Some(e),
             }
         }
@@ -218,24 +295,44 @@ impl DataPath {
         })
     }
 
-    /// Detaches whatever this data path attached to `iface`.
+    /// Detaches whatever this data path attached to (or adopted on) `iface`, pin included.
     pub fn detach(&mut self, iface: &str) -> Result<(), DataPathError> {
         let mut found = false;
-        while let Some(pos) = self.links.iter().position(|(i, _, _)| i == iface) {
-            let (_, name, link) = self.links.remove(pos);
-            program(&mut self.ebpf, name)?
-                .detach(link)
-                .map_err(|source| DataPathError::Program {
-                    what: format!("detaching {name} from {iface}"),
-                    source,
-                })?;
+        while let Some(pos) = self.links.iter().position(|a| a.iface == iface) {
+            let a = self.links.remove(pos);
+            let owned = match a.held {
+                Held::Owned(id) => Some(id),
+                Held::Pinned { path, _pin, owned } => {
+                    // Removing the pin and closing every fd of the link releases it.
+                    let _ = std::fs::remove_file(&path);
+                    drop(_pin);
+                    owned
+                }
+            };
+            if let Some(id) = owned {
+                program(&mut self.ebpf, a.program)?
+                    .detach(id)
+                    .map_err(|source| DataPathError::Program { what: format!("detaching {} from {iface}", a.program), source })?;
+            }
             found = true;
         }
-        if found {
-            Ok(())
-        } else {
-            Err(DataPathError::NotAttached(iface.into()))
+        if found { Ok(()) } else { Err(DataPathError::NotAttached(iface.into())) }
+    }
+
+    /// Removes the pinned attachments and maps under `dir` that any daemon left: after this
+    /// no traffic is balanced. Returns what was removed.
+    pub fn cleanup_pins(dir: &std::path::Path) -> std::io::Result<Vec<PathBuf>> {
+        let mut removed = Vec::new();
+        let Ok(entries) = std::fs::read_dir(dir) else { return Ok(removed) };
+        for e in entries {
+            let path = e?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if name.starts_with("link_") || ALL_MAPS.contains(&name) {
+                std::fs::remove_file(&path)?;
+                removed.push(path);
+            }
         }
+        Ok(removed)
     }
 
     /// Declares an interface packets may leave by: its MAC becomes the source of rewritten
@@ -303,6 +400,51 @@ impl DataPath {
             sum.add(c);
         }
         Ok(sum)
+    }
+
+    /// Generation of every backend slot, as the backend map holds it (for a restarted daemon).
+    pub fn backend_generations(&self) -> Result<Vec<u32>, DataPathError> {
+        let arr: Array<_, BackendInfo> = self.typed_ref(m::BACKENDS)?;
+        arr.iter().map(|b| b.map(|b| b.generation).map_err(map_err(m::BACKENDS))).collect()
+    }
+
+    /// Removes VIP entries and invalidates backend slots that are not in the given sets:
+    /// leftovers of a change an earlier daemon made but did not live to record.
+    pub fn sweep(&mut self, keep_vips: &std::collections::HashSet<VipKey>, keep_backends: &BTreeSet<u32>) -> Result<usize, DataPathError> {
+        let mut removed = 0;
+        let mut vips: HashMap<_, VipKey, VipInfo> = self.typed(m::VIPS)?;
+        let stale: Vec<VipKey> = vips.keys().filter_map(Result::ok).filter(|k| !keep_vips.contains(k)).collect();
+        for k in stale {
+            vips.remove(&k).map_err(map_err(m::VIPS))?;
+            removed += 1;
+        }
+        let mut backends: Array<_, BackendInfo> = self.typed(m::BACKENDS)?;
+        for id in 0..backends.len() {
+            let mut b = backends.get(&id, 0).map_err(map_err(m::BACKENDS))?;
+            if b.flags & lb_common::BACKEND_F_VALID != 0 && !keep_backends.contains(&id) {
+                b.flags = 0;
+                backends.set(id, b, 0).map_err(map_err(m::BACKENDS))?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Entries in the connection table (walks the keys: for status, not for hot paths).
+    pub fn conntrack_entries(&self) -> Result<usize, DataPathError> {
+        let ct: HashMap<_, FlowKey, ConnValue> = self.typed_ref(m::CONNTRACK)?;
+        Ok(ct.keys().filter(Result::is_ok).count())
+    }
+
+    /// Entries in the VIP map (VIPs plus one address entry per VIP address).
+    pub fn vip_entries(&self) -> Result<usize, DataPathError> {
+        let vips: HashMap<_, VipKey, VipInfo> = self.typed_ref(m::VIPS)?;
+        Ok(vips.keys().filter(Result::is_ok).count())
+    }
+
+    /// Verified instruction count of the load balancer program.
+    pub fn verified_insns(&mut self) -> Option<u32> {
+        self.program().ok()?.info().ok()?.verified_instruction_count()
     }
 
     /// The connection-table entry of a flow, if any.

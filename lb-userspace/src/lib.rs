@@ -1,7 +1,11 @@
 //! xdplb control plane: the model of VIPs and backends, the Maglev ring builder, the mirror
-//! that writes the model into the data path's maps, and the loader that owns the program.
+//! that writes the model into the data path's maps, the loader that owns the program, and the
+//! daemon and CLI built on them.
+pub mod config;
 pub mod datapath;
+pub mod health;
 pub mod iface;
 pub mod maglev;
+pub mod metrics;
 pub mod mirror;
 pub mod model;

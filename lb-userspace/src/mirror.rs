@@ -68,6 +68,23 @@ pub struct SyncReport {
     pub ring_slots_written: usize,
 }
 
+/// Flags value of a restored VIP whose entry must be rewritten on the next sync.
+const UNKNOWN_FLAGS: u32 = u32::MAX;
+
+/// The ids a mirror handed out, saved by the daemon so a restarted daemon keeps them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MirrorSnapshot {
+    pub vips: Vec<SnapshotVip>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SnapshotVip {
+    pub addr: VipAddr,
+    pub id: u32,
+    /// (backend address, backend id)
+    pub backends: Vec<(IpAddr, u32)>,
+}
+
 struct MirroredVip {
     id: u32,
     flags: u32,
@@ -99,6 +116,53 @@ impl Mirror {
             free_backend_ids: (0..max_backends).collect(),
             generations: vec![0; max_backends as usize],
         }
+    }
+
+    /// The ids handed out, for saving.
+    pub fn snapshot(&self) -> MirrorSnapshot {
+        MirrorSnapshot {
+            vips: self
+                .vips
+                .iter()
+                .map(|(addr, v)| SnapshotVip {
+                    addr: *addr,
+                    id: v.id,
+                    backends: v.backends.iter().map(|(a, (id, _))| (*a, *id)).collect(),
+                })
+                .collect(),
+        }
+    }
+
+    /// The mirror of maps adopted from an earlier daemon: ids from its snapshot, generations
+    /// as read from the backend map. Contents are treated as unknown, so the next `sync`
+    /// rewrites every entry and every ring slot of the kept VIPs (each write is valid on its
+    /// own) and removes what is no longer wanted. Snapshot entries that do not fit the limits
+    /// are ignored.
+    pub fn restore(ring_size: u32, max_vips: u32, max_backends: u32, snap: &MirrorSnapshot, generations: Vec<u32>) -> Self {
+        let mut m = Mirror::new(ring_size, max_vips, max_backends);
+        for (i, g) in generations.into_iter().enumerate().take(max_backends as usize) {
+            m.generations[i] = g;
+        }
+        for v in &snap.vips {
+            if !m.free_vip_ids.remove(&v.id) {
+                continue;
+            }
+            let mut backends = BTreeMap::new();
+            for (addr, id) in &v.backends {
+                if m.free_backend_ids.remove(id) {
+                    // Unknown target: differs from any desired one, so it is rewritten.
+                    let unknown = BackendTarget { addr: *addr, weight: 0, mac: crate::model::Mac([0; 6]), ifindex: u32::MAX };
+                    backends.insert(*addr, (*id, unknown));
+                }
+            }
+            m.vips.insert(v.addr, MirroredVip { id: v.id, flags: UNKNOWN_FLAGS, backends, ring: Vec::new() });
+        }
+        m
+    }
+
+    /// Ids of every backend the mirror holds (for sweeping stale entries out of adopted maps).
+    pub fn backend_ids(&self) -> BTreeSet<u32> {
+        self.vips.values().flat_map(|v| v.backends.values().map(|(id, _)| *id)).collect()
     }
 
     pub fn ring_size(&self) -> u32 {
@@ -318,7 +382,8 @@ impl Mirror {
             .collect();
         let ring = maglev::build(&members, self.ring_size);
         let base = vip.id * self.ring_size;
-        let writes: Vec<(u32, u32)> = if is_new {
+        // A ring of unknown content (new, or restored after a restart) is written whole.
+        let writes: Vec<(u32, u32)> = if is_new || vip.ring.len() != ring.len() {
             ring.iter()
                 .enumerate()
                 .map(|(i, &b)| (i as u32, b))

@@ -278,3 +278,72 @@ mod tests {
         }
     }
 }
+
+/// Serde as the text forms above, so configs, the API and `--json` output share one syntax.
+mod serde_text {
+    use std::{fmt, str::FromStr};
+
+    use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::{HashFields, Mac, Mode, VipAddr};
+
+    macro_rules! as_text {
+        ($t:ty) => {
+            impl Serialize for $t {
+                fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                    s.collect_str(self)
+                }
+            }
+            impl<'de> Deserialize<'de> for $t {
+                fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                    let s = String::deserialize(d)?;
+                    <$t>::from_str(&s).map_err(de::Error::custom)
+                }
+            }
+        };
+    }
+    as_text!(VipAddr);
+    as_text!(Mac);
+    as_text!(Mode);
+    as_text!(HashFields);
+
+    impl fmt::Display for Mode {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(match self {
+                Mode::L2 => "l2",
+                Mode::L3 => "l3",
+            })
+        }
+    }
+
+    impl FromStr for Mode {
+        type Err = String;
+        fn from_str(s: &str) -> Result<Self, String> {
+            match s {
+                "l2" => Ok(Mode::L2),
+                "l3" => Ok(Mode::L3),
+                _ => Err(format!("mode {s:?} is not supported; use l2 or l3")),
+            }
+        }
+    }
+
+    impl fmt::Display for HashFields {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(match self {
+                HashFields::FiveTuple => "5tuple",
+                HashFields::SrcIp => "src-ip",
+            })
+        }
+    }
+
+    impl FromStr for HashFields {
+        type Err = String;
+        fn from_str(s: &str) -> Result<Self, String> {
+            match s {
+                "5tuple" => Ok(HashFields::FiveTuple),
+                "src-ip" => Ok(HashFields::SrcIp),
+                _ => Err(format!("hash {s:?} is not supported; use 5tuple or src-ip")),
+            }
+        }
+    }
+}

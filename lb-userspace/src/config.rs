@@ -1,0 +1,323 @@
+//! The declarative configuration: what the daemon should be doing. The same structure is read
+//! from TOML (`--config`, `xdplb apply -f`), sent over the API as JSON, and saved as the
+//! daemon's state. `validate` refuses anything wrong with one sentence naming the input,
+//! before anything changes.
+
+use std::{collections::BTreeSet, net::IpAddr, net::SocketAddr, path::Path};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    datapath::{AttachMode, LoadOptions},
+    health::HealthCheck,
+    model::{HashFields, Mac, Mode, VipAddr},
+};
+
+/// Largest backend weight (weights are relative; 0 drains).
+pub const MAX_WEIGHT: u32 = 10_000;
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Sizes fixed when the program is loaded; changing them needs a restart with --cleanup.
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default, rename = "interface", skip_serializing_if = "Vec::is_empty")]
+    pub interfaces: Vec<InterfaceConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsConfig>,
+    #[serde(default, rename = "vip", skip_serializing_if = "Vec::is_empty")]
+    pub vips: Vec<VipConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    #[serde(default = "d_ring")]
+    pub ring_size: u32,
+    #[serde(default = "d_vips")]
+    pub max_vips: u32,
+    #[serde(default = "d_backends")]
+    pub max_backends: u32,
+    #[serde(default = "d_conntrack")]
+    pub conntrack_size: u32,
+}
+
+fn d_ring() -> u32 {
+    lb_common::maps::DEFAULT_RING_SIZE
+}
+fn d_vips() -> u32 {
+    lb_common::maps::DEFAULT_MAX_VIPS
+}
+fn d_backends() -> u32 {
+    lb_common::maps::DEFAULT_MAX_BACKENDS
+}
+fn d_conntrack() -> u32 {
+    lb_common::maps::DEFAULT_CONNTRACK_SIZE
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { ring_size: d_ring(), max_vips: d_vips(), max_backends: d_backends(), conntrack_size: d_conntrack() }
+    }
+}
+
+impl Limits {
+    pub fn load_options(&self, pin_dir: Option<&Path>) -> LoadOptions {
+        LoadOptions {
+            ring_size: self.ring_size,
+            max_vips: self.max_vips,
+            max_backends: self.max_backends,
+            conntrack_size: self.conntrack_size,
+            pin_dir: pin_dir.map(Path::to_path_buf),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InterfaceConfig {
+    pub name: String,
+    #[serde(default)]
+    pub xdp_mode: XdpModeName,
+}
+
+/// `native`, `generic` or `auto` in configs and on the command line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpModeName {
+    Native,
+    Generic,
+    #[default]
+    Auto,
+}
+
+impl From<XdpModeName> for AttachMode {
+    fn from(m: XdpModeName) -> Self {
+        match m {
+            XdpModeName::Native => AttachMode::Native,
+            XdpModeName::Generic => AttachMode::Generic,
+            XdpModeName::Auto => AttachMode::Auto,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub listen: SocketAddr,
+    #[serde(default)]
+    pub allow_remote: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VipConfig {
+    pub addr: VipAddr,
+    #[serde(default)]
+    pub mode: Mode,
+    #[serde(default)]
+    pub hash: HashFields,
+    /// Health check for every backend of the VIP (a backend may override it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthCheck>,
+    #[serde(default, rename = "backend", skip_serializing_if = "Vec::is_empty")]
+    pub backends: Vec<BackendConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    pub addr: IpAddr,
+    #[serde(default = "d_weight")]
+    pub weight: u32,
+    /// L2 mode: the backend's MAC; resolved from the neighbour table when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<Mac>,
+    /// Interface the backend is reached through, when not the one traffic arrives on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthCheck>,
+}
+
+fn d_weight() -> u32 {
+    1
+}
+
+impl BackendConfig {
+    pub fn new(addr: IpAddr) -> Self {
+        BackendConfig { addr, weight: 1, mac: None, via: None, health: None }
+    }
+}
+
+impl VipConfig {
+    pub fn backend(&self, addr: IpAddr) -> Option<&BackendConfig> {
+        self.backends.iter().find(|b| b.addr == addr)
+    }
+
+    /// The health check that applies to a backend, with its port filled in.
+    pub fn check_for(&self, b: &BackendConfig) -> Option<HealthCheck> {
+        let mut c = b.health.clone().or_else(|| self.health.clone())?;
+        c.port = c.port.or(Some(self.addr.port));
+        Some(c)
+    }
+}
+
+impl Config {
+    /// Parses a TOML configuration; unknown keys are errors.
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| format!("invalid configuration: {}", e.message().trim()))
+    }
+
+    pub fn vip(&self, addr: &VipAddr) -> Option<&VipConfig> {
+        self.vips.iter().find(|v| v.addr == *addr)
+    }
+
+    pub fn vip_mut(&mut self, addr: &VipAddr) -> Option<&mut VipConfig> {
+        self.vips.iter_mut().find(|v| v.addr == *addr)
+    }
+
+    /// Checks everything that can be checked without the kernel.
+    pub fn validate(&self) -> Result<(), String> {
+        self.limits.load_options(None).validate().map_err(|e| e.to_string())?;
+        if let Some(m) = &self.metrics {
+            crate::metrics::check_bind_addr(m.listen, m.allow_remote)?;
+        }
+        let mut ifaces = BTreeSet::new();
+        for i in &self.interfaces {
+            check_iface_name(&i.name)?;
+            if !ifaces.insert(&i.name) {
+                return Err(format!("interface {} is listed twice", i.name));
+            }
+        }
+        let mut vips = BTreeSet::new();
+        if self.vips.len() > self.limits.max_vips as usize {
+            return Err(format!("{} VIPs configured but limits.max_vips is {}", self.vips.len(), self.limits.max_vips));
+        }
+        for v in &self.vips {
+            if !vips.insert(v.addr) {
+                return Err(format!("VIP {} is declared twice", v.addr));
+            }
+            if v.mode == Mode::L3 {
+                return Err(format!("VIP {}: L3 (NAT) mode is not implemented yet; use mode l2", v.addr));
+            }
+            let mut addrs = BTreeSet::new();
+            for b in &v.backends {
+                if !addrs.insert(b.addr) {
+                    return Err(format!("backend {} is declared twice for VIP {}", b.addr, v.addr));
+                }
+                if b.addr.is_ipv4() != v.addr.ip.is_ipv4() {
+                    return Err(format!("backend {} of VIP {} is of another IP family than the VIP", b.addr, v.addr));
+                }
+                if b.weight > MAX_WEIGHT {
+                    return Err(format!("backend {} of VIP {}: weight {} is out of range 0..={MAX_WEIGHT}", b.addr, v.addr, b.weight));
+                }
+                if let Some(via) = &b.via {
+                    check_iface_name(via)?;
+                }
+                if let Some(check) = v.check_for(b) {
+                    if check.port == Some(0) {
+                        return Err(format!("VIP {} serves all ports: its health check needs an explicit port", v.addr));
+                    }
+                    check.validate().map_err(|e| format!("health check of backend {} of VIP {}: {e}", b.addr, v.addr))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Interface names as the kernel accepts them.
+pub fn check_iface_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() < 16
+        && name != "."
+        && name != ".."
+        && name.bytes().all(|b| b.is_ascii_graphic() && b != b'/' && b != b':');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("interface name {name:?} is not valid (1 to 15 printable characters, no '/', ':' or spaces)"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[limits]
+ring_size = 65537
+
+[[interface]]
+name = "eth0"
+xdp_mode = "native"
+
+[metrics]
+listen = "127.0.0.1:9100"
+
+[[vip]]
+addr = "10.0.0.100:80/tcp"
+mode = "l2"
+hash = "5tuple"
+health = { kind = "http", path = "/healthz" }
+
+[[vip.backend]]
+addr = "10.0.1.1"
+weight = 2
+mac = "02:00:00:00:00:01"
+
+[[vip.backend]]
+addr = "10.0.1.2"
+
+[[vip]]
+addr = "[2001:db8::100]:*/udp"
+hash = "src-ip"
+"#;
+
+    #[test]
+    fn a_full_config_parses_and_validates() {
+        let c = Config::from_toml(GOOD).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.vips.len(), 2);
+        assert_eq!(c.vips[0].backends[1].weight, 1);
+        assert_eq!(c.vips[1].hash, HashFields::SrcIp);
+        assert_eq!(c.interfaces[0].xdp_mode, XdpModeName::Native);
+        let check = c.vips[0].check_for(&c.vips[0].backends[0]).unwrap();
+        assert_eq!(check.port, Some(80));
+        // JSON round trip (the state file and the API use JSON).
+        let json = serde_json::to_string(&c).unwrap();
+        assert_eq!(serde_json::from_str::<Config>(&json).unwrap(), c);
+    }
+
+    #[test]
+    fn bad_configs_are_refused_with_a_sentence() {
+        let cases = [
+            ("[[vip]]\naddr = \"10.0.0.1:80\"", "ADDR:PORT/PROTO"),
+            ("[[vip]]\naddr = \"10.0.0.1:80/sctp\"", "protocol \"sctp\""),
+            ("[[vip]]\naddr = \"10.0.0.1:80/tcp\"\nmode = \"l4\"", "mode \"l4\""),
+            ("[[vip]]\naddr = \"10.0.0.1:80/tcp\"\nmode = \"l3\"", "L3 (NAT) mode is not implemented"),
+            ("[[vip]]\naddr = \"10.0.0.1:80/tcp\"\nhash = \"dst\"", "hash \"dst\""),
+            ("[[vip]]\naddr = \"10.0.0.1:80/tcp\"\ncolour = 1", "unknown field `colour`"),
+            ("[[vip]]\naddr = \"10.0.0.1:80/tcp\"\n[[vip]]\naddr = \"10.0.0.1:80/tcp\"", "declared twice"),
+            ("[[vip]]\naddr = \"10.0.0.1:80/tcp\"\n[[vip.backend]]\naddr = \"10.0.1.1\"\nweight = 20000", "out of range"),
+            ("[[vip]]\naddr = \"10.0.0.1:80/tcp\"\n[[vip.backend]]\naddr = \"10.0.1.999\"", "invalid IP address"),
+            ("[[vip]]\naddr = \"10.0.0.1:80/tcp\"\n[[vip.backend]]\naddr = \"2001:db8::1\"", "another IP family"),
+            ("[[vip]]\naddr = \"10.0.0.1:80/tcp\"\n[[vip.backend]]\naddr = \"10.0.1.1\"\nmac = \"zz\"", "MAC address \"zz\""),
+            ("[[vip]]\naddr = \"10.0.0.1:80/tcp\"\n[[vip.backend]]\naddr = \"10.0.1.1\"\n[[vip.backend]]\naddr = \"10.0.1.1\"", "declared twice"),
+            ("[[vip]]\naddr = \"10.0.0.1:*/tcp\"\nhealth = { kind = \"tcp\" }\n[[vip.backend]]\naddr = \"10.0.1.1\"", "explicit port"),
+            ("[[vip]]\naddr = \"10.0.0.1:80/tcp\"\nhealth = { kind = \"tcp\", rise = 0 }\n[[vip.backend]]\naddr = \"10.0.1.1\"", "rise"),
+            ("[limits]\nring_size = 65536", "not a prime"),
+            ("[metrics]\nlisten = \"0.0.0.0:9100\"", "not a loopback address"),
+            ("[[interface]]\nname = \"a/b\"", "not valid"),
+            ("[[interface]]\nname = \"eth0\"\nxdp_mode = \"fast\"", "unknown variant `fast`"),
+            ("[[interface]]\nname = \"eth0\"\n[[interface]]\nname = \"eth0\"", "listed twice"),
+            ("vips = 3", "unknown field `vips`"),
+        ];
+        for (text, want) in cases {
+            let err = Config::from_toml(text).and_then(|c| c.validate()).unwrap_err();
+            assert!(err.contains(want), "config {text:?}: error {err:?} does not mention {want:?}");
+        }
+    }
+}
