@@ -3,7 +3,11 @@
 //! daemon's state. `validate` refuses anything wrong with one sentence naming the input,
 //! before anything changes.
 
-use std::{collections::BTreeSet, net::IpAddr, net::SocketAddr, path::Path};
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, SocketAddr},
+    path::Path,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -19,9 +23,10 @@ pub const MAX_WEIGHT: u32 = 10_000;
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// Sizes fixed when the program is loaded; changing them needs a restart with --cleanup.
-    #[serde(default)]
-    pub limits: Limits,
+    /// Sizes fixed when the program is loaded (absent: the defaults, or for `apply`, the
+    /// running ones); changing them needs `xdplb daemon --cleanup` and a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Limits>,
     #[serde(default, rename = "interface", skip_serializing_if = "Vec::is_empty")]
     pub interfaces: Vec<InterfaceConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -58,7 +63,12 @@ fn d_conntrack() -> u32 {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { ring_size: d_ring(), max_vips: d_vips(), max_backends: d_backends(), conntrack_size: d_conntrack() }
+        Limits {
+            ring_size: d_ring(),
+            max_vips: d_vips(),
+            max_backends: d_backends(),
+            conntrack_size: d_conntrack(),
+        }
     }
 }
 
@@ -147,7 +157,13 @@ fn d_weight() -> u32 {
 
 impl BackendConfig {
     pub fn new(addr: IpAddr) -> Self {
-        BackendConfig { addr, weight: 1, mac: None, via: None, health: None }
+        BackendConfig {
+            addr,
+            weight: 1,
+            mac: None,
+            via: None,
+            health: None,
+        }
     }
 }
 
@@ -170,6 +186,11 @@ impl Config {
         toml::from_str(text).map_err(|e| format!("invalid configuration: {}", e.message().trim()))
     }
 
+    /// The limits in force (the defaults when none are given).
+    pub fn limits(&self) -> Limits {
+        self.limits.clone().unwrap_or_default()
+    }
+
     pub fn vip(&self, addr: &VipAddr) -> Option<&VipConfig> {
         self.vips.iter().find(|v| v.addr == *addr)
     }
@@ -180,7 +201,11 @@ impl Config {
 
     /// Checks everything that can be checked without the kernel.
     pub fn validate(&self) -> Result<(), String> {
-        self.limits.load_options(None).validate().map_err(|e| e.to_string())?;
+        let limits = self.limits();
+        limits
+            .load_options(None)
+            .validate()
+            .map_err(|e| e.to_string())?;
         if let Some(m) = &self.metrics {
             crate::metrics::check_bind_addr(m.listen, m.allow_remote)?;
         }
@@ -192,35 +217,56 @@ impl Config {
             }
         }
         let mut vips = BTreeSet::new();
-        if self.vips.len() > self.limits.max_vips as usize {
-            return Err(format!("{} VIPs configured but limits.max_vips is {}", self.vips.len(), self.limits.max_vips));
+        if self.vips.len() > limits.max_vips as usize {
+            return Err(format!(
+                "{} VIPs configured but limits.max_vips is {}",
+                self.vips.len(),
+                limits.max_vips
+            ));
         }
         for v in &self.vips {
             if !vips.insert(v.addr) {
                 return Err(format!("VIP {} is declared twice", v.addr));
             }
             if v.mode == Mode::L3 {
-                return Err(format!("VIP {}: L3 (NAT) mode is not implemented yet; use mode l2", v.addr));
+                return Err(format!(
+                    "VIP {}: L3 (NAT) mode is not implemented yet; use mode l2",
+                    v.addr
+                ));
             }
             let mut addrs = BTreeSet::new();
             for b in &v.backends {
                 if !addrs.insert(b.addr) {
-                    return Err(format!("backend {} is declared twice for VIP {}", b.addr, v.addr));
+                    return Err(format!(
+                        "backend {} is declared twice for VIP {}",
+                        b.addr, v.addr
+                    ));
                 }
                 if b.addr.is_ipv4() != v.addr.ip.is_ipv4() {
-                    return Err(format!("backend {} of VIP {} is of another IP family than the VIP", b.addr, v.addr));
+                    return Err(format!(
+                        "backend {} of VIP {} is of another IP family than the VIP",
+                        b.addr, v.addr
+                    ));
                 }
                 if b.weight > MAX_WEIGHT {
-                    return Err(format!("backend {} of VIP {}: weight {} is out of range 0..={MAX_WEIGHT}", b.addr, v.addr, b.weight));
+                    return Err(format!(
+                        "backend {} of VIP {}: weight {} is out of range 0..={MAX_WEIGHT}",
+                        b.addr, v.addr, b.weight
+                    ));
                 }
                 if let Some(via) = &b.via {
                     check_iface_name(via)?;
                 }
                 if let Some(check) = v.check_for(b) {
                     if check.port == Some(0) {
-                        return Err(format!("VIP {} serves all ports: its health check needs an explicit port", v.addr));
+                        return Err(format!(
+                            "VIP {} serves all ports: its health check needs an explicit port",
+                            v.addr
+                        ));
                     }
-                    check.validate().map_err(|e| format!("health check of backend {} of VIP {}: {e}", b.addr, v.addr))?;
+                    check.validate().map_err(|e| {
+                        format!("health check of backend {} of VIP {}: {e}", b.addr, v.addr)
+                    })?;
                 }
             }
         }
@@ -234,7 +280,9 @@ pub fn check_iface_name(name: &str) -> Result<(), String> {
         && name.len() < 16
         && name != "."
         && name != ".."
-        && name.bytes().all(|b| b.is_ascii_graphic() && b != b'/' && b != b':');
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':');
     if ok {
         Ok(())
     } else {
@@ -316,8 +364,13 @@ hash = "src-ip"
             ("vips = 3", "unknown field `vips`"),
         ];
         for (text, want) in cases {
-            let err = Config::from_toml(text).and_then(|c| c.validate()).unwrap_err();
-            assert!(err.contains(want), "config {text:?}: error {err:?} does not mention {want:?}");
+            let err = Config::from_toml(text)
+                .and_then(|c| c.validate())
+                .unwrap_err();
+            assert!(
+                err.contains(want),
+                "config {text:?}: error {err:?} does not mention {want:?}"
+            );
         }
     }
 }

@@ -202,7 +202,11 @@ impl DataPath {
     /// the program atomically (bpf_link_update), so no packet is missed.
     pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<Attached, DataPathError> {
         self.register_egress(iface)?;
-        if self.links.iter().any(|a| a.iface == iface && a.program == m::PROG_LB) {
+        if self
+            .links
+            .iter()
+            .any(|a| a.iface == iface && a.program == m::PROG_LB)
+        {
             return Ok(Attached::Adopted);
         }
         let Some(dir) = self.opts.pin_dir.clone() else {
@@ -211,7 +215,10 @@ impl DataPath {
             return Ok(Attached::New(used));
         };
         let path = dir.join(format!("link_{iface}"));
-        let link_err = |reason: String| DataPathError::Map { map: "link", reason };
+        let link_err = |reason: String| DataPathError::Map {
+            map: "link",
+            reason,
+        };
         if path.exists() {
             let pinned = PinnedLink::from_pin(&path)
                 .map_err(|e| link_err(format!("opening {}: {e}", path.display())))?;
@@ -223,29 +230,58 @@ impl DataPath {
                     what: format!("adopting the attachment on {iface}"),
                     source,
                 })?;
-            let held = Held::Pinned { path, _pin: None, owned: Some(id) };
+            let held = Held::Pinned {
+                path,
+                _pin: None,
+                owned: Some(id),
+            };
             self.push(iface, m::PROG_LB, held, None, true);
             return Ok(Attached::Adopted);
         }
         let (id, used) = self.attach_program(m::PROG_LB, iface, mode)?;
         let link = program(&mut self.ebpf, m::PROG_LB)?
             .take_link(id)
-            .map_err(|source| DataPathError::Program { what: format!("taking the link on {iface}"), source })?;
+            .map_err(|source| DataPathError::Program {
+                what: format!("taking the link on {iface}"),
+                source,
+            })?;
         let fd = FdLink::try_from(link).map_err(|e| link_err(format!("{iface}: {e}")))?;
-        let pin = fd.pin(&path).map_err(|e| link_err(format!("pinning {}: {e}", path.display())))?;
-        let held = Held::Pinned { path, _pin: Some(pin), owned: None };
+        let pin = fd
+            .pin(&path)
+            .map_err(|e| link_err(format!("pinning {}: {e}", path.display())))?;
+        let held = Held::Pinned {
+            path,
+            _pin: Some(pin),
+            owned: None,
+        };
         self.push(iface, m::PROG_LB, held, Some(used), false);
         Ok(Attached::New(used))
     }
 
-    fn push(&mut self, iface: &str, program: &'static str, held: Held, mode: Option<AttachMode>, adopted: bool) {
-        self.links.push(Attachment { iface: iface.to_string(), program, held, mode, adopted });
+    fn push(
+        &mut self,
+        iface: &str,
+        program: &'static str,
+        held: Held,
+        mode: Option<AttachMode>,
+        adopted: bool,
+    ) {
+        self.links.push(Attachment {
+            iface: iface.to_string(),
+            program,
+            held,
+            mode,
+            adopted,
+        });
     }
 
     /// Registers an interface packets may leave by (its MAC and a devmap slot) without
     /// attaching to it: for backends reached through another interface.
     pub fn register_egress(&mut self, iface: &str) -> Result<u32, DataPathError> {
-        let err = |source| DataPathError::Iface { iface: iface.into(), source };
+        let err = |source| DataPathError::Iface {
+            iface: iface.into(),
+            source,
+        };
         let ifindex = iface::index(iface).map_err(err)?;
         let mac = iface::mac(iface).map_err(err)?;
         self.register_iface(ifindex, mac)?;
@@ -264,7 +300,11 @@ impl DataPath {
 
     /// Attaches the pass-everything program: the peer of a veth that receives XDP_TX or
     /// XDP_REDIRECT frames needs one for them to be delivered. Never pinned.
-    pub fn attach_pass(&mut self, iface: &str, mode: AttachMode) -> Result<AttachMode, DataPathError> {
+    pub fn attach_pass(
+        &mut self,
+        iface: &str,
+        mode: AttachMode,
+    ) -> Result<AttachMode, DataPathError> {
         let (id, used) = self.attach_program(m::PROG_PASS, iface, mode)?;
         self.push(iface, m::PROG_PASS, Held::Owned(id), Some(used), false);
         Ok(used)
@@ -280,7 +320,10 @@ impl DataPath {
         let tries: &[(AttachMode, XdpMode)] = match mode {
             AttachMode::Native => &[(AttachMode::Native, XdpMode::Driver)],
             AttachMode::Generic => &[(AttachMode::Generic, XdpMode::Skb)],
-            AttachMode::Auto => &[(AttachMode::Native, XdpMode::Driver), (AttachMode::Generic, XdpMode::Skb)],
+            AttachMode::Auto => &[
+                (AttachMode::Native, XdpMode::Driver),
+                (AttachMode::Generic, XdpMode::Skb),
+            ],
         };
         let mut last = None;
         for (used, xdp_mode) in tries {
@@ -312,18 +355,27 @@ impl DataPath {
             if let Some(id) = owned {
                 program(&mut self.ebpf, a.program)?
                     .detach(id)
-                    .map_err(|source| DataPathError::Program { what: format!("detaching {} from {iface}", a.program), source })?;
+                    .map_err(|source| DataPathError::Program {
+                        what: format!("detaching {} from {iface}", a.program),
+                        source,
+                    })?;
             }
             found = true;
         }
-        if found { Ok(()) } else { Err(DataPathError::NotAttached(iface.into())) }
+        if found {
+            Ok(())
+        } else {
+            Err(DataPathError::NotAttached(iface.into()))
+        }
     }
 
     /// Removes the pinned attachments and maps under `dir` that any daemon left: after this
     /// no traffic is balanced. Returns what was removed.
     pub fn cleanup_pins(dir: &std::path::Path) -> std::io::Result<Vec<PathBuf>> {
         let mut removed = Vec::new();
-        let Ok(entries) = std::fs::read_dir(dir) else { return Ok(removed) };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Ok(removed);
+        };
         for e in entries {
             let path = e?.path();
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
@@ -405,15 +457,25 @@ impl DataPath {
     /// Generation of every backend slot, as the backend map holds it (for a restarted daemon).
     pub fn backend_generations(&self) -> Result<Vec<u32>, DataPathError> {
         let arr: Array<_, BackendInfo> = self.typed_ref(m::BACKENDS)?;
-        arr.iter().map(|b| b.map(|b| b.generation).map_err(map_err(m::BACKENDS))).collect()
+        arr.iter()
+            .map(|b| b.map(|b| b.generation).map_err(map_err(m::BACKENDS)))
+            .collect()
     }
 
     /// Removes VIP entries and invalidates backend slots that are not in the given sets:
     /// leftovers of a change an earlier daemon made but did not live to record.
-    pub fn sweep(&mut self, keep_vips: &std::collections::HashSet<VipKey>, keep_backends: &BTreeSet<u32>) -> Result<usize, DataPathError> {
+    pub fn sweep(
+        &mut self,
+        keep_vips: &std::collections::HashSet<VipKey>,
+        keep_backends: &BTreeSet<u32>,
+    ) -> Result<usize, DataPathError> {
         let mut removed = 0;
         let mut vips: HashMap<_, VipKey, VipInfo> = self.typed(m::VIPS)?;
-        let stale: Vec<VipKey> = vips.keys().filter_map(Result::ok).filter(|k| !keep_vips.contains(k)).collect();
+        let stale: Vec<VipKey> = vips
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !keep_vips.contains(k))
+            .collect();
         for k in stale {
             vips.remove(&k).map_err(map_err(m::VIPS))?;
             removed += 1;
@@ -444,7 +506,11 @@ impl DataPath {
 
     /// Verified instruction count of the load balancer program.
     pub fn verified_insns(&mut self) -> Option<u32> {
-        self.program().ok()?.info().ok()?.verified_instruction_count()
+        self.program()
+            .ok()?
+            .info()
+            .ok()?
+            .verified_instruction_count()
     }
 
     /// The connection-table entry of a flow, if any.

@@ -1,7 +1,10 @@
 //! xdplb control plane: the model of VIPs and backends, the Maglev ring builder, the mirror
 //! that writes the model into the data path's maps, the loader that owns the program, and the
 //! daemon and CLI built on them.
+pub mod api;
+pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod datapath;
 pub mod health;
 pub mod iface;
@@ -9,3 +12,4 @@ pub mod maglev;
 pub mod metrics;
 pub mod mirror;
 pub mod model;
+pub mod neigh;

@@ -138,9 +138,19 @@ impl Mirror {
     /// rewrites every entry and every ring slot of the kept VIPs (each write is valid on its
     /// own) and removes what is no longer wanted. Snapshot entries that do not fit the limits
     /// are ignored.
-    pub fn restore(ring_size: u32, max_vips: u32, max_backends: u32, snap: &MirrorSnapshot, generations: Vec<u32>) -> Self {
+    pub fn restore(
+        ring_size: u32,
+        max_vips: u32,
+        max_backends: u32,
+        snap: &MirrorSnapshot,
+        generations: Vec<u32>,
+    ) -> Self {
         let mut m = Mirror::new(ring_size, max_vips, max_backends);
-        for (i, g) in generations.into_iter().enumerate().take(max_backends as usize) {
+        for (i, g) in generations
+            .into_iter()
+            .enumerate()
+            .take(max_backends as usize)
+        {
             m.generations[i] = g;
         }
         for v in &snap.vips {
@@ -151,18 +161,34 @@ impl Mirror {
             for (addr, id) in &v.backends {
                 if m.free_backend_ids.remove(id) {
                     // Unknown target: differs from any desired one, so it is rewritten.
-                    let unknown = BackendTarget { addr: *addr, weight: 0, mac: crate::model::Mac([0; 6]), ifindex: u32::MAX };
+                    let unknown = BackendTarget {
+                        addr: *addr,
+                        weight: 0,
+                        mac: crate::model::Mac([0; 6]),
+                        ifindex: u32::MAX,
+                    };
                     backends.insert(*addr, (*id, unknown));
                 }
             }
-            m.vips.insert(v.addr, MirroredVip { id: v.id, flags: UNKNOWN_FLAGS, backends, ring: Vec::new() });
+            m.vips.insert(
+                v.addr,
+                MirroredVip {
+                    id: v.id,
+                    flags: UNKNOWN_FLAGS,
+                    backends,
+                    ring: Vec::new(),
+                },
+            );
         }
         m
     }
 
     /// Ids of every backend the mirror holds (for sweeping stale entries out of adopted maps).
     pub fn backend_ids(&self) -> BTreeSet<u32> {
-        self.vips.values().flat_map(|v| v.backends.values().map(|(id, _)| *id)).collect()
+        self.vips
+            .values()
+            .flat_map(|v| v.backends.values().map(|(id, _)| *id))
+            .collect()
     }
 
     pub fn ring_size(&self) -> u32 {

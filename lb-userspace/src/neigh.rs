@@ -36,9 +36,15 @@ pub fn lookup(addr: IpAddr, dev: Option<&str>) -> Result<Option<Mac>, String> {
     if let Some(d) = dev {
         args.extend(["dev", d]);
     }
-    let out = Command::new("ip").args(&args).output().map_err(|e| format!("running ip neigh: {e} (is iproute2 installed?)"))?;
+    let out = Command::new("ip")
+        .args(&args)
+        .output()
+        .map_err(|e| format!("running ip neigh: {e} (is iproute2 installed?)"))?;
     if !out.status.success() {
-        return Err(format!("ip neigh show to {addr}: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        return Err(format!(
+            "ip neigh show to {addr}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
     }
     let entries: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
     for e in entries {
@@ -56,7 +62,12 @@ pub fn lookup(addr: IpAddr, dev: Option<&str>) -> Result<Option<Mac>, String> {
 
 /// Makes the kernel resolve `addr`: a single datagram to the discard port.
 fn probe(addr: IpAddr) {
-    let bind: SocketAddr = if addr.is_ipv4() { "0.0.0.0:0".parse() } else { "[::]:0".parse() }.expect("literal");
+    let bind: SocketAddr = if addr.is_ipv4() {
+        "0.0.0.0:0".parse()
+    } else {
+        "[::]:0".parse()
+    }
+    .expect("literal");
     if let Ok(s) = UdpSocket::bind(bind) {
         let _ = s.send_to(b"", SocketAddr::new(addr, 9));
     }

@@ -68,7 +68,15 @@ fn setup() -> Result<()> {
 }
 
 fn run_bin(name: &str) -> Result<()> {
-    run(Command::new("cargo").current_dir(root()).args(["run", "--release", "--quiet", "-p", "lb-tests", "--bin", name]))
+    run(Command::new("cargo").current_dir(root()).args([
+        "run",
+        "--release",
+        "--quiet",
+        "-p",
+        "lb-tests",
+        "--bin",
+        name,
+    ]))
 }
 
 fn lint() -> Result<()> {
@@ -76,7 +84,18 @@ fn lint() -> Result<()> {
     cargo(&["+nightly", "fmt", "--all", "--", "--check"])?;
     cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
     cargo(&[
-        "+nightly", "clippy", "-p", "lb-ebpf", "--release", "--target", "bpfel-unknown-none", "-Z", "build-std=core", "--", "-D", "warnings",
+        "+nightly",
+        "clippy",
+        "-p",
+        "lb-ebpf",
+        "--release",
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
+        "--",
+        "-D",
+        "warnings",
     ])
 }
 
@@ -94,8 +113,12 @@ fn main() -> ExitCode {
                     .args(&args)
                     .args(["--", "--test-threads=1"]))
             }),
-        Cmd::Demo => require_root("the demo").and_then(|_| setup()).and_then(|_| run_bin("demo")),
-        Cmd::Bench => require_root("the benchmark").and_then(|_| setup()).and_then(|_| run_bin("bench")),
+        Cmd::Demo => require_root("the demo")
+            .and_then(|_| setup())
+            .and_then(|_| run_bin("demo")),
+        Cmd::Bench => require_root("the benchmark")
+            .and_then(|_| setup())
+            .and_then(|_| run_bin("bench")),
         Cmd::Lint => lint(),
     };
     match result {

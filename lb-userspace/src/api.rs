@@ -1,0 +1,181 @@
+//! The control API: one JSON request per line over a Unix socket, one JSON response per line.
+//! The CLI is a client of it; so can be any tool (`socat - UNIX:/run/xdplb/xdplb.sock`).
+//!
+//! Response data schemas are documented in docs/cli.md and are stable: fields may be added,
+//! never renamed or removed.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::IpAddr,
+    os::unix::net::UnixStream,
+    path::Path,
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    config::{Config, XdpModeName},
+    model::{HashFields, Mac, Mode, VipAddr},
+};
+
+/// Default control socket.
+pub const DEFAULT_SOCKET: &str = "/run/xdplb/xdplb.sock";
+/// Largest request line the daemon reads.
+pub const MAX_REQUEST: usize = 1 << 20;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    VipAdd {
+        vip: VipAddr,
+        #[serde(default)]
+        mode: Mode,
+        #[serde(default)]
+        hash: HashFields,
+    },
+    VipDel {
+        vip: VipAddr,
+    },
+    VipList,
+    BackendAdd {
+        vip: VipAddr,
+        addr: IpAddr,
+        #[serde(default)]
+        weight: Option<u32>,
+        #[serde(default)]
+        mac: Option<Mac>,
+        #[serde(default)]
+        via: Option<String>,
+    },
+    /// Changes a backend's weight, MAC or interface (only the fields given).
+    BackendSet {
+        vip: VipAddr,
+        addr: IpAddr,
+        #[serde(default)]
+        weight: Option<u32>,
+        #[serde(default)]
+        mac: Option<Mac>,
+        #[serde(default)]
+        via: Option<String>,
+    },
+    BackendDel {
+        vip: VipAddr,
+        addr: IpAddr,
+    },
+    /// Weight 0: existing flows stay, new flows go to the other backends.
+    BackendDrain {
+        vip: VipAddr,
+        addr: IpAddr,
+    },
+    Attach {
+        iface: String,
+        #[serde(default)]
+        xdp_mode: XdpModeName,
+    },
+    Detach {
+        iface: String,
+    },
+    /// Moves the running state to this configuration.
+    Apply {
+        config: Config,
+    },
+    /// The running configuration.
+    Config,
+    Stats,
+    Status,
+    Simulate {
+        src: IpAddr,
+        sport: u16,
+        vip: VipAddr,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub data: serde_json::Value,
+}
+
+impl Response {
+    pub fn ok(data: serde_json::Value) -> Self {
+        Response {
+            ok: true,
+            error: None,
+            data,
+        }
+    }
+
+    pub fn err(e: impl Into<String>) -> Self {
+        Response {
+            ok: false,
+            error: Some(e.into()),
+            data: serde_json::Value::Null,
+        }
+    }
+}
+
+/// Sends one request to the daemon and returns its data, or its error as a sentence.
+pub fn call(socket: &Path, req: &Request) -> Result<serde_json::Value, String> {
+    let mut stream = UnixStream::connect(socket).map_err(|e| {
+        format!(
+            "cannot reach the xdplb daemon at {}: {e} (is `xdplb daemon` running? --socket or XDPLB_SOCKET pick another socket)",
+            socket.display()
+        )
+    })?;
+    // Applying a large configuration writes many ring slots: allow time for it.
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(120)));
+    let mut line = serde_json::to_string(req).map_err(|e| format!("encoding the request: {e}"))?;
+    line.push('\n');
+    stream
+        .write_all(line.as_bytes())
+        .map_err(|e| format!("sending to {}: {e}", socket.display()))?;
+    let mut reply = String::new();
+    BufReader::new(stream)
+        .read_line(&mut reply)
+        .map_err(|e| format!("reading the daemon's answer: {e}"))?;
+    if reply.is_empty() {
+        return Err(format!(
+            "the daemon at {} closed the connection without answering",
+            socket.display()
+        ));
+    }
+    let resp: Response = serde_json::from_str(&reply)
+        .map_err(|e| format!("the daemon's answer is not valid: {e}"))?;
+    if resp.ok {
+        Ok(resp.data)
+    } else {
+        Err(resp
+            .error
+            .unwrap_or_else(|| "the daemon refused the request without a reason".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_and_unknown_fields_are_refused() {
+        let r = Request::BackendAdd {
+            vip: "10.0.0.1:80/tcp".parse().unwrap(),
+            addr: "10.0.1.1".parse().unwrap(),
+            weight: Some(3),
+            mac: None,
+            via: None,
+        };
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(json.contains(r#""cmd":"backend_add""#), "{json}");
+        assert_eq!(serde_json::from_str::<Request>(&json).unwrap(), r);
+        let bad = r#"{"cmd":"vip_del","vip":"10.0.0.1:80/tcp","extra":1}"#;
+        assert!(serde_json::from_str::<Request>(bad).is_err());
+        let bad = r#"{"cmd":"vip_del","vip":"10.0.0.1/tcp"}"#;
+        let err = serde_json::from_str::<Request>(bad)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ADDR:PORT/PROTO"), "{err}");
+    }
+}

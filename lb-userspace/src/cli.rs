@@ -1,0 +1,440 @@
+//! The `xdplb` command line: the daemon, and a client for every API request. Listings print
+//! tables by default and the API's JSON with `--json` (schemas in docs/cli.md).
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use clap::{Parser, Subcommand};
+use serde_json::Value;
+
+use crate::{
+    api::{self, Request, DEFAULT_SOCKET},
+    config::{Config, XdpModeName},
+    daemon::{self, DaemonArgs},
+    model::{HashFields, Mac, Mode, VipAddr},
+};
+
+#[derive(Parser)]
+#[command(
+    name = "xdplb",
+    version,
+    about = "XDP load balancer: the daemon and its control CLI"
+)]
+pub struct Cli {
+    /// Control socket of the daemon.
+    #[arg(long, global = true, env = "XDPLB_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Run the daemon (owns the data path; see --cleanup to remove everything it pinned).
+    Daemon(DaemonArgs),
+    /// Attach the load balancer to an interface.
+    Attach {
+        iface: String,
+        #[arg(long, value_enum, default_value_t = XdpModeName::Auto)]
+        xdp_mode: XdpModeName,
+    },
+    /// Detach from an interface: its traffic is no longer balanced.
+    Detach { iface: String },
+    /// Manage VIPs.
+    #[command(subcommand)]
+    Vip(VipCmd),
+    /// Manage the backends of a VIP.
+    #[command(subcommand)]
+    Backend(BackendCmd),
+    /// Packets, bytes, new flows and rates per VIP and backend, and the verdict counters.
+    Stats {
+        #[arg(long)]
+        json: bool,
+        /// Refresh every second until Ctrl-C.
+        #[arg(long, conflicts_with = "json")]
+        watch: bool,
+    },
+    /// Program, interfaces, map fill levels and daemon health.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move the running state to a configuration file (TOML) with the fewest changes.
+    Apply {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// Print the running configuration (TOML, as `apply -f` takes it).
+    Config {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Which backend a flow from SRC:SPORT to VIP gets, and whether it is in the connection table.
+    Simulate {
+        /// Client address and port, e.g. 10.0.0.1:40000 or [2001:db8::1]:40000.
+        src: SocketAddr,
+        /// The VIP, e.g. 10.0.0.100:80/tcp (for an all-ports VIP, the port the client uses).
+        vip: VipAddr,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum VipCmd {
+    /// Add a VIP, e.g. `xdplb vip add 10.0.0.100:80/tcp --mode l2`.
+    Add {
+        vip: VipAddr,
+        #[arg(long, default_value = "l2")]
+        mode: Mode,
+        #[arg(long, default_value = "5tuple")]
+        hash: HashFields,
+    },
+    /// Delete a VIP and its backends.
+    Del { vip: VipAddr },
+    /// List VIPs and their backends.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum BackendCmd {
+    /// Add a backend (L2: its MAC is looked up in the neighbour table unless --mac is given).
+    Add {
+        vip: VipAddr,
+        addr: IpAddr,
+        #[arg(long)]
+        weight: Option<u32>,
+        #[arg(long)]
+        mac: Option<Mac>,
+        /// Interface the backend is reached through, if not the receiving one.
+        #[arg(long)]
+        via: Option<String>,
+    },
+    /// Change a backend's weight, MAC or interface.
+    Set {
+        vip: VipAddr,
+        addr: IpAddr,
+        #[arg(long)]
+        weight: Option<u32>,
+        #[arg(long)]
+        mac: Option<Mac>,
+        #[arg(long)]
+        via: Option<String>,
+    },
+    /// Remove a backend: its flows move to the others.
+    Del { vip: VipAddr, addr: IpAddr },
+    /// Weight 0: existing flows stay, new flows go to the others.
+    Drain { vip: VipAddr, addr: IpAddr },
+}
+
+/// Runs a parsed command line; errors are sentences for the user.
+pub fn run(cli: Cli) -> Result<(), String> {
+    let s = cli.socket.as_path();
+    match cli.cmd {
+        Cmd::Daemon(args) => daemon::run(s, &args),
+        Cmd::Attach { iface, xdp_mode } => done(api::call(s, &Request::Attach { iface, xdp_mode })),
+        Cmd::Detach { iface } => done(api::call(s, &Request::Detach { iface })),
+        Cmd::Vip(VipCmd::Add { vip, mode, hash }) => {
+            done(api::call(s, &Request::VipAdd { vip, mode, hash }))
+        }
+        Cmd::Vip(VipCmd::Del { vip }) => done(api::call(s, &Request::VipDel { vip })),
+        Cmd::Vip(VipCmd::List { json }) => show(api::call(s, &Request::VipList)?, json, print_vips),
+        Cmd::Backend(BackendCmd::Add {
+            vip,
+            addr,
+            weight,
+            mac,
+            via,
+        }) => done(api::call(
+            s,
+            &Request::BackendAdd {
+                vip,
+                addr,
+                weight,
+                mac,
+                via,
+            },
+        )),
+        Cmd::Backend(BackendCmd::Set {
+            vip,
+            addr,
+            weight,
+            mac,
+            via,
+        }) => done(api::call(
+            s,
+            &Request::BackendSet {
+                vip,
+                addr,
+                weight,
+                mac,
+                via,
+            },
+        )),
+        Cmd::Backend(BackendCmd::Del { vip, addr }) => {
+            done(api::call(s, &Request::BackendDel { vip, addr }))
+        }
+        Cmd::Backend(BackendCmd::Drain { vip, addr }) => {
+            done(api::call(s, &Request::BackendDrain { vip, addr }))
+        }
+        Cmd::Stats { json, watch: false } => {
+            show(api::call(s, &Request::Stats)?, json, print_stats)
+        }
+        Cmd::Stats { watch: true, .. } => watch(s),
+        Cmd::Status { json } => show(api::call(s, &Request::Status)?, json, print_status),
+        Cmd::Apply { file } => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| format!("reading {}: {e}", file.display()))?;
+            let config =
+                Config::from_toml(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+            config
+                .validate()
+                .map_err(|e| format!("{}: {e}", file.display()))?;
+            done(api::call(s, &Request::Apply { config }))
+        }
+        Cmd::Config { json } => {
+            let data = api::call(s, &Request::Config)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&data).unwrap_or_default()
+                );
+            } else {
+                let c: Config = serde_json::from_value(data)
+                    .map_err(|e| format!("the daemon's configuration: {e}"))?;
+                print!("{}", toml::to_string_pretty(&c).map_err(|e| e.to_string())?);
+            }
+            Ok(())
+        }
+        Cmd::Simulate { src, vip, json } => {
+            let data = api::call(
+                s,
+                &Request::Simulate {
+                    src: src.ip(),
+                    sport: src.port(),
+                    vip,
+                },
+            )?;
+            show(data, json, print_simulate)
+        }
+    }
+}
+
+fn done(r: Result<Value, String>) -> Result<(), String> {
+    r.map(|_| ())
+}
+
+fn show(data: Value, json: bool, human: fn(&Value)) -> Result<(), String> {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&data).unwrap_or_default()
+        );
+    } else {
+        human(&data);
+    }
+    Ok(())
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn print_vips(data: &Value) {
+    println!(
+        "{:<28} {:<4} {:<7} {:<26} {:>6} {:<9} {:<17}",
+        "VIP", "MODE", "HASH", "BACKEND", "WEIGHT", "STATE", "MAC"
+    );
+    for v in data["vips"].as_array().into_iter().flatten() {
+        let backends = v["backends"].as_array().cloned().unwrap_or_default();
+        let head = format!(
+            "{:<28} {:<4} {:<7}",
+            text(&v["vip"]),
+            text(&v["mode"]),
+            text(&v["hash"])
+        );
+        if backends.is_empty() {
+            println!("{head} (no backends)");
+        }
+        for (i, b) in backends.iter().enumerate() {
+            let lead = if i == 0 {
+                head.clone()
+            } else {
+                " ".repeat(head.len())
+            };
+            println!(
+                "{lead} {:<26} {:>6} {:<9} {:<17}",
+                text(&b["addr"]),
+                text(&b["weight"]),
+                text(&b["state"]),
+                text(&b["mac"])
+            );
+        }
+    }
+}
+
+fn human_rate(v: f64, unit: &str) -> String {
+    let (n, p) = match v {
+        x if x >= 1e9 => (x / 1e9, "G"),
+        x if x >= 1e6 => (x / 1e6, "M"),
+        x if x >= 1e3 => (x / 1e3, "k"),
+        x => (x, ""),
+    };
+    format!("{n:.1}{p}{unit}")
+}
+
+fn print_stats(data: &Value) {
+    println!(
+        "{:<32} {:>12} {:>14} {:>10} {:>10} {:>12}",
+        "VIP / BACKEND", "PACKETS", "BYTES", "NEW FLOWS", "RATE", "THROUGHPUT"
+    );
+    let row = |name: String, c: &Value| {
+        println!(
+            "{name:<32} {:>12} {:>14} {:>10} {:>10} {:>12}",
+            text(&c["packets"]),
+            text(&c["bytes"]),
+            text(&c["new_flows"]),
+            human_rate(c["pps"].as_f64().unwrap_or(0.0), "pps"),
+            human_rate(c["bps"].as_f64().unwrap_or(0.0), "bit/s"),
+        )
+    };
+    for v in data["vips"].as_array().into_iter().flatten() {
+        row(text(&v["vip"]), v);
+        for b in v["backends"].as_array().into_iter().flatten() {
+            row(format!("  {} ({})", text(&b["addr"]), text(&b["state"])), b);
+        }
+    }
+    for section in ["verdicts", "events"] {
+        let parts: Vec<String> = data[section]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(_, n)| n.as_u64() != Some(0))
+            .map(|(k, n)| format!("{k}={n}"))
+            .collect();
+        println!(
+            "{section}: {}",
+            if parts.is_empty() {
+                "none".into()
+            } else {
+                parts.join(" ")
+            }
+        );
+    }
+}
+
+fn print_status(d: &Value) {
+    let daemon = &d["daemon"];
+    println!(
+        "daemon: pid {} up {:.0} s, socket {}, pins {}, state {}",
+        text(&daemon["pid"]),
+        daemon["uptime_seconds"].as_f64().unwrap_or(0.0),
+        text(&daemon["socket"]),
+        text(&daemon["pin_path"]),
+        text(&daemon["state_file"])
+    );
+    println!("metrics: {}", text(&daemon["metrics"]));
+    println!(
+        "program: {} ({} verified instructions, ring size {})",
+        text(&d["program"]["name"]),
+        text(&d["program"]["verified_insns"]),
+        text(&d["program"]["ring_size"])
+    );
+    for i in d["interfaces"].as_array().into_iter().flatten() {
+        println!(
+            "interface {}: {} mode{}",
+            text(&i["name"]),
+            text(&i["mode"]),
+            if i["adopted"] == true {
+                " (adopted from an earlier daemon)"
+            } else {
+                ""
+            }
+        );
+    }
+    if d["interfaces"].as_array().is_none_or(|a| a.is_empty()) {
+        println!("interfaces: none attached (xdplb attach IFACE)");
+    }
+    for m in d["maps"].as_array().into_iter().flatten() {
+        let used = m["used"].as_f64().unwrap_or(0.0);
+        let max = m["max"].as_f64().unwrap_or(1.0).max(1.0);
+        println!(
+            "map {:<16} {:>10} / {:<10} {:>5.1}%",
+            text(&m["name"]),
+            text(&m["used"]),
+            text(&m["max"]),
+            used * 100.0 / max
+        );
+    }
+    for h in d["health"].as_array().into_iter().flatten() {
+        let s = &h["status"];
+        println!(
+            "health {} {}: {} ({} probes{})",
+            text(&h["vip"]),
+            text(&h["backend"]),
+            if s["healthy"] == true { "up" } else { "down" },
+            text(&s["probes"]),
+            s["last_error"]
+                .as_str()
+                .map(|e| format!(", last error: {e}"))
+                .unwrap_or_default()
+        );
+    }
+}
+
+fn print_simulate(d: &Value) {
+    println!(
+        "flow {}:{} -> {} (dport {}): hash {:#010x}, ring slot {} -> backend {}",
+        text(&d["src"]),
+        text(&d["sport"]),
+        text(&d["vip"]),
+        text(&d["dport"]),
+        d["hash"].as_u64().unwrap_or(0),
+        text(&d["slot"]),
+        text(&d["ring_backend"])
+    );
+    if d["conntrack_entry"] == true {
+        println!(
+            "connection table: entry, backend {}",
+            text(&d["conntrack_backend"])
+        );
+    } else {
+        println!("connection table: no entry (a new flow would take the ring's backend)");
+    }
+}
+
+/// `stats --watch`: redraws every second; Ctrl-C ends it cleanly.
+fn watch(socket: &Path) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let data = api::call(socket, &Request::Stats)?;
+                    // Clear the screen and home the cursor, then redraw.
+                    print!("\x1b[2J\x1b[H");
+                    println!("xdplb stats (every 1 s, Ctrl-C to quit)\n");
+                    print_stats(&data);
+                }
+                _ = tokio::signal::ctrl_c() => {
+                    println!();
+                    return Ok(());
+                }
+            }
+        }
+    })
+}

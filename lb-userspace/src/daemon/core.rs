@@ -1,0 +1,687 @@
+//! The daemon's core: the running configuration, the data path it owns, and every change to
+//! them. A change is validated and resolved (MAC addresses, interfaces) in full before the
+//! first write; the mirror then writes only what differs; the state is saved last.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    time::Instant,
+};
+
+use lb_common::{hash::flow_hash, stats, TrafficCounters};
+use serde_json::{json, Value};
+
+use super::state::{self, SavedState, STATE_VERSION};
+use crate::{
+    api::Request,
+    config::{BackendConfig, Config, InterfaceConfig, VipConfig},
+    datapath::{AttachMode, DataPath},
+    health::Checker,
+    iface,
+    metrics::{BackendMetrics, MetricsSnapshot, VipMetrics},
+    mirror::Mirror,
+    model::{flow_key, BackendTarget, Mac, VipAddr, VipSpec, VipState},
+    neigh,
+};
+
+/// A backend of a VIP.
+pub type BackendKey = (VipAddr, IpAddr);
+
+/// Where the daemon keeps things.
+#[derive(Clone, Debug)]
+pub struct Paths {
+    pub socket: PathBuf,
+    pub pin_path: PathBuf,
+    pub state_file: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Sample {
+    at: Option<Instant>,
+    packets: u64,
+    bytes: u64,
+    pps: f64,
+    bps: f64,
+}
+
+pub struct Core {
+    pub dp: DataPath,
+    pub mirror: Mirror,
+    pub config: Config,
+    pub paths: Paths,
+    pub health: Checker<BackendKey>,
+    /// Backends whose health check failed: out of the ring until they rise again.
+    down: HashSet<BackendKey>,
+    macs: HashMap<(IpAddr, Option<String>), Mac>,
+    /// Counter samples for rates, by VIP and by (VIP, backend).
+    rates: HashMap<(VipAddr, Option<IpAddr>), Sample>,
+    started: Instant,
+    /// Interfaces whose attachment was adopted from an earlier daemon.
+    adopted: usize,
+}
+
+fn not_found_vip(vip: &VipAddr) -> String {
+    format!("no VIP {vip}; `xdplb vip list` shows the VIPs")
+}
+
+fn not_found_backend(vip: &VipAddr, addr: IpAddr) -> String {
+    format!("VIP {vip} has no backend {addr}; `xdplb vip list` shows its backends")
+}
+
+impl Core {
+    pub fn new(dp: DataPath, mirror: Mirror, paths: Paths, health: Checker<BackendKey>) -> Core {
+        Core {
+            dp,
+            mirror,
+            config: Config::default(),
+            paths,
+            health,
+            down: HashSet::new(),
+            macs: HashMap::new(),
+            rates: HashMap::new(),
+            started: Instant::now(),
+            adopted: 0,
+        }
+    }
+
+    /// Brings the data path to `config` at start-up (limits and metrics are taken as given),
+    /// then removes whatever an earlier daemon left in adopted maps that is not wanted.
+    pub fn start(&mut self, config: Config) -> Result<(), String> {
+        self.config.limits = config.limits.clone();
+        self.config.metrics = config.metrics.clone();
+        self.commit(config)?;
+        let mut keep_vips = HashSet::new();
+        for v in &self.config.vips {
+            keep_vips.insert(v.addr.key());
+            keep_vips.insert(v.addr.address_key());
+        }
+        let swept = self
+            .dp
+            .sweep(&keep_vips, &self.mirror.backend_ids())
+            .map_err(|e| e.to_string())?;
+        if swept > 0 {
+            log::info!("removed {swept} stale entries left in the pinned maps");
+        }
+        Ok(())
+    }
+
+    /// Moves everything to `new`: validate, resolve, attach, write maps, detach, save.
+    pub fn commit(&mut self, new: Config) -> Result<(), String> {
+        new.validate()?;
+        if new.limits() != self.config.limits() {
+            return Err(format!(
+                "limits cannot change while the daemon runs (running {:?}, requested {:?}); stop it, run `xdplb daemon --cleanup`, and start it with the new limits",
+                self.config.limits(),
+                new.limits()
+            ));
+        }
+        if new.metrics != self.config.metrics {
+            return Err("the metrics address is fixed when the daemon starts; restart the daemon to change it".into());
+        }
+        for i in &new.interfaces {
+            iface::index(&i.name).map_err(|_| {
+                format!(
+                    "interface {} does not exist in the daemon's network namespace",
+                    i.name
+                )
+            })?;
+        }
+        let states = self.resolve(&new)?;
+
+        let is_new =
+            |i: &&InterfaceConfig| !self.config.interfaces.iter().any(|c| c.name == i.name);
+        let added: Vec<InterfaceConfig> = new.interfaces.iter().filter(is_new).cloned().collect();
+        let mut attached = Vec::new();
+        for i in &added {
+            match self.dp.attach(&i.name, AttachMode::from(i.xdp_mode)) {
+                Ok(how) => {
+                    log::info!("interface {}: {how:?}", i.name);
+                    if how == crate::datapath::Attached::Adopted {
+                        self.adopted += 1;
+                    }
+                    attached.push(i.name.clone());
+                }
+                Err(e) => {
+                    for name in attached {
+                        let _ = self.dp.detach(&name);
+                    }
+                    return Err(format!("attaching to {}: {e}", i.name));
+                }
+            }
+        }
+        self.mirror
+            .sync(&mut self.dp.writer(), &states)
+            .map_err(|e| e.to_string())?;
+        for old in &self.config.interfaces {
+            if !new.interfaces.iter().any(|i| i.name == old.name) {
+                if let Err(e) = self.dp.detach(&old.name) {
+                    log::warn!("detaching {}: {e}", old.name);
+                }
+            }
+        }
+        self.config = new;
+        self.update_health_targets();
+        self.save()
+    }
+
+    /// Saves the running state; on failure the running state is kept and the error reported.
+    pub fn save(&self) -> Result<(), String> {
+        let s = SavedState {
+            version: STATE_VERSION,
+            config: self.config.clone(),
+            ids: self.mirror.snapshot(),
+        };
+        state::save(&self.paths.state_file, &s)
+            .map_err(|e| format!("the change is applied and running, but {e}"))
+    }
+
+    /// The data path's view of `config`: MACs and interfaces resolved, failed backends left out.
+    fn resolve(&mut self, config: &Config) -> Result<Vec<VipState>, String> {
+        let mut states = Vec::new();
+        for v in &config.vips {
+            let mut backends = Vec::new();
+            for b in &v.backends {
+                if self.down.contains(&(v.addr, b.addr)) {
+                    continue;
+                }
+                let ifindex = match &b.via {
+                    Some(via) => self
+                        .dp
+                        .register_egress(via)
+                        .map_err(|e| format!("backend {} of VIP {}: {e}", b.addr, v.addr))?,
+                    None => 0,
+                };
+                let mac = match b.mac {
+                    Some(m) => m,
+                    None => self.mac_of(b)?,
+                };
+                backends.push(BackendTarget {
+                    addr: b.addr,
+                    weight: b.weight,
+                    mac,
+                    ifindex,
+                });
+            }
+            states.push(VipState {
+                spec: VipSpec {
+                    addr: v.addr,
+                    mode: v.mode,
+                    hash: v.hash,
+                },
+                backends,
+            });
+        }
+        Ok(states)
+    }
+
+    fn mac_of(&mut self, b: &BackendConfig) -> Result<Mac, String> {
+        let key = (b.addr, b.via.clone());
+        if let Some(m) = self.macs.get(&key) {
+            return Ok(*m);
+        }
+        let m = neigh::resolve(b.addr, b.via.as_deref())?;
+        self.macs.insert(key, m);
+        Ok(m)
+    }
+
+    fn update_health_targets(&mut self) {
+        let mut targets = Vec::new();
+        for v in &self.config.vips {
+            for b in &v.backends {
+                if let Some(check) = v.check_for(b) {
+                    let port = check.port.unwrap_or(v.addr.port);
+                    targets.push(((v.addr, b.addr), SocketAddr::new(b.addr, port), check));
+                }
+            }
+        }
+        let keys: HashSet<BackendKey> = targets.iter().map(|t| t.0).collect();
+        self.health.set_targets(targets);
+        // A changed check restarts healthy; only backends the checker still sees failing stay out.
+        let health = &self.health;
+        self.down
+            .retain(|k| keys.contains(k) && !health.is_healthy(k));
+    }
+
+    /// A health transition: a failed backend leaves the ring (its flows move, no other flow
+    /// does), a recovered one returns.
+    /// The reported state is only a prompt: a message queued before a reload may be stale, so
+    /// the checker's current view decides.
+    pub fn set_health(&mut self, key: BackendKey, _reported: bool) {
+        let healthy = self.health.is_healthy(&key);
+        let changed = if healthy {
+            self.down.remove(&key)
+        } else {
+            self.down.insert(key)
+        };
+        if !changed {
+            return;
+        }
+        log::warn!(
+            "backend {} of VIP {} is {}",
+            key.1,
+            key.0,
+            if healthy { "up" } else { "down" }
+        );
+        let config = self.config.clone();
+        let result = self.resolve(&config).and_then(|s| {
+            self.mirror
+                .sync(&mut self.dp.writer(), &s)
+                .map_err(|e| e.to_string())
+        });
+        if let Err(e) = result {
+            log::error!("applying the health change of {} failed: {e}", key.1);
+        }
+        if let Err(e) = self.save() {
+            log::error!("{e}");
+        }
+    }
+
+    /// Handles one API request.
+    pub fn handle(&mut self, req: Request) -> Result<Value, String> {
+        let mut new = self.config.clone();
+        match req {
+            Request::VipList => return Ok(self.vip_list()),
+            Request::Config => {
+                return serde_json::to_value(&self.config).map_err(|e| e.to_string())
+            }
+            Request::Stats => return Ok(self.stats()),
+            Request::Status => return Ok(self.status()),
+            Request::Simulate { src, sport, vip } => return self.simulate(src, sport, vip),
+            Request::VipAdd { vip, mode, hash } => {
+                if new.vip(&vip).is_some() {
+                    return Err(format!(
+                        "VIP {vip} already exists; delete it first to change its mode or hash"
+                    ));
+                }
+                new.vips.push(VipConfig {
+                    addr: vip,
+                    mode,
+                    hash,
+                    health: None,
+                    backends: Vec::new(),
+                });
+            }
+            Request::VipDel { vip } => {
+                let before = new.vips.len();
+                new.vips.retain(|v| v.addr != vip);
+                if new.vips.len() == before {
+                    return Err(not_found_vip(&vip));
+                }
+            }
+            Request::BackendAdd {
+                vip,
+                addr,
+                weight,
+                mac,
+                via,
+            } => {
+                let v = new.vip_mut(&vip).ok_or_else(|| not_found_vip(&vip))?;
+                if v.backend(addr).is_some() {
+                    return Err(format!(
+                        "backend {addr} is already in VIP {vip}; `xdplb backend set` changes it"
+                    ));
+                }
+                v.backends.push(BackendConfig {
+                    addr,
+                    weight: weight.unwrap_or(1),
+                    mac,
+                    via,
+                    health: None,
+                });
+            }
+            Request::BackendSet {
+                vip,
+                addr,
+                weight,
+                mac,
+                via,
+            } => {
+                let v = new.vip_mut(&vip).ok_or_else(|| not_found_vip(&vip))?;
+                let b = v
+                    .backends
+                    .iter_mut()
+                    .find(|b| b.addr == addr)
+                    .ok_or_else(|| not_found_backend(&vip, addr))?;
+                if weight.is_none() && mac.is_none() && via.is_none() {
+                    return Err("backend set needs at least one of --weight, --mac, --via".into());
+                }
+                b.weight = weight.unwrap_or(b.weight);
+                b.mac = mac.or(b.mac);
+                b.via = via.or(b.via.take());
+            }
+            Request::BackendDel { vip, addr } => {
+                let v = new.vip_mut(&vip).ok_or_else(|| not_found_vip(&vip))?;
+                let before = v.backends.len();
+                v.backends.retain(|b| b.addr != addr);
+                if v.backends.len() == before {
+                    return Err(not_found_backend(&vip, addr));
+                }
+            }
+            Request::BackendDrain { vip, addr } => {
+                let v = new.vip_mut(&vip).ok_or_else(|| not_found_vip(&vip))?;
+                let b = v
+                    .backends
+                    .iter_mut()
+                    .find(|b| b.addr == addr)
+                    .ok_or_else(|| not_found_backend(&vip, addr))?;
+                b.weight = 0;
+            }
+            Request::Attach { iface, xdp_mode } => {
+                if new.interfaces.iter().any(|i| i.name == iface) {
+                    return Err(format!("xdplb is already attached to {iface}"));
+                }
+                new.interfaces.push(InterfaceConfig {
+                    name: iface,
+                    xdp_mode,
+                });
+            }
+            Request::Detach { iface } => {
+                let before = new.interfaces.len();
+                new.interfaces.retain(|i| i.name != iface);
+                if new.interfaces.len() == before {
+                    return Err(format!("xdplb is not attached to {iface}"));
+                }
+            }
+            Request::Apply { config } => {
+                new = config;
+                // Fixed at start: a file that leaves them out keeps the running ones.
+                if new.limits.is_none() {
+                    new.limits = self.config.limits.clone();
+                }
+                if new.metrics.is_none() {
+                    new.metrics = self.config.metrics.clone();
+                }
+            }
+        }
+        self.commit(new)?;
+        Ok(Value::Null)
+    }
+
+    fn backend_state(&self, vip: &VipAddr, b: &BackendConfig) -> &'static str {
+        if self.down.contains(&(*vip, b.addr)) {
+            "down"
+        } else if b.weight == 0 {
+            "draining"
+        } else {
+            "active"
+        }
+    }
+
+    /// `vip list --json`: the configuration with data-path ids and backend states. Stable
+    /// across restarts (no counters, no timestamps).
+    pub fn vip_list(&self) -> Value {
+        let vips: Vec<Value> = self
+            .config
+            .vips
+            .iter()
+            .map(|v| {
+                let backends: Vec<Value> = v
+                    .backends
+                    .iter()
+                    .map(|b| {
+                        json!({
+                            "addr": b.addr,
+                            "weight": b.weight,
+                            "mac": b.mac.or_else(|| self.macs.get(&(b.addr, b.via.clone())).copied()),
+                            "via": b.via,
+                            "state": self.backend_state(&v.addr, b),
+                            "health_check": v.check_for(b).is_some(),
+                            "id": self.mirror.backend_id(&v.addr, b.addr),
+                        })
+                    })
+                    .collect();
+                json!({
+                    "vip": v.addr,
+                    "mode": v.mode,
+                    "hash": v.hash,
+                    "id": self.mirror.vip_id(&v.addr),
+                    "health": v.health,
+                    "backends": backends,
+                })
+            })
+            .collect();
+        json!({ "vips": vips })
+    }
+
+    /// Reads the counters and updates the rates (called once a second, and by `stats`).
+    pub fn sample_rates(&mut self) {
+        let now = Instant::now();
+        let mut keys: Vec<((VipAddr, Option<IpAddr>), Option<TrafficCounters>)> = Vec::new();
+        for v in &self.config.vips {
+            let c = self
+                .mirror
+                .vip_id(&v.addr)
+                .and_then(|id| self.dp.vip_counters(id).ok());
+            keys.push(((v.addr, None), c));
+            for b in &v.backends {
+                let c = self
+                    .mirror
+                    .backend_id(&v.addr, b.addr)
+                    .and_then(|id| self.dp.backend_counters(id).ok());
+                keys.push(((v.addr, Some(b.addr)), c));
+            }
+        }
+        let mut next = HashMap::new();
+        for (k, c) in keys {
+            let c = c.unwrap_or_default();
+            let prev = self.rates.get(&k).copied().unwrap_or_default();
+            let mut s = Sample {
+                at: Some(now),
+                packets: c.packets,
+                bytes: c.bytes,
+                ..prev
+            };
+            if let Some(at) = prev.at {
+                let dt = now.duration_since(at).as_secs_f64();
+                // Keep the last rate for calls that come too soon after a sample.
+                if dt >= 0.2 {
+                    s.pps = c.packets.saturating_sub(prev.packets) as f64 / dt;
+                    s.bps = c.bytes.saturating_sub(prev.bytes) as f64 * 8.0 / dt;
+                } else {
+                    s.at = prev.at;
+                    s.packets = prev.packets;
+                    s.bytes = prev.bytes;
+                }
+            }
+            next.insert(k, s);
+        }
+        self.rates = next;
+    }
+
+    fn counters_json(&self, c: TrafficCounters, key: (VipAddr, Option<IpAddr>)) -> Value {
+        let r = self.rates.get(&key).copied().unwrap_or_default();
+        json!({ "packets": c.packets, "bytes": c.bytes, "new_flows": c.new_flows, "pps": r.pps, "bps": r.bps })
+    }
+
+    /// `stats --json`.
+    pub fn stats(&mut self) -> Value {
+        self.sample_rates();
+        let mut vips = Vec::new();
+        for v in &self.config.vips {
+            let vc = self
+                .mirror
+                .vip_id(&v.addr)
+                .and_then(|id| self.dp.vip_counters(id).ok())
+                .unwrap_or_default();
+            let mut entry = self.counters_json(vc, (v.addr, None));
+            let backends: Vec<Value> = v
+                .backends
+                .iter()
+                .map(|b| {
+                    let c = self
+                        .mirror
+                        .backend_id(&v.addr, b.addr)
+                        .and_then(|id| self.dp.backend_counters(id).ok())
+                        .unwrap_or_default();
+                    let mut e = self.counters_json(c, (v.addr, Some(b.addr)));
+                    e["addr"] = json!(b.addr);
+                    e["state"] = json!(self.backend_state(&v.addr, b));
+                    e
+                })
+                .collect();
+            entry["vip"] = json!(v.addr);
+            entry["backends"] = json!(backends);
+            vips.push(entry);
+        }
+        let counters = self.dp.stats().unwrap_or_default();
+        let named = |range: std::ops::Range<u32>| -> serde_json::Map<String, Value> {
+            range
+                .filter_map(|i| {
+                    Some((
+                        stats::name(i)?.to_string(),
+                        json!(counters.get(i as usize).copied().unwrap_or(0)),
+                    ))
+                })
+                .collect()
+        };
+        json!({
+            "vips": vips,
+            "verdicts": named(0..stats::VERDICT_COUNT),
+            "events": named(stats::EVENT_BASE..stats::EVENT_BASE + stats::EVENT_COUNT),
+        })
+    }
+
+    /// `status --json`.
+    pub fn status(&mut self) -> Value {
+        let o = self.dp.options().clone();
+        let backends_used = self.mirror.backend_ids().len();
+        let maps = json!([
+            { "name": lb_common::maps::VIPS, "used": self.dp.vip_entries().ok(), "max": 2 * o.max_vips },
+            { "name": lb_common::maps::BACKENDS, "used": backends_used, "max": o.max_backends },
+            { "name": lb_common::maps::RING, "used": self.config.vips.len() as u64 * o.ring_size as u64, "max": o.max_vips as u64 * o.ring_size as u64 },
+            { "name": lb_common::maps::CONNTRACK, "used": self.dp.conntrack_entries().ok(), "max": o.conntrack_size },
+        ]);
+        let ifaces: Vec<Value> = self
+            .dp
+            .attachments()
+            .into_iter()
+            .map(|(name, mode, adopted)| {
+                let configured = self.config.interfaces.iter().find(|i| i.name == name).map(|i| i.xdp_mode);
+                json!({
+                    "name": name,
+                    "mode": mode.map(|m| format!("{m:?}").to_lowercase()).unwrap_or_else(|| "adopted".into()),
+                    "configured_mode": configured,
+                    "adopted": adopted,
+                })
+            })
+            .collect();
+        let health: Vec<Value> = self
+            .health
+            .status()
+            .into_iter()
+            .map(|((vip, addr), s)| json!({ "vip": vip, "backend": addr, "status": s }))
+            .collect();
+        json!({
+            "daemon": {
+                "pid": std::process::id(),
+                "uptime_seconds": self.started.elapsed().as_secs_f64(),
+                "socket": self.paths.socket,
+                "pin_path": self.paths.pin_path,
+                "state_file": self.paths.state_file,
+                "metrics": self.config.metrics.as_ref().map(|m| m.listen),
+                "adopted_attachments": self.adopted,
+            },
+            "program": { "name": lb_common::maps::PROG_LB, "verified_insns": self.dp.verified_insns(), "ring_size": o.ring_size },
+            "interfaces": ifaces,
+            "maps": maps,
+            "health": health,
+        })
+    }
+
+    /// Which backend a flow gets: the ring's answer (same hash and ring as the data path) and
+    /// the connection table's entry, if any.
+    fn simulate(&self, src: IpAddr, sport: u16, dst: VipAddr) -> Result<Value, String> {
+        if src.is_ipv4() != dst.ip.is_ipv4() {
+            return Err(format!(
+                "source {src} and VIP {dst} are of different IP families"
+            ));
+        }
+        let all_ports = VipAddr { port: 0, ..dst };
+        let vip = [dst, all_ports]
+            .into_iter()
+            .find(|a| self.config.vip(a).is_some())
+            .ok_or_else(|| not_found_vip(&dst))?;
+        let cfg = self.config.vip(&vip).expect("found above");
+        let key = flow_key(src, sport, &vip, dst.port);
+        let hash = flow_hash(
+            &key,
+            VipSpec {
+                addr: vip,
+                mode: cfg.mode,
+                hash: cfg.hash,
+            }
+            .flags(),
+        );
+        let ring_size = self.mirror.ring_size();
+        let by_id = |id: u32| {
+            cfg.backends
+                .iter()
+                .find(|b| self.mirror.backend_id(&vip, b.addr) == Some(id))
+                .map(|b| b.addr)
+        };
+        let conn = self.dp.conntrack(&key).map_err(|e| e.to_string())?;
+        Ok(json!({
+            "vip": vip,
+            "src": src,
+            "sport": sport,
+            "dport": dst.port,
+            "hash": hash,
+            "slot": hash % ring_size,
+            "ring_backend": self.mirror.ring_choice(&vip, &key),
+            "conntrack_backend": conn.and_then(|c| by_id(c.backend)),
+            "conntrack_entry": conn.is_some(),
+        }))
+    }
+
+    /// What the metrics endpoint shows.
+    pub fn metrics(&mut self) -> MetricsSnapshot {
+        let stats = self.stats();
+        let mut snap = MetricsSnapshot {
+            uptime_seconds: self.started.elapsed().as_secs_f64(),
+            ..Default::default()
+        };
+        let num = |v: &Value, k: &str| v[k].as_u64().unwrap_or(0);
+        for (v, cfg) in stats["vips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .zip(&self.config.vips)
+        {
+            let vip = cfg.addr.to_string();
+            snap.vips.push(VipMetrics {
+                vip: vip.clone(),
+                mode: cfg.mode.to_string(),
+                packets: num(v, "packets"),
+                bytes: num(v, "bytes"),
+                new_flows: num(v, "new_flows"),
+            });
+            for (b, bc) in v["backends"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .zip(&cfg.backends)
+            {
+                snap.backends.push(BackendMetrics {
+                    vip: vip.clone(),
+                    backend: bc.addr.to_string(),
+                    weight: bc.weight,
+                    up: !self.down.contains(&(cfg.addr, bc.addr)),
+                    draining: bc.weight == 0,
+                    packets: num(b, "packets"),
+                    bytes: num(b, "bytes"),
+                    new_flows: num(b, "new_flows"),
+                });
+            }
+        }
+        for (section, out) in [
+            ("verdicts", &mut snap.verdicts),
+            ("events", &mut snap.events),
+        ] {
+            if let Some(m) = stats[section].as_object() {
+                out.extend(m.iter().map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0))));
+            }
+        }
+        snap
+    }
+}

@@ -1,0 +1,263 @@
+//! `xdplb daemon`: owns the data path, serves the control API on a Unix socket, runs health
+//! checks, samples rates and exports metrics. Stopping it (or `kill -9`) leaves the pinned
+//! attachments and maps in place, so traffic keeps flowing; the next daemon adopts them.
+
+pub mod core;
+pub mod state;
+
+use std::{
+    net::SocketAddr,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+    signal::unix::{signal, SignalKind},
+};
+
+use self::core::{Core, Paths};
+use crate::{
+    api::{Request, Response, MAX_REQUEST},
+    config::{Config, MetricsConfig},
+    datapath::DataPath,
+    health::Checker,
+    mirror::Mirror,
+};
+
+/// Default locations.
+pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/xdplb";
+pub const DEFAULT_STATE_FILE: &str = "/var/lib/xdplb/state.json";
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct DaemonArgs {
+    /// Initial configuration (TOML), used when no saved state exists.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// bpffs directory for pinned maps and attachments.
+    #[arg(long, default_value = DEFAULT_PIN_PATH)]
+    pub pin_path: PathBuf,
+    /// Where the running state is saved after every change.
+    #[arg(long, default_value = DEFAULT_STATE_FILE)]
+    pub state_file: PathBuf,
+    /// Serve Prometheus metrics here (loopback unless the config allows otherwise).
+    #[arg(long)]
+    pub metrics: Option<SocketAddr>,
+    /// Detach and remove everything pinned under --pin-path and the saved state, then exit.
+    #[arg(long)]
+    pub cleanup: bool,
+}
+
+fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
+    // A panic while holding the lock leaves a consistent enough Core to keep serving reads.
+    core.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub fn run(socket: &Path, args: &DaemonArgs) -> Result<(), String> {
+    if args.cleanup {
+        return cleanup(args);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the runtime: {e}"))?;
+    rt.block_on(serve(socket.to_path_buf(), args.clone()))
+}
+
+fn cleanup(args: &DaemonArgs) -> Result<(), String> {
+    let _lock = state::StateLock::acquire(&args.state_file)
+        .map_err(|e| format!("{e}; stop the daemon before --cleanup"))?;
+    let removed = DataPath::cleanup_pins(&args.pin_path)
+        .map_err(|e| format!("cleaning {}: {e}", args.pin_path.display()))?;
+    for p in &removed {
+        println!("removed {}", p.display());
+    }
+    match std::fs::remove_file(&args.state_file) {
+        Ok(()) => println!("removed {}", args.state_file.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("removing {}: {e}", args.state_file.display())),
+    }
+    println!("xdplb is detached; nothing is balanced any more");
+    Ok(())
+}
+
+fn initial_config(args: &DaemonArgs) -> Result<(Config, crate::mirror::MirrorSnapshot), String> {
+    if let Some(saved) = state::load(&args.state_file)? {
+        log::info!("restoring the state saved in {}", args.state_file.display());
+        return Ok((saved.config, saved.ids));
+    }
+    let config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("reading {}: {e}", path.display()))?;
+            Config::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))?
+        }
+        None => Config::default(),
+    };
+    Ok((config, Default::default()))
+}
+
+/// The pin directory must be on a bpffs, or pins would fail (or vanish with a tmpfs).
+fn ensure_bpffs(dir: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| format!("creating pin path {}: {e}", dir.display()))?;
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+        .map_err(|_| "pin path contains NUL".to_string())?;
+    // SAFETY: statfs on a valid path into a zeroed struct.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 || st.f_type as i64 != BPF_FS_MAGIC {
+        return Err(format!(
+            "pin path {} is not on a bpf filesystem; mount one (mount -t bpf bpf {}) or choose another --pin-path",
+            dir.display(),
+            dir.display()
+        ));
+    }
+    Ok(())
+}
+
+fn bind_socket(path: &Path) -> Result<UnixListener, String> {
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(format!(
+            "another xdplb daemon is listening on {}",
+            path.display()
+        ));
+    }
+    let _ = std::fs::remove_file(path); // a stale socket from a killed daemon
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    }
+    // Create the socket owner-only from the start (no window with wider permissions).
+    // SAFETY: umask only affects this process's file creation mask.
+    let old = unsafe { libc::umask(0o177) };
+    let listener = UnixListener::bind(path);
+    unsafe { libc::umask(old) };
+    let listener =
+        listener.map_err(|e| format!("binding control socket {}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("setting permissions of {}: {e}", path.display()))?;
+    Ok(listener)
+}
+
+async fn serve(socket: PathBuf, args: DaemonArgs) -> Result<(), String> {
+    let _lock = state::StateLock::acquire(&args.state_file)?;
+    ensure_bpffs(&args.pin_path)?;
+    let (mut config, ids) = initial_config(&args)?;
+    if let Some(listen) = args.metrics {
+        config.metrics = Some(MetricsConfig {
+            listen,
+            allow_remote: false,
+        });
+    }
+    config.validate()?;
+    let limits = config.limits();
+    let dp =
+        DataPath::load(&limits.load_options(Some(&args.pin_path))).map_err(|e| e.to_string())?;
+    let generations = dp.backend_generations().map_err(|e| e.to_string())?;
+    let mirror = Mirror::restore(
+        limits.ring_size,
+        limits.max_vips,
+        limits.max_backends,
+        &ids,
+        generations,
+    );
+
+    let (health_tx, mut health_rx) = tokio::sync::mpsc::unbounded_channel();
+    let checker = Checker::new(Arc::new(move |key, up| {
+        let _ = health_tx.send((key, up));
+    }));
+    let paths = Paths {
+        socket: socket.clone(),
+        pin_path: args.pin_path.clone(),
+        state_file: args.state_file.clone(),
+    };
+    let core = Arc::new(Mutex::new(Core::new(dp, mirror, paths, checker)));
+    lock(&core).start(config.clone())?;
+    let listener = bind_socket(&socket)?;
+    log::info!("xdplb daemon ready; control socket {}", socket.display());
+
+    let c = core.clone();
+    tokio::spawn(async move {
+        while let Some((key, up)) = health_rx.recv().await {
+            let c = c.clone();
+            let _ = tokio::task::spawn_blocking(move || lock(&c).set_health(key, up)).await;
+        }
+    });
+    let c = core.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let c = c.clone();
+            let _ = tokio::task::spawn_blocking(move || lock(&c).sample_rates()).await;
+        }
+    });
+    if let Some(m) = &config.metrics {
+        let l = tokio::net::TcpListener::bind(m.listen)
+            .await
+            .map_err(|e| format!("binding metrics address {}: {e}", m.listen))?;
+        let c = core.clone();
+        log::info!("metrics on http://{}/metrics", m.listen);
+        tokio::spawn(crate::metrics::serve(
+            l,
+            Arc::new(move || lock(&c).metrics()),
+        ));
+    }
+
+    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => { tokio::spawn(connection(stream, core.clone())); }
+                Err(e) => log::warn!("accepting on the control socket: {e}"),
+            },
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    let _ = std::fs::remove_file(&socket);
+    let result = lock(&core).save();
+    log::info!(
+        "xdplb daemon stopping; attachments and maps stay pinned in {}, traffic keeps flowing",
+        args.pin_path.display()
+    );
+    result
+}
+
+/// One client connection: one request line, one response line.
+async fn connection(stream: UnixStream, core: Arc<Mutex<Core>>) {
+    let root = stream.peer_cred().map(|c| c.uid() == 0).unwrap_or(false);
+    let (read, mut write) = stream.into_split();
+    let resp = if !root {
+        Response::err("only root may control xdplb")
+    } else {
+        let mut line = String::new();
+        let mut reader = BufReader::new(read.take(MAX_REQUEST as u64));
+        match reader.read_line(&mut line).await {
+            Err(e) => Response::err(format!("reading the request: {e}")),
+            Ok(_) if !line.ends_with('\n') => Response::err(format!(
+                "the request must be one JSON line of at most {MAX_REQUEST} bytes"
+            )),
+            Ok(_) => match serde_json::from_str::<Request>(&line) {
+                Err(e) => Response::err(format!("invalid request: {e}")),
+                Ok(req) => {
+                    let res = tokio::task::spawn_blocking(move || lock(&core).handle(req)).await;
+                    match res {
+                        Ok(Ok(data)) => Response::ok(data),
+                        Ok(Err(e)) => Response::err(e),
+                        Err(e) => Response::err(format!("internal error: {e}")),
+                    }
+                }
+            },
+        }
+    };
+    let mut out = serde_json::to_vec(&resp).unwrap_or_else(|_| b"{\"ok\":false}".to_vec());
+    out.push(b'\n');
+    let _ = write.write_all(&out).await;
+}
