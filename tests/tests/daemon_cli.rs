@@ -4,6 +4,7 @@
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
+    os::unix::fs::PermissionsExt,
     time::{Duration, Instant},
 };
 
@@ -223,4 +224,202 @@ fn kill_dash_nine_and_restart_lose_no_packet() {
         assert!(names.iter().any(|n| n == b), "{b} answers after the restart");
     }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn health_failover_moves_only_the_failed_backends_flows() {
+    let mut e = Env::new(&[]);
+    let vip = e.vip();
+    let dir = e.d.dir.clone();
+    let cfg = format!(
+        "[[interface]]\nname = \"eth0\"\n\n[[vip]]\naddr = \"{vip}\"\nhealth = {{ kind = \"http\", path = \"/\", interval_ms = 100, timeout_ms = 80, rise = 2, fall = 2 }}\n{}",
+        (0..3).map(|i| format!("[[vip.backend]]\naddr = \"{}\"\n", e.b(i))).collect::<String>()
+    );
+    std::fs::write(dir.join("h.toml"), cfg).unwrap();
+    e.d.ok(&["apply", "-f", dir.join("h.toml").to_str().unwrap()]).unwrap();
+    let target = SocketAddr::new(VIP4.parse().unwrap(), PORT);
+    let mut held: Vec<(Conn, String)> = e
+        .topo
+        .client
+        .ns
+        .run(|| {
+            (0..30)
+                .map(|i| {
+                    let mut c = Conn::open(target, 35000 + i).unwrap();
+                    let n = c.ask().unwrap();
+                    (c, n)
+                })
+                .collect()
+        })
+        .unwrap();
+
+    // b2's server stops: health checks fail, b2 leaves the ring.
+    let b2 = e.b(1);
+    e.servers[1] = None;
+    wait_for("b2 to be marked down", Duration::from_secs(5), || e.backend_state(&b2) == "down");
+    for (c, n) in held.iter_mut().filter(|(_, n)| n != "b2") {
+        assert_eq!(c.ask().unwrap(), *n, "a flow of a healthy backend moved when b2 failed");
+    }
+    let c = e.spread(90, 36000);
+    assert!(!c.contains_key("b2"), "no new flow reaches the failed backend: {c:?}");
+    let status = e.d.json(&["status"]).unwrap();
+    let h = status["health"].as_array().unwrap().iter().find(|h| h["backend"] == b2.as_str()).unwrap().clone();
+    assert_eq!(h["status"]["healthy"], false, "{h}");
+
+    // It comes back when its server does.
+    e.servers[1] = Some(Server::start(&e.topo.backends[1].ns, "b2", PORT, &[]).unwrap());
+    wait_for("b2 to be active again", Duration::from_secs(5), || e.backend_state(&b2) == "active");
+    let c = e.spread(90, 37000);
+    assert!(c.contains_key("b2"), "b2 takes new flows again: {c:?}");
+    for (c, n) in held.iter_mut().filter(|(_, n)| n != "b2") {
+        assert_eq!(c.ask().unwrap(), *n, "a flow of a healthy backend moved when b2 returned");
+    }
+}
+
+#[test]
+fn invalid_input_is_refused_and_changes_nothing() {
+    let e = Env::new(&[]);
+    let vip = e.vip();
+    e.d.ok(&["attach", "eth0"]).unwrap();
+    e.d.ok(&["vip", "add", &vip]).unwrap();
+    e.d.ok(&["backend", "add", &vip, &e.b(0), "--mac", &e.topo.backends[0].mac.to_string()]).unwrap();
+    let dir = e.d.dir.clone();
+    let write = |name: &str, body: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, body).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let unknown_key = write("unknown.toml", &format!("[[vip]]\naddr = \"{vip}\"\nweight = 3\n"));
+    let dup = write("dup.toml", &format!("[[vip]]\naddr = \"{vip}\"\n[[vip]]\naddr = \"{vip}\"\n"));
+    let bad_limits = write("limits.toml", "[limits]\nring_size = 1009\n");
+    let missing_iface = write("iface.toml", "[[interface]]\nname = \"nosuch0\"\n");
+    let b = e.b(0);
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["vip", "add", "10.99.0.100:80"], "ADDR:PORT/PROTO"),
+        (vec!["vip", "add", "10.99.0.100:80/sctp"], "protocol \"sctp\""),
+        (vec!["vip", "add", "10.99.0.300:80/tcp"], "address \"10.99.0.300\""),
+        (vec!["vip", "add", "10.99.0.100:70000/tcp"], "port \"70000\""),
+        (vec!["vip", "add", "10.99.0.101:80/tcp", "--mode", "l4"], "mode \"l4\""),
+        (vec!["vip", "add", "10.99.0.101:80/tcp", "--mode", "l3"], "L3 (NAT) mode is not implemented"),
+        (vec!["vip", "add", "10.99.0.101:80/tcp", "--hash", "dst"], "hash \"dst\""),
+        (vec!["vip", "add", &vip], "already exists"),
+        (vec!["vip", "del", "10.99.0.200:80/tcp"], "no VIP 10.99.0.200:80/tcp"),
+        (vec!["backend", "add", "10.99.0.200:80/tcp", "10.99.0.17"], "no VIP"),
+        (vec!["backend", "add", &vip, &b], "already in VIP"),
+        (vec!["backend", "add", &vip, "fd99::17"], "another IP family"),
+        (vec!["backend", "add", &vip, "10.99.0.18", "--weight", "100000"], "out of range"),
+        (vec!["backend", "add", &vip, "10.99.0.18", "--mac", "02:00"], "MAC address \"02:00\""),
+        (vec!["backend", "add", &vip, "10.99.0.18", "--via", "nosuch0"], "nosuch0"),
+        (vec!["backend", "add", &vip, "10.99.0.250"], "cannot resolve the MAC address of backend 10.99.0.250"),
+        (vec!["backend", "del", &vip, "10.99.0.99"], "has no backend 10.99.0.99"),
+        (vec!["backend", "drain", &vip, "10.99.0.99"], "has no backend"),
+        (vec!["backend", "set", &vip, &b], "at least one of"),
+        (vec!["attach", "nosuch0"], "interface nosuch0 does not exist"),
+        (vec!["attach", "eth0"], "already attached"),
+        (vec!["detach", "eth9"], "not attached to eth9"),
+        (vec!["attach", "bad/name"], "not valid"),
+        (vec!["apply", "-f", &unknown_key], "unknown field `weight`"),
+        (vec!["apply", "-f", &dup], "declared twice"),
+        (vec!["apply", "-f", &bad_limits], "limits cannot change"),
+        (vec!["apply", "-f", &missing_iface], "interface nosuch0 does not exist"),
+        (vec!["apply", "-f", "/nonexistent/x.toml"], "reading /nonexistent/x.toml"),
+        (vec!["simulate", "[fd99::1]:4000", &vip], "different IP families"),
+        (vec!["simulate", "fd99::1:4000", &vip], "invalid socket address"),
+        (vec!["simulate", "10.99.0.1:4000", "10.99.0.100:81/tcp"], "no VIP"),
+    ];
+    assert!(cases.len() >= 20);
+    let before = e.d.ok(&["vip", "list", "--json"]).unwrap();
+    let config_before = e.d.ok(&["config", "--json"]).unwrap();
+    for (args, want) in &cases {
+        let out = e.d.cli(args).unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "xdplb {args:?} succeeded");
+        assert!(err.contains(want), "xdplb {args:?}: stderr {err:?} does not mention {want:?}");
+        assert_eq!(e.d.ok(&["vip", "list", "--json"]).unwrap(), before, "xdplb {args:?} changed the VIPs");
+    }
+    assert_eq!(e.d.ok(&["config", "--json"]).unwrap(), config_before);
+
+    // No daemon: the error names the socket tried.
+    let out = std::process::Command::new(lb_tests::daemon::xdplb_bin().unwrap())
+        .args(["--socket", "/nonexistent/xdplb.sock", "vip", "list"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the xdplb daemon at /nonexistent/xdplb.sock"));
+    // Malformed API requests get a sentence too.
+    let reply = raw_request(&e.d.socket, "{\"cmd\":\"vip_add\",\"vip\":\"nonsense\"}\n");
+    assert!(reply.contains("\"ok\":false") && reply.contains("ADDR:PORT/PROTO"), "{reply}");
+    let reply = raw_request(&e.d.socket, "not json\n");
+    assert!(reply.contains("invalid request"), "{reply}");
+}
+
+fn raw_request(socket: &std::path::Path, line: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    s.write_all(line.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn metrics_are_served_and_the_socket_refuses_non_root() {
+    let e = Env::new(&["--metrics", "127.0.0.1:9464"]);
+    let vip = e.vip();
+    e.d.ok(&["attach", "eth0"]).unwrap();
+    e.d.ok(&["vip", "add", &vip]).unwrap();
+    for i in 0..3 {
+        e.d.ok(&["backend", "add", &vip, &e.b(i)]).unwrap();
+    }
+    e.spread(30, 38000);
+    // The daemon runs in the LB namespace: scrape its loopback from there.
+    let body = e
+        .topo
+        .lb
+        .ns
+        .run(|| {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect("127.0.0.1:9464").unwrap();
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).unwrap();
+            out
+        })
+        .unwrap();
+    let (head, body) = body.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let samples = lb_userspace::metrics::parse(body).expect("valid Prometheus text");
+    let find = |name: &str, label: (&str, &str)| {
+        samples.iter().find(|s| s.name == name && s.labels.get(label.0).map(String::as_str) == Some(label.1)).map(|s| s.value)
+    };
+    assert!(find("xdplb_vip_packets_total", ("vip", &vip)).unwrap() >= 30.0 * 5.0);
+    assert_eq!(find("xdplb_vip_new_flows_total", ("vip", &vip)), Some(30.0));
+    assert_eq!(find("xdplb_backend_up", ("backend", &e.b(0))), Some(1.0));
+    assert!(find("xdplb_verdicts_total", ("reason", "tx")).unwrap() > 0.0);
+
+    // Non-root: the socket file (0600) refuses the connection.
+    let mode = std::fs::metadata(&e.d.socket).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777).unwrap();
+    assert_eq!(mode, 0o600);
+    let nobody = |args: &[&str]| {
+        use std::os::unix::process::CommandExt;
+        std::process::Command::new(lb_tests::daemon::xdplb_bin().unwrap())
+            .arg("--socket")
+            .arg(&e.d.socket)
+            .args(args)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap()
+    };
+    let out = nobody(&["vip", "list"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"), "{}", String::from_utf8_lossy(&out.stderr));
+    // Even with the file opened up, the daemon checks the peer's credentials.
+    std::fs::set_permissions(&e.d.socket, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    let dir_mode = std::fs::Permissions::from_mode(0o755);
+    std::fs::set_permissions(&e.d.dir, dir_mode).unwrap();
+    let out = nobody(&["vip", "add", "10.99.0.101:80/tcp"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("only root may control xdplb"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(e.d.json(&["vip", "list"]).unwrap()["vips"].as_array().unwrap().len(), 1);
 }
