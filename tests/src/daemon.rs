@@ -4,7 +4,7 @@
 //! stops the daemon, removes every pin (`xdplb daemon --cleanup`), unmounts and deletes.
 
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Output, Stdio},
     time::{Duration, Instant},
 };
@@ -16,12 +16,13 @@ use crate::netns::{sh, Netns};
 /// The `xdplb` binary of this workspace (built by `cargo xtask test` before the tests run).
 pub fn xdplb_bin() -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    // target/<profile>/deps/<test> -> target/<profile>/xdplb
-    let bin = exe.parent().and_then(Path::parent).map(|d| d.join("xdplb")).context("locating target dir")?;
-    if !bin.exists() {
-        bail!("{} is missing: build it first (cargo build --release --bins; cargo xtask test does)", bin.display());
+    // Tests run from target/<profile>/deps/, binaries (the demo) from target/<profile>/.
+    let dir = exe.parent().context("locating the target directory")?;
+    let candidates = [dir.join("xdplb"), dir.parent().map(|d| d.join("xdplb")).unwrap_or_default()];
+    match candidates.iter().find(|p| p.is_file()) {
+        Some(bin) => Ok(bin.clone()),
+        None => bail!("{} is missing: build it first (cargo build --release --bins; cargo xtask test does)", candidates[0].display()),
     }
-    Ok(bin)
 }
 
 pub struct Daemon {
@@ -39,22 +40,22 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `xdplb daemon` inside `ns` with `extra` arguments and waits until it answers.
     pub fn start(ns: &Netns, extra: &[&str]) -> Result<Daemon> {
+        let bin = xdplb_bin()?;
         let dir = std::env::temp_dir().join(format!("xdplb-test-{}", crate::netns::unique_prefix()));
-        std::fs::create_dir_all(&dir)?;
-        let pin_path = dir.join("bpf");
-        std::fs::create_dir_all(&pin_path)?;
+        // From here on, Drop removes whatever was created, also when a later step fails.
         let mut d = Daemon {
             socket: dir.join("xdplb.sock"),
             state_file: dir.join("state.json"),
-            pin_path,
+            pin_path: dir.join("bpf"),
             dir,
             ns: ns.name.clone(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
-            bin: xdplb_bin()?,
+            bin,
             mounted: false,
         };
-        sh(&["mount", "-t", "bpf", "bpf", d.pin_path.to_str().unwrap()])?;
+        std::fs::create_dir_all(&d.pin_path)?;
+        sh(&["mount", "-t", "bpf", "bpf", d.pin_path.to_str().context("temp path is UTF-8")?])?;
         d.mounted = true;
         d.spawn()?;
         Ok(d)

@@ -166,6 +166,22 @@ fn cli_manages_vips_and_backends_under_traffic() {
     let human = e.d.ok(&["stats"]).unwrap();
     assert!(human.contains(&vip) && human.contains("verdicts: "), "{human}");
 
+    // stats --watch redraws until Ctrl-C, then exits cleanly.
+    let mut watch = std::process::Command::new(lb_tests::daemon::xdplb_bin().unwrap())
+        .arg("--socket")
+        .arg(&e.d.socket)
+        .args(["stats", "--watch"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    // SAFETY: signalling our own child by its id.
+    unsafe { libc::kill(watch.id() as i32, libc::SIGINT) };
+    let out = watch.wait_with_output().unwrap();
+    assert!(out.status.success(), "stats --watch exits 0 on Ctrl-C: {:?}", out.status);
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(screen.contains("Ctrl-C to quit") && screen.contains(&vip), "{screen}");
+
     // Delete the VIP: its traffic is no longer balanced.
     e.d.ok(&["vip", "del", &vip]).unwrap();
     assert_eq!(e.d.json(&["vip", "list"]).unwrap()["vips"], Value::Array(vec![]));

@@ -67,7 +67,13 @@ fn setup() -> Result<()> {
     run(Command::new("bash").arg(root().join("scripts/setup.sh")))
 }
 
+/// Builds every binary (the tests and the demo drive the real `xdplb`).
+fn build_bins() -> Result<()> {
+    run(Command::new("cargo").current_dir(root()).args(["build", "--release", "--bins"]))
+}
+
 fn run_bin(name: &str) -> Result<()> {
+    build_bins()?;
     run(Command::new("cargo").current_dir(root()).args([
         "run",
         "--release",
@@ -99,12 +105,20 @@ fn lint() -> Result<()> {
     ])
 }
 
+extern "C" fn ignore(_: libc::c_int) {}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Ctrl-C reaches the whole process group: let the child (the demo, a test) clean up and
+    // exit first instead of returning the prompt under it. A handler, not SIG_IGN, so
+    // children start with the default disposition.
+    // SAFETY: installing a handler that does nothing.
+    unsafe { libc::signal(libc::SIGINT, ignore as *const () as libc::sighandler_t) };
     let result = match cli.cmd {
         Cmd::Setup => setup(),
         Cmd::Test { args } => require_root("the test suite")
             .and_then(|_| setup())
+            .and_then(|_| build_bins())
             .and_then(|_| {
                 // Namespace tests build topologies; one test at a time keeps a 2-core machine calm.
                 run(Command::new("cargo")
