@@ -569,6 +569,10 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp, DataPathEr
     })
 }
 
+fn nr_cpus(map: &'static str) -> Result<usize, MirrorError> {
+    aya::util::nr_cpus().map_err(|(_, e)| MirrorError::Map { map, reason: format!("counting CPUs: {e}") })
+}
+
 /// The kernel maps as the mirror's `MapWriter`.
 pub struct KernelMaps<'a> {
     dp: &'a mut DataPath,
@@ -616,6 +620,13 @@ impl MapWriter for KernelMaps<'_> {
         self.write(m::BACKENDS, |a: &mut Array<&mut MapData, BackendInfo>| {
             a.set(id, info, 0)
         })
+    }
+
+    fn reset_counters(&mut self, vip: bool, id: u32) -> Result<(), MirrorError> {
+        let map = if vip { m::VIP_STATS } else { m::BACKEND_STATS };
+        let zeros = aya::maps::PerCpuValues::try_from(vec![TrafficCounters::default(); nr_cpus(map)?])
+            .map_err(|e| MirrorError::Map { map, reason: e.to_string() })?;
+        self.write(map, |a: &mut PerCpuArray<&mut MapData, TrafficCounters>| a.set(id, zeros, 0))
     }
 
     fn put_ring_slot(&mut self, index: u32, backend: u32) -> Result<(), MirrorError> {

@@ -32,6 +32,8 @@ pub trait MapWriter {
     fn del_vip(&mut self, key: &VipKey) -> Result<(), MirrorError>;
     fn put_backend(&mut self, id: u32, info: &BackendInfo) -> Result<(), MirrorError>;
     fn put_ring_slot(&mut self, index: u32, backend: u32) -> Result<(), MirrorError>;
+    /// Zeroes the traffic counters of an id handed to a new VIP (`vip`) or backend.
+    fn reset_counters(&mut self, vip: bool, id: u32) -> Result<(), MirrorError>;
 }
 
 #[derive(Debug, Error)]
@@ -351,6 +353,7 @@ impl Mirror {
         let is_new = !self.vips.contains_key(&addr);
         if is_new {
             let id = self.take_id(true)?;
+            w.reset_counters(true, id)?;
             self.vips.insert(
                 addr,
                 MirroredVip {
@@ -382,6 +385,7 @@ impl Mirror {
                 None => {
                     let id = self.take_id(false)?;
                     self.generations[id as usize] = self.generations[id as usize].wrapping_add(1);
+                    w.reset_counters(false, id)?;
                     id
                 }
             };
@@ -543,6 +547,10 @@ mod tests {
             self.backends.insert(id, *i);
             Ok(())
         }
+        fn reset_counters(&mut self, vip: bool, id: u32) -> Result<(), MirrorError> {
+            self.log.push(format!("reset {} {id}", if vip { "vip" } else { "backend" }));
+            Ok(())
+        }
         fn put_ring_slot(&mut self, index: u32, b: u32) -> Result<(), MirrorError> {
             self.ring.insert(index, b);
             Ok(())
@@ -591,8 +599,12 @@ mod tests {
         );
         assert_eq!(maps.ring.len(), M as usize);
         assert!(maps.ring.values().all(|b| *b < 3));
-        // Backends first, then the VIP and its address entry.
-        assert_eq!(&maps.log[3..], &["vip+ 6", "vip+ 0"]);
+        // Counters of the new ids zeroed, backends written, then the VIP and its address entry.
+        let n = maps.log.len();
+        assert_eq!(&maps.log[n - 2..], &["vip+ 6", "vip+ 0"]);
+        assert_eq!(maps.log[0], "reset vip 0");
+        assert_eq!(maps.log.iter().filter(|l| l.starts_with("reset backend")).count(), 3);
+        assert_eq!(maps.log.iter().filter(|l| l.starts_with("backend")).count(), 3);
     }
 
     #[test]
