@@ -570,7 +570,10 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp, DataPathEr
 }
 
 fn nr_cpus(map: &'static str) -> Result<usize, MirrorError> {
-    aya::util::nr_cpus().map_err(|(_, e)| MirrorError::Map { map, reason: format!("counting CPUs: {e}") })
+    aya::util::nr_cpus().map_err(|(_, e)| MirrorError::Map {
+        map,
+        reason: format!("counting CPUs: {e}"),
+    })
 }
 
 /// The kernel maps as the mirror's `MapWriter`.
@@ -624,9 +627,15 @@ impl MapWriter for KernelMaps<'_> {
 
     fn reset_counters(&mut self, vip: bool, id: u32) -> Result<(), MirrorError> {
         let map = if vip { m::VIP_STATS } else { m::BACKEND_STATS };
-        let zeros = aya::maps::PerCpuValues::try_from(vec![TrafficCounters::default(); nr_cpus(map)?])
-            .map_err(|e| MirrorError::Map { map, reason: e.to_string() })?;
-        self.write(map, |a: &mut PerCpuArray<&mut MapData, TrafficCounters>| a.set(id, zeros, 0))
+        let zeros =
+            aya::maps::PerCpuValues::try_from(vec![TrafficCounters::default(); nr_cpus(map)?])
+                .map_err(|e| MirrorError::Map {
+                    map,
+                    reason: e.to_string(),
+                })?;
+        self.write(map, |a: &mut PerCpuArray<&mut MapData, TrafficCounters>| {
+            a.set(id, zeros, 0)
+        })
     }
 
     fn put_ring_slot(&mut self, index: u32, backend: u32) -> Result<(), MirrorError> {

@@ -548,7 +548,10 @@ mod tests {
             Ok(())
         }
         fn reset_counters(&mut self, vip: bool, id: u32) -> Result<(), MirrorError> {
-            self.log.push(format!("reset {} {id}", if vip { "vip" } else { "backend" }));
+            self.log.push(format!(
+                "reset {} {id}",
+                if vip { "vip" } else { "backend" }
+            ));
             Ok(())
         }
         fn put_ring_slot(&mut self, index: u32, b: u32) -> Result<(), MirrorError> {
@@ -603,8 +606,17 @@ mod tests {
         let n = maps.log.len();
         assert_eq!(&maps.log[n - 2..], &["vip+ 6", "vip+ 0"]);
         assert_eq!(maps.log[0], "reset vip 0");
-        assert_eq!(maps.log.iter().filter(|l| l.starts_with("reset backend")).count(), 3);
-        assert_eq!(maps.log.iter().filter(|l| l.starts_with("backend")).count(), 3);
+        assert_eq!(
+            maps.log
+                .iter()
+                .filter(|l| l.starts_with("reset backend"))
+                .count(),
+            3
+        );
+        assert_eq!(
+            maps.log.iter().filter(|l| l.starts_with("backend")).count(),
+            3
+        );
     }
 
     #[test]

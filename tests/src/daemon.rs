@@ -18,10 +18,16 @@ pub fn xdplb_bin() -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
     // Tests run from target/<profile>/deps/, binaries (the demo) from target/<profile>/.
     let dir = exe.parent().context("locating the target directory")?;
-    let candidates = [dir.join("xdplb"), dir.parent().map(|d| d.join("xdplb")).unwrap_or_default()];
+    let candidates = [
+        dir.join("xdplb"),
+        dir.parent().map(|d| d.join("xdplb")).unwrap_or_default(),
+    ];
     match candidates.iter().find(|p| p.is_file()) {
         Some(bin) => Ok(bin.clone()),
-        None => bail!("{} is missing: build it first (cargo build --release --bins; cargo xtask test does)", candidates[0].display()),
+        None => bail!(
+            "{} is missing: build it first (cargo build --release --bins; cargo xtask test does)",
+            candidates[0].display()
+        ),
     }
 }
 
@@ -41,7 +47,8 @@ impl Daemon {
     /// Starts `xdplb daemon` inside `ns` with `extra` arguments and waits until it answers.
     pub fn start(ns: &Netns, extra: &[&str]) -> Result<Daemon> {
         let bin = xdplb_bin()?;
-        let dir = std::env::temp_dir().join(format!("xdplb-test-{}", crate::netns::unique_prefix()));
+        let dir =
+            std::env::temp_dir().join(format!("xdplb-test-{}", crate::netns::unique_prefix()));
         // From here on, Drop removes whatever was created, also when a later step fails.
         let mut d = Daemon {
             socket: dir.join("xdplb.sock"),
@@ -55,7 +62,13 @@ impl Daemon {
             mounted: false,
         };
         std::fs::create_dir_all(&d.pin_path)?;
-        sh(&["mount", "-t", "bpf", "bpf", d.pin_path.to_str().context("temp path is UTF-8")?])?;
+        sh(&[
+            "mount",
+            "-t",
+            "bpf",
+            "bpf",
+            d.pin_path.to_str().context("temp path is UTF-8")?,
+        ])?;
         d.mounted = true;
         d.spawn()?;
         Ok(d)
@@ -63,7 +76,10 @@ impl Daemon {
 
     /// (Re)starts the daemon process with the same directories.
     pub fn spawn(&mut self) -> Result<()> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("daemon.log"))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("daemon.log"))?;
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.ns])
             .arg(&self.bin)
@@ -85,7 +101,10 @@ impl Daemon {
                 return Ok(());
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait()? {
-                bail!("xdplb daemon exited ({status}) while starting:\n{}", self.log());
+                bail!(
+                    "xdplb daemon exited ({status}) while starting:\n{}",
+                    self.log()
+                );
             }
             if Instant::now() > deadline {
                 bail!("xdplb daemon did not answer within 30 s:\n{}", self.log());
@@ -100,14 +119,21 @@ impl Daemon {
 
     /// Runs the CLI against this daemon.
     pub fn cli(&self, args: &[&str]) -> Result<Output> {
-        Ok(Command::new(&self.bin).arg("--socket").arg(&self.socket).args(args).output()?)
+        Ok(Command::new(&self.bin)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()?)
     }
 
     /// Runs the CLI and fails with its stderr unless it succeeds; returns stdout.
     pub fn ok(&self, args: &[&str]) -> Result<String> {
         let out = self.cli(args)?;
         if !out.status.success() {
-            bail!("xdplb {args:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+            bail!(
+                "xdplb {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }

@@ -126,9 +126,16 @@ impl L2Topology {
     /// Attaches only the pass program to the bridge port facing the LB (for topologies where
     /// `xdplb daemon` owns the LB): a minimal data path whose maps are tiny.
     pub fn attach_peer_pass(&self) -> Result<DataPath> {
-        let opts = lb_userspace::datapath::LoadOptions { ring_size: 13, max_vips: 1, max_backends: 1, conntrack_size: 1, pin_dir: None };
+        let opts = lb_userspace::datapath::LoadOptions {
+            ring_size: 13,
+            max_vips: 1,
+            max_backends: 1,
+            conntrack_size: 1,
+            pin_dir: None,
+        };
         let mut dp = DataPath::load(&opts)?;
-        self.net.run(|| dp.attach_pass(&self.lb.port, AttachMode::Native))??;
+        self.net
+            .run(|| dp.attach_pass(&self.lb.port, AttachMode::Native))??;
         Ok(dp)
     }
 

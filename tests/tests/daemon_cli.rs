@@ -27,15 +27,32 @@ struct Env {
 impl Env {
     fn new(extra: &[&str]) -> Env {
         let topo = L2Topology::new(3).expect("topology");
-        let pass = topo.attach_peer_pass().expect("pass program on the bridge port");
+        let pass = topo
+            .attach_peer_pass()
+            .expect("pass program on the bridge port");
         let servers = topo
             .backends
             .iter()
             .enumerate()
-            .map(|(i, b)| Some(Server::start(&b.ns, &format!("b{}", i + 1), PORT, &[VIP4.parse().unwrap()]).unwrap()))
+            .map(|(i, b)| {
+                Some(
+                    Server::start(
+                        &b.ns,
+                        &format!("b{}", i + 1),
+                        PORT,
+                        &[VIP4.parse().unwrap()],
+                    )
+                    .unwrap(),
+                )
+            })
             .collect();
         let d = Daemon::start(&topo.lb.ns, extra).expect("start the daemon");
-        Env { d, servers, _pass: pass, topo }
+        Env {
+            d,
+            servers,
+            _pass: pass,
+            topo,
+        }
     }
 
     fn vip(&self) -> String {
@@ -53,7 +70,11 @@ impl Env {
             .topo
             .client
             .ns
-            .run(|| (0..n).map(|i| tcp_once(target, first_port + i).unwrap()).collect())
+            .run(|| {
+                (0..n)
+                    .map(|i| tcp_once(target, first_port + i).unwrap())
+                    .collect()
+            })
             .unwrap();
         let mut counts = BTreeMap::new();
         for name in names {
@@ -82,7 +103,10 @@ fn share(counts: &BTreeMap<String, u32>, name: &str) -> f64 {
 fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !cond() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -98,8 +122,18 @@ fn cli_manages_vips_and_backends_under_traffic() {
         e.d.ok(&["backend", "add", &vip, &e.b(i)]).unwrap();
     }
     let list = e.d.json(&["vip", "list"]).unwrap();
-    for (i, b) in list["vips"][0]["backends"].as_array().unwrap().iter().enumerate() {
-        assert_eq!(b["mac"], e.topo.backends[i].mac.to_string(), "MAC of b{} resolved from the neighbour table", i + 1);
+    for (i, b) in list["vips"][0]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
+        assert_eq!(
+            b["mac"],
+            e.topo.backends[i].mac.to_string(),
+            "MAC of b{} resolved from the neighbour table",
+            i + 1
+        );
     }
     let c = e.spread(150, 30000);
     for b in ["b1", "b2", "b3"] {
@@ -114,8 +148,17 @@ fn cli_manages_vips_and_backends_under_traffic() {
     assert_eq!(fresh["conntrack_entry"], false);
     let expected_ip = fresh["ring_backend"].as_str().unwrap().to_string();
     let got = e.spread(1, 39999);
-    let idx = e.topo.backends.iter().position(|b| b.ip4.to_string() == expected_ip).unwrap();
-    assert_eq!(got.keys().next().unwrap(), &format!("b{}", idx + 1), "simulate predicted the backend");
+    let idx = e
+        .topo
+        .backends
+        .iter()
+        .position(|b| b.ip4.to_string() == expected_ip)
+        .unwrap();
+    assert_eq!(
+        got.keys().next().unwrap(),
+        &format!("b{}", idx + 1),
+        "simulate predicted the backend"
+    );
 
     // Drain b1 while connections to it are held: they keep working, new ones avoid it.
     let target = SocketAddr::new(VIP4.parse().unwrap(), PORT);
@@ -137,13 +180,21 @@ fn cli_manages_vips_and_backends_under_traffic() {
     e.d.ok(&["backend", "drain", &vip, &e.b(0)]).unwrap();
     assert_eq!(e.backend_state(&e.b(0)), "draining");
     for (c, n) in held.iter_mut() {
-        assert_eq!(c.ask().unwrap(), *n, "a held connection moved after a drain");
+        assert_eq!(
+            c.ask().unwrap(),
+            *n,
+            "a held connection moved after a drain"
+        );
     }
     let c = e.spread(100, 32000);
-    assert!(!c.contains_key("b1"), "no new flow reaches a draining backend: {c:?}");
+    assert!(
+        !c.contains_key("b1"),
+        "no new flow reaches a draining backend: {c:?}"
+    );
 
     // Re-weight b2 to 3 (b1 still drained): b2 75%, b3 25%.
-    e.d.ok(&["backend", "set", &vip, &e.b(1), "--weight", "3"]).unwrap();
+    e.d.ok(&["backend", "set", &vip, &e.b(1), "--weight", "3"])
+        .unwrap();
     let c = e.spread(200, 33000);
     assert!((share(&c, "b2") - 75.0).abs() <= 10.0, "weights 3:1: {c:?}");
 
@@ -158,16 +209,22 @@ fn cli_manages_vips_and_backends_under_traffic() {
     // Counters reach the CLI.
     let stats = e.d.json(&["stats"]).unwrap();
     let v = &stats["vips"][0];
-    assert!(v["packets"].as_u64().unwrap() > 0 && v["new_flows"].as_u64().unwrap() >= 500, "{v}");
+    assert!(
+        v["packets"].as_u64().unwrap() > 0 && v["new_flows"].as_u64().unwrap() >= 500,
+        "{v}"
+    );
     assert!(stats["verdicts"]["tx"].as_u64().unwrap() > 0);
     let status = e.d.json(&["status"]).unwrap();
     assert_eq!(status["interfaces"][0]["name"], "eth0");
     assert_eq!(status["interfaces"][0]["mode"], "native");
     let human = e.d.ok(&["stats"]).unwrap();
-    assert!(human.contains(&vip) && human.contains("verdicts: "), "{human}");
+    assert!(
+        human.contains(&vip) && human.contains("verdicts: "),
+        "{human}"
+    );
 
     // stats --watch redraws until Ctrl-C, then exits cleanly.
-    let mut watch = std::process::Command::new(lb_tests::daemon::xdplb_bin().unwrap())
+    let watch = std::process::Command::new(lb_tests::daemon::xdplb_bin().unwrap())
         .arg("--socket")
         .arg(&e.d.socket)
         .args(["stats", "--watch"])
@@ -178,13 +235,23 @@ fn cli_manages_vips_and_backends_under_traffic() {
     // SAFETY: signalling our own child by its id.
     unsafe { libc::kill(watch.id() as i32, libc::SIGINT) };
     let out = watch.wait_with_output().unwrap();
-    assert!(out.status.success(), "stats --watch exits 0 on Ctrl-C: {:?}", out.status);
+    assert!(
+        out.status.success(),
+        "stats --watch exits 0 on Ctrl-C: {:?}",
+        out.status
+    );
     let screen = String::from_utf8_lossy(&out.stdout);
-    assert!(screen.contains("Ctrl-C to quit") && screen.contains(&vip), "{screen}");
+    assert!(
+        screen.contains("Ctrl-C to quit") && screen.contains(&vip),
+        "{screen}"
+    );
 
     // Delete the VIP: its traffic is no longer balanced.
     e.d.ok(&["vip", "del", &vip]).unwrap();
-    assert_eq!(e.d.json(&["vip", "list"]).unwrap()["vips"], Value::Array(vec![]));
+    assert_eq!(
+        e.d.json(&["vip", "list"]).unwrap()["vips"],
+        Value::Array(vec![])
+    );
     drop(held);
 }
 
@@ -201,7 +268,13 @@ fn kill_dash_nine_and_restart_lose_no_packet() {
     std::fs::write(&path, cfg).unwrap();
     e.d.ok(&["apply", "-f", path.to_str().unwrap()]).unwrap();
     let before = e.d.ok(&["vip", "list", "--json"]).unwrap();
-    let received = |e: &Env| -> u64 { e.topo.backends.iter().map(|b| b.ns.snmp("Udp", "InDatagrams").unwrap()).sum() };
+    let received = |e: &Env| -> u64 {
+        e.topo
+            .backends
+            .iter()
+            .map(|b| b.ns.snmp("Udp", "InDatagrams").unwrap())
+            .sum()
+    };
     let start = received(&e);
 
     // A bounded stream: 3000 datagrams, one per millisecond, from one socket.
@@ -228,16 +301,41 @@ fn kill_dash_nine_and_restart_lose_no_packet() {
         e.d.spawn().unwrap();
         sender.join().unwrap()
     });
-    wait_for("every datagram to arrive", Duration::from_secs(5), || received(&e) - start >= sent);
+    wait_for("every datagram to arrive", Duration::from_secs(5), || {
+        received(&e) - start >= sent
+    });
     std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(received(&e) - start, sent, "every packet sent during kill -9 and restart reached a backend");
-    assert_eq!(e.d.ok(&["vip", "list", "--json"]).unwrap(), before, "vip list identical after the restart");
+    assert_eq!(
+        received(&e) - start,
+        sent,
+        "every packet sent during kill -9 and restart reached a backend"
+    );
+    assert_eq!(
+        e.d.ok(&["vip", "list", "--json"]).unwrap(),
+        before,
+        "vip list identical after the restart"
+    );
     let status = e.d.json(&["status"]).unwrap();
-    assert_eq!(status["interfaces"][0]["adopted"], true, "the restarted daemon adopted the pinned attachment");
+    assert_eq!(
+        status["interfaces"][0]["adopted"], true,
+        "the restarted daemon adopted the pinned attachment"
+    );
     // And it still balances new flows (UDP answers from all three).
-    let names: Vec<String> = e.topo.client.ns.run(|| (0..60).map(|i| udp_once(target, 41000 + i).unwrap()).collect()).unwrap();
+    let names: Vec<String> = e
+        .topo
+        .client
+        .ns
+        .run(|| {
+            (0..60)
+                .map(|i| udp_once(target, 41000 + i).unwrap())
+                .collect()
+        })
+        .unwrap();
     for b in ["b1", "b2", "b3"] {
-        assert!(names.iter().any(|n| n == b), "{b} answers after the restart");
+        assert!(
+            names.iter().any(|n| n == b),
+            "{b} answers after the restart"
+        );
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -252,7 +350,8 @@ fn health_failover_moves_only_the_failed_backends_flows() {
         (0..3).map(|i| format!("[[vip.backend]]\naddr = \"{}\"\n", e.b(i))).collect::<String>()
     );
     std::fs::write(dir.join("h.toml"), cfg).unwrap();
-    e.d.ok(&["apply", "-f", dir.join("h.toml").to_str().unwrap()]).unwrap();
+    e.d.ok(&["apply", "-f", dir.join("h.toml").to_str().unwrap()])
+        .unwrap();
     let target = SocketAddr::new(VIP4.parse().unwrap(), PORT);
     let mut held: Vec<(Conn, String)> = e
         .topo
@@ -272,23 +371,44 @@ fn health_failover_moves_only_the_failed_backends_flows() {
     // b2's server stops: health checks fail, b2 leaves the ring.
     let b2 = e.b(1);
     e.servers[1] = None;
-    wait_for("b2 to be marked down", Duration::from_secs(5), || e.backend_state(&b2) == "down");
+    wait_for("b2 to be marked down", Duration::from_secs(5), || {
+        e.backend_state(&b2) == "down"
+    });
     for (c, n) in held.iter_mut().filter(|(_, n)| n != "b2") {
-        assert_eq!(c.ask().unwrap(), *n, "a flow of a healthy backend moved when b2 failed");
+        assert_eq!(
+            c.ask().unwrap(),
+            *n,
+            "a flow of a healthy backend moved when b2 failed"
+        );
     }
     let c = e.spread(90, 36000);
-    assert!(!c.contains_key("b2"), "no new flow reaches the failed backend: {c:?}");
+    assert!(
+        !c.contains_key("b2"),
+        "no new flow reaches the failed backend: {c:?}"
+    );
     let status = e.d.json(&["status"]).unwrap();
-    let h = status["health"].as_array().unwrap().iter().find(|h| h["backend"] == b2.as_str()).unwrap().clone();
+    let h = status["health"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["backend"] == b2.as_str())
+        .unwrap()
+        .clone();
     assert_eq!(h["status"]["healthy"], false, "{h}");
 
     // It comes back when its server does.
     e.servers[1] = Some(Server::start(&e.topo.backends[1].ns, "b2", PORT, &[]).unwrap());
-    wait_for("b2 to be active again", Duration::from_secs(5), || e.backend_state(&b2) == "active");
+    wait_for("b2 to be active again", Duration::from_secs(5), || {
+        e.backend_state(&b2) == "active"
+    });
     let c = e.spread(90, 37000);
     assert!(c.contains_key("b2"), "b2 takes new flows again: {c:?}");
     for (c, n) in held.iter_mut().filter(|(_, n)| n != "b2") {
-        assert_eq!(c.ask().unwrap(), *n, "a flow of a healthy backend moved when b2 returned");
+        assert_eq!(
+            c.ask().unwrap(),
+            *n,
+            "a flow of a healthy backend moved when b2 returned"
+        );
     }
 }
 
@@ -298,50 +418,127 @@ fn invalid_input_is_refused_and_changes_nothing() {
     let vip = e.vip();
     e.d.ok(&["attach", "eth0"]).unwrap();
     e.d.ok(&["vip", "add", &vip]).unwrap();
-    e.d.ok(&["backend", "add", &vip, &e.b(0), "--mac", &e.topo.backends[0].mac.to_string()]).unwrap();
+    e.d.ok(&[
+        "backend",
+        "add",
+        &vip,
+        &e.b(0),
+        "--mac",
+        &e.topo.backends[0].mac.to_string(),
+    ])
+    .unwrap();
     let dir = e.d.dir.clone();
     let write = |name: &str, body: &str| {
         let p = dir.join(name);
         std::fs::write(&p, body).unwrap();
         p.to_str().unwrap().to_string()
     };
-    let unknown_key = write("unknown.toml", &format!("[[vip]]\naddr = \"{vip}\"\nweight = 3\n"));
-    let dup = write("dup.toml", &format!("[[vip]]\naddr = \"{vip}\"\n[[vip]]\naddr = \"{vip}\"\n"));
+    let unknown_key = write(
+        "unknown.toml",
+        &format!("[[vip]]\naddr = \"{vip}\"\nweight = 3\n"),
+    );
+    let dup = write(
+        "dup.toml",
+        &format!("[[vip]]\naddr = \"{vip}\"\n[[vip]]\naddr = \"{vip}\"\n"),
+    );
     let bad_limits = write("limits.toml", "[limits]\nring_size = 1009\n");
     let missing_iface = write("iface.toml", "[[interface]]\nname = \"nosuch0\"\n");
     let b = e.b(0);
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["vip", "add", "10.99.0.100:80"], "ADDR:PORT/PROTO"),
-        (vec!["vip", "add", "10.99.0.100:80/sctp"], "protocol \"sctp\""),
-        (vec!["vip", "add", "10.99.0.300:80/tcp"], "address \"10.99.0.300\""),
-        (vec!["vip", "add", "10.99.0.100:70000/tcp"], "port \"70000\""),
-        (vec!["vip", "add", "10.99.0.101:80/tcp", "--mode", "l4"], "mode \"l4\""),
-        (vec!["vip", "add", "10.99.0.101:80/tcp", "--mode", "l3"], "L3 (NAT) mode is not implemented"),
-        (vec!["vip", "add", "10.99.0.101:80/tcp", "--hash", "dst"], "hash \"dst\""),
+        (
+            vec!["vip", "add", "10.99.0.100:80/sctp"],
+            "protocol \"sctp\"",
+        ),
+        (
+            vec!["vip", "add", "10.99.0.300:80/tcp"],
+            "address \"10.99.0.300\"",
+        ),
+        (
+            vec!["vip", "add", "10.99.0.100:70000/tcp"],
+            "port \"70000\"",
+        ),
+        (
+            vec!["vip", "add", "10.99.0.101:80/tcp", "--mode", "l4"],
+            "mode \"l4\"",
+        ),
+        (
+            vec!["vip", "add", "10.99.0.101:80/tcp", "--mode", "l3"],
+            "L3 (NAT) mode is not implemented",
+        ),
+        (
+            vec!["vip", "add", "10.99.0.101:80/tcp", "--hash", "dst"],
+            "hash \"dst\"",
+        ),
         (vec!["vip", "add", &vip], "already exists"),
-        (vec!["vip", "del", "10.99.0.200:80/tcp"], "no VIP 10.99.0.200:80/tcp"),
-        (vec!["backend", "add", "10.99.0.200:80/tcp", "10.99.0.17"], "no VIP"),
+        (
+            vec!["vip", "del", "10.99.0.200:80/tcp"],
+            "no VIP 10.99.0.200:80/tcp",
+        ),
+        (
+            vec!["backend", "add", "10.99.0.200:80/tcp", "10.99.0.17"],
+            "no VIP",
+        ),
         (vec!["backend", "add", &vip, &b], "already in VIP"),
-        (vec!["backend", "add", &vip, "fd99::17"], "another IP family"),
-        (vec!["backend", "add", &vip, "10.99.0.18", "--weight", "100000"], "out of range"),
-        (vec!["backend", "add", &vip, "10.99.0.18", "--mac", "02:00"], "MAC address \"02:00\""),
-        (vec!["backend", "add", &vip, "10.99.0.18", "--via", "nosuch0"], "nosuch0"),
-        (vec!["backend", "add", &vip, "10.99.0.250"], "cannot resolve the MAC address of backend 10.99.0.250"),
-        (vec!["backend", "del", &vip, "10.99.0.99"], "has no backend 10.99.0.99"),
-        (vec!["backend", "drain", &vip, "10.99.0.99"], "has no backend"),
+        (
+            vec!["backend", "add", &vip, "fd99::17"],
+            "another IP family",
+        ),
+        (
+            vec!["backend", "add", &vip, "10.99.0.18", "--weight", "100000"],
+            "out of range",
+        ),
+        (
+            vec!["backend", "add", &vip, "10.99.0.18", "--mac", "02:00"],
+            "MAC address \"02:00\"",
+        ),
+        (
+            vec!["backend", "add", &vip, "10.99.0.18", "--via", "nosuch0"],
+            "nosuch0",
+        ),
+        (
+            vec!["backend", "add", &vip, "10.99.0.250"],
+            "cannot resolve the MAC address of backend 10.99.0.250",
+        ),
+        (
+            vec!["backend", "del", &vip, "10.99.0.99"],
+            "has no backend 10.99.0.99",
+        ),
+        (
+            vec!["backend", "drain", &vip, "10.99.0.99"],
+            "has no backend",
+        ),
         (vec!["backend", "set", &vip, &b], "at least one of"),
-        (vec!["attach", "nosuch0"], "interface nosuch0 does not exist"),
+        (
+            vec!["attach", "nosuch0"],
+            "interface nosuch0 does not exist",
+        ),
         (vec!["attach", "eth0"], "already attached"),
         (vec!["detach", "eth9"], "not attached to eth9"),
         (vec!["attach", "bad/name"], "not valid"),
         (vec!["apply", "-f", &unknown_key], "unknown field `weight`"),
         (vec!["apply", "-f", &dup], "declared twice"),
         (vec!["apply", "-f", &bad_limits], "limits cannot change"),
-        (vec!["apply", "-f", &missing_iface], "interface nosuch0 does not exist"),
-        (vec!["apply", "-f", "/nonexistent/x.toml"], "reading /nonexistent/x.toml"),
-        (vec!["simulate", "[fd99::1]:4000", &vip], "different IP families"),
-        (vec!["simulate", "fd99::1:4000", &vip], "invalid socket address"),
-        (vec!["simulate", "10.99.0.1:4000", "10.99.0.100:81/tcp"], "no VIP"),
+        (
+            vec!["apply", "-f", &missing_iface],
+            "interface nosuch0 does not exist",
+        ),
+        (
+            vec!["apply", "-f", "/nonexistent/x.toml"],
+            "reading /nonexistent/x.toml",
+        ),
+        (
+            vec!["simulate", "[fd99::1]:4000", &vip],
+            "different IP families",
+        ),
+        (
+            vec!["simulate", "fd99::1:4000", &vip],
+            "invalid socket address",
+        ),
+        (
+            vec!["simulate", "10.99.0.1:4000", "10.99.0.100:81/tcp"],
+            "no VIP",
+        ),
     ];
     assert!(cases.len() >= 20);
     let before = e.d.ok(&["vip", "list", "--json"]).unwrap();
@@ -350,8 +547,15 @@ fn invalid_input_is_refused_and_changes_nothing() {
         let out = e.d.cli(args).unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "xdplb {args:?} succeeded");
-        assert!(err.contains(want), "xdplb {args:?}: stderr {err:?} does not mention {want:?}");
-        assert_eq!(e.d.ok(&["vip", "list", "--json"]).unwrap(), before, "xdplb {args:?} changed the VIPs");
+        assert!(
+            err.contains(want),
+            "xdplb {args:?}: stderr {err:?} does not mention {want:?}"
+        );
+        assert_eq!(
+            e.d.ok(&["vip", "list", "--json"]).unwrap(),
+            before,
+            "xdplb {args:?} changed the VIPs"
+        );
     }
     assert_eq!(e.d.ok(&["config", "--json"]).unwrap(), config_before);
 
@@ -361,10 +565,14 @@ fn invalid_input_is_refused_and_changes_nothing() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the xdplb daemon at /nonexistent/xdplb.sock"));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("cannot reach the xdplb daemon at /nonexistent/xdplb.sock"));
     // Malformed API requests get a sentence too.
     let reply = raw_request(&e.d.socket, "{\"cmd\":\"vip_add\",\"vip\":\"nonsense\"}\n");
-    assert!(reply.contains("\"ok\":false") && reply.contains("ADDR:PORT/PROTO"), "{reply}");
+    assert!(
+        reply.contains("\"ok\":false") && reply.contains("ADDR:PORT/PROTO"),
+        "{reply}"
+    );
     let reply = raw_request(&e.d.socket, "not json\n");
     assert!(reply.contains("invalid request"), "{reply}");
 }
@@ -396,7 +604,8 @@ fn metrics_are_served_and_the_socket_refuses_non_root() {
         .run(|| {
             use std::io::{Read, Write};
             let mut s = std::net::TcpStream::connect("127.0.0.1:9464").unwrap();
-            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
             let mut out = String::new();
             s.read_to_string(&mut out).unwrap();
             out
@@ -406,7 +615,10 @@ fn metrics_are_served_and_the_socket_refuses_non_root() {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     let samples = lb_userspace::metrics::parse(body).expect("valid Prometheus text");
     let find = |name: &str, label: (&str, &str)| {
-        samples.iter().find(|s| s.name == name && s.labels.get(label.0).map(String::as_str) == Some(label.1)).map(|s| s.value)
+        samples
+            .iter()
+            .find(|s| s.name == name && s.labels.get(label.0).map(String::as_str) == Some(label.1))
+            .map(|s| s.value)
     };
     assert!(find("xdplb_vip_packets_total", ("vip", &vip)).unwrap() >= 30.0 * 5.0);
     assert_eq!(find("xdplb_vip_new_flows_total", ("vip", &vip)), Some(30.0));
@@ -414,7 +626,9 @@ fn metrics_are_served_and_the_socket_refuses_non_root() {
     assert!(find("xdplb_verdicts_total", ("reason", "tx")).unwrap() > 0.0);
 
     // Non-root: the socket file (0600) refuses the connection.
-    let mode = std::fs::metadata(&e.d.socket).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777).unwrap();
+    let mode = std::fs::metadata(&e.d.socket)
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
+        .unwrap();
     assert_eq!(mode, 0o600);
     let nobody = |args: &[&str]| {
         use std::os::unix::process::CommandExt;
@@ -429,13 +643,31 @@ fn metrics_are_served_and_the_socket_refuses_non_root() {
     };
     let out = nobody(&["vip", "list"]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Even with the file opened up, the daemon checks the peer's credentials.
-    std::fs::set_permissions(&e.d.socket, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    std::fs::set_permissions(
+        &e.d.socket,
+        std::os::unix::fs::PermissionsExt::from_mode(0o666),
+    )
+    .unwrap();
     let dir_mode = std::fs::Permissions::from_mode(0o755);
     std::fs::set_permissions(&e.d.dir, dir_mode).unwrap();
     let out = nobody(&["vip", "add", "10.99.0.101:80/tcp"]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("only root may control xdplb"), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(e.d.json(&["vip", "list"]).unwrap()["vips"].as_array().unwrap().len(), 1);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("only root may control xdplb"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        e.d.json(&["vip", "list"]).unwrap()["vips"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 }

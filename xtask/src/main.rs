@@ -8,8 +8,9 @@
 //!   cargo xtask lint    rustfmt and clippy on every crate, the eBPF one included
 
 use std::{
+    io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Command, ExitCode},
+    process::{Command, ExitCode, Stdio},
 };
 
 use anyhow::{bail, Context, Result};
@@ -55,6 +56,52 @@ fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// `cargo test`, one test at a time (namespace tests build topologies; a 2-core machine stays
+/// calm), ending with one summary line over every test binary.
+fn test(args: &[String]) -> Result<()> {
+    let mut child = Command::new("cargo")
+        .current_dir(root())
+        .args(["test", "--release"])
+        .args(args)
+        .args(["--", "--test-threads=1"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting cargo test")?;
+    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    let stdout = child.stdout.take().context("cargo test stdout")?;
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let count = |what: &str| -> u64 {
+                rest.split(';')
+                    .find_map(|p| {
+                        p.trim()
+                            .trim_start_matches("ok. ")
+                            .trim_start_matches("FAILED. ")
+                            .strip_suffix(what)?
+                            .trim()
+                            .parse()
+                            .ok()
+                    })
+                    .unwrap_or(0)
+            };
+            passed += count("passed");
+            failed += count("failed");
+            ignored += count("ignored");
+        }
+    }
+    let status = child.wait()?;
+    println!("tests: {passed} passed, {failed} failed, {ignored} skipped");
+    if !status.success() {
+        bail!("cargo test failed ({status})");
+    }
+    if passed == 0 {
+        bail!("no test ran");
+    }
+    Ok(())
+}
+
 fn require_root(what: &str) -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -69,7 +116,9 @@ fn setup() -> Result<()> {
 
 /// Builds every binary (the tests and the demo drive the real `xdplb`).
 fn build_bins() -> Result<()> {
-    run(Command::new("cargo").current_dir(root()).args(["build", "--release", "--bins"]))
+    run(Command::new("cargo")
+        .current_dir(root())
+        .args(["build", "--release", "--bins"]))
 }
 
 fn run_bin(name: &str) -> Result<()> {
@@ -119,14 +168,7 @@ fn main() -> ExitCode {
         Cmd::Test { args } => require_root("the test suite")
             .and_then(|_| setup())
             .and_then(|_| build_bins())
-            .and_then(|_| {
-                // Namespace tests build topologies; one test at a time keeps a 2-core machine calm.
-                run(Command::new("cargo")
-                    .current_dir(root())
-                    .args(["test", "--release"])
-                    .args(&args)
-                    .args(["--", "--test-threads=1"]))
-            }),
+            .and_then(|_| test(&args)),
         Cmd::Demo => require_root("the demo")
             .and_then(|_| setup())
             .and_then(|_| run_bin("demo")),

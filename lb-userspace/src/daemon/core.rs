@@ -28,6 +28,9 @@ use crate::{
 /// A backend of a VIP.
 pub type BackendKey = (VipAddr, IpAddr);
 
+/// A VIP (backend `None`) or one of its backends, for rates.
+type RateKey = (VipAddr, Option<IpAddr>);
+
 /// Where the daemon keeps things.
 #[derive(Clone, Debug)]
 pub struct Paths {
@@ -55,7 +58,7 @@ pub struct Core {
     down: HashSet<BackendKey>,
     macs: HashMap<(IpAddr, Option<String>), Mac>,
     /// Counter samples for rates, by VIP and by (VIP, backend).
-    rates: HashMap<(VipAddr, Option<IpAddr>), Sample>,
+    rates: HashMap<RateKey, Sample>,
     started: Instant,
     /// Interfaces whose attachment was adopted from an earlier daemon.
     adopted: usize,
@@ -447,7 +450,7 @@ impl Core {
     /// Reads the counters and updates the rates (called once a second, and by `stats`).
     pub fn sample_rates(&mut self) {
         let now = Instant::now();
-        let mut keys: Vec<((VipAddr, Option<IpAddr>), Option<TrafficCounters>)> = Vec::new();
+        let mut keys: Vec<(RateKey, Option<TrafficCounters>)> = Vec::new();
         for v in &self.config.vips {
             let c = self
                 .mirror
@@ -489,7 +492,7 @@ impl Core {
         self.rates = next;
     }
 
-    fn counters_json(&self, c: TrafficCounters, key: (VipAddr, Option<IpAddr>)) -> Value {
+    fn counters_json(&self, c: TrafficCounters, key: RateKey) -> Value {
         let r = self.rates.get(&key).copied().unwrap_or_default();
         json!({ "packets": c.packets, "bytes": c.bytes, "new_flows": c.new_flows, "pps": r.pps, "bps": r.bps })
     }

@@ -49,7 +49,10 @@ health = {{ kind = "http", path = "/", interval_ms = 500, timeout_ms = 200, rise
     );
     for (b, weight) in topo.backends.iter().zip([1, 2, 1]) {
         // No MAC: the daemon resolves it from the neighbour table.
-        c.push_str(&format!("\n[[vip.backend]]\naddr = \"{}\"\nweight = {weight}\n", b.ip4));
+        c.push_str(&format!(
+            "\n[[vip.backend]]\naddr = \"{}\"\nweight = {weight}\n",
+            b.ip4
+        ));
     }
     c
 }
@@ -80,7 +83,12 @@ fn run() -> Result<()> {
         .map(|(i, b)| Server::start(&b.ns, &format!("b{}", i + 1), PORT, &[]))
         .collect::<Result<Vec<_>>>()?;
     for (i, b) in topo.backends.iter().enumerate() {
-        println!("  b{}  {}  {}  (HTTP server on :{PORT}, VIP on lo)", i + 1, b.ip4, b.mac);
+        println!(
+            "  b{}  {}  {}  (HTTP server on :{PORT}, VIP on lo)",
+            i + 1,
+            b.ip4,
+            b.mac
+        );
     }
     check_interrupt()?;
 
@@ -89,14 +97,19 @@ fn run() -> Result<()> {
     print!("{cfg}");
     let cfg_path = std::env::temp_dir().join(format!("xdplb-demo-{}.toml", std::process::id()));
     std::fs::write(&cfg_path, &cfg)?;
-    let started = Daemon::start(&topo.lb.ns, &["--config", cfg_path.to_str().context("temp path")?]);
+    let started = Daemon::start(
+        &topo.lb.ns,
+        &["--config", cfg_path.to_str().context("temp path")?],
+    );
     let _ = std::fs::remove_file(&cfg_path);
     let daemon = started?;
     println!("\n$ xdplb vip list");
     print!("{}", daemon.ok(&["vip", "list"])?);
     check_interrupt()?;
 
-    section(&format!("The client sends {REQUESTS} HTTP requests to http://{VIP4}:{PORT}/ over about 3 s"));
+    section(&format!(
+        "The client sends {REQUESTS} HTTP requests to http://{VIP4}:{PORT}/ over about 3 s"
+    ));
     let target = SocketAddr::new(VIP4.parse()?, PORT);
     let client = &topo.client.ns;
     let (names, live) = std::thread::scope(|s| -> Result<_> {
@@ -124,12 +137,18 @@ fn run() -> Result<()> {
     }
     println!("\nWhat the backends answered (weights 1:2:1 -> ideal 25% / 50% / 25%):");
     for (name, n) in &answered {
-        println!("  {name} answered {n:>3} requests ({:.1}%)", *n as f64 * 100.0 / REQUESTS as f64);
+        println!(
+            "  {name} answered {n:>3} requests ({:.1}%)",
+            *n as f64 * 100.0 / REQUESTS as f64
+        );
     }
     println!("\n$ xdplb stats        (afterwards: per-backend packets match the shares above)");
     print!("{}", daemon.ok(&["stats"])?);
     println!("\n$ xdplb simulate 10.99.0.1:40000 {VIP4}:{PORT}/tcp");
-    print!("{}", daemon.ok(&["simulate", "10.99.0.1:40000", &format!("{VIP4}:{PORT}/tcp")])?);
+    print!(
+        "{}",
+        daemon.ok(&["simulate", "10.99.0.1:40000", &format!("{VIP4}:{PORT}/tcp")])?
+    );
     println!("\n$ xdplb status");
     print!("{}", daemon.ok(&["status"])?);
 
