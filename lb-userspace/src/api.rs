@@ -38,27 +38,9 @@ pub enum Request {
         vip: VipAddr,
     },
     VipList,
-    BackendAdd {
-        vip: VipAddr,
-        addr: IpAddr,
-        #[serde(default)]
-        weight: Option<u32>,
-        #[serde(default)]
-        mac: Option<Mac>,
-        #[serde(default)]
-        via: Option<String>,
-    },
+    BackendAdd(BackendChange),
     /// Changes a backend's weight, MAC or interface (only the fields given).
-    BackendSet {
-        vip: VipAddr,
-        addr: IpAddr,
-        #[serde(default)]
-        weight: Option<u32>,
-        #[serde(default)]
-        mac: Option<Mac>,
-        #[serde(default)]
-        via: Option<String>,
-    },
+    BackendSet(BackendChange),
     BackendDel {
         vip: VipAddr,
         addr: IpAddr,
@@ -89,6 +71,27 @@ pub enum Request {
         sport: u16,
         vip: VipAddr,
     },
+}
+
+/// A backend and the settings to give it: `backend add` and `backend set`, on the command
+/// line and in the API.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct BackendChange {
+    pub vip: VipAddr,
+    pub addr: IpAddr,
+    /// Relative weight, 0..=10000 (0 drains).
+    #[arg(long)]
+    #[serde(default)]
+    pub weight: Option<u32>,
+    /// L2 mode: the backend's MAC (else looked up in the neighbour table).
+    #[arg(long)]
+    #[serde(default)]
+    pub mac: Option<Mac>,
+    /// Interface the backend is reached through, if not the receiving one.
+    #[arg(long)]
+    #[serde(default)]
+    pub via: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -160,17 +163,19 @@ mod tests {
 
     #[test]
     fn requests_round_trip_and_unknown_fields_are_refused() {
-        let r = Request::BackendAdd {
+        let r = Request::BackendAdd(BackendChange {
             vip: "10.0.0.1:80/tcp".parse().unwrap(),
             addr: "10.0.1.1".parse().unwrap(),
             weight: Some(3),
             mac: None,
             via: None,
-        };
+        });
         let json = serde_json::to_string(&r).unwrap();
         assert!(json.contains(r#""cmd":"backend_add""#), "{json}");
         assert_eq!(serde_json::from_str::<Request>(&json).unwrap(), r);
         let bad = r#"{"cmd":"vip_del","vip":"10.0.0.1:80/tcp","extra":1}"#;
+        assert!(serde_json::from_str::<Request>(bad).is_err());
+        let bad = r#"{"cmd":"backend_set","vip":"10.0.0.1:80/tcp","addr":"10.0.1.1","colour":1}"#;
         assert!(serde_json::from_str::<Request>(bad).is_err());
         let bad = r#"{"cmd":"vip_del","vip":"10.0.0.1/tcp"}"#;
         let err = serde_json::from_str::<Request>(bad)

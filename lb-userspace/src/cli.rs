@@ -11,10 +11,10 @@ use clap::{Parser, Subcommand};
 use serde_json::Value;
 
 use crate::{
-    api::{self, Request, DEFAULT_SOCKET},
+    api::{self, BackendChange, Request, DEFAULT_SOCKET},
     config::{Config, XdpModeName},
     daemon::{self, DaemonArgs},
-    model::{HashFields, Mac, Mode, VipAddr},
+    model::{HashFields, Mode, VipAddr},
 };
 
 #[derive(Parser)]
@@ -105,28 +105,9 @@ pub enum VipCmd {
 #[derive(Subcommand)]
 pub enum BackendCmd {
     /// Add a backend (L2: its MAC is looked up in the neighbour table unless --mac is given).
-    Add {
-        vip: VipAddr,
-        addr: IpAddr,
-        #[arg(long)]
-        weight: Option<u32>,
-        #[arg(long)]
-        mac: Option<Mac>,
-        /// Interface the backend is reached through, if not the receiving one.
-        #[arg(long)]
-        via: Option<String>,
-    },
+    Add(BackendChange),
     /// Change a backend's weight, MAC or interface.
-    Set {
-        vip: VipAddr,
-        addr: IpAddr,
-        #[arg(long)]
-        weight: Option<u32>,
-        #[arg(long)]
-        mac: Option<Mac>,
-        #[arg(long)]
-        via: Option<String>,
-    },
+    Set(BackendChange),
     /// Remove a backend: its flows move to the others.
     Del { vip: VipAddr, addr: IpAddr },
     /// Weight 0: existing flows stay, new flows go to the others.
@@ -145,38 +126,8 @@ pub fn run(cli: Cli) -> Result<(), String> {
         }
         Cmd::Vip(VipCmd::Del { vip }) => done(api::call(s, &Request::VipDel { vip })),
         Cmd::Vip(VipCmd::List { json }) => show(api::call(s, &Request::VipList)?, json, print_vips),
-        Cmd::Backend(BackendCmd::Add {
-            vip,
-            addr,
-            weight,
-            mac,
-            via,
-        }) => done(api::call(
-            s,
-            &Request::BackendAdd {
-                vip,
-                addr,
-                weight,
-                mac,
-                via,
-            },
-        )),
-        Cmd::Backend(BackendCmd::Set {
-            vip,
-            addr,
-            weight,
-            mac,
-            via,
-        }) => done(api::call(
-            s,
-            &Request::BackendSet {
-                vip,
-                addr,
-                weight,
-                mac,
-                via,
-            },
-        )),
+        Cmd::Backend(BackendCmd::Add(b)) => done(api::call(s, &Request::BackendAdd(b))),
+        Cmd::Backend(BackendCmd::Set(b)) => done(api::call(s, &Request::BackendSet(b))),
         Cmd::Backend(BackendCmd::Del { vip, addr }) => {
             done(api::call(s, &Request::BackendDel { vip, addr }))
         }

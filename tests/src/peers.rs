@@ -233,6 +233,18 @@ fn sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     (ss, len as libc::socklen_t)
 }
 
+/// `n` connections from consecutive source ports, each asked once and held open: (connection,
+/// the backend that answered). Call inside the client namespace.
+pub fn hold(vip: SocketAddr, n: u16, first_port: u16) -> Result<Vec<(Conn, String)>> {
+    (0..n)
+        .map(|i| {
+            let mut c = Conn::open(vip, first_port + i)?;
+            let name = c.ask()?;
+            Ok((c, name))
+        })
+        .collect()
+}
+
 /// One connection: connect from `src_port`, ask once, close. Returns the backend's name.
 pub fn tcp_once(vip: SocketAddr, src_port: u16) -> Result<String> {
     Conn::open(vip, src_port)?.ask()

@@ -10,7 +10,7 @@ use std::{
 
 use lb_tests::{
     daemon::Daemon,
-    peers::{tcp_once, udp_once, Conn, Server},
+    peers::{hold, tcp_once, udp_once, Server},
     topology::{L2Topology, VIP4},
 };
 use serde_json::Value;
@@ -162,19 +162,12 @@ fn cli_manages_vips_and_backends_under_traffic() {
 
     // Drain b1 while connections to it are held: they keep working, new ones avoid it.
     let target = SocketAddr::new(VIP4.parse().unwrap(), PORT);
-    let mut held: Vec<(Conn, String)> = e
+    let mut held = e
         .topo
         .client
         .ns
-        .run(|| {
-            (0..30)
-                .map(|i| {
-                    let mut c = Conn::open(target, 31000 + i).unwrap();
-                    let n = c.ask().unwrap();
-                    (c, n)
-                })
-                .collect()
-        })
+        .run(|| hold(target, 30, 31000))
+        .unwrap()
         .unwrap();
     assert!(held.iter().any(|(_, n)| n == "b1"));
     e.d.ok(&["backend", "drain", &vip, &e.b(0)]).unwrap();
@@ -353,19 +346,12 @@ fn health_failover_moves_only_the_failed_backends_flows() {
     e.d.ok(&["apply", "-f", dir.join("h.toml").to_str().unwrap()])
         .unwrap();
     let target = SocketAddr::new(VIP4.parse().unwrap(), PORT);
-    let mut held: Vec<(Conn, String)> = e
+    let mut held = e
         .topo
         .client
         .ns
-        .run(|| {
-            (0..30)
-                .map(|i| {
-                    let mut c = Conn::open(target, 35000 + i).unwrap();
-                    let n = c.ask().unwrap();
-                    (c, n)
-                })
-                .collect()
-        })
+        .run(|| hold(target, 30, 35000))
+        .unwrap()
         .unwrap();
 
     // b2's server stops: health checks fail, b2 leaves the ring.

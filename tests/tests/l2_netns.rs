@@ -9,7 +9,7 @@ use std::{
 use lb_common::stats;
 use lb_tests::{
     netns::Netns,
-    peers::{tcp_once, udp_once, Conn, Server},
+    peers::{hold, tcp_once, udp_once, Server},
     topology::{L2Topology, VIP4, VIP6},
 };
 use lb_userspace::{
@@ -227,18 +227,7 @@ fn l2_backend_removal_keeps_other_connections() {
     let mut s = Setup::new(&[1, 1, 1]);
     let target = SocketAddr::new(VIP4.parse().unwrap(), PORT);
     // Long-lived connections spread over the three backends.
-    let mut held: Vec<(Conn, String)> = s
-        .client()
-        .run(|| {
-            (0..60)
-                .map(|i| {
-                    let mut c = Conn::open(target, 31000 + i).unwrap();
-                    let name = c.ask().unwrap();
-                    (c, name)
-                })
-                .collect()
-        })
-        .unwrap();
+    let mut held = s.client().run(|| hold(target, 60, 31000)).unwrap().unwrap();
     assert!(
         held.iter().any(|(_, n)| n == "b2"),
         "some connection landed on b2"

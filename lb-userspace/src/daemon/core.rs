@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use super::state::{self, SavedState, STATE_VERSION};
 use crate::{
-    api::Request,
+    api::{BackendChange, Request},
     config::{BackendConfig, Config, InterfaceConfig, VipConfig},
     datapath::{AttachMode, DataPath},
     health::Checker,
@@ -70,6 +70,19 @@ fn not_found_vip(vip: &VipAddr) -> String {
 
 fn not_found_backend(vip: &VipAddr, addr: IpAddr) -> String {
     format!("VIP {vip} has no backend {addr}; `xdplb vip list` shows its backends")
+}
+
+/// The backend `addr` of VIP `vip` in a configuration being edited.
+fn backend_mut<'a>(
+    config: &'a mut Config,
+    vip: &VipAddr,
+    addr: IpAddr,
+) -> Result<&'a mut BackendConfig, String> {
+    let v = config.vip_mut(vip).ok_or_else(|| not_found_vip(vip))?;
+    v.backends
+        .iter_mut()
+        .find(|b| b.addr == addr)
+        .ok_or_else(|| not_found_backend(vip, addr))
 }
 
 impl Core {
@@ -312,13 +325,13 @@ impl Core {
                     return Err(not_found_vip(&vip));
                 }
             }
-            Request::BackendAdd {
+            Request::BackendAdd(BackendChange {
                 vip,
                 addr,
                 weight,
                 mac,
                 via,
-            } => {
+            }) => {
                 let v = new.vip_mut(&vip).ok_or_else(|| not_found_vip(&vip))?;
                 if v.backend(addr).is_some() {
                     return Err(format!(
@@ -333,43 +346,30 @@ impl Core {
                     health: None,
                 });
             }
-            Request::BackendSet {
-                vip,
-                addr,
-                weight,
-                mac,
-                via,
-            } => {
-                let v = new.vip_mut(&vip).ok_or_else(|| not_found_vip(&vip))?;
-                let b = v
-                    .backends
-                    .iter_mut()
-                    .find(|b| b.addr == addr)
-                    .ok_or_else(|| not_found_backend(&vip, addr))?;
+            Request::BackendSet(change) => {
+                let BackendChange {
+                    vip,
+                    addr,
+                    weight,
+                    mac,
+                    via,
+                } = change;
                 if weight.is_none() && mac.is_none() && via.is_none() {
                     return Err("backend set needs at least one of --weight, --mac, --via".into());
                 }
+                let b = backend_mut(&mut new, &vip, addr)?;
                 b.weight = weight.unwrap_or(b.weight);
                 b.mac = mac.or(b.mac);
                 b.via = via.or(b.via.take());
             }
             Request::BackendDel { vip, addr } => {
-                let v = new.vip_mut(&vip).ok_or_else(|| not_found_vip(&vip))?;
-                let before = v.backends.len();
-                v.backends.retain(|b| b.addr != addr);
-                if v.backends.len() == before {
-                    return Err(not_found_backend(&vip, addr));
-                }
-            }
-            Request::BackendDrain { vip, addr } => {
-                let v = new.vip_mut(&vip).ok_or_else(|| not_found_vip(&vip))?;
-                let b = v
+                backend_mut(&mut new, &vip, addr)?;
+                new.vip_mut(&vip)
+                    .expect("checked above")
                     .backends
-                    .iter_mut()
-                    .find(|b| b.addr == addr)
-                    .ok_or_else(|| not_found_backend(&vip, addr))?;
-                b.weight = 0;
+                    .retain(|b| b.addr != addr);
             }
+            Request::BackendDrain { vip, addr } => backend_mut(&mut new, &vip, addr)?.weight = 0,
             Request::Attach { iface, xdp_mode } => {
                 if new.interfaces.iter().any(|i| i.name == iface) {
                     return Err(format!("xdplb is already attached to {iface}"));
