@@ -11,18 +11,34 @@ use crate::{
     parse::ptr_at,
 };
 
+/// Where a packet for a backend leaves: its interface and that interface's MAC.
+pub struct Egress {
+    ifindex: u32,
+    /// Out of the interface it came in on (XDP_TX) rather than another (XDP_REDIRECT).
+    back_out: bool,
+    mac: [u8; 6],
+}
+
+/// The egress for `backend`, if its interface is registered (else the packet cannot be sent).
 #[inline(always)]
-pub fn l2(ctx: &XdpContext, backend: &BackendInfo) -> u32 {
+pub fn egress(ctx: &XdpContext, backend: &BackendInfo) -> Option<Egress> {
     let ingress = ctx.ingress_ifindex() as u32;
-    let egress = if backend.ifindex == 0 {
+    let ifindex = if backend.ifindex == 0 {
         ingress
     } else {
         backend.ifindex
     };
     // SAFETY: the value is copied at once.
-    let Some(iface) = (unsafe { IFACES.get(egress) }).copied() else {
-        return verdict(stats::DROP_NO_IFACE, xdp_action::XDP_DROP);
-    };
+    let iface = unsafe { IFACES.get(ifindex) }.copied()?;
+    Some(Egress {
+        ifindex,
+        back_out: ifindex == ingress,
+        mac: iface.mac,
+    })
+}
+
+#[inline(always)]
+pub fn l2(ctx: &XdpContext, backend: &BackendInfo, out: &Egress) -> u32 {
     let Ok(eth) = ptr_at::<EthHdr>(ctx, 0) else {
         // Unreachable: the header was parsed before.
         return verdict(stats::PASS_MALFORMED, xdp_action::XDP_PASS);
@@ -31,12 +47,12 @@ pub fn l2(ctx: &XdpContext, backend: &BackendInfo) -> u32 {
     // SAFETY: bounds-checked by ptr_at; XDP packet memory is writable.
     unsafe {
         (*eth).dst_addr = backend.mac;
-        (*eth).src_addr = iface.mac;
+        (*eth).src_addr = out.mac;
     }
-    if egress == ingress {
+    if out.back_out {
         return verdict(stats::TX, xdp_action::XDP_TX);
     }
-    match TX_PORTS.redirect(egress, 0) {
+    match TX_PORTS.redirect(out.ifindex, 0) {
         Ok(action) => verdict(stats::REDIRECT, action),
         Err(_) => verdict(stats::DROP_NO_IFACE, xdp_action::XDP_DROP),
     }

@@ -80,9 +80,13 @@ fn steer(ctx: &XdpContext, vip: &VipInfo, key: &lb_common::FlowKey, record: bool
     let Some(choice) = balance::choose(vip, key, record) else {
         return verdict(stats::DROP_NO_BACKEND, xdp_action::XDP_DROP);
     };
+    // Counted as VIP traffic only once it can be sent.
+    let Some(out) = forward::egress(ctx, &choice.backend) else {
+        return verdict(stats::DROP_NO_IFACE, xdp_action::XDP_DROP);
+    };
     let len = (ctx.data_end() - ctx.data()) as u64;
     counters::traffic(vip.id, choice.id, len, choice.new_flow);
-    forward::l2(ctx, &choice.backend)
+    forward::l2(ctx, &choice.backend, &out)
 }
 
 /// Passes everything. Attached to the peer end of a veth so XDP_TX/XDP_REDIRECT into it

@@ -52,15 +52,14 @@ pub fn find_vip(key: &FlowKey) -> Option<VipInfo> {
         proto: key.proto,
         family: key.family,
     };
+    // An address entry (proto 0, port 0) is not a VIP, even for a protocol-0 packet.
+    let not_address = |v: &VipInfo| v.flags & VIP_F_ADDRESS == 0;
     // SAFETY: the value is copied out at once; VIP entries are replaced whole by user space.
-    if let Some(v) = unsafe { VIPS.get(vk) } {
-        return Some(*v);
+    if let Some(v) = unsafe { VIPS.get(vk) }.copied().filter(not_address) {
+        return Some(v);
     }
     vk.port = 0;
-    // An address entry (proto 0, port 0) is not a VIP, even for a protocol-0 packet.
-    unsafe { VIPS.get(vk) }
-        .copied()
-        .filter(|v| v.flags & VIP_F_ADDRESS == 0)
+    unsafe { VIPS.get(vk) }.copied().filter(not_address)
 }
 
 /// Whether any VIP uses this address (user space keeps one address entry per VIP address).

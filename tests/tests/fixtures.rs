@@ -305,6 +305,8 @@ fn table() -> Vec<Row> {
              Packet::tcp(c(), 40000, "10.0.0.100", 81), stats::PASS_NOT_VIP),
         pass("v4 TCP to another address", "Ether()/IP(dst='10.0.0.7')/TCP(dport=80)",
              Packet::tcp(c(), 40000, "10.0.0.7", 80), stats::PASS_NOT_VIP),
+        pass("v4 protocol 0 to VIP address (not its address entry)", "Ether()/IP(dst='10.0.0.100',proto=0)/Raw(b'x'*12)",
+             Packet::new(c(), "10.0.0.100", L4::Raw { proto: 0, bytes: vec![0; 12] }), stats::PASS_NOT_VIP),
         pass("v4 SCTP to VIP address", "Ether()/IP(dst='10.0.0.100',proto=132)/Raw(b'x'*12)",
              Packet::new(c(), "10.0.0.100", L4::Raw { proto: 132, bytes: vec![0; 12] }), stats::PASS_NOT_VIP),
         tx("v6 TCP to VIP", "Ether()/IPv6(src='2001:db8::1',dst='2001:db8::100')/TCP(sport=40000,dport=443)",
@@ -358,6 +360,10 @@ fn table() -> Vec<Row> {
            "Ether()/IPv6(src='2001:db8::9',dst='2001:db8::100')/ICMPv6PacketTooBig()/IPv6(src='2001:db8::100',dst='2001:db8::1')/TCP(sport=443,dport=40000)",
            Packet::icmp("2001:db8::9", "2001:db8::100", 2, 0, Packet::tcp("2001:db8::100", 443, "2001:db8::1", 40000).ip_bytes()[..48].to_vec()),
            V6_WEB, Pick::Flow("v6flow"), None),
+        tx("ICMP error about a VIP flow not in the table: the ring decides, no entry is made",
+           "Ether()/IP(src='10.9.9.9',dst='10.0.0.100')/ICMP(type=3,code=4)/IP(src='10.0.0.100',dst='10.0.0.1')/TCP(sport=80,dport=45000)",
+           Packet::icmp("10.9.9.9", "10.0.0.100", 3, 4, Packet::tcp("10.0.0.100", 80, c(), 45000).ip_bytes()[..28].to_vec()),
+           V4_WEB, Pick::Ring(key(c(), 45000, V4_WEB, 80)), None),
         pass("ICMP error about a non-VIP flow, to VIP address", "Ether()/IP(dst='10.0.0.100')/ICMP(type=3)/IP(src='10.0.0.100')/TCP(sport=999)",
              Packet::icmp("10.9.9.9", "10.0.0.100", 3, 3, Packet::tcp("10.0.0.100", 999, c(), 40000).ip_bytes()[..28].to_vec()), stats::PASS_ICMP),
         drop("VIP without backends", "Ether()/IP(dst='10.0.0.101')/TCP(dport=80)",
@@ -392,6 +398,9 @@ fn packet_fixtures() {
     for row in &rows {
         f.check(row);
     }
+
+    assert_eq!(f.dp.conntrack(&key(c(), 45000, V4_WEB, 80)).unwrap(), None, "an ICMP error created a connection-table entry");
+    assert!(f.dp.conntrack(&key(c(), 40000, V4_WEB, 80)).unwrap().is_some(), "a forwarded SYN created one");
 
     // The ring changes (a fourth backend joins): flows already in the table stay where they
     // are, even those whose ring slot now names another backend.
