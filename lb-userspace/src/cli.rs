@@ -144,10 +144,11 @@ pub fn run(cli: Cli) -> Result<(), String> {
                 .map_err(|e| format!("reading {}: {e}", file.display()))?;
             let config =
                 Config::from_toml(&text).map_err(|e| format!("{}: {e}", file.display()))?;
-            config
-                .validate()
-                .map_err(|e| format!("{}: {e}", file.display()))?;
-            done(api::call(s, &Request::Apply { config }))
+            // Validated by the daemon, against its running limits.
+            done(
+                api::call(s, &Request::Apply { config })
+                    .map_err(|e| format!("{}: {e}", file.display())),
+            )
         }
         Cmd::Config { json } => {
             let data = api::call(s, &Request::Config)?;

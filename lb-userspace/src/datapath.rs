@@ -178,6 +178,9 @@ impl DataPath {
         for (name, path) in &pins {
             loader.map_pin_path(name, path.as_path());
         }
+        if let Some(dir) = &opts.pin_dir {
+            check_pinned_layout(dir, opts)?;
+        }
         let mut ebpf = loader.load(OBJECT)?;
         for name in [m::PROG_LB, m::PROG_PASS] {
             let prog = program(&mut ebpf, name)?;
@@ -220,23 +223,24 @@ impl DataPath {
             reason,
         };
         if path.exists() {
-            let pinned = PinnedLink::from_pin(&path)
-                .map_err(|e| link_err(format!("opening {}: {e}", path.display())))?;
-            let link = XdpLink::try_from(FdLink::from(pinned))
-                .map_err(|e| link_err(format!("{} is not an XDP link: {e}", path.display())))?;
-            let id = program(&mut self.ebpf, m::PROG_LB)?
-                .attach_to_link(link)
-                .map_err(|source| DataPathError::Program {
-                    what: format!("adopting the attachment on {iface}"),
-                    source,
-                })?;
-            let held = Held::Pinned {
-                path,
-                _pin: None,
-                owned: Some(id),
-            };
-            self.push(iface, m::PROG_LB, held, None, true);
-            return Ok(Attached::Adopted);
+            match self.adopt(iface, &path) {
+                Ok(id) => {
+                    let held = Held::Pinned {
+                        path,
+                        _pin: None,
+                        owned: Some(id),
+                    };
+                    self.push(iface, m::PROG_LB, held, None, true);
+                    return Ok(Attached::Adopted);
+                }
+                // A pin whose interface was deleted and re-created holds a defunct link
+                // (bpf_link_update says ENOLINK): replace it with a fresh attachment.
+                Err(e) => {
+                    log::warn!("{e}; attaching to {iface} afresh");
+                    std::fs::remove_file(&path)
+                        .map_err(|e| link_err(format!("removing {}: {e}", path.display())))?;
+                }
+            }
         }
         let (id, used) = self.attach_program(m::PROG_LB, iface, mode)?;
         let link = program(&mut self.ebpf, m::PROG_LB)?
@@ -256,6 +260,18 @@ impl DataPath {
         };
         self.push(iface, m::PROG_LB, held, Some(used), false);
         Ok(Attached::New(used))
+    }
+
+    /// Swaps this program into the attachment pinned at `path`.
+    fn adopt(&mut self, iface: &str, path: &std::path::Path) -> Result<XdpLinkId, String> {
+        let pinned =
+            PinnedLink::from_pin(path).map_err(|e| format!("opening {}: {e}", path.display()))?;
+        let link = XdpLink::try_from(FdLink::from(pinned))
+            .map_err(|e| format!("{} is not an XDP link: {e}", path.display()))?;
+        program(&mut self.ebpf, m::PROG_LB)
+            .map_err(|e| e.to_string())?
+            .attach_to_link(link)
+            .map_err(|e| format!("adopting the attachment pinned for {iface}: {e}"))
     }
 
     fn push(
@@ -492,10 +508,16 @@ impl DataPath {
         Ok(removed)
     }
 
-    /// Entries in the connection table (walks the keys: for status, not for hot paths).
+    /// Entries in the connection table (walks the keys: for status, not for hot paths). The
+    /// walk restarts when an entry under it is evicted, so it is capped at the table's size:
+    /// under heavy churn the figure is approximate but the call stays bounded.
     pub fn conntrack_entries(&self) -> Result<usize, DataPathError> {
         let ct: HashMap<_, FlowKey, ConnValue> = self.typed_ref(m::CONNTRACK)?;
-        Ok(ct.keys().filter(Result::is_ok).count())
+        Ok(ct
+            .keys()
+            .take(self.opts.conntrack_size as usize)
+            .filter(Result::is_ok)
+            .count())
     }
 
     /// Entries in the VIP map (VIPs plus one address entry per VIP address).
@@ -544,6 +566,67 @@ impl DataPath {
         })?;
         T::try_from(map).map_err(map_err(name))
     }
+}
+
+/// Refuses maps pinned by a daemon with other limits or another layout: reusing them would
+/// make writes fail halfway or the program misread them.
+fn check_pinned_layout(dir: &std::path::Path, o: &LoadOptions) -> Result<(), DataPathError> {
+    use std::mem::size_of;
+    let counters = size_of::<TrafficCounters>() as u32;
+    // (name, key size, value size (None: not checked), max entries)
+    let expected: [(&'static str, u32, Option<u32>, u32); 9] = [
+        (
+            m::VIPS,
+            size_of::<VipKey>() as u32,
+            Some(size_of::<VipInfo>() as u32),
+            2 * o.max_vips,
+        ),
+        (
+            m::BACKENDS,
+            4,
+            Some(size_of::<BackendInfo>() as u32),
+            o.max_backends,
+        ),
+        (m::RING, 4, Some(4), o.max_vips * o.ring_size),
+        (
+            m::CONNTRACK,
+            size_of::<FlowKey>() as u32,
+            Some(size_of::<ConnValue>() as u32),
+            o.conntrack_size,
+        ),
+        (
+            m::IFACES,
+            4,
+            Some(size_of::<IfaceInfo>() as u32),
+            m::MAX_IFACES,
+        ),
+        (m::TX_PORTS, 4, None, m::MAX_IFACES),
+        (m::VIP_STATS, 4, Some(counters), o.max_vips),
+        (m::BACKEND_STATS, 4, Some(counters), o.max_backends),
+        (m::STATS, 4, Some(8), STATS_LEN),
+    ];
+    for (name, key, value, max) in expected {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = aya::maps::MapInfo::from_pin(&path).map_err(map_err(name))?;
+        let got = (info.key_size(), info.value_size(), info.max_entries());
+        if got.0 != key || value.is_some_and(|v| v != got.1) || got.2 != max {
+            return Err(DataPathError::Map {
+                map: name,
+                reason: format!(
+                    "pinned at {} with key {} B, value {} B, {} entries, but this daemon needs key {key} B, value {} B, {max} entries (other limits or an older layout); start with the limits it was made with, or run `xdplb daemon --cleanup` first",
+                    path.display(),
+                    got.0,
+                    got.1,
+                    got.2,
+                    value.map(|v| v.to_string()).unwrap_or_else(|| "any".into())
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Every map, for pinning.

@@ -362,6 +362,16 @@ impl<K: Clone + Eq + std::hash::Hash + Send + Sync + Debug + 'static> Checker<K>
             .collect()
     }
 
+    /// Marks a target as failed (it was known to be down before, say by an earlier daemon):
+    /// it must pass `rise` probes before it is reported up again.
+    pub fn mark_down(&self, key: &K) {
+        if let Some(t) = self.targets.get(key) {
+            let mut shared = lock(&t.shared);
+            shared.status.healthy = false;
+            shared.status.consecutive_ok = 0;
+        }
+    }
+
     /// Whether `key` is healthy (true for unknown keys: no check means healthy).
     pub fn is_healthy(&self, key: &K) -> bool {
         self.targets

@@ -253,7 +253,8 @@ impl Mirror {
         Ok(report)
     }
 
-    fn validate(&self, desired: &[VipState]) -> Result<(), MirrorError> {
+    /// Checks `desired` against the limits and itself without writing (`sync` does it first).
+    pub fn validate(&self, desired: &[VipState]) -> Result<(), MirrorError> {
         let mut seen = BTreeSet::new();
         for state in desired {
             let vip = state.spec.addr;
@@ -358,7 +359,8 @@ impl Mirror {
                 addr,
                 MirroredVip {
                     id,
-                    flags,
+                    // Unknown until its entry is written: a failed first attempt is rewritten on retry.
+                    flags: UNKNOWN_FLAGS,
                     backends: BTreeMap::new(),
                     ring: Vec::new(),
                 },

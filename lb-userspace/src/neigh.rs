@@ -29,6 +29,15 @@ pub fn resolve(addr: IpAddr, dev: Option<&str>) -> Result<Mac, String> {
     ))
 }
 
+/// Without waiting: the MAC if the neighbour table has it, else a probe so a later call may.
+pub fn lookup_or_probe(addr: IpAddr, dev: Option<&str>) -> Result<Option<Mac>, String> {
+    let found = lookup(addr, dev)?;
+    if found.is_none() {
+        probe(addr);
+    }
+    Ok(found)
+}
+
 /// A reachable (or stale, delay, probe, permanent) neighbour entry for `addr`.
 pub fn lookup(addr: IpAddr, dev: Option<&str>) -> Result<Option<Mac>, String> {
     let addr_s = addr.to_string();

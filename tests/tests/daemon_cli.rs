@@ -250,17 +250,35 @@ fn cli_manages_vips_and_backends_under_traffic() {
 
 #[test]
 fn kill_dash_nine_and_restart_lose_no_packet() {
-    let dir = std::env::temp_dir().join(format!("xdplb-cfg-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
     let e = Env::new(&[]);
+    let backends: String = (0..3)
+        .map(|i| format!("[[vip.backend]]\naddr = \"{}\"\n", e.b(i)))
+        .collect();
     let cfg = format!(
-        "[[interface]]\nname = \"eth0\"\nxdp_mode = \"native\"\n\n[[vip]]\naddr = \"{VIP4}:{PORT}/udp\"\n{}",
-        (0..3).map(|i| format!("[[vip.backend]]\naddr = \"{}\"\n", e.b(i))).collect::<String>()
+        "[[interface]]\nname = \"eth0\"\nxdp_mode = \"native\"\n\n[[vip]]\naddr = \"{VIP4}:{PORT}/udp\"\n{backends}\n[[vip]]\naddr = \"{}\"\n{backends}",
+        e.vip()
     );
-    let path = dir.join("xdplb.toml");
+    let path = e.d.dir.join("xdplb.toml");
     std::fs::write(&path, cfg).unwrap();
     e.d.ok(&["apply", "-f", path.to_str().unwrap()]).unwrap();
+
+    // TCP connections held across the restart, some on a backend that is draining: only the
+    // connection table (entries and backend generations surviving) keeps those where they are.
+    let target = SocketAddr::new(VIP4.parse().unwrap(), PORT);
+    let mut held = e
+        .topo
+        .client
+        .ns
+        .run(|| hold(target, 30, 42000))
+        .unwrap()
+        .unwrap();
+    e.d.ok(&["backend", "drain", &e.vip(), &e.b(0)]).unwrap();
+    assert!(
+        held.iter().any(|(_, n)| n == "b1"),
+        "some held connection is on the drained b1"
+    );
     let before = e.d.ok(&["vip", "list", "--json"]).unwrap();
+    let stale_before = e.d.json(&["stats"]).unwrap()["events"]["conntrack_stale"].clone();
     let received = |e: &Env| -> u64 {
         e.topo
             .backends
@@ -272,7 +290,6 @@ fn kill_dash_nine_and_restart_lose_no_packet() {
 
     // A bounded stream: 3000 datagrams, one per millisecond, from one socket.
     const N: u64 = 3000;
-    let target = SocketAddr::new(VIP4.parse().unwrap(), PORT);
     let mut e = e;
     let sent = std::thread::scope(|s| {
         let client = &e.topo.client.ns;
@@ -313,7 +330,40 @@ fn kill_dash_nine_and_restart_lose_no_packet() {
         status["interfaces"][0]["adopted"], true,
         "the restarted daemon adopted the pinned attachment"
     );
-    // And it still balances new flows (UDP answers from all three).
+    for (c, n) in held.iter_mut() {
+        assert_eq!(
+            c.ask().unwrap(),
+            *n,
+            "a held connection changed backend across the restart"
+        );
+    }
+    let stale_after = e.d.json(&["stats"]).unwrap()["events"]["conntrack_stale"].clone();
+    assert_eq!(
+        stale_after, stale_before,
+        "no connection-table entry went stale across the restart"
+    );
+
+    // A second daemon on the same pins (another state file and socket) is refused before it
+    // touches anything, and traffic goes on.
+    let other = std::process::Command::new(lb_tests::daemon::xdplb_bin().unwrap())
+        .args(["--socket"])
+        .arg(e.d.dir.join("other.sock"))
+        .args(["daemon", "--pin-path"])
+        .arg(&e.d.pin_path)
+        .arg("--state-file")
+        .arg(e.d.dir.join("other.json"))
+        .output()
+        .unwrap();
+    assert!(!other.status.success());
+    assert!(
+        String::from_utf8_lossy(&other.stderr).contains("another xdplb daemon holds"),
+        "{}",
+        String::from_utf8_lossy(&other.stderr)
+    );
+    for (c, n) in held.iter_mut() {
+        assert_eq!(c.ask().unwrap(), *n);
+    }
+    // And new flows are still balanced (UDP answers from all three).
     let names: Vec<String> = e
         .topo
         .client
@@ -330,7 +380,6 @@ fn kill_dash_nine_and_restart_lose_no_packet() {
             "{b} answers after the restart"
         );
     }
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -382,6 +431,22 @@ fn health_failover_moves_only_the_failed_backends_flows() {
         .clone();
     assert_eq!(h["status"]["healthy"], false, "{h}");
 
+    // A restart (kill -9) while b2 is down keeps it out: the failed set is part of the saved
+    // state, and the restarted checker needs `rise` good probes before b2 returns.
+    let before = e.d.ok(&["vip", "list", "--json"]).unwrap();
+    e.d.kill9().unwrap();
+    e.d.spawn().unwrap();
+    assert_eq!(
+        e.d.ok(&["vip", "list", "--json"]).unwrap(),
+        before,
+        "b2 is still down after the restart"
+    );
+    let c = e.spread(30, 36500);
+    assert!(
+        !c.contains_key("b2"),
+        "no new flow reaches the failed backend after a restart: {c:?}"
+    );
+
     // It comes back when its server does.
     e.servers[1] = Some(Server::start(&e.topo.backends[1].ns, "b2", PORT, &[]).unwrap());
     wait_for("b2 to be active again", Duration::from_secs(5), || {
@@ -430,7 +495,7 @@ fn invalid_input_is_refused_and_changes_nothing() {
     let bad_limits = write("limits.toml", "[limits]\nring_size = 1009\n");
     let missing_iface = write("iface.toml", "[[interface]]\nname = \"nosuch0\"\n");
     let b = e.b(0);
-    let cases: Vec<(Vec<&str>, &str)> = vec![
+    let mut cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["vip", "add", "10.99.0.100:80"], "ADDR:PORT/PROTO"),
         (
             vec!["vip", "add", "10.99.0.100:80/sctp"],
@@ -527,8 +592,22 @@ fn invalid_input_is_refused_and_changes_nothing() {
         ),
     ];
     assert!(cases.len() >= 20);
+    // Adds an interface and more backends than the data path holds: refused before attaching.
+    let too_many: String = (0..4097u32)
+        .map(|i| {
+            format!(
+                "[[vip.backend]]\naddr = \"10.100.{}.{}\"\nmac = \"02:00:00:00:00:01\"\n",
+                i / 256,
+                i % 256
+            )
+        })
+        .collect();
+    let too_many = write("toomany.toml", &format!("[[interface]]\nname = \"eth0\"\n[[interface]]\nname = \"lo\"\n[[vip]]\naddr = \"{vip}\"\n{too_many}"));
+    cases.push((vec!["apply", "-f", &too_many], "at most 4096"));
     let before = e.d.ok(&["vip", "list", "--json"]).unwrap();
     let config_before = e.d.ok(&["config", "--json"]).unwrap();
+    let interfaces = |e: &Env| e.d.json(&["status"]).unwrap()["interfaces"].clone();
+    let interfaces_before = interfaces(&e);
     for (args, want) in &cases {
         let out = e.d.cli(args).unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
@@ -544,6 +623,11 @@ fn invalid_input_is_refused_and_changes_nothing() {
         );
     }
     assert_eq!(e.d.ok(&["config", "--json"]).unwrap(), config_before);
+    assert_eq!(
+        interfaces(&e),
+        interfaces_before,
+        "a refused change left an interface attached"
+    );
 
     // No daemon: the error names the socket tried.
     let out = std::process::Command::new(lb_tests::daemon::xdplb_bin().unwrap())

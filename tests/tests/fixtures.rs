@@ -399,8 +399,17 @@ fn packet_fixtures() {
         f.check(row);
     }
 
-    assert_eq!(f.dp.conntrack(&key(c(), 45000, V4_WEB, 80)).unwrap(), None, "an ICMP error created a connection-table entry");
-    assert!(f.dp.conntrack(&key(c(), 40000, V4_WEB, 80)).unwrap().is_some(), "a forwarded SYN created one");
+    assert_eq!(
+        f.dp.conntrack(&key(c(), 45000, V4_WEB, 80)).unwrap(),
+        None,
+        "an ICMP error created a connection-table entry"
+    );
+    assert!(
+        f.dp.conntrack(&key(c(), 40000, V4_WEB, 80))
+            .unwrap()
+            .is_some(),
+        "a forwarded SYN created one"
+    );
 
     // The ring changes (a fourth backend joins): flows already in the table stay where they
     // are, even those whose ring slot now names another backend.

@@ -12,11 +12,11 @@ use std::{
 use lb_common::{hash::flow_hash, stats, TrafficCounters};
 use serde_json::{json, Value};
 
-use super::state::{self, SavedState, STATE_VERSION};
+use super::state::{self, SavedMac, SavedState, STATE_VERSION};
 use crate::{
     api::{BackendChange, Request},
     config::{BackendConfig, Config, InterfaceConfig, VipConfig},
-    datapath::{AttachMode, DataPath},
+    datapath::{AttachMode, Attached, DataPath},
     health::Checker,
     iface,
     metrics::{BackendMetrics, MetricsSnapshot, VipMetrics},
@@ -62,6 +62,12 @@ pub struct Core {
     started: Instant,
     /// Interfaces whose attachment was adopted from an earlier daemon.
     adopted: usize,
+    /// Backends left out because their MAC could not be resolved (start-up only).
+    unresolved: HashSet<BackendKey>,
+    /// Set while starting: unresolvable MACs leave a backend out instead of failing.
+    lenient: bool,
+    /// A resync failed: retry on the next tick.
+    dirty: bool,
 }
 
 fn not_found_vip(vip: &VipAddr) -> String {
@@ -98,15 +104,29 @@ impl Core {
             rates: HashMap::new(),
             started: Instant::now(),
             adopted: 0,
+            unresolved: HashSet::new(),
+            lenient: false,
+            dirty: false,
         }
     }
 
     /// Brings the data path to `config` at start-up (limits and metrics are taken as given),
     /// then removes whatever an earlier daemon left in adopted maps that is not wanted.
-    pub fn start(&mut self, config: Config) -> Result<(), String> {
+    /// `saved` carries what the previous daemon knew: resolved MACs and failed backends.
+    pub fn start(&mut self, config: Config, saved: Option<&SavedState>) -> Result<(), String> {
         self.config.limits = config.limits.clone();
         self.config.metrics = config.metrics.clone();
-        self.commit(config)?;
+        if let Some(s) = saved {
+            self.macs
+                .extend(s.macs.iter().map(|m| ((m.addr, m.via.clone()), m.mac)));
+            self.down.extend(s.down.iter().copied());
+        }
+        // A backend whose MAC cannot be found now must not keep the daemon from starting: it
+        // stays out of the ring until the neighbour table knows it (retried every second).
+        self.lenient = true;
+        let result = self.commit(config);
+        self.lenient = false;
+        result?;
         let mut keep_vips = HashSet::new();
         for v in &self.config.vips {
             keep_vips.insert(v.addr.key());
@@ -122,7 +142,8 @@ impl Core {
         Ok(())
     }
 
-    /// Moves everything to `new`: validate, resolve, attach, write maps, detach, save.
+    /// Moves everything to `new`: validate, resolve, attach, write maps, detach, save. Nothing
+    /// is written before everything that can be checked was.
     pub fn commit(&mut self, new: Config) -> Result<(), String> {
         new.validate()?;
         if new.limits() != self.config.limits() {
@@ -143,32 +164,46 @@ impl Core {
                 )
             })?;
         }
-        let states = self.resolve(&new)?;
+        // Health first: the ring is computed with the failed set the new checks imply.
+        self.update_health_targets(&new);
+        if let Err(e) = self.apply(&new) {
+            let old = self.config.clone();
+            self.update_health_targets(&old);
+            return Err(e);
+        }
+        self.config = new;
+        self.forget_unused_macs();
+        self.save()
+    }
 
-        let is_new =
-            |i: &&InterfaceConfig| !self.config.interfaces.iter().any(|c| c.name == i.name);
-        let added: Vec<InterfaceConfig> = new.interfaces.iter().filter(is_new).cloned().collect();
+    fn apply(&mut self, new: &Config) -> Result<(), String> {
+        let states = self.resolve(new)?;
+        self.mirror.validate(&states).map_err(|e| e.to_string())?;
         let mut attached = Vec::new();
-        for i in &added {
+        for i in new
+            .interfaces
+            .iter()
+            .filter(|i| !self.config.interfaces.iter().any(|c| c.name == i.name))
+        {
             match self.dp.attach(&i.name, AttachMode::from(i.xdp_mode)) {
+                Ok(Attached::Adopted) => {
+                    log::info!("interface {}: adopted the pinned attachment", i.name);
+                    self.adopted += 1;
+                }
                 Ok(how) => {
                     log::info!("interface {}: {how:?}", i.name);
-                    if how == crate::datapath::Attached::Adopted {
-                        self.adopted += 1;
-                    }
                     attached.push(i.name.clone());
                 }
                 Err(e) => {
-                    for name in attached {
-                        let _ = self.dp.detach(&name);
-                    }
+                    self.undo_attach(&attached);
                     return Err(format!("attaching to {}: {e}", i.name));
                 }
             }
         }
-        self.mirror
-            .sync(&mut self.dp.writer(), &states)
-            .map_err(|e| e.to_string())?;
+        if let Err(e) = self.mirror.sync(&mut self.dp.writer(), &states) {
+            self.undo_attach(&attached);
+            return Err(e.to_string());
+        }
         for old in &self.config.interfaces {
             if !new.interfaces.iter().any(|i| i.name == old.name) {
                 if let Err(e) = self.dp.detach(&old.name) {
@@ -176,29 +211,53 @@ impl Core {
                 }
             }
         }
-        self.config = new;
-        self.update_health_targets();
-        self.save()
+        Ok(())
+    }
+
+    /// Detaches what a failed change attached anew (never an attachment adopted from an
+    /// earlier daemon: it was balancing traffic before and must go on doing so).
+    fn undo_attach(&mut self, attached: &[String]) {
+        for name in attached {
+            if let Err(e) = self.dp.detach(name) {
+                log::warn!("undoing the attachment to {name}: {e}");
+            }
+        }
     }
 
     /// Saves the running state; on failure the running state is kept and the error reported.
     pub fn save(&self) -> Result<(), String> {
+        let mut macs: Vec<SavedMac> = self
+            .macs
+            .iter()
+            .map(|((addr, via), mac)| SavedMac {
+                addr: *addr,
+                via: via.clone(),
+                mac: *mac,
+            })
+            .collect();
+        macs.sort_by(|a, b| (a.addr, &a.via).cmp(&(b.addr, &b.via)));
+        let mut down: Vec<BackendKey> = self.down.iter().copied().collect();
+        down.sort();
         let s = SavedState {
             version: STATE_VERSION,
             config: self.config.clone(),
             ids: self.mirror.snapshot(),
+            macs,
+            down,
         };
         state::save(&self.paths.state_file, &s)
             .map_err(|e| format!("the change is applied and running, but {e}"))
     }
 
-    /// The data path's view of `config`: MACs and interfaces resolved, failed backends left out.
+    /// The data path's view of `config`: MACs and interfaces resolved, failed backends (and,
+    /// at start-up, backends whose MAC is not known yet) left out.
     fn resolve(&mut self, config: &Config) -> Result<Vec<VipState>, String> {
         let mut states = Vec::new();
         for v in &config.vips {
             let mut backends = Vec::new();
             for b in &v.backends {
-                if self.down.contains(&(v.addr, b.addr)) {
+                let key = (v.addr, b.addr);
+                if self.down.contains(&key) {
                     continue;
                 }
                 let ifindex = match &b.via {
@@ -210,8 +269,17 @@ impl Core {
                 };
                 let mac = match b.mac {
                     Some(m) => m,
-                    None => self.mac_of(b)?,
+                    None => match self.mac_of(b) {
+                        Ok(m) => m,
+                        Err(e) if self.lenient || self.unresolved.contains(&key) => {
+                            log::warn!("{e}; it stays out of the ring until its MAC is known");
+                            self.unresolved.insert(key);
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    },
                 };
+                self.unresolved.remove(&key);
                 backends.push(BackendTarget {
                     addr: b.addr,
                     weight: b.weight,
@@ -228,6 +296,12 @@ impl Core {
                 backends,
             });
         }
+        let wanted: HashSet<BackendKey> = config
+            .vips
+            .iter()
+            .flat_map(|v| v.backends.iter().map(move |b| (v.addr, b.addr)))
+            .collect();
+        self.unresolved.retain(|k| wanted.contains(k));
         Ok(states)
     }
 
@@ -241,9 +315,79 @@ impl Core {
         Ok(m)
     }
 
-    fn update_health_targets(&mut self) {
+    /// Drops cached MACs no backend uses any more, so a backend deleted and added again is
+    /// looked up afresh (its host may have been replaced).
+    fn forget_unused_macs(&mut self) {
+        let used: HashSet<(IpAddr, Option<String>)> = self
+            .config
+            .vips
+            .iter()
+            .flat_map(|v| {
+                v.backends
+                    .iter()
+                    .filter(|b| b.mac.is_none())
+                    .map(|b| (b.addr, b.via.clone()))
+            })
+            .collect();
+        self.macs.retain(|k, _| used.contains(k));
+    }
+
+    /// Called every second: looks again for the MACs of backends kept out for the lack of one
+    /// (without blocking: a probe now, the answer on a later tick).
+    pub fn retry_unresolved(&mut self) {
+        if self.unresolved.is_empty() {
+            return;
+        }
+        let mut found = false;
+        for (vip, addr) in self.unresolved.clone() {
+            let via = self
+                .config
+                .vip(&vip)
+                .and_then(|v| v.backend(addr))
+                .and_then(|b| b.via.clone());
+            if let Ok(Some(mac)) = neigh::lookup_or_probe(addr, via.as_deref()) {
+                log::info!("backend {addr} of VIP {vip}: MAC {mac} found");
+                self.macs.insert((addr, via), mac);
+                found = true;
+            }
+        }
+        if found {
+            self.resync("a backend's MAC was found");
+        }
+    }
+
+    /// Rewrites the maps for the running configuration after a change of health or MACs.
+    fn resync(&mut self, why: &str) {
+        let config = self.config.clone();
+        let result = self.resolve(&config).and_then(|s| {
+            self.mirror
+                .sync(&mut self.dp.writer(), &s)
+                .map_err(|e| e.to_string())
+        });
+        if let Err(e) = result {
+            // Retried on the next tick through `dirty`.
+            log::error!("applying the change ({why}) failed: {e}");
+            self.dirty = true;
+        } else {
+            self.dirty = false;
+        }
+        if let Err(e) = self.save() {
+            log::error!("{e}");
+        }
+    }
+
+    /// The 1-second tick: rates, MAC retries, and a resync that failed before.
+    pub fn tick(&mut self) {
+        self.sample_rates();
+        self.retry_unresolved();
+        if self.dirty {
+            self.resync("retry");
+        }
+    }
+
+    fn update_health_targets(&mut self, config: &Config) {
         let mut targets = Vec::new();
-        for v in &self.config.vips {
+        for v in &config.vips {
             for b in &v.backends {
                 if let Some(check) = v.check_for(b) {
                     let port = check.port.unwrap_or(v.addr.port);
@@ -253,6 +397,12 @@ impl Core {
         }
         let keys: HashSet<BackendKey> = targets.iter().map(|t| t.0).collect();
         self.health.set_targets(targets);
+        // A backend restored as failed (from the saved state) must rise before it returns.
+        for k in &self.down {
+            if keys.contains(k) {
+                self.health.mark_down(k);
+            }
+        }
         // A changed check restarts healthy; only backends the checker still sees failing stay out.
         let health = &self.health;
         self.down
@@ -260,9 +410,8 @@ impl Core {
     }
 
     /// A health transition: a failed backend leaves the ring (its flows move, no other flow
-    /// does), a recovered one returns.
-    /// The reported state is only a prompt: a message queued before a reload may be stale, so
-    /// the checker's current view decides.
+    /// does), a recovered one returns. The reported state is only a prompt: a message queued
+    /// before a reload may be stale, so the checker's current view decides.
     pub fn set_health(&mut self, key: BackendKey, _reported: bool) {
         let healthy = self.health.is_healthy(&key);
         let changed = if healthy {
@@ -270,26 +419,14 @@ impl Core {
         } else {
             self.down.insert(key)
         };
-        if !changed {
-            return;
-        }
-        log::warn!(
-            "backend {} of VIP {} is {}",
-            key.1,
-            key.0,
-            if healthy { "up" } else { "down" }
-        );
-        let config = self.config.clone();
-        let result = self.resolve(&config).and_then(|s| {
-            self.mirror
-                .sync(&mut self.dp.writer(), &s)
-                .map_err(|e| e.to_string())
-        });
-        if let Err(e) = result {
-            log::error!("applying the health change of {} failed: {e}", key.1);
-        }
-        if let Err(e) = self.save() {
-            log::error!("{e}");
+        if changed {
+            log::warn!(
+                "backend {} of VIP {} is {}",
+                key.1,
+                key.0,
+                if healthy { "up" } else { "down" }
+            );
+            self.resync("health");
         }
     }
 
@@ -404,6 +541,8 @@ impl Core {
     fn backend_state(&self, vip: &VipAddr, b: &BackendConfig) -> &'static str {
         if self.down.contains(&(*vip, b.addr)) {
             "down"
+        } else if self.unresolved.contains(&(*vip, b.addr)) {
+            "unresolved"
         } else if b.weight == 0 {
             "draining"
         } else {
@@ -569,9 +708,9 @@ impl Core {
                 })
             })
             .collect();
-        let health: Vec<Value> = self
-            .health
-            .status()
+        let mut checks = self.health.status();
+        checks.sort_by_key(|(k, _)| *k);
+        let health: Vec<Value> = checks
             .into_iter()
             .map(|((vip, addr), s)| json!({ "vip": vip, "backend": addr, "status": s }))
             .collect();

@@ -71,7 +71,8 @@ pub fn run(socket: &Path, args: &DaemonArgs) -> Result<(), String> {
 }
 
 fn cleanup(args: &DaemonArgs) -> Result<(), String> {
-    let _lock = state::StateLock::acquire(&args.state_file)
+    let pin = args.pin_path.is_dir().then_some(args.pin_path.as_path());
+    let _lock = state::StateLock::acquire(&args.state_file, pin)
         .map_err(|e| format!("{e}; stop the daemon before --cleanup"))?;
     let removed = DataPath::cleanup_pins(&args.pin_path)
         .map_err(|e| format!("cleaning {}: {e}", args.pin_path.display()))?;
@@ -87,20 +88,20 @@ fn cleanup(args: &DaemonArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn initial_config(args: &DaemonArgs) -> Result<(Config, crate::mirror::MirrorSnapshot), String> {
-    if let Some(saved) = state::load(&args.state_file)? {
+/// The configuration to start with: the saved state's if there is one, else the file's.
+fn initial_config(args: &DaemonArgs, saved: Option<&state::SavedState>) -> Result<Config, String> {
+    if let Some(saved) = saved {
         log::info!("restoring the state saved in {}", args.state_file.display());
-        return Ok((saved.config, saved.ids));
+        return Ok(saved.config.clone());
     }
-    let config = match &args.config {
+    match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| format!("reading {}: {e}", path.display()))?;
-            Config::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))?
+            Config::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))
         }
-        None => Config::default(),
-    };
-    Ok((config, Default::default()))
+        None => Ok(Config::default()),
+    }
 }
 
 /// The pin directory must be on a bpffs, or pins would fail (or vanish with a tmpfs).
@@ -145,9 +146,18 @@ fn bind_socket(path: &Path) -> Result<UnixListener, String> {
 }
 
 async fn serve(socket: PathBuf, args: DaemonArgs) -> Result<(), String> {
-    let _lock = state::StateLock::acquire(&args.state_file)?;
     ensure_bpffs(&args.pin_path)?;
-    let (mut config, ids) = initial_config(&args)?;
+    let _lock = state::StateLock::acquire(&args.state_file, Some(&args.pin_path))?;
+    // Claim the socket before touching the maps: a second daemon stops here.
+    let listener = bind_socket(&socket)?;
+    let result = start(&socket, &args, listener).await;
+    let _ = std::fs::remove_file(&socket);
+    result
+}
+
+async fn start(socket: &Path, args: &DaemonArgs, listener: UnixListener) -> Result<(), String> {
+    let saved = state::load(&args.state_file)?;
+    let mut config = initial_config(args, saved.as_ref())?;
     if let Some(listen) = args.metrics {
         config.metrics = Some(MetricsConfig {
             listen,
@@ -158,12 +168,21 @@ async fn serve(socket: PathBuf, args: DaemonArgs) -> Result<(), String> {
     let limits = config.limits();
     let dp =
         DataPath::load(&limits.load_options(Some(&args.pin_path))).map_err(|e| e.to_string())?;
+    let pinned_vips = dp.vip_entries().map_err(|e| e.to_string())?;
+    if saved.is_none() && pinned_vips > 0 {
+        // Without the saved ids, new ids would overwrite rings and backends that live VIPs use.
+        return Err(format!(
+            "the maps pinned in {} hold {pinned_vips} VIP entries but no saved state describes them ({} is missing); restore the state file, or stop balancing with `xdplb daemon --cleanup` and start again",
+            args.pin_path.display(),
+            args.state_file.display()
+        ));
+    }
     let generations = dp.backend_generations().map_err(|e| e.to_string())?;
     let mirror = Mirror::restore(
         limits.ring_size,
         limits.max_vips,
         limits.max_backends,
-        &ids,
+        &saved.as_ref().map(|s| s.ids.clone()).unwrap_or_default(),
         generations,
     );
 
@@ -172,13 +191,12 @@ async fn serve(socket: PathBuf, args: DaemonArgs) -> Result<(), String> {
         let _ = health_tx.send((key, up));
     }));
     let paths = Paths {
-        socket: socket.clone(),
+        socket: socket.to_path_buf(),
         pin_path: args.pin_path.clone(),
         state_file: args.state_file.clone(),
     };
     let core = Arc::new(Mutex::new(Core::new(dp, mirror, paths, checker)));
-    lock(&core).start(config.clone())?;
-    let listener = bind_socket(&socket)?;
+    lock(&core).start(config.clone(), saved.as_ref())?;
     log::info!("xdplb daemon ready; control socket {}", socket.display());
 
     let c = core.clone();
@@ -194,7 +212,7 @@ async fn serve(socket: PathBuf, args: DaemonArgs) -> Result<(), String> {
         loop {
             tick.tick().await;
             let c = c.clone();
-            let _ = tokio::task::spawn_blocking(move || lock(&c).sample_rates()).await;
+            let _ = tokio::task::spawn_blocking(move || lock(&c).tick()).await;
         }
     });
     if let Some(m) = &config.metrics {
@@ -221,7 +239,6 @@ async fn serve(socket: PathBuf, args: DaemonArgs) -> Result<(), String> {
             _ = int.recv() => break,
         }
     }
-    let _ = std::fs::remove_file(&socket);
     let result = lock(&core).save();
     log::info!(
         "xdplb daemon stopping; attachments and maps stay pinned in {}, traffic keeps flowing",

@@ -5,13 +5,18 @@
 use std::{
     fs::{self, File, OpenOptions},
     io::Write,
+    net::IpAddr,
     os::{fd::AsRawFd, unix::fs::OpenOptionsExt},
     path::{Path, PathBuf},
 };
 
 use serde::{Deserialize, Serialize};
 
-use crate::{config::Config, mirror::MirrorSnapshot};
+use crate::{
+    config::Config,
+    mirror::MirrorSnapshot,
+    model::{Mac, VipAddr},
+};
 
 /// Bumped when the saved layout changes incompatibly.
 pub const STATE_VERSION: u32 = 1;
@@ -22,6 +27,21 @@ pub struct SavedState {
     pub version: u32,
     pub config: Config,
     pub ids: MirrorSnapshot,
+    /// MACs resolved from the neighbour table, so a restart does not depend on it.
+    #[serde(default)]
+    pub macs: Vec<SavedMac>,
+    /// Backends whose health check had failed: they stay out until they rise again.
+    #[serde(default)]
+    pub down: Vec<(VipAddr, IpAddr)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SavedMac {
+    pub addr: IpAddr,
+    #[serde(default)]
+    pub via: Option<String>,
+    pub mac: Mac,
 }
 
 /// Reads the saved state, if there is one.
@@ -85,14 +105,17 @@ fn tmp_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
-/// An exclusive lock next to the state file: one daemon per state (and pin directory).
+/// Exclusive locks that make one daemon the only writer of a state file and of a pin
+/// directory: a second daemon (or `--cleanup`) pointed at either is refused before it touches
+/// anything.
 #[derive(Debug)]
 pub struct StateLock {
-    _file: File,
+    _files: Vec<File>,
 }
 
 impl StateLock {
-    pub fn acquire(state_file: &Path) -> Result<StateLock, String> {
+    /// Locks `state_file` (through `<state_file>.lock`) and, if given, the pin directory itself.
+    pub fn acquire(state_file: &Path, pin_dir: Option<&Path>) -> Result<StateLock, String> {
         let mut name = state_file
             .file_name()
             .map(|n| n.to_os_string())
@@ -109,15 +132,25 @@ impl StateLock {
             .mode(0o600)
             .open(&path)
             .map_err(|e| format!("opening lock file {}: {e}", path.display()))?;
-        // SAFETY: flock on a file descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            return Err(format!(
-                "another xdplb daemon holds {} (one daemon per state file and pin directory)",
-                path.display()
-            ));
+        let mut files = vec![exclusive(file, &path)?];
+        if let Some(dir) = pin_dir {
+            let d =
+                File::open(dir).map_err(|e| format!("opening pin path {}: {e}", dir.display()))?;
+            files.push(exclusive(d, dir)?);
         }
-        Ok(StateLock { _file: file })
+        Ok(StateLock { _files: files })
     }
+}
+
+fn exclusive(file: File, path: &Path) -> Result<File, String> {
+    // SAFETY: flock on a file descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(format!(
+            "another xdplb daemon holds {} (one daemon per state file and pin directory)",
+            path.display()
+        ));
+    }
+    Ok(file)
 }
 
 #[cfg(test)]
@@ -144,10 +177,16 @@ mod tests {
         save(&path, &state).unwrap();
         assert_eq!(load(&path).unwrap(), Some(state));
         assert!(!tmp_path(&path).exists());
-        let _lock = StateLock::acquire(&path).unwrap();
-        assert!(StateLock::acquire(&path)
+        let _lock = StateLock::acquire(&path, Some(&dir)).unwrap();
+        assert!(StateLock::acquire(&path, None)
             .unwrap_err()
             .contains("another xdplb daemon"));
+        let other = dir.join("other.json");
+        let err = StateLock::acquire(&other, Some(&dir)).unwrap_err();
+        assert!(
+            err.contains("another xdplb daemon") && err.contains(dir.to_str().unwrap()),
+            "{err}"
+        );
         fs::remove_dir_all(&dir).unwrap();
         assert_eq!(load(&path).unwrap(), None);
     }
