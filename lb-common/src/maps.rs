@@ -11,6 +11,10 @@ pub const BACKENDS: &str = "XDPLB_BACKENDS";
 pub const RING: &str = "XDPLB_RING";
 /// Connection table (LRU): `FlowKey` -> `ConnValue`.
 pub const CONNTRACK: &str = "XDPLB_CONNTRACK";
+/// Reverse NAT of L3 flows (LRU, sized like the connection table): reply `FlowKey` -> `NatValue`.
+pub const NAT: &str = "XDPLB_NAT";
+/// One `u32` of `CFG_F_*` flags the control plane sets.
+pub const CONFIG: &str = "XDPLB_CONFIG";
 /// Interfaces the program forwards out of: ifindex -> `IfaceInfo` (their MAC).
 pub const IFACES: &str = "XDPLB_IFACES";
 /// Devmap (hash) for XDP_REDIRECT to another interface: ifindex -> ifindex.

@@ -13,7 +13,13 @@ pub const DROP_NO_BACKEND: u32 = 5;
 pub const DROP_NO_IFACE: u32 = 6;
 pub const TX: u32 = 7;
 pub const REDIRECT: u32 = 8;
-pub const VERDICT_COUNT: u32 = 9;
+/// L3: TTL or hop limit would expire: passed unchanged so the kernel answers with ICMP.
+pub const PASS_TTL: u32 = 9;
+/// L3: rewritten, but the next hop's MAC is not known yet: the kernel resolves and forwards it.
+pub const PASS_NO_NEIGH: u32 = 10;
+/// L3: the FIB has no usable route (unreachable, blackhole, MTU): passed unchanged.
+pub const PASS_NO_ROUTE: u32 = 11;
+pub const VERDICT_COUNT: u32 = 12;
 
 pub const EVENT_BASE: u32 = 16;
 pub const EV_CT_HIT: u32 = EVENT_BASE;
@@ -24,7 +30,9 @@ pub const EV_CT_STALE: u32 = EVENT_BASE + 2;
 pub const EV_ICMP_STEERED: u32 = EVENT_BASE + 3;
 /// The packet carried one or two VLAN tags.
 pub const EV_VLAN: u32 = EVENT_BASE + 4;
-pub const EVENT_COUNT: u32 = 5;
+/// An L3 reply was rewritten back to its VIP.
+pub const EV_NAT_REVERSE: u32 = EVENT_BASE + 5;
+pub const EVENT_COUNT: u32 = 6;
 
 /// Size of the stats array.
 pub const STATS_LEN: u32 = EVENT_BASE + EVENT_COUNT;
@@ -41,11 +49,15 @@ pub fn name(index: u32) -> Option<&'static str> {
         DROP_NO_IFACE => "drop_no_iface",
         TX => "tx",
         REDIRECT => "redirect",
+        PASS_TTL => "pass_ttl_expired",
+        PASS_NO_NEIGH => "pass_no_neighbour",
+        PASS_NO_ROUTE => "pass_no_route",
         EV_CT_HIT => "conntrack_hit",
         EV_CT_MISS => "conntrack_miss",
         EV_CT_STALE => "conntrack_stale",
         EV_ICMP_STEERED => "icmp_error_steered",
         EV_VLAN => "vlan_tagged",
+        EV_NAT_REVERSE => "nat_reverse",
         _ => return None,
     })
 }

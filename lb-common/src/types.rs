@@ -89,6 +89,20 @@ pub struct ConnValue {
     pub generation: u32,
 }
 
+/// Reverse-NAT entry of an L3 flow, keyed by the reply's `FlowKey` (backend -> client): the
+/// VIP address and port the reply must appear to come from.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatValue {
+    pub addr: [u32; 4],
+    /// Network byte order.
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// `XDPLB_CONFIG` flag: some VIP is in L3 mode, so replies of NAT flows must be looked for.
+pub const CFG_F_L3: u32 = 1 << 0;
+
 /// Interface the program forwards out of.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -126,6 +140,7 @@ mod pod {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for ConnValue {}
     unsafe impl aya::Pod for IfaceInfo {}
+    unsafe impl aya::Pod for NatValue {}
     unsafe impl aya::Pod for TrafficCounters {}
 }
 
@@ -136,4 +151,5 @@ const _: () = assert!(core::mem::size_of::<BackendInfo>() == 40);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 const _: () = assert!(core::mem::size_of::<ConnValue>() == 8);
 const _: () = assert!(core::mem::size_of::<IfaceInfo>() == 8);
+const _: () = assert!(core::mem::size_of::<NatValue>() == 20);
 const _: () = assert!(core::mem::size_of::<TrafficCounters>() == 24);

@@ -3,13 +3,13 @@
 
 use aya_ebpf::bindings::BPF_ANY;
 use lb_common::{
-    hash::flow_hash, maps::DEFAULT_RING_SIZE, stats, BackendInfo, ConnValue, FlowKey, VipInfo,
-    BACKEND_F_VALID,
+    hash::flow_hash, maps::DEFAULT_RING_SIZE, stats, BackendInfo, ConnValue, FlowKey, NatValue,
+    VipInfo, BACKEND_F_VALID,
 };
 
 use crate::{
     counters::event,
-    maps::{BACKENDS, CONNTRACK, RING},
+    maps::{BACKENDS, CONNTRACK, NAT, RING},
 };
 
 /// Ring size of every VIP, set by the loader (read-only data, so the verifier sees a constant).
@@ -72,4 +72,30 @@ fn live_backend(id: u32) -> Option<BackendInfo> {
         .get(id)
         .copied()
         .filter(|b| b.flags & BACKEND_F_VALID != 0)
+}
+
+/// Records how a backend's replies to this flow are turned back into the VIP's: keyed by the
+/// reply's 5-tuple, created together with the connection-table entry.
+#[inline(always)]
+pub fn record_reply(key: &FlowKey, backend: &BackendInfo) {
+    let reply = FlowKey {
+        src: backend.addr,
+        dst: key.src,
+        sport: if backend.port != 0 {
+            backend.port
+        } else {
+            key.dport
+        },
+        dport: key.sport,
+        proto: key.proto,
+        family: key.family,
+        _pad: [0; 2],
+    };
+    let vip = NatValue {
+        addr: key.dst,
+        port: key.dport,
+        _pad: 0,
+    };
+    // A full table evicts the least recently used entry.
+    let _ = NAT.insert(reply, vip, BPF_ANY as u64);
 }

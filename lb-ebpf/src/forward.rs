@@ -13,10 +13,11 @@ use crate::{
 
 /// Where a packet for a backend leaves: its interface and that interface's MAC.
 pub struct Egress {
-    ifindex: u32,
+    pub ifindex: u32,
     /// Out of the interface it came in on (XDP_TX) rather than another (XDP_REDIRECT).
-    back_out: bool,
-    mac: [u8; 6],
+    pub back_out: bool,
+    /// Source MAC of the frame.
+    pub mac: [u8; 6],
 }
 
 /// The egress for `backend`, if its interface is registered (else the packet cannot be sent).
@@ -37,8 +38,9 @@ pub fn egress(ctx: &XdpContext, backend: &BackendInfo) -> Option<Egress> {
     })
 }
 
+/// Sets the Ethernet addresses (destination `dmac`, source the egress's) and sends.
 #[inline(always)]
-pub fn l2(ctx: &XdpContext, backend: &BackendInfo, out: &Egress) -> u32 {
+pub fn send(ctx: &XdpContext, dmac: [u8; 6], out: &Egress) -> u32 {
     let Ok(eth) = ptr_at::<EthHdr>(ctx, 0) else {
         // Unreachable: the header was parsed before.
         return verdict(stats::PASS_MALFORMED, xdp_action::XDP_PASS);
@@ -46,7 +48,7 @@ pub fn l2(ctx: &XdpContext, backend: &BackendInfo, out: &Egress) -> u32 {
     let eth = eth as *mut EthHdr;
     // SAFETY: bounds-checked by ptr_at; XDP packet memory is writable.
     unsafe {
-        (*eth).dst_addr = backend.mac;
+        (*eth).dst_addr = dmac;
         (*eth).src_addr = out.mac;
     }
     if out.back_out {

@@ -10,10 +10,11 @@ mod balance;
 mod counters;
 mod forward;
 mod maps;
+mod nat;
 mod parse;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use lb_common::{stats, VipInfo};
+use lb_common::{stats, FlowKey, VipInfo, CFG_F_L3, VIP_F_MODE_L3};
 
 use crate::{
     counters::verdict,
@@ -38,13 +39,18 @@ pub fn xdplb(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn dispatch(ctx: &XdpContext, class: Class) -> u32 {
     match class {
-        Class::Flow(key) => match maps::find_vip(&key) {
+        Class::Flow(key, off) => match maps::find_vip(&key) {
+            Some(vip) if vip.flags & VIP_F_MODE_L3 != 0 => steer_l3(ctx, &vip, &key, &off),
             Some(vip) => steer(ctx, &vip, &key, true),
-            None => verdict(stats::PASS_NOT_VIP, xdp_action::XDP_PASS),
+            None => reply(ctx, &key, &off),
         },
         // An error a router sent about a packet a backend sent from the VIP (fragmentation
         // needed, say): it belongs to the backend that owns the flow, so PMTU discovery works.
+        // L3 VIPs: passed (the quoted packet would need translating too); docs/datapath.md.
         Class::IcmpError { flow, outer } => match maps::find_vip(&flow) {
+            Some(vip) if vip.flags & VIP_F_MODE_L3 != 0 => {
+                verdict(stats::PASS_ICMP, xdp_action::XDP_PASS)
+            }
             Some(vip) => {
                 counters::event(stats::EV_ICMP_STEERED);
                 steer(ctx, &vip, &flow, false)
@@ -76,7 +82,7 @@ fn pass_unless_vip_address(dst: &parse::Dest, vip_reason: u32) -> u32 {
 
 /// Sends a VIP packet to its backend; `record` creates a connection-table entry on a miss.
 #[inline(always)]
-fn steer(ctx: &XdpContext, vip: &VipInfo, key: &lb_common::FlowKey, record: bool) -> u32 {
+fn steer(ctx: &XdpContext, vip: &VipInfo, key: &FlowKey, record: bool) -> u32 {
     let Some(choice) = balance::choose(vip, key, record) else {
         return verdict(stats::DROP_NO_BACKEND, xdp_action::XDP_DROP);
     };
@@ -86,7 +92,84 @@ fn steer(ctx: &XdpContext, vip: &VipInfo, key: &lb_common::FlowKey, record: bool
     };
     let len = (ctx.data_end() - ctx.data()) as u64;
     counters::traffic(vip.id, choice.id, len, choice.new_flow);
-    forward::l2(ctx, &choice.backend, &out)
+    forward::send(ctx, choice.backend.mac, &out)
+}
+
+/// L3 mode: the flow's packets get the backend's address; a new flow also gets its
+/// reverse-NAT entry, so the backend's replies can be turned back into the VIP's.
+#[inline(always)]
+fn steer_l3(ctx: &XdpContext, vip: &VipInfo, key: &FlowKey, off: &parse::Offsets) -> u32 {
+    let Some(choice) = balance::choose(vip, key, true) else {
+        return verdict(stats::DROP_NO_BACKEND, xdp_action::XDP_DROP);
+    };
+    let b = &choice.backend;
+    if choice.new_flow {
+        balance::record_reply(key, b);
+    }
+    let rw = nat::Rewrite {
+        dst: true,
+        addr: b.addr,
+        port: b.port,
+    };
+    nat_send(
+        ctx,
+        key,
+        off,
+        &rw,
+        Some((vip.id, choice.id, choice.new_flow)),
+    )
+}
+
+/// A packet that is not for a VIP may be a backend's reply to an L3 flow.
+#[inline(always)]
+fn reply(ctx: &XdpContext, key: &FlowKey, off: &parse::Offsets) -> u32 {
+    if !maps::enabled(CFG_F_L3) {
+        return verdict(stats::PASS_NOT_VIP, xdp_action::XDP_PASS);
+    }
+    // SAFETY: the entry is copied at once.
+    let Some(vip) = (unsafe { maps::NAT.get(key) }).copied() else {
+        return verdict(stats::PASS_NOT_VIP, xdp_action::XDP_PASS);
+    };
+    counters::event(stats::EV_NAT_REVERSE);
+    let rw = nat::Rewrite {
+        dst: false,
+        addr: vip.addr,
+        port: vip.port,
+    };
+    nat_send(ctx, key, off, &rw, None)
+}
+
+/// Routes, rewrites and sends an L3 packet; `count` = (VIP id, backend id, new flow) for
+/// client-to-backend packets.
+#[inline(always)]
+fn nat_send(
+    ctx: &XdpContext,
+    key: &FlowKey,
+    off: &parse::Offsets,
+    rw: &nat::Rewrite,
+    count: Option<(u32, u32, bool)>,
+) -> u32 {
+    let route = match nat::route(ctx, key, off, rw) {
+        Ok(r) => r,
+        Err(reason) => return verdict(reason, xdp_action::XDP_PASS),
+    };
+    let hop = match route {
+        nat::Route::Expired => return verdict(stats::PASS_TTL, xdp_action::XDP_PASS),
+        nat::Route::None => return verdict(stats::PASS_NO_ROUTE, xdp_action::XDP_PASS),
+        nat::Route::NoNeigh => false,
+        nat::Route::Forward { .. } => true,
+    };
+    if let Some((vip, backend, new_flow)) = count {
+        counters::traffic(vip, backend, (ctx.data_end() - ctx.data()) as u64, new_flow);
+    }
+    if let Err(reason) = nat::rewrite(ctx, key, off, rw, hop) {
+        return verdict(reason, xdp_action::XDP_PASS);
+    }
+    match route {
+        nat::Route::Forward { out, dmac } => forward::send(ctx, dmac, &out),
+        // The kernel resolves the next hop and forwards the rewritten packet.
+        _ => verdict(stats::PASS_NO_NEIGH, xdp_action::XDP_PASS),
+    }
 }
 
 /// Passes everything. Attached to the peer end of a veth so XDP_TX/XDP_REDIRECT into it

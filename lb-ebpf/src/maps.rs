@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    maps as m, stats::STATS_LEN, BackendInfo, ConnValue, FlowKey, IfaceInfo, TrafficCounters,
-    VipInfo, VipKey, VIP_F_ADDRESS,
+    maps as m, stats::STATS_LEN, BackendInfo, ConnValue, FlowKey, IfaceInfo, NatValue,
+    TrafficCounters, VipInfo, VipKey, VIP_F_ADDRESS,
 };
 
 use crate::parse::Dest;
@@ -25,6 +25,13 @@ pub static RING: Array<u32> =
 #[map(name = "XDPLB_CONNTRACK")]
 pub static CONNTRACK: LruHashMap<FlowKey, ConnValue> =
     LruHashMap::with_max_entries(m::DEFAULT_CONNTRACK_SIZE, 0);
+
+#[map(name = "XDPLB_NAT")]
+pub static NAT: LruHashMap<FlowKey, NatValue> =
+    LruHashMap::with_max_entries(m::DEFAULT_CONNTRACK_SIZE, 0);
+
+#[map(name = "XDPLB_CONFIG")]
+pub static CONFIG: Array<u32> = Array::with_max_entries(1, 0);
 
 #[map(name = "XDPLB_IFACES")]
 pub static IFACES: HashMap<u32, IfaceInfo> = HashMap::with_max_entries(m::MAX_IFACES, 0);
@@ -73,4 +80,10 @@ pub fn is_vip_address(dst: &Dest) -> bool {
     };
     // SAFETY: only the presence and a flag are read.
     matches!(unsafe { VIPS.get(vk) }, Some(v) if v.flags & VIP_F_ADDRESS != 0)
+}
+
+/// Whether the control plane enabled a feature (`CFG_F_*`).
+#[inline(always)]
+pub fn enabled(flag: u32) -> bool {
+    CONFIG.get(0).is_some_and(|f| *f & flag != 0)
 }

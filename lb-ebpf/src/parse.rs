@@ -43,10 +43,17 @@ pub struct Dest {
     pub family: u8,
 }
 
+/// Where the IP and transport headers start (L3 mode rewrites them).
+#[derive(Clone, Copy)]
+pub struct Offsets {
+    pub l3: usize,
+    pub l4: usize,
+}
+
 /// What the packet is, as far as balancing cares.
 pub enum Class {
-    /// TCP or UDP: the flow as the client sent it.
-    Flow(FlowKey),
+    /// TCP or UDP (or another protocol, with ports 0): the flow as the sender sent it.
+    Flow(FlowKey, Offsets),
     /// An ICMP error quoting a packet sent from a VIP; `flow` is that flow turned around
     /// (client -> VIP), `outer` the error's own destination.
     IcmpError { flow: FlowKey, outer: Dest },
@@ -144,7 +151,15 @@ fn ipv4(ctx: &XdpContext, off: usize) -> Result<Class, u32> {
     if u16::from_ne_bytes(frags) & IPV4_MF_OFFSET != 0 {
         return Ok(Class::Fragment(dest(&key)));
     }
-    l4(ctx, off + ihl, key, IPPROTO_ICMP)
+    l4(
+        ctx,
+        Offsets {
+            l3: off,
+            l4: off + ihl,
+        },
+        key,
+        IPPROTO_ICMP,
+    )
 }
 
 #[inline(always)]
@@ -167,7 +182,15 @@ fn ipv6(ctx: &XdpContext, off: usize) -> Result<Class, u32> {
         return Ok(Class::Fragment(dest(&key)));
     }
     key.proto = next;
-    l4(ctx, l4_off, key, IPPROTO_ICMPV6)
+    l4(
+        ctx,
+        Offsets {
+            l3: off,
+            l4: l4_off,
+        },
+        key,
+        IPPROTO_ICMPV6,
+    )
 }
 
 /// Walks the extension-header chain; returns the upper-layer protocol (or the fragment header)
@@ -205,7 +228,8 @@ fn skip_ipv6_extensions(ctx: &XdpContext, ip_off: usize) -> Result<(u8, usize), 
 /// Reads the ports of TCP and UDP, or classifies ICMP. Other protocols are flows with port 0
 /// (no VIP matches them unless one is declared for that protocol).
 #[inline(always)]
-fn l4(ctx: &XdpContext, off: usize, mut key: FlowKey, icmp: u8) -> Result<Class, u32> {
+fn l4(ctx: &XdpContext, offs: Offsets, mut key: FlowKey, icmp: u8) -> Result<Class, u32> {
+    let off = offs.l4;
     match key.proto {
         IPPROTO_TCP => {
             // Require the whole fixed header, and a sane data offset.
@@ -218,7 +242,7 @@ fn l4(ctx: &XdpContext, off: usize, mut key: FlowKey, icmp: u8) -> Result<Class,
         }
         IPPROTO_UDP => {}
         p if p == icmp => return icmp_message(ctx, off, &key),
-        _ => return Ok(Class::Flow(key)),
+        _ => return Ok(Class::Flow(key, offs)),
     }
     // TCP and UDP both start with the two ports; UDP's whole header is 8 bytes.
     let udp = ptr_at::<[u16; UDP_HDR_LEN / 2]>(ctx, off)?;
@@ -226,7 +250,7 @@ fn l4(ctx: &XdpContext, off: usize, mut key: FlowKey, icmp: u8) -> Result<Class,
     let h = unsafe { core::ptr::read_unaligned(udp) };
     key.sport = h[0];
     key.dport = h[1];
-    Ok(Class::Flow(key))
+    Ok(Class::Flow(key, offs))
 }
 
 #[inline(always)]

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     config::{Config, XdpModeName},
-    model::{HashFields, Mac, Mode, VipAddr},
+    model::{BackendAddr, HashFields, Mac, Mode, VipAddr},
 };
 
 /// Default control socket.
@@ -79,7 +79,8 @@ pub enum Request {
 #[serde(deny_unknown_fields)]
 pub struct BackendChange {
     pub vip: VipAddr,
-    pub addr: IpAddr,
+    /// ADDR, or ADDR:PORT ([ADDR]:PORT for IPv6) for an L3 backend on another port.
+    pub addr: BackendAddr,
     /// Relative weight, 0..=10000 (0 drains).
     #[arg(long)]
     #[serde(default)]
@@ -165,7 +166,7 @@ mod tests {
     fn requests_round_trip_and_unknown_fields_are_refused() {
         let r = Request::BackendAdd(BackendChange {
             vip: "10.0.0.1:80/tcp".parse().unwrap(),
-            addr: "10.0.1.1".parse().unwrap(),
+            addr: "10.0.1.1:8080".parse().unwrap(),
             weight: Some(3),
             mac: None,
             via: None,

@@ -139,6 +139,10 @@ pub struct VipConfig {
 #[serde(deny_unknown_fields)]
 pub struct BackendConfig {
     pub addr: IpAddr,
+    /// L3 mode: the port the backend listens on, when not the VIP's (written ADDR:PORT on
+    /// the command line).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
     #[serde(default = "d_weight")]
     pub weight: u32,
     /// L2 mode: the backend's MAC; resolved from the neighbour table when absent.
@@ -159,6 +163,7 @@ impl BackendConfig {
     pub fn new(addr: IpAddr) -> Self {
         BackendConfig {
             addr,
+            port: None,
             weight: 1,
             mac: None,
             via: None,
@@ -175,7 +180,8 @@ impl VipConfig {
     /// The health check that applies to a backend, with its port filled in.
     pub fn check_for(&self, b: &BackendConfig) -> Option<HealthCheck> {
         let mut c = b.health.clone().or_else(|| self.health.clone())?;
-        c.port = c.port.or(Some(self.addr.port));
+        // An L3 backend may listen on its own port: check that one.
+        c.port = c.port.or(b.port).or(Some(self.addr.port));
         Some(c)
     }
 }
@@ -228,12 +234,6 @@ impl Config {
             if !vips.insert(v.addr) {
                 return Err(format!("VIP {} is declared twice", v.addr));
             }
-            if v.mode == Mode::L3 {
-                return Err(format!(
-                    "VIP {}: L3 (NAT) mode is not implemented yet; use mode l2",
-                    v.addr
-                ));
-            }
             let mut addrs = BTreeSet::new();
             for b in &v.backends {
                 if !addrs.insert(b.addr) {
@@ -256,6 +256,29 @@ impl Config {
                 }
                 if let Some(via) = &b.via {
                     check_iface_name(via)?;
+                }
+                let l3 = v.mode == Mode::L3;
+                let what = |w: &str| format!("backend {} of VIP {}: {w}", b.addr, v.addr);
+                match (b.port, l3) {
+                    (Some(0), _) => {
+                        return Err(what("port 0 is not a port; give 1 to 65535 or none"))
+                    }
+                    (Some(_), false) => {
+                        return Err(what(
+                            "only L3 (NAT) mode can rewrite the port; use mode l3 or drop the port",
+                        ))
+                    }
+                    _ => {}
+                }
+                if l3 && b.via.is_some() {
+                    return Err(what(
+                        "in L3 mode the routing table picks the interface; drop via",
+                    ));
+                }
+                if l3 && b.mac.is_some() {
+                    return Err(what(
+                        "in L3 mode the next hop's MAC comes from the neighbour table; drop mac",
+                    ));
                 }
                 if let Some(check) = v.check_for(b) {
                     if check.port == Some(0) {
@@ -345,7 +368,8 @@ hash = "src-ip"
             ("[[vip]]\naddr = \"10.0.0.1:80\"", "ADDR:PORT/PROTO"),
             ("[[vip]]\naddr = \"10.0.0.1:80/sctp\"", "protocol \"sctp\""),
             ("[[vip]]\naddr = \"10.0.0.1:80/tcp\"\nmode = \"l4\"", "mode \"l4\""),
-            ("[[vip]]\naddr = \"10.0.0.1:80/tcp\"\nmode = \"l3\"", "L3 (NAT) mode is not implemented"),
+            ("[[vip]]\naddr = \"10.0.0.1:80/tcp\"\n[[vip.backend]]\naddr = \"10.0.1.1\"\nport = 8080", "only L3 (NAT) mode can rewrite the port"),
+            ("[[vip]]\naddr = \"10.0.0.1:80/tcp\"\nmode = \"l3\"\n[[vip.backend]]\naddr = \"10.0.1.1\"\nvia = \"eth1\"", "drop via"),
             ("[[vip]]\naddr = \"10.0.0.1:80/tcp\"\nhash = \"dst\"", "hash \"dst\""),
             ("[[vip]]\naddr = \"10.0.0.1:80/tcp\"\ncolour = 1", "unknown field `colour`"),
             ("[[vip]]\naddr = \"10.0.0.1:80/tcp\"\n[[vip]]\naddr = \"10.0.0.1:80/tcp\"", "declared twice"),

@@ -15,8 +15,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    maps as m, stats::STATS_LEN, BackendInfo, ConnValue, FlowKey, IfaceInfo, TrafficCounters,
-    VipInfo, VipKey,
+    maps as m, stats::STATS_LEN, BackendInfo, ConnValue, FlowKey, IfaceInfo, NatValue,
+    TrafficCounters, VipInfo, VipKey,
 };
 use thiserror::Error;
 
@@ -170,7 +170,8 @@ impl DataPath {
             .map_max_entries(m::VIP_STATS, opts.max_vips)
             .map_max_entries(m::BACKENDS, opts.max_backends)
             .map_max_entries(m::BACKEND_STATS, opts.max_backends)
-            .map_max_entries(m::CONNTRACK, opts.conntrack_size);
+            .map_max_entries(m::CONNTRACK, opts.conntrack_size)
+            .map_max_entries(m::NAT, opts.conntrack_size);
         let pins: Vec<(&'static str, PathBuf)> = match &opts.pin_dir {
             Some(dir) => ALL_MAPS.iter().map(|n| (*n, dir.join(n))).collect(),
             None => Vec::new(),
@@ -574,7 +575,14 @@ fn check_pinned_layout(dir: &std::path::Path, o: &LoadOptions) -> Result<(), Dat
     use std::mem::size_of;
     let counters = size_of::<TrafficCounters>() as u32;
     // (name, key size, value size (None: not checked), max entries)
-    let expected: [(&'static str, u32, Option<u32>, u32); 9] = [
+    let expected: [(&'static str, u32, Option<u32>, u32); 11] = [
+        (
+            m::NAT,
+            size_of::<FlowKey>() as u32,
+            Some(size_of::<NatValue>() as u32),
+            o.conntrack_size,
+        ),
+        (m::CONFIG, 4, Some(4), 1),
         (
             m::VIPS,
             size_of::<VipKey>() as u32,
@@ -630,7 +638,9 @@ fn check_pinned_layout(dir: &std::path::Path, o: &LoadOptions) -> Result<(), Dat
 }
 
 /// Every map, for pinning.
-const ALL_MAPS: [&str; 9] = [
+const ALL_MAPS: [&str; 11] = [
+    m::NAT,
+    m::CONFIG,
     m::VIPS,
     m::BACKENDS,
     m::RING,
@@ -718,6 +728,12 @@ impl MapWriter for KernelMaps<'_> {
                 })?;
         self.write(map, |a: &mut PerCpuArray<&mut MapData, TrafficCounters>| {
             a.set(id, zeros, 0)
+        })
+    }
+
+    fn put_config_flags(&mut self, flags: u32) -> Result<(), MirrorError> {
+        self.write(m::CONFIG, |a: &mut Array<&mut MapData, u32>| {
+            a.set(0, flags, 0)
         })
     }
 

@@ -16,8 +16,8 @@ use std::{
 };
 
 use lb_common::{
-    addr, hash::flow_hash, BackendInfo, FlowKey, VipInfo, VipKey, BACKEND_F_VALID, NO_BACKEND,
-    VIP_F_ADDRESS,
+    addr, hash::flow_hash, BackendInfo, FlowKey, VipInfo, VipKey, BACKEND_F_VALID, CFG_F_L3,
+    NO_BACKEND, VIP_F_ADDRESS,
 };
 use thiserror::Error;
 
@@ -32,6 +32,8 @@ pub trait MapWriter {
     fn del_vip(&mut self, key: &VipKey) -> Result<(), MirrorError>;
     fn put_backend(&mut self, id: u32, info: &BackendInfo) -> Result<(), MirrorError>;
     fn put_ring_slot(&mut self, index: u32, backend: u32) -> Result<(), MirrorError>;
+    /// The data path's feature flags (`CFG_F_*`).
+    fn put_config_flags(&mut self, flags: u32) -> Result<(), MirrorError>;
     /// Zeroes the traffic counters of an id handed to a new VIP (`vip`) or backend.
     fn reset_counters(&mut self, vip: bool, id: u32) -> Result<(), MirrorError>;
 }
@@ -55,8 +57,8 @@ pub enum MirrorError {
         got: u8,
         want: u8,
     },
-    #[error("VIP {0} asks for L3 (NAT) mode, which this version does not implement yet; use l2")]
-    L3NotImplemented(VipAddr),
+    #[error("backend {backend} of VIP {vip} has a port, but only L3 (NAT) mode can rewrite ports")]
+    PortNeedsL3 { vip: VipAddr, backend: IpAddr },
     #[error("writing map {map} failed: {reason}")]
     Map { map: &'static str, reason: String },
 }
@@ -105,6 +107,8 @@ pub struct Mirror {
     free_backend_ids: BTreeSet<u32>,
     /// Generation of each backend id, bumped whenever the id is handed out again.
     generations: Vec<u32>,
+    /// `CFG_F_*` flags last written (None: unknown, written on the next sync).
+    config_flags: Option<u32>,
 }
 
 impl Mirror {
@@ -117,6 +121,7 @@ impl Mirror {
             free_vip_ids: (0..max_vips).collect(),
             free_backend_ids: (0..max_backends).collect(),
             generations: vec![0; max_backends as usize],
+            config_flags: None,
         }
     }
 
@@ -168,6 +173,7 @@ impl Mirror {
                         weight: 0,
                         mac: crate::model::Mac([0; 6]),
                         ifindex: u32::MAX,
+                        port: 0,
                     };
                     backends.insert(*addr, (*id, unknown));
                 }
@@ -238,6 +244,18 @@ impl Mirror {
         let mut report = SyncReport::default();
         let wanted: BTreeSet<VipAddr> = desired.iter().map(|v| v.spec.addr).collect();
 
+        // Reply lookups are switched on before the first L3 VIP appears, off after the last goes.
+        let flags = if desired.iter().any(|v| v.spec.mode == Mode::L3) {
+            CFG_F_L3
+        } else {
+            0
+        };
+        let enabling = self.config_flags.is_none_or(|f| flags & !f != 0);
+        if enabling {
+            let on = flags | self.config_flags.unwrap_or(0);
+            w.put_config_flags(on)?;
+            self.config_flags = Some(on);
+        }
         let gone: Vec<VipAddr> = self
             .vips
             .keys()
@@ -250,6 +268,10 @@ impl Mirror {
         for state in desired {
             self.apply_vip(w, state, &mut report)?;
         }
+        if self.config_flags != Some(flags) {
+            w.put_config_flags(flags)?;
+            self.config_flags = Some(flags);
+        }
         Ok(report)
     }
 
@@ -261,8 +283,15 @@ impl Mirror {
             if !seen.insert(vip) {
                 return Err(MirrorError::DuplicateVip(vip));
             }
-            if state.spec.mode == Mode::L3 {
-                return Err(MirrorError::L3NotImplemented(vip));
+            if let Some(b) = state
+                .backends
+                .iter()
+                .find(|b| b.port != 0 && state.spec.mode != Mode::L3)
+            {
+                return Err(MirrorError::PortNeedsL3 {
+                    vip,
+                    backend: b.addr,
+                });
             }
             let mut addrs = BTreeSet::new();
             for b in &state.backends {
@@ -374,7 +403,11 @@ impl Mirror {
             let existing = self.vips[&addr].backends.get(&target.addr).cloned();
             let id = match existing {
                 Some((_, old)) if old == *target => continue,
-                Some((id, old)) if old.mac == target.mac && old.ifindex == target.ifindex => {
+                Some((id, old))
+                    if old.mac == target.mac
+                        && old.ifindex == target.ifindex
+                        && old.port == target.port =>
+                {
                     // Only the weight changed: the ring changes, the backend entry does not.
                     self.vips
                         .get_mut(&addr)
@@ -491,6 +524,7 @@ impl Mirror {
             ifindex: t.ifindex,
             flags: BACKEND_F_VALID,
             generation: self.generations[id as usize],
+            port: t.port.to_be(),
             ..BackendInfo::default()
         }
     }
@@ -549,6 +583,10 @@ mod tests {
             self.backends.insert(id, *i);
             Ok(())
         }
+        fn put_config_flags(&mut self, flags: u32) -> Result<(), MirrorError> {
+            self.log.push(format!("config {flags}"));
+            Ok(())
+        }
         fn reset_counters(&mut self, vip: bool, id: u32) -> Result<(), MirrorError> {
             self.log.push(format!(
                 "reset {} {id}",
@@ -585,6 +623,7 @@ mod tests {
             weight,
             mac: Mac([2, 0, 0, 0, 0, i]),
             ifindex: 0,
+            port: 0,
         }
     }
 
@@ -607,7 +646,8 @@ mod tests {
         // Counters of the new ids zeroed, backends written, then the VIP and its address entry.
         let n = maps.log.len();
         assert_eq!(&maps.log[n - 2..], &["vip+ 6", "vip+ 0"]);
-        assert_eq!(maps.log[0], "reset vip 0");
+        assert_eq!(maps.log[0], "config 0", "feature flags first");
+        assert_eq!(maps.log[1], "reset vip 0");
         assert_eq!(
             maps.log
                 .iter()
@@ -694,13 +734,43 @@ mod tests {
     }
 
     #[test]
+    fn reply_lookups_are_on_before_the_first_l3_vip_and_off_after_the_last() {
+        let mut maps = FakeMaps::default();
+        let mut mirror = Mirror::new(M, 4, 16);
+        mirror.sync(&mut maps, &[vip(80, 1)]).unwrap();
+        let mut l3 = vip(443, 1);
+        l3.spec.mode = Mode::L3;
+        l3.backends[0].port = 8443;
+        maps.log.clear();
+        mirror.sync(&mut maps, &[vip(80, 1), l3.clone()]).unwrap();
+        let on = maps
+            .log
+            .iter()
+            .position(|l| l == "config 1")
+            .expect("flag on");
+        let vip_in = maps
+            .log
+            .iter()
+            .position(|l| l == "vip+ 6")
+            .expect("VIP written");
+        assert!(on < vip_in, "{:?}", maps.log);
+        let id = mirror
+            .backend_id(&l3.spec.addr, l3.backends[0].addr)
+            .unwrap();
+        assert_eq!(maps.backends[&id].port, 8443u16.to_be());
+        maps.log.clear();
+        mirror.sync(&mut maps, &[vip(80, 1)]).unwrap();
+        assert_eq!(maps.log.last().unwrap(), "config 0", "{:?}", maps.log);
+    }
+
+    #[test]
     fn invalid_requests_change_nothing() {
         let mut maps = FakeMaps::default();
         let mut mirror = Mirror::new(M, 1, 4);
         mirror.sync(&mut maps, &[vip(80, 2)]).unwrap();
         let log = maps.log.len();
-        let mut l3 = vip(80, 2);
-        l3.spec.mode = Mode::L3;
+        let mut port_on_l2 = vip(80, 2);
+        port_on_l2.backends[0].port = 8080;
         let mut dup = vip(80, 2);
         dup.backends.push(target(1, 3));
         let mut v6 = vip(80, 1);
@@ -711,7 +781,7 @@ mod tests {
         let cases: Vec<(Vec<VipState>, &str)> = vec![
             (vec![vip(80, 2), vip(443, 2)], "at most 1"),
             (vec![vip(80, 5)], "at most 4"),
-            (vec![l3], "L3"),
+            (vec![port_on_l2], "only L3 (NAT) mode can rewrite ports"),
             (vec![dup], "declared twice"),
             (vec![v6], "IPv6"),
             (vec![vip(80, 2), vip(80, 2)], "declared twice"),

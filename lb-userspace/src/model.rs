@@ -5,7 +5,7 @@ use std::{fmt, net::IpAddr, str::FromStr};
 
 use lb_common::{
     addr::{self, FAMILY_V4, FAMILY_V6},
-    FlowKey, VipKey, VIP_F_HASH_SRC_IP,
+    FlowKey, VipKey, VIP_F_HASH_SRC_IP, VIP_F_MODE_L3,
 };
 use thiserror::Error;
 
@@ -166,10 +166,59 @@ pub struct VipSpec {
 }
 
 impl VipSpec {
+    /// The data path's `VIP_F_*` bits.
     pub fn flags(&self) -> u32 {
-        match self.hash {
+        let hash = match self.hash {
             HashFields::FiveTuple => 0,
             HashFields::SrcIp => VIP_F_HASH_SRC_IP,
+        };
+        let mode = match self.mode {
+            Mode::L2 => 0,
+            Mode::L3 => VIP_F_MODE_L3,
+        };
+        hash | mode
+    }
+}
+
+/// A backend's address as written on the command line: `ADDR`, `ADDR:PORT` or `[ADDR]:PORT`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackendAddr {
+    pub ip: IpAddr,
+    pub port: Option<u16>,
+}
+
+impl FromStr for BackendAddr {
+    type Err = ParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Ok(ip) = s.parse::<IpAddr>() {
+            return Ok(BackendAddr { ip, port: None });
+        }
+        let (host, port) = match s.strip_prefix('[') {
+            Some(rest) => rest
+                .split_once("]:")
+                .ok_or_else(|| ParseError::Addr(s.to_string()))?,
+            None => s
+                .rsplit_once(':')
+                .filter(|(h, _)| !h.contains(':'))
+                .ok_or_else(|| ParseError::Addr(s.to_string()))?,
+        };
+        let ip = host
+            .parse()
+            .map_err(|_| ParseError::Addr(host.to_string()))?;
+        match port.parse::<u16>() {
+            Ok(p) if p > 0 => Ok(BackendAddr { ip, port: Some(p) }),
+            _ => Err(ParseError::Port(port.to_string())),
+        }
+    }
+}
+
+impl fmt::Display for BackendAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.ip, self.port) {
+            (ip, None) => write!(f, "{ip}"),
+            (IpAddr::V4(ip), Some(p)) => write!(f, "{ip}:{p}"),
+            (IpAddr::V6(ip), Some(p)) => write!(f, "[{ip}]:{p}"),
         }
     }
 }
@@ -217,8 +266,10 @@ pub struct BackendTarget {
     /// Relative weight; 0 drains (existing flows stay, no new ones).
     pub weight: u32,
     pub mac: Mac,
-    /// Interface to send out of; 0 sends back out of the receiving interface.
+    /// Interface to send out of; 0 sends back out of the receiving interface (L2 mode).
     pub ifindex: u32,
+    /// L3 mode: the destination port to rewrite to; 0 keeps the client's.
+    pub port: u16,
 }
 
 /// One VIP with its backends: the unit the mirror applies.
@@ -265,6 +316,31 @@ mod tests {
     }
 
     #[test]
+    fn backend_addresses_take_an_optional_port() {
+        for s in [
+            "10.0.1.1",
+            "10.0.1.1:8080",
+            "2001:db8::1",
+            "[2001:db8::1]:8080",
+        ] {
+            assert_eq!(s.parse::<BackendAddr>().unwrap().to_string(), s);
+        }
+        assert_eq!(
+            "10.0.1.1:8080".parse::<BackendAddr>().unwrap().port,
+            Some(8080)
+        );
+        for bad in [
+            "10.0.1.1:0",
+            "10.0.1.1:x",
+            "10.0.1.300",
+            "[2001:db8::1]",
+            "host:80",
+        ] {
+            assert!(bad.parse::<BackendAddr>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn macs_parse_and_print() {
         let m: Mac = "02:00:0a:FF:00:01".parse().unwrap();
         assert_eq!(m.to_string(), "02:00:0a:ff:00:01");
@@ -303,6 +379,7 @@ mod serde_text {
         };
     }
     as_text!(VipAddr);
+    as_text!(super::BackendAddr);
     as_text!(Mac);
     as_text!(Mode);
     as_text!(HashFields);

@@ -69,6 +69,7 @@ impl Setup {
                         weight,
                         mac: b.mac,
                         ifindex: 0,
+                        port: 0,
                     })
                     .collect();
                 desired.push(VipState {

@@ -21,7 +21,7 @@ use crate::{
     iface,
     metrics::{BackendMetrics, MetricsSnapshot, VipMetrics},
     mirror::Mirror,
-    model::{flow_key, BackendTarget, Mac, VipAddr, VipSpec, VipState},
+    model::{flow_key, BackendTarget, Mac, Mode, VipAddr, VipSpec, VipState},
     neigh,
 };
 
@@ -267,9 +267,11 @@ impl Core {
                         .map_err(|e| format!("backend {} of VIP {}: {e}", b.addr, v.addr))?,
                     None => 0,
                 };
-                let mac = match b.mac {
-                    Some(m) => m,
-                    None => match self.mac_of(b) {
+                // L3: the FIB picks next hop and MACs per packet; nothing to resolve here.
+                let mac = match (v.mode, b.mac) {
+                    (Mode::L3, _) => Mac::default(),
+                    (Mode::L2, Some(m)) => m,
+                    (Mode::L2, None) => match self.mac_of(b) {
                         Ok(m) => m,
                         Err(e) if self.lenient || self.unresolved.contains(&key) => {
                             log::warn!("{e}; it stays out of the ring until its MAC is known");
@@ -280,11 +282,13 @@ impl Core {
                     },
                 };
                 self.unresolved.remove(&key);
+                let port = b.port.unwrap_or(0);
                 backends.push(BackendTarget {
                     addr: b.addr,
                     weight: b.weight,
                     mac,
                     ifindex,
+                    port,
                 });
             }
             states.push(VipState {
@@ -470,13 +474,15 @@ impl Core {
                 via,
             }) => {
                 let v = new.vip_mut(&vip).ok_or_else(|| not_found_vip(&vip))?;
-                if v.backend(addr).is_some() {
+                if v.backend(addr.ip).is_some() {
                     return Err(format!(
-                        "backend {addr} is already in VIP {vip}; `xdplb backend set` changes it"
+                        "backend {} is already in VIP {vip}; `xdplb backend set` changes it",
+                        addr.ip
                     ));
                 }
                 v.backends.push(BackendConfig {
-                    addr,
+                    addr: addr.ip,
+                    port: addr.port,
                     weight: weight.unwrap_or(1),
                     mac,
                     via,
@@ -491,11 +497,15 @@ impl Core {
                     mac,
                     via,
                 } = change;
-                if weight.is_none() && mac.is_none() && via.is_none() {
-                    return Err("backend set needs at least one of --weight, --mac, --via".into());
+                if weight.is_none() && mac.is_none() && via.is_none() && addr.port.is_none() {
+                    return Err(
+                        "backend set needs at least one of ADDR:PORT, --weight, --mac, --via"
+                            .into(),
+                    );
                 }
-                let b = backend_mut(&mut new, &vip, addr)?;
+                let b = backend_mut(&mut new, &vip, addr.ip)?;
                 b.weight = weight.unwrap_or(b.weight);
+                b.port = addr.port.or(b.port);
                 b.mac = mac.or(b.mac);
                 b.via = via.or(b.via.take());
             }
@@ -564,6 +574,7 @@ impl Core {
                     .map(|b| {
                         json!({
                             "addr": b.addr,
+                            "port": b.port,
                             "weight": b.weight,
                             "mac": b.mac.or_else(|| self.macs.get(&(b.addr, b.via.clone())).copied()),
                             "via": b.via,

@@ -86,6 +86,7 @@ fn main() -> Result<()> {
                 weight: 1,
                 mac: Mac([2, 0xbe, 0, 0, 0, i]),
                 ifindex: 0,
+                port: 0,
             })
             .collect()
     };

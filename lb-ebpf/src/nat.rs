@@ -1,0 +1,211 @@
+//! L3 (NAT) mode: a client's packet gets its backend's address (and port) as destination, a
+//! backend's reply gets the VIP's back as source. Checksums are updated incrementally
+//! (`lb_common::csum`), the TTL or hop limit is decremented, and the FIB picks next hop, MACs
+//! and egress interface.
+
+use core::mem::size_of;
+
+use aya_ebpf::{
+    bindings::{bpf_fib_lookup, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS},
+    helpers::generated::bpf_fib_lookup as fib_lookup,
+    programs::XdpContext,
+    EbpfContext,
+};
+use lb_common::{addr::FAMILY_V4, csum, FlowKey};
+use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
+
+use crate::{
+    forward::Egress,
+    parse::{ptr_at, Offsets},
+};
+
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+
+/// The address (and port) a packet gets.
+pub struct Rewrite {
+    /// Replace the destination (client -> backend); else the source (reply -> client).
+    pub dst: bool,
+    pub addr: [u32; 4],
+    /// Network byte order; 0 keeps the port.
+    pub port: u16,
+}
+
+/// Where the rewritten packet goes.
+pub enum Route {
+    Forward {
+        out: Egress,
+        dmac: [u8; 6],
+    },
+    /// A route, but no neighbour entry for the next hop yet.
+    NoNeigh,
+    /// No usable route (unreachable, blackhole, prohibited, MTU exceeded, forwarding off).
+    None,
+    /// TTL or hop limit would reach 0.
+    Expired,
+}
+
+/// Looks up the route of the packet as it will be after `rw`.
+#[inline(always)]
+pub fn route(ctx: &XdpContext, key: &FlowKey, off: &Offsets, rw: &Rewrite) -> Result<Route, u32> {
+    let v4 = key.family == FAMILY_V4;
+    let (ttl, tot_len) = if v4 {
+        let ip = ptr_at::<Ipv4Hdr>(ctx, off.l3)?;
+        // SAFETY: bounds-checked by ptr_at.
+        unsafe { ((*ip).ttl, u16::from_be_bytes((*ip).tot_len)) }
+    } else {
+        let ip = ptr_at::<Ipv6Hdr>(ctx, off.l3)?;
+        // SAFETY: bounds-checked by ptr_at.
+        unsafe {
+            (
+                (*ip).hop_limit,
+                u16::from_be_bytes((*ip).payload_len).wrapping_add(Ipv6Hdr::LEN as u16),
+            )
+        }
+    };
+    if ttl <= 1 {
+        return Ok(Route::Expired);
+    }
+    let (mut src, mut dst, mut sport, mut dport) = (key.src, key.dst, key.sport, key.dport);
+    if rw.dst {
+        dst = rw.addr;
+        if rw.port != 0 {
+            dport = rw.port;
+        }
+    } else {
+        src = rw.addr;
+        if rw.port != 0 {
+            sport = rw.port;
+        }
+    }
+    // SAFETY: an all-zero bpf_fib_lookup is a valid request skeleton.
+    let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    p.family = if v4 { AF_INET } else { AF_INET6 };
+    p.l4_protocol = key.proto;
+    p.sport = sport;
+    p.dport = dport;
+    p.__bindgen_anon_1.tot_len = tot_len;
+    p.ifindex = ctx.ingress_ifindex() as u32;
+    if v4 {
+        p.__bindgen_anon_3.ipv4_src = src[0];
+        p.__bindgen_anon_4.ipv4_dst = dst[0];
+    } else {
+        p.__bindgen_anon_3.ipv6_src = src;
+        p.__bindgen_anon_4.ipv6_dst = dst;
+    }
+    // SAFETY: `p` is a valid, initialised request of the size given.
+    let rc = unsafe { fib_lookup(ctx.as_ptr(), &mut p, size_of::<bpf_fib_lookup>() as i32, 0) };
+    Ok(match rc as u32 {
+        BPF_FIB_LKUP_RET_SUCCESS => {
+            let back_out = p.ifindex == ctx.ingress_ifindex() as u32;
+            Route::Forward {
+                out: Egress {
+                    ifindex: p.ifindex,
+                    back_out,
+                    mac: p.smac,
+                },
+                dmac: p.dmac,
+            }
+        }
+        BPF_FIB_LKUP_RET_NO_NEIGH => Route::NoNeigh,
+        _ => Route::None,
+    })
+}
+
+/// Rewrites address, port and checksums (and decrements the TTL when `hop`: the kernel does it
+/// itself for packets passed to it).
+#[inline(always)]
+pub fn rewrite(
+    ctx: &XdpContext,
+    key: &FlowKey,
+    off: &Offsets,
+    rw: &Rewrite,
+    hop: bool,
+) -> Result<(), u32> {
+    let (old, new, l4_delta_is_128) = if key.family == FAMILY_V4 {
+        let ip = ptr_at::<Ipv4Hdr>(ctx, off.l3)? as *mut Ipv4Hdr;
+        // SAFETY: bounds-checked by ptr_at; XDP packet memory is writable.
+        unsafe {
+            let field = if rw.dst {
+                &raw mut (*ip).dst_addr
+            } else {
+                &raw mut (*ip).src_addr
+            };
+            let old = u32::from_ne_bytes(*field);
+            let mut check = csum::replace32(u16::from_ne_bytes((*ip).check), old, rw.addr[0]);
+            if hop {
+                let before = u16::from_ne_bytes([(*ip).ttl, (*ip).proto]);
+                (*ip).ttl -= 1;
+                check =
+                    csum::replace16(check, before, u16::from_ne_bytes([(*ip).ttl, (*ip).proto]));
+            }
+            (*ip).check = check.to_ne_bytes();
+            *field = rw.addr[0].to_ne_bytes();
+            ([old, 0, 0, 0], rw.addr, false)
+        }
+    } else {
+        let ip = ptr_at::<Ipv6Hdr>(ctx, off.l3)? as *mut Ipv6Hdr;
+        // SAFETY: bounds-checked by ptr_at; XDP packet memory is writable.
+        unsafe {
+            let field = if rw.dst {
+                &raw mut (*ip).dst_addr
+            } else {
+                &raw mut (*ip).src_addr
+            };
+            let old = core::ptr::read_unaligned(field as *const [u32; 4]);
+            core::ptr::write_unaligned(field as *mut [u32; 4], rw.addr);
+            if hop {
+                (*ip).hop_limit -= 1;
+            }
+            (old, rw.addr, true)
+        }
+    };
+    match key.proto {
+        IPPROTO_TCP => l4_fix::<20, 16>(ctx, off.l4, rw, &old, &new, l4_delta_is_128, false),
+        IPPROTO_UDP => l4_fix::<8, 6>(ctx, off.l4, rw, &old, &new, l4_delta_is_128, true),
+        _ => Ok(()),
+    }
+}
+
+/// Port and checksum of a transport header of `LEN` bytes with its checksum at `CSUM`. The
+/// pseudo-header holds the addresses, so an address change moves the checksum too.
+#[inline(always)]
+fn l4_fix<const LEN: usize, const CSUM: usize>(
+    ctx: &XdpContext,
+    at: usize,
+    rw: &Rewrite,
+    old: &[u32; 4],
+    new: &[u32; 4],
+    v6: bool,
+    udp: bool,
+) -> Result<(), u32> {
+    let h = ptr_at::<[u8; LEN]>(ctx, at)? as *mut [u8; LEN];
+    // SAFETY: bounds-checked by ptr_at; XDP packet memory is writable.
+    unsafe {
+        let port_at = if rw.dst { 2 } else { 0 };
+        let old_port = u16::from_ne_bytes([(*h)[port_at], (*h)[port_at + 1]]);
+        let port = if rw.port != 0 { rw.port } else { old_port };
+        let mut check = u16::from_ne_bytes([(*h)[CSUM], (*h)[CSUM + 1]]);
+        // IPv4 UDP may carry no checksum (0): it stays so.
+        if !(udp && check == 0 && !v6) {
+            check = if v6 {
+                csum::replace128(check, old, new)
+            } else {
+                csum::replace32(check, old[0], new[0])
+            };
+            check = csum::replace16(check, old_port, port);
+            if udp && check == 0 {
+                check = 0xffff;
+            }
+            let c = check.to_ne_bytes();
+            (*h)[CSUM] = c[0];
+            (*h)[CSUM + 1] = c[1];
+        }
+        let p = port.to_ne_bytes();
+        (*h)[port_at] = p[0];
+        (*h)[port_at + 1] = p[1];
+    }
+    Ok(())
+}

@@ -1,0 +1,454 @@
+//! L3 (NAT) packet fixtures through BPF_PROG_TEST_RUN (needs root). They run inside a network
+//! namespace set up for the FIB: a client-side and a backend-side veth with routes and
+//! permanent neighbour entries, forwarding on. Each row's expected output is built from
+//! scratch by the packet builder (its own checksum code), so every rewritten checksum is
+//! verified independently, byte for byte.
+
+use std::{collections::HashMap, net::IpAddr};
+
+use aya::programs::{TestRun, TestRunOptions};
+use lb_common::stats;
+use lb_tests::{
+    netns::{unique_prefix, Netns},
+    packet::{with_macs, Packet, CLIENT_MAC},
+};
+use lb_userspace::{
+    datapath::{DataPath, LoadOptions},
+    iface,
+    mirror::Mirror,
+    model::{flow_key, BackendTarget, HashFields, Mac, Mode, VipAddr, VipSpec, VipState},
+};
+
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+const XDP_REDIRECT: u32 = 4;
+
+const WEB4: &str = "10.1.0.100:80/tcp";
+const DNS4: &str = "10.1.0.100:53/udp";
+const WEB6: &str = "[fd01::100]:80/tcp";
+const DNS6: &str = "[fd01::100]:53/udp";
+const NO_NEIGH: &str = "10.1.0.101:80/tcp";
+const NO_ROUTE: &str = "10.1.0.102:80/tcp";
+const L2_WEB: &str = "10.1.0.100:443/tcp";
+
+fn be_mac(i: u8) -> Mac {
+    Mac([0x02, 0xbe, 0, 0, 0, i])
+}
+
+/// The FIB namespace: c0 (client side, 10.1.0.254, fd01::fe) and b0 (backend side, 10.2.0.254,
+/// fd02::fe), each a veth whose peer stays down-stream in the same namespace.
+fn fib_namespace() -> Netns {
+    let ns = Netns::new(&format!("{}-fib", unique_prefix())).unwrap();
+    let x = |args: &[&str]| ns.exec(args).unwrap();
+    for (dev, peer, v4, v6) in [
+        ("c0", "c0p", "10.1.0.254/24", "fd01::fe/64"),
+        ("b0", "b0p", "10.2.0.254/24", "fd02::fe/64"),
+    ] {
+        x(&[
+            "ip", "link", "add", dev, "type", "veth", "peer", "name", peer,
+        ]);
+        x(&["ip", "addr", "add", v4, "dev", dev]);
+        x(&["ip", "addr", "add", v6, "dev", dev, "nodad"]);
+        x(&["ip", "link", "set", dev, "up"]);
+        x(&["ip", "link", "set", peer, "up"]);
+    }
+    x(&["sysctl", "-qw", "net.ipv4.conf.all.forwarding=1"]);
+    x(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+    let client = Mac(CLIENT_MAC).to_string();
+    for (addr, dev, mac) in [
+        ("10.1.0.1", "c0", client.clone()),
+        ("fd01::1", "c0", client),
+        ("10.2.0.1", "b0", be_mac(1).to_string()),
+        ("10.2.0.2", "b0", be_mac(2).to_string()),
+        ("fd02::1", "b0", be_mac(1).to_string()),
+        ("fd02::2", "b0", be_mac(2).to_string()),
+    ] {
+        x(&[
+            "ip",
+            "neigh",
+            "replace",
+            addr,
+            "lladdr",
+            &mac,
+            "dev",
+            dev,
+            "nud",
+            "permanent",
+        ]);
+    }
+    ns
+}
+
+fn backend(addr: &str, port: u16) -> BackendTarget {
+    BackendTarget {
+        addr: addr.parse().unwrap(),
+        weight: 1,
+        mac: Mac::default(),
+        ifindex: 0,
+        port,
+    }
+}
+
+fn vip(addr: &str, mode: Mode, backends: Vec<BackendTarget>) -> VipState {
+    VipState {
+        spec: VipSpec {
+            addr: addr.parse().unwrap(),
+            mode,
+            hash: HashFields::FiveTuple,
+        },
+        backends,
+    }
+}
+
+struct Fix {
+    dp: DataPath,
+    mirror: Mirror,
+    desired: Vec<VipState>,
+    ifindex: HashMap<&'static str, u32>,
+    mac: HashMap<&'static str, Mac>,
+    counted: HashMap<u32, u64>,
+}
+
+impl Fix {
+    fn run(&mut self, ingress: &str, frame: &[u8]) -> (u32, Vec<u8>) {
+        // xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
+        let md: [u32; 6] = [0, frame.len() as u32, 0, self.ifindex[ingress], 0, 0];
+        let ctx: Vec<u8> = md.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        let mut out = vec![0u8; frame.len() + 64];
+        let r = self
+            .dp
+            .program()
+            .unwrap()
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                ..Default::default()
+            })
+            .expect("BPF_PROG_TEST_RUN");
+        out.truncate(r.data_size_out as usize);
+        (r.return_value, out)
+    }
+
+    /// Sends `input` in on `ingress` and checks verdict, reason and exact output.
+    fn check(
+        &mut self,
+        what: &str,
+        ingress: &str,
+        input: &[u8],
+        action: u32,
+        reason: u32,
+        want: &[u8],
+    ) {
+        let (got, out) = self.run(ingress, input);
+        assert_eq!(got, action, "{what}: verdict");
+        assert_eq!(out, want, "{what}: output bytes");
+        *self.counted.entry(reason).or_default() += 1;
+        let n = self.dp.stats().unwrap()[reason as usize];
+        assert_eq!(
+            n,
+            self.counted[&reason],
+            "{what}: counter {}",
+            stats::name(reason).unwrap()
+        );
+    }
+
+    fn ring(&self, vip: &str, src: &str, sport: u16, dport: u16) -> IpAddr {
+        let v: VipAddr = vip.parse().unwrap();
+        self.mirror
+            .ring_choice(&v, &flow_key(src.parse().unwrap(), sport, &v, dport))
+            .unwrap()
+    }
+
+    fn port_of(&self, vip: &str, backend: IpAddr) -> u16 {
+        let v: VipAddr = vip.parse().unwrap();
+        let b = self
+            .desired
+            .iter()
+            .find(|s| s.spec.addr == v)
+            .unwrap()
+            .backends
+            .iter()
+            .find(|b| b.addr == backend)
+            .unwrap();
+        if b.port == 0 {
+            v.port
+        } else {
+            b.port
+        }
+    }
+}
+
+/// `Packet::tcp` or `Packet::udp`.
+type MakePacket = fn(&str, u16, &str, u16) -> Packet;
+
+fn neighbour_mac(addr: IpAddr) -> [u8; 6] {
+    let last = match addr {
+        IpAddr::V4(a) => a.octets()[3],
+        IpAddr::V6(a) => a.octets()[15],
+    };
+    be_mac(last).0
+}
+
+#[test]
+fn l3_nat_fixtures() {
+    let ns = fib_namespace();
+    ns.run(|| {
+        let opts = LoadOptions::default();
+        let mut dp = DataPath::load(&opts).expect("load xdplb (root?)");
+        let mut ifindex = HashMap::new();
+        let mut mac = HashMap::new();
+        for dev in ["c0", "b0"] {
+            ifindex.insert(dev, dp.register_egress(dev).unwrap());
+            mac.insert(dev, iface::mac(dev).unwrap());
+        }
+        let desired = vec![
+            vip(
+                WEB4,
+                Mode::L3,
+                vec![backend("10.2.0.1", 8080), backend("10.2.0.2", 0)],
+            ),
+            vip(DNS4, Mode::L3, vec![backend("10.2.0.1", 0)]),
+            vip(
+                WEB6,
+                Mode::L3,
+                vec![backend("fd02::1", 8080), backend("fd02::2", 0)],
+            ),
+            vip(DNS6, Mode::L3, vec![backend("fd02::2", 5353)]),
+            vip(NO_NEIGH, Mode::L3, vec![backend("10.2.0.3", 0)]),
+            vip(NO_ROUTE, Mode::L3, vec![backend("10.9.9.9", 0)]),
+            vip(
+                L2_WEB,
+                Mode::L2,
+                vec![BackendTarget {
+                    mac: be_mac(7),
+                    ..backend("10.2.0.7", 0)
+                }],
+            ),
+        ];
+        let mut mirror = Mirror::new(opts.ring_size, opts.max_vips, opts.max_backends);
+        mirror.sync(&mut dp.writer(), &desired).unwrap();
+        let mut f = Fix {
+            dp,
+            mirror,
+            desired,
+            ifindex,
+            mac,
+            counted: HashMap::new(),
+        };
+        let (c0, b0) = (f.mac["c0"].0, f.mac["b0"].0);
+
+        // Forward and reply, per family and protocol, with and without port rewrite.
+        let flows: [(&str, &str, &str, u16, MakePacket); 6] = [
+            (WEB4, "10.1.0.1", "10.1.0.100", 80, Packet::tcp),
+            (WEB4, "10.1.0.1", "10.1.0.100", 80, Packet::tcp),
+            (DNS4, "10.1.0.1", "10.1.0.100", 53, Packet::udp),
+            (WEB6, "fd01::1", "fd01::100", 80, Packet::tcp),
+            (WEB6, "fd01::1", "fd01::100", 80, Packet::tcp),
+            (DNS6, "fd01::1", "fd01::100", 53, Packet::udp),
+        ];
+        for (i, (vip, client, vip_ip, vport, mk)) in flows.into_iter().enumerate() {
+            // Several source ports so both backends (with and without a port) are seen.
+            for sport in [
+                40000 + i as u16 * 10,
+                40001 + i as u16 * 10,
+                40002 + i as u16 * 10,
+            ] {
+                let b = f.ring(vip, client, sport, vport);
+                let bport = f.port_of(vip, b);
+                let bs = b.to_string();
+                let input = mk(client, sport, vip_ip, vport).build();
+                let want = with_macs(
+                    &Packet {
+                        ttl: 63,
+                        ..mk(client, sport, &bs, bport)
+                    }
+                    .build(),
+                    neighbour_mac(b),
+                    b0,
+                );
+                f.check(
+                    &format!("{vip} from {client}:{sport} -> {bs}:{bport}"),
+                    "c0",
+                    &input,
+                    XDP_REDIRECT,
+                    stats::REDIRECT,
+                    &want,
+                );
+                // The flow's next packet hits the connection table: same output.
+                f.check(
+                    &format!("{vip} again"),
+                    "c0",
+                    &input,
+                    XDP_REDIRECT,
+                    stats::REDIRECT,
+                    &want,
+                );
+                // The backend's reply comes back from the VIP.
+                let reply = Packet {
+                    dst_mac: b0,
+                    src_mac: neighbour_mac(b),
+                    ..mk(&bs, bport, client, sport)
+                }
+                .build();
+                let want = with_macs(
+                    &Packet {
+                        ttl: 63,
+                        ..mk(vip_ip, vport, client, sport)
+                    }
+                    .build(),
+                    CLIENT_MAC,
+                    c0,
+                );
+                f.check(
+                    &format!("reply of {vip} from {bs}:{bport}"),
+                    "b0",
+                    &reply,
+                    XDP_REDIRECT,
+                    stats::REDIRECT,
+                    &want,
+                );
+            }
+        }
+
+        // IPv4 UDP without a checksum stays without one.
+        let b = f.ring(DNS4, "10.1.0.1", 41000, 53);
+        let zero = |mut fr: Vec<u8>, at: usize| {
+            fr[at..at + 2].fill(0);
+            fr
+        };
+        let input = zero(
+            Packet::udp("10.1.0.1", 41000, "10.1.0.100", 53).build(),
+            14 + 20 + 6,
+        );
+        let want = with_macs(
+            &zero(
+                Packet {
+                    ttl: 63,
+                    ..Packet::udp("10.1.0.1", 41000, &b.to_string(), 53)
+                }
+                .build(),
+                14 + 20 + 6,
+            ),
+            neighbour_mac(b),
+            b0,
+        );
+        f.check(
+            "UDP checksum 0",
+            "c0",
+            &input,
+            XDP_REDIRECT,
+            stats::REDIRECT,
+            &want,
+        );
+
+        // VLAN-tagged: the tag stays, the rest is rewritten as usual.
+        let b = f.ring(WEB4, "10.1.0.1", 41001, 80);
+        let bport = f.port_of(WEB4, b);
+        let input = Packet::tcp("10.1.0.1", 41001, "10.1.0.100", 80)
+            .vlan(0x8100, 7)
+            .build();
+        let want = with_macs(
+            &Packet {
+                ttl: 63,
+                ..Packet::tcp("10.1.0.1", 41001, &b.to_string(), bport).vlan(0x8100, 7)
+            }
+            .build(),
+            neighbour_mac(b),
+            b0,
+        );
+        f.check(
+            "VLAN-tagged",
+            "c0",
+            &input,
+            XDP_REDIRECT,
+            stats::REDIRECT,
+            &want,
+        );
+
+        // TTL 1: passed unchanged, the kernel answers with time exceeded.
+        let input = Packet {
+            ttl: 1,
+            ..Packet::tcp("10.1.0.1", 41002, "10.1.0.100", 80)
+        }
+        .build();
+        f.check(
+            "TTL 1",
+            "c0",
+            &input,
+            XDP_PASS,
+            stats::PASS_TTL,
+            &input.clone(),
+        );
+
+        // No neighbour entry for the backend yet: rewritten (TTL left to the kernel) and passed.
+        let input = Packet::tcp("10.1.0.1", 41003, "10.1.0.101", 80).build();
+        let want = Packet::tcp("10.1.0.1", 41003, "10.2.0.3", 80).build();
+        f.check(
+            "no neighbour",
+            "c0",
+            &input,
+            XDP_PASS,
+            stats::PASS_NO_NEIGH,
+            &want,
+        );
+
+        // No route to the backend: passed unchanged.
+        let input = Packet::tcp("10.1.0.1", 41004, "10.1.0.102", 80).build();
+        f.check(
+            "no route",
+            "c0",
+            &input,
+            XDP_PASS,
+            stats::PASS_NO_ROUTE,
+            &input.clone(),
+        );
+
+        // A backend's packet that belongs to no NAT flow passes untouched.
+        let input = Packet::tcp("10.2.0.1", 8080, "10.1.0.1", 999).build();
+        f.check(
+            "reply without a flow",
+            "b0",
+            &input,
+            XDP_PASS,
+            stats::PASS_NOT_VIP,
+            &input.clone(),
+        );
+
+        // Truncated inside the TCP header: passed untouched.
+        let mut input = Packet::tcp("10.1.0.1", 41005, "10.1.0.100", 80).build();
+        input.truncate(14 + 20 + 10);
+        f.check(
+            "truncated",
+            "c0",
+            &input,
+            XDP_PASS,
+            stats::PASS_MALFORMED,
+            &input.clone(),
+        );
+
+        // L2 and L3 VIPs served by the same program.
+        let input = Packet::tcp("10.1.0.1", 41006, "10.1.0.100", 443).build();
+        let want = with_macs(&input, be_mac(7).0, c0);
+        f.check(
+            "L2 VIP beside L3 ones",
+            "c0",
+            &input,
+            XDP_TX,
+            stats::TX,
+            &want,
+        );
+
+        // Every packet counted under exactly one reason; replies counted as NAT reverse events.
+        let st = f.dp.stats().unwrap();
+        let sent: u64 = f.counted.values().sum();
+        assert_eq!(
+            (0..stats::VERDICT_COUNT)
+                .map(|i| st[i as usize])
+                .sum::<u64>(),
+            sent
+        );
+        assert_eq!(st[stats::EV_NAT_REVERSE as usize], 18);
+    })
+    .unwrap();
+}
