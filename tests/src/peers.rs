@@ -90,11 +90,10 @@ fn serve(conn: TcpStream, name: String, stop: Arc<AtomicBool>) {
         match reader.read_line(&mut line) {
             Ok(0) => return,
             // A small HTTP server too (health checks, curl, the demo): one answer, then close.
-            Ok(_) if line.starts_with("GET ") => {
-                let body = format!("{name}\n");
-                let _ = writer.write_all(
-                    format!("HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes(),
-                );
+            // A small HTTP server too (health checks, curl, the demo, transfers): one answer,
+            // then close.
+            Ok(_) if line.starts_with("GET ") || line.starts_with("POST ") => {
+                http_answer(&line, &mut reader, &mut writer, &name);
                 return;
             }
             Ok(_) => {
@@ -110,6 +109,43 @@ fn serve(conn: TcpStream, name: String, stop: Arc<AtomicBool>) {
             Err(_) => return,
         }
     }
+}
+
+/// `GET /bytes/N`: N bytes of body; `POST` with a body: "NAME LEN"; any other GET: "NAME".
+fn http_answer(
+    request: &str,
+    reader: &mut BufReader<TcpStream>,
+    writer: &mut TcpStream,
+    name: &str,
+) {
+    let _ = reader.get_ref().set_read_timeout(Some(IO_TIMEOUT));
+    let mut length = 0usize;
+    let mut header = String::new();
+    while reader.read_line(&mut header).is_ok_and(|n| n > 0) && header.trim() != "" {
+        if let Some(v) = header.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap_or(0);
+        }
+        header.clear();
+    }
+    let path = request.split_whitespace().nth(1).unwrap_or("/");
+    let body: Vec<u8> = if request.starts_with("POST ") {
+        let mut got = vec![0u8; length];
+        if std::io::Read::read_exact(reader, &mut got).is_err() {
+            return;
+        }
+        format!("{name} {}\n", got.len()).into_bytes()
+    } else if let Some(n) = path
+        .strip_prefix("/bytes/")
+        .and_then(|n| n.parse::<usize>().ok())
+    {
+        (0..n).map(|i| (i % 251) as u8).collect()
+    } else {
+        format!("{name}\n").into_bytes()
+    };
+    let head = format!("HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nX-Backend: {name}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+    let _ = writer
+        .write_all(head.as_bytes())
+        .and_then(|_| writer.write_all(&body));
 }
 
 fn udp_loop(sock: UdpSocket, name: String, stop: Arc<AtomicBool>) {
@@ -250,17 +286,60 @@ pub fn tcp_once(vip: SocketAddr, src_port: u16) -> Result<String> {
     Conn::open(vip, src_port)?.ask()
 }
 
-/// One HTTP GET to `vip` from any port; returns the body (the backend's name).
-pub fn http_get(vip: SocketAddr) -> Result<String> {
+/// One HTTP request to `vip` from any port: (X-Backend header, body).
+pub fn http(vip: SocketAddr, request: &[u8]) -> Result<(String, Vec<u8>)> {
     let mut c = Conn::open(vip, 0)?;
-    c.writer.write_all(b"GET / HTTP/1.0\r\nHost: vip\r\n\r\n")?;
-    let mut all = String::new();
-    std::io::Read::read_to_string(&mut c.reader, &mut all)?;
-    let (head, body) = all.split_once("\r\n\r\n").context("no HTTP header end")?;
+    c.writer.write_all(request)?;
+    let mut all = Vec::new();
+    std::io::Read::read_to_end(&mut c.reader, &mut all)?;
+    let end = all
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("no HTTP header end")?;
+    let head = String::from_utf8_lossy(&all[..end]).into_owned();
     if !head.starts_with("HTTP/1.0 200") {
         bail!("HTTP answer {head:?}");
     }
-    Ok(body.trim().to_string())
+    let backend = head
+        .lines()
+        .find_map(|l| l.strip_prefix("X-Backend: "))
+        .unwrap_or("")
+        .to_string();
+    Ok((backend, all[end + 4..].to_vec()))
+}
+
+/// `GET /` to `vip`; returns the body (the backend's name).
+pub fn http_get(vip: SocketAddr) -> Result<String> {
+    let (_, body) = http(vip, b"GET / HTTP/1.0\r\nHost: vip\r\n\r\n")?;
+    Ok(String::from_utf8_lossy(&body).trim().to_string())
+}
+
+/// Downloads `n` bytes from `vip` and checks them; returns the backend's name.
+pub fn http_download(vip: SocketAddr, n: usize) -> Result<String> {
+    let (backend, body) = http(
+        vip,
+        format!("GET /bytes/{n} HTTP/1.0\r\nHost: vip\r\n\r\n").as_bytes(),
+    )?;
+    if body.len() != n || body.iter().enumerate().any(|(i, b)| *b != (i % 251) as u8) {
+        bail!(
+            "download of {n} bytes from {backend} came back as {} bytes, or corrupted",
+            body.len()
+        );
+    }
+    Ok(backend)
+}
+
+/// Uploads `n` bytes to `vip`; returns the backend's name once it confirmed receiving them all.
+pub fn http_upload(vip: SocketAddr, n: usize) -> Result<String> {
+    let mut req =
+        format!("POST /upload HTTP/1.0\r\nHost: vip\r\nContent-Length: {n}\r\n\r\n").into_bytes();
+    req.extend((0..n).map(|i| (i % 13) as u8));
+    let (backend, body) = http(vip, &req)?;
+    let text = String::from_utf8_lossy(&body);
+    if text.trim() != format!("{backend} {n}") {
+        bail!("upload of {n} bytes: the backend answered {text:?}");
+    }
+    Ok(backend)
 }
 
 /// One UDP request from `src_port`; returns the backend's name.

@@ -1,26 +1,37 @@
-//! The L2 (direct server return) test topology of docs/design.md:
+//! Test topologies of docs/design.md, in network namespaces. Every namespace (and so every
+//! veth) is removed when a topology is dropped, also when the test panics.
 //!
+//! L2 (direct server return):
 //! ```text
 //!   client (10.99.0.1, fd99::1) --+
 //!   lb     (10.99.0.2, fd99::2) --+-- bridge in namespace "net"
 //!   bN     (10.99.0.1N, fd99::1N) -+   (backends hold the VIPs on lo)
 //! ```
-//! The client routes the VIPs via the LB. The LB runs xdplb on its interface; the bridge
-//! port facing it carries the XDP pass program so XDP_TX frames are delivered. Every
-//! namespace (and so every veth) is removed when the topology is dropped.
+//! The client routes the VIPs via the LB; the bridge port facing the LB carries the XDP pass
+//! program so XDP_TX frames are delivered.
+//!
+//! L3 (NAT):
+//! ```text
+//!   client (10.98.1.1) -- eth0 lb eth1 (10.98.2.1) -- bridge in "bnet" -- bN (10.98.2.1N)
+//! ```
+//! The client routes the VIPs via the LB; backends route everything via the LB, so replies
+//! come back through it. The client's interface and the bridge port facing the LB carry the
+//! pass program (the LB redirects into both).
 
 use std::net::IpAddr;
 
 use anyhow::Result;
 use lb_userspace::{
-    datapath::{AttachMode, DataPath},
+    datapath::{AttachMode, DataPath, LoadOptions},
     model::Mac,
 };
 
-use crate::netns::{unique_prefix, Netns};
+use crate::netns::{sh, unique_prefix, Netns};
 
 pub const VIP4: &str = "10.99.0.100";
 pub const VIP6: &str = "fd99::100";
+pub const L3_VIP4: &str = "10.98.0.100";
+pub const L3_VIP6: &str = "fd98::100";
 pub const LB_IFACE: &str = "eth0";
 
 pub struct Host {
@@ -28,8 +39,99 @@ pub struct Host {
     pub ip4: IpAddr,
     pub ip6: IpAddr,
     pub mac: Mac,
-    /// Name of the bridge port (in "net") facing this host.
+    /// Name of the peer of this host's eth0 (a bridge port, or the LB's interface).
     pub port: String,
+}
+
+/// Creates namespace `<prefix>-<role>` with `eth0` whose peer `peer` goes into `peer_ns` (and
+/// onto its bridge br0 when `bridge`), addressed `v4/24` and `v6/64`.
+fn host(
+    prefix: &str,
+    role: &str,
+    peer: &str,
+    peer_ns: &Netns,
+    bridge: bool,
+    v4: &str,
+    v6: &str,
+) -> Result<Host> {
+    let ns = Netns::new(&format!("{prefix}-{role}"))?;
+    sh(&[
+        "ip",
+        "link",
+        "add",
+        "eth0",
+        "netns",
+        &ns.name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        peer,
+        "netns",
+        &peer_ns.name,
+    ])?;
+    if bridge {
+        peer_ns.exec(&["ip", "link", "set", peer, "master", "br0"])?;
+    }
+    peer_ns.exec(&["ip", "link", "set", peer, "up"])?;
+    ns.exec(&["ip", "addr", "add", &format!("{v4}/24"), "dev", "eth0"])?;
+    ns.exec(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("{v6}/64"),
+        "dev",
+        "eth0",
+        "nodad",
+    ])?;
+    ns.exec(&["ip", "link", "set", "eth0", "up"])?;
+    let mac: Mac = ns
+        .exec(&["cat", "/sys/class/net/eth0/address"])?
+        .trim()
+        .parse()?;
+    Ok(Host {
+        ns,
+        ip4: v4.parse()?,
+        ip6: v6.parse()?,
+        mac,
+        port: peer.to_string(),
+    })
+}
+
+fn bridge_ns(name: &str) -> Result<Netns> {
+    let net = Netns::new(name)?;
+    net.exec(&["ip", "link", "add", "br0", "type", "bridge"])?;
+    net.exec(&["ip", "link", "set", "br0", "up"])?;
+    Ok(net)
+}
+
+/// Routes the VIPs via `gw` in `ns`, and turns off checksum offload: frames that cross an XDP
+/// forwarder must carry complete checksums.
+fn route_vips_via(ns: &Netns, vip4: &str, vip6: &str, gw4: &str, gw6: &str) -> Result<()> {
+    ns.exec(&["ip", "route", "add", &format!("{vip4}/32"), "via", gw4])?;
+    ns.exec(&[
+        "ip",
+        "-6",
+        "route",
+        "add",
+        &format!("{vip6}/128"),
+        "via",
+        gw6,
+    ])?;
+    ns.exec(&["ethtool", "-K", "eth0", "tx", "off"])?;
+    Ok(())
+}
+
+/// A minimal data path (tiny maps) whose pass program the topologies attach to veth peers.
+fn pass_only() -> Result<DataPath> {
+    let opts = LoadOptions {
+        ring_size: 13,
+        max_vips: 1,
+        max_backends: 1,
+        conntrack_size: 1,
+        pin_dir: None,
+    };
+    Ok(DataPath::load(&opts)?)
 }
 
 pub struct L2Topology {
@@ -43,75 +145,32 @@ pub struct L2Topology {
 impl L2Topology {
     pub fn new(n_backends: usize) -> Result<L2Topology> {
         let p = unique_prefix();
-        let net = Netns::new(&format!("{p}-net"))?;
-        net.exec(&["ip", "link", "add", "br0", "type", "bridge"])?;
-        net.exec(&["ip", "link", "set", "br0", "up"])?;
-        let host = |role: &str, idx: u8| -> Result<Host> {
-            let ns = Netns::new(&format!("{p}-{role}"))?;
-            let port = format!("{p}p{idx}");
-            crate::netns::sh(&[
-                "ip", "link", "add", "eth0", "netns", &ns.name, "type", "veth", "peer", "name",
-                &port, "netns", &net.name,
-            ])?;
-            net.exec(&["ip", "link", "set", &port, "master", "br0", "up"])?;
-            let (ip4, ip6) = (format!("10.99.0.{idx}"), format!("fd99::{idx:x}"));
-            ns.exec(&["ip", "addr", "add", &format!("{ip4}/24"), "dev", "eth0"])?;
-            ns.exec(&[
-                "ip",
-                "addr",
-                "add",
-                &format!("{ip6}/64"),
-                "dev",
-                "eth0",
-                "nodad",
-            ])?;
-            ns.exec(&["ip", "link", "set", "eth0", "up"])?;
-            let mac: Mac = ns
-                .exec(&["cat", "/sys/class/net/eth0/address"])?
-                .trim()
-                .parse()?;
-            Ok(Host {
-                ns,
-                ip4: ip4.parse()?,
-                ip6: ip6.parse()?,
-                mac,
-                port,
-            })
+        let net = bridge_ns(&format!("{p}-net"))?;
+        let mk = |role: &str, idx: u8| {
+            host(
+                &p,
+                role,
+                &format!("{p}p{idx}"),
+                &net,
+                true,
+                &format!("10.99.0.{idx}"),
+                &format!("fd99::{idx:x}"),
+            )
         };
-        let client = host("client", 1)?;
-        let lb = host("lb", 2)?;
+        let client = mk("client", 1)?;
+        let lb = mk("lb", 2)?;
         let backends = (0..n_backends)
-            .map(|i| host(&format!("b{}", i + 1), 0x11 + i as u8))
+            .map(|i| mk(&format!("b{}", i + 1), 0x11 + i as u8))
             .collect::<Result<Vec<_>>>()?;
-        let topo = L2Topology {
-            client,
-            lb,
-            backends,
-            net,
-        };
-
-        // Client: VIPs via the LB; no checksum offload (frames cross an XDP forwarder).
-        let c = &topo.client.ns;
-        c.exec(&[
-            "ip",
-            "route",
-            "add",
-            &format!("{VIP4}/32"),
-            "via",
-            &topo.lb.ip4.to_string(),
-        ])?;
-        c.exec(&[
-            "ip",
-            "-6",
-            "route",
-            "add",
-            &format!("{VIP6}/128"),
-            "via",
-            &topo.lb.ip6.to_string(),
-        ])?;
-        c.exec(&["ethtool", "-K", "eth0", "tx", "off"])?;
+        route_vips_via(
+            &client.ns,
+            VIP4,
+            VIP6,
+            &lb.ip4.to_string(),
+            &lb.ip6.to_string(),
+        )?;
         // Backends: VIPs on lo, never answering ARP for them.
-        for b in &topo.backends {
+        for b in &backends {
             b.ns.exec(&["ip", "addr", "add", &format!("{VIP4}/32"), "dev", "lo"])?;
             b.ns.exec(&["ip", "addr", "add", &format!("{VIP6}/128"), "dev", "lo"])?;
             for (k, v) in [("arp_ignore", "1"), ("arp_announce", "2")] {
@@ -120,20 +179,18 @@ impl L2Topology {
                 }
             }
         }
-        Ok(topo)
+        Ok(L2Topology {
+            client,
+            lb,
+            backends,
+            net,
+        })
     }
 
     /// Attaches only the pass program to the bridge port facing the LB (for topologies where
-    /// `xdplb daemon` owns the LB): a minimal data path whose maps are tiny.
+    /// `xdplb daemon` owns the LB).
     pub fn attach_peer_pass(&self) -> Result<DataPath> {
-        let opts = lb_userspace::datapath::LoadOptions {
-            ring_size: 13,
-            max_vips: 1,
-            max_backends: 1,
-            conntrack_size: 1,
-            pin_dir: None,
-        };
-        let mut dp = DataPath::load(&opts)?;
+        let mut dp = pass_only()?;
         self.net
             .run(|| dp.attach_pass(&self.lb.port, AttachMode::Native))??;
         Ok(dp)
@@ -148,5 +205,76 @@ impl L2Topology {
         self.net
             .run(|| dp.attach_pass(&self.lb.port, AttachMode::Native))??;
         Ok(())
+    }
+}
+
+pub struct L3Topology {
+    pub client: Host,
+    /// The LB: `eth0` faces the client (its `port` is the client's eth0), `eth1` the backends.
+    pub lb: Netns,
+    pub backends: Vec<Host>,
+    /// The bridge port facing the LB's eth1.
+    pub lb_port: String,
+    pub bnet: Netns,
+}
+
+impl L3Topology {
+    pub fn new(n_backends: usize) -> Result<L3Topology> {
+        let p = unique_prefix();
+        let lb = Netns::new(&format!("{p}-lb"))?;
+        let client = host(&p, "client", "eth0", &lb, false, "10.98.1.1", "fd98:1::1")?;
+        lb.exec(&["ip", "addr", "add", "10.98.1.2/24", "dev", "eth0"])?;
+        lb.exec(&["ip", "addr", "add", "fd98:1::2/64", "dev", "eth0", "nodad"])?;
+        let bnet = bridge_ns(&format!("{p}-bnet"))?;
+        let lb_port = format!("{p}plb");
+        sh(&[
+            "ip", "link", "add", "eth1", "netns", &lb.name, "type", "veth", "peer", "name",
+            &lb_port, "netns", &bnet.name,
+        ])?;
+        bnet.exec(&["ip", "link", "set", &lb_port, "master", "br0", "up"])?;
+        lb.exec(&["ip", "addr", "add", "10.98.2.1/24", "dev", "eth1"])?;
+        lb.exec(&["ip", "addr", "add", "fd98:2::1/64", "dev", "eth1", "nodad"])?;
+        lb.exec(&["ip", "link", "set", "eth1", "up"])?;
+        // The kernel forwards what XDP passes to it (first packets, before neighbours resolve).
+        lb.exec(&["sysctl", "-qw", "net.ipv4.conf.all.forwarding=1"])?;
+        lb.exec(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])?;
+        route_vips_via(&client.ns, L3_VIP4, L3_VIP6, "10.98.1.2", "fd98:1::2")?;
+        let backends = (0..n_backends)
+            .map(|i| {
+                let idx = 0x11 + i as u8;
+                let b = host(
+                    &p,
+                    &format!("b{}", i + 1),
+                    &format!("{p}p{idx}"),
+                    &bnet,
+                    true,
+                    &format!("10.98.2.{idx}"),
+                    &format!("fd98:2::{idx:x}"),
+                )?;
+                b.ns.exec(&["ip", "route", "add", "default", "via", "10.98.2.1"])?;
+                b.ns.exec(&["ip", "-6", "route", "add", "default", "via", "fd98:2::1"])?;
+                b.ns.exec(&["ethtool", "-K", "eth0", "tx", "off"])?;
+                Ok(b)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(L3Topology {
+            client,
+            lb,
+            backends,
+            lb_port,
+            bnet,
+        })
+    }
+
+    /// The pass program on the two interfaces the LB redirects into: the client's eth0 and the
+    /// bridge port facing the LB's eth1.
+    pub fn attach_peer_pass(&self) -> Result<DataPath> {
+        let mut dp = pass_only()?;
+        self.client
+            .ns
+            .run(|| dp.attach_pass("eth0", AttachMode::Native))??;
+        self.bnet
+            .run(|| dp.attach_pass(&self.lb_port, AttachMode::Native))??;
+        Ok(dp)
     }
 }

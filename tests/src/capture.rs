@@ -1,0 +1,150 @@
+//! A packet capture on a test interface (AF_PACKET), counting the source addresses of the IP
+//! packets it receives: how a test proves a client never saw a backend's address.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread::JoinHandle,
+};
+
+use anyhow::{bail, Result};
+
+use crate::netns::Netns;
+
+const PACKET_OUTGOING: u8 = 4;
+
+pub struct Capture {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Result<BTreeMap<IpAddr, u64>>>>,
+}
+
+impl Capture {
+    /// Starts capturing what `iface` in `ns` receives.
+    pub fn start(ns: &Netns, iface: &str) -> Result<Capture> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ns_name, iface, flag) = (ns.name.clone(), iface.to_string(), stop.clone());
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || -> Result<BTreeMap<IpAddr, u64>> {
+            let ns = Netns { name: ns_name };
+            let entered = ns.enter();
+            std::mem::forget(ns); // not ours to delete
+            entered?;
+            let fd = open(&iface);
+            let _ = ready_tx.send(fd.is_ok());
+            let fd = fd?;
+            let mut seen = BTreeMap::new();
+            let mut buf = [0u8; 2048];
+            while !flag.load(Ordering::Relaxed) {
+                // SAFETY: recvfrom into owned buffers of the sizes given.
+                let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+                let mut len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+                let n = unsafe {
+                    libc::recvfrom(
+                        fd,
+                        buf.as_mut_ptr().cast(),
+                        buf.len(),
+                        0,
+                        (&raw mut sll).cast(),
+                        &mut len,
+                    )
+                };
+                if n <= 0 || sll.sll_pkttype == PACKET_OUTGOING {
+                    continue;
+                }
+                if let Some(src) = source(&buf[..n as usize]) {
+                    *seen.entry(src).or_default() += 1;
+                }
+            }
+            // SAFETY: closing the socket this thread opened.
+            unsafe { libc::close(fd) };
+            Ok(seen)
+        });
+        if !ready_rx.recv().unwrap_or(false) {
+            return match thread.join() {
+                Ok(Err(e)) => Err(e),
+                _ => bail!("the capture thread failed to start"),
+            };
+        }
+        Ok(Capture {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops and returns the packets received per source address.
+    pub fn finish(mut self) -> Result<BTreeMap<IpAddr, u64>> {
+        self.stop.store(true, Ordering::Relaxed);
+        match self.thread.take().expect("finished once").join() {
+            Ok(r) => r,
+            Err(_) => bail!("the capture thread panicked"),
+        }
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn open(iface: &str) -> Result<i32> {
+    let ifindex = lb_userspace::iface::index(iface)?;
+    // SAFETY: plain socket calls; the fd is closed by the capture thread.
+    unsafe {
+        let proto = (libc::ETH_P_ALL as u16).to_be();
+        let fd = libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            proto as i32,
+        );
+        if fd < 0 {
+            bail!("AF_PACKET socket: {}", std::io::Error::last_os_error());
+        }
+        let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = proto;
+        sll.sll_ifindex = ifindex as i32;
+        if libc::bind(
+            fd,
+            (&raw const sll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        ) != 0
+        {
+            let e = std::io::Error::last_os_error();
+            libc::close(fd);
+            bail!("binding the capture to {iface}: {e}");
+        }
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 50_000,
+        };
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const tv).cast(),
+            std::mem::size_of::<libc::timeval>() as u32,
+        );
+        Ok(fd)
+    }
+}
+
+/// Source address of an Ethernet frame carrying IPv4 or IPv6.
+fn source(frame: &[u8]) -> Option<IpAddr> {
+    match u16::from_be_bytes(frame.get(12..14)?.try_into().ok()?) {
+        0x0800 => Some(IpAddr::V4(Ipv4Addr::from(
+            <[u8; 4]>::try_from(frame.get(26..30)?).ok()?,
+        ))),
+        0x86dd => Some(IpAddr::V6(Ipv6Addr::from(
+            <[u8; 16]>::try_from(frame.get(22..38)?).ok()?,
+        ))),
+        _ => None,
+    }
+}
