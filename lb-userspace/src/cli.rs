@@ -226,12 +226,21 @@ fn print_vips(data: &Value) {
             };
             println!(
                 "{lead} {:<26} {:>6} {:<9} {:<17}",
-                text(&b["addr"]),
+                backend_addr(b),
                 text(&b["weight"]),
                 text(&b["state"]),
                 text(&b["mac"])
             );
         }
+    }
+}
+
+/// ADDR, or ADDR:PORT for an L3 backend on its own port.
+fn backend_addr(b: &Value) -> String {
+    match (b["addr"].as_str(), b["port"].as_u64()) {
+        (Some(a), Some(p)) if a.contains(':') => format!("[{a}]:{p}"),
+        (Some(a), Some(p)) => format!("{a}:{p}"),
+        _ => text(&b["addr"]),
     }
 }
 
