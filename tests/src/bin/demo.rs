@@ -4,6 +4,7 @@
 //!   checks, and the `xdplb` CLI's own listings;
 //! - L3 (NAT): the backends on their own subnet behind the LB, port rewrite, and a capture on
 //!   the client showing every reply came from the VIP.
+//!
 //! Everything it creates is removed at the end, also on Ctrl-C.
 
 use std::{
