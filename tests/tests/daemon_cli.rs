@@ -514,9 +514,10 @@ fn invalid_input_is_refused_and_changes_nothing() {
             "mode \"l4\"",
         ),
         (
-            vec!["vip", "add", "10.99.0.101:80/tcp", "--mode", "l3"],
-            "L3 (NAT) mode is not implemented",
+            vec!["backend", "add", &vip, "10.99.0.18:8080"],
+            "only L3 (NAT) mode can rewrite the port",
         ),
+        (vec!["backend", "add", &vip, "10.99.0.18:0"], "port \"0\""),
         (
             vec!["vip", "add", "10.99.0.101:80/tcp", "--hash", "dst"],
             "hash \"dst\"",
