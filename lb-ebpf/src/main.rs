@@ -39,11 +39,19 @@ pub fn xdplb(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn dispatch(ctx: &XdpContext, class: Class) -> u32 {
     match class {
-        Class::Flow(key, off) => match maps::find_vip(&key) {
-            Some(vip) if vip.flags & VIP_F_MODE_L3 != 0 => steer_l3(ctx, &vip, &key, &off),
-            Some(vip) => steer(ctx, &vip, &key, true),
-            None => reply(ctx, &key, &off),
-        },
+        Class::Flow(key, off) => {
+            // One NAT call site for both directions: the verifier walks the L3 code once per
+            // parse path instead of twice.
+            let nat = match maps::find_vip(&key) {
+                Some(vip) if vip.flags & VIP_F_MODE_L3 != 0 => to_backend(&vip, &key),
+                Some(vip) => return steer(ctx, &vip, &key, true),
+                None => to_client(&key),
+            };
+            match nat {
+                Ok((rw, count)) => nat_send(ctx, &key, &off, &rw, count),
+                Err((reason, action)) => verdict(reason, action),
+            }
+        }
         // An error a router sent about a packet a backend sent from the VIP (fragmentation
         // needed, say): it belongs to the backend that owns the flow, so PMTU discovery works.
         // L3 VIPs: passed (the quoted packet would need translating too); docs/datapath.md.
@@ -95,12 +103,15 @@ fn steer(ctx: &XdpContext, vip: &VipInfo, key: &FlowKey, record: bool) -> u32 {
     forward::send(ctx, choice.backend.mac, &out)
 }
 
+/// What an L3 packet becomes, and what to count it as: (VIP id, backend id, new flow).
+type NatPlan = (nat::Rewrite, Option<(u32, u32, bool)>);
+
 /// L3 mode: the flow's packets get the backend's address; a new flow also gets its
 /// reverse-NAT entry, so the backend's replies can be turned back into the VIP's.
 #[inline(always)]
-fn steer_l3(ctx: &XdpContext, vip: &VipInfo, key: &FlowKey, off: &parse::Offsets) -> u32 {
+fn to_backend(vip: &VipInfo, key: &FlowKey) -> Result<NatPlan, (u32, u32)> {
     let Some(choice) = balance::choose(vip, key, true) else {
-        return verdict(stats::DROP_NO_BACKEND, xdp_action::XDP_DROP);
+        return Err((stats::DROP_NO_BACKEND, xdp_action::XDP_DROP));
     };
     let b = &choice.backend;
     if choice.new_flow {
@@ -111,32 +122,27 @@ fn steer_l3(ctx: &XdpContext, vip: &VipInfo, key: &FlowKey, off: &parse::Offsets
         addr: b.addr,
         port: b.port,
     };
-    nat_send(
-        ctx,
-        key,
-        off,
-        &rw,
-        Some((vip.id, choice.id, choice.new_flow)),
-    )
+    Ok((rw, Some((vip.id, choice.id, choice.new_flow))))
 }
 
 /// A packet that is not for a VIP may be a backend's reply to an L3 flow.
 #[inline(always)]
-fn reply(ctx: &XdpContext, key: &FlowKey, off: &parse::Offsets) -> u32 {
+fn to_client(key: &FlowKey) -> Result<NatPlan, (u32, u32)> {
+    let not_ours = (stats::PASS_NOT_VIP, xdp_action::XDP_PASS);
     if !maps::enabled(CFG_F_L3) {
-        return verdict(stats::PASS_NOT_VIP, xdp_action::XDP_PASS);
+        return Err(not_ours);
     }
     // SAFETY: the entry is copied at once.
-    let Some(vip) = (unsafe { maps::NAT.get(key) }).copied() else {
-        return verdict(stats::PASS_NOT_VIP, xdp_action::XDP_PASS);
-    };
+    let vip = unsafe { maps::NAT.get(key) }.copied().ok_or(not_ours)?;
     counters::event(stats::EV_NAT_REVERSE);
-    let rw = nat::Rewrite {
-        dst: false,
-        addr: vip.addr,
-        port: vip.port,
-    };
-    nat_send(ctx, key, off, &rw, None)
+    Ok((
+        nat::Rewrite {
+            dst: false,
+            addr: vip.addr,
+            port: vip.port,
+        },
+        None,
+    ))
 }
 
 /// Routes, rewrites and sends an L3 packet; `count` = (VIP id, backend id, new flow) for

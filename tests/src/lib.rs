@@ -2,6 +2,7 @@
 //! clients, and the L2 topology. The tests themselves are in `tests/tests/`; they need root.
 pub mod capture;
 pub mod daemon;
+pub mod fib;
 pub mod netns;
 pub mod packet;
 pub mod peers;

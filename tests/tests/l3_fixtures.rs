@@ -9,7 +9,7 @@ use std::{collections::HashMap, net::IpAddr};
 use aya::programs::{TestRun, TestRunOptions};
 use lb_common::stats;
 use lb_tests::{
-    netns::{unique_prefix, Netns},
+    fib::{be_mac, fib_namespace, xdp_md},
     packet::{with_macs, Packet, CLIENT_MAC},
 };
 use lb_userspace::{
@@ -30,54 +30,6 @@ const DNS6: &str = "[fd01::100]:53/udp";
 const NO_NEIGH: &str = "10.1.0.101:80/tcp";
 const NO_ROUTE: &str = "10.1.0.102:80/tcp";
 const L2_WEB: &str = "10.1.0.100:443/tcp";
-
-fn be_mac(i: u8) -> Mac {
-    Mac([0x02, 0xbe, 0, 0, 0, i])
-}
-
-/// The FIB namespace: c0 (client side, 10.1.0.254, fd01::fe) and b0 (backend side, 10.2.0.254,
-/// fd02::fe), each a veth whose peer stays down-stream in the same namespace.
-fn fib_namespace() -> Netns {
-    let ns = Netns::new(&format!("{}-fib", unique_prefix())).unwrap();
-    let x = |args: &[&str]| ns.exec(args).unwrap();
-    for (dev, peer, v4, v6) in [
-        ("c0", "c0p", "10.1.0.254/24", "fd01::fe/64"),
-        ("b0", "b0p", "10.2.0.254/24", "fd02::fe/64"),
-    ] {
-        x(&[
-            "ip", "link", "add", dev, "type", "veth", "peer", "name", peer,
-        ]);
-        x(&["ip", "addr", "add", v4, "dev", dev]);
-        x(&["ip", "addr", "add", v6, "dev", dev, "nodad"]);
-        x(&["ip", "link", "set", dev, "up"]);
-        x(&["ip", "link", "set", peer, "up"]);
-    }
-    x(&["sysctl", "-qw", "net.ipv4.conf.all.forwarding=1"]);
-    x(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
-    let client = Mac(CLIENT_MAC).to_string();
-    for (addr, dev, mac) in [
-        ("10.1.0.1", "c0", client.clone()),
-        ("fd01::1", "c0", client),
-        ("10.2.0.1", "b0", be_mac(1).to_string()),
-        ("10.2.0.2", "b0", be_mac(2).to_string()),
-        ("fd02::1", "b0", be_mac(1).to_string()),
-        ("fd02::2", "b0", be_mac(2).to_string()),
-    ] {
-        x(&[
-            "ip",
-            "neigh",
-            "replace",
-            addr,
-            "lladdr",
-            &mac,
-            "dev",
-            dev,
-            "nud",
-            "permanent",
-        ]);
-    }
-    ns
-}
 
 fn backend(addr: &str, port: u16) -> BackendTarget {
     BackendTarget {
@@ -111,9 +63,7 @@ struct Fix {
 
 impl Fix {
     fn run(&mut self, ingress: &str, frame: &[u8]) -> (u32, Vec<u8>) {
-        // xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
-        let md: [u32; 6] = [0, frame.len() as u32, 0, self.ifindex[ingress], 0, 0];
-        let ctx: Vec<u8> = md.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        let ctx = xdp_md(self.ifindex[ingress], frame.len());
         let mut out = vec![0u8; frame.len() + 64];
         let r = self
             .dp

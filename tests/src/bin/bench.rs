@@ -4,10 +4,12 @@
 //! Two methods, both from the kernel's own accounting (`BPF_ENABLE_STATS`: run_time_ns /
 //! run_cnt), so the syscall overhead is not in the figures:
 //! * `repeat`: one call with repeat = N. Valid only where the program's output is again an
-//!   input for the same path (pass, and L2 hits: the MAC rewrite is idempotent).
-//! * `calls`: N calls with repeat = 1, each with its own packet (new flows for the miss case).
+//!   input for the same path (pass, and L2 hits: the MAC rewrite is idempotent). Not for L3:
+//!   a NATed packet is no longer addressed to the VIP.
+//! * `calls`: N calls with repeat = 1, each with its own packet (new flows for miss cases).
 //!
-//! Every call's verdict is checked, so a case cannot silently measure the wrong path.
+//! Every call's verdict is checked, so a case cannot silently measure the wrong path. It runs
+//! in a namespace where the FIB answers (lb_tests::fib), so L3 cases take their real path.
 
 use std::{net::Ipv4Addr, time::Instant};
 
@@ -16,15 +18,19 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp},
     sys::{enable_stats, Stats},
 };
-use lb_tests::packet::{Packet, LB_MAC};
+use lb_tests::{
+    fib::{be_mac, fib_namespace, xdp_md},
+    packet::Packet,
+};
 use lb_userspace::{
     datapath::{DataPath, LoadOptions},
     mirror::Mirror,
-    model::{BackendTarget, HashFields, Mac, Mode, VipSpec, VipState},
+    model::{BackendTarget, HashFields, Mode, VipSpec, VipState},
 };
 
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
+const XDP_REDIRECT: u32 = 4;
 const REPEAT: u32 = 2_000_000;
 const CALLS: u32 = 100_000;
 
@@ -33,156 +39,227 @@ fn stats_of(prog: &Xdp) -> Result<(u64, u64)> {
     Ok((info.run_time().as_nanos() as u64, info.run_count()))
 }
 
-/// ns per run by the kernel's accounting over `f`.
-fn measure(prog: &mut Xdp, f: impl FnOnce(&mut Xdp) -> Result<()>) -> Result<f64> {
+/// One input: a single frame repeated, or distinct frames; on which interface.
+enum Input<'a> {
+    Repeat(&'a [u8]),
+    Calls(&'a [Vec<u8>]),
+}
+
+/// ns per run by the kernel's accounting; every verdict must be `want`.
+fn measure(prog: &mut Xdp, input: Input<'_>, ifindex: u32, want: u32) -> Result<f64> {
     let (t0, c0) = stats_of(prog)?;
-    f(prog)?;
-    let (t1, c1) = stats_of(prog)?;
-    Ok((t1 - t0) as f64 / (c1 - c0) as f64)
-}
-
-fn run_repeat(prog: &mut Xdp, frame: &[u8], want: u32) -> Result<()> {
-    let mut out = vec![0u8; frame.len() + 64];
-    let r = prog.test_run(TestRunOptions {
-        data_in: Some(frame),
-        data_out: Some(&mut out),
-        repeat: REPEAT,
-        ..Default::default()
-    })?;
-    if r.return_value != want {
-        bail!("verdict {} instead of {want}", r.return_value);
-    }
-    Ok(())
-}
-
-fn run_calls(prog: &mut Xdp, frames: &[Vec<u8>], want: u32) -> Result<()> {
     let mut out = vec![0u8; 256];
-    for f in frames {
+    let mut check = |frame: &[u8], repeat: u32| -> Result<()> {
+        let ctx = xdp_md(ifindex, frame.len());
         let r = prog.test_run(TestRunOptions {
-            data_in: Some(f),
+            data_in: Some(frame),
             data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            repeat,
             ..Default::default()
         })?;
         if r.return_value != want {
             bail!("verdict {} instead of {want}", r.return_value);
         }
+        Ok(())
+    };
+    match input {
+        Input::Repeat(f) => check(f, REPEAT)?,
+        Input::Calls(frames) => {
+            for f in frames {
+                check(f, 1)?;
+            }
+        }
     }
-    Ok(())
+    let (t1, c1) = stats_of(prog)?;
+    Ok((t1 - t0) as f64 / (c1 - c0) as f64)
+}
+
+fn vip(addr: &str, mode: Mode, backends: &[&str]) -> VipState {
+    let backends = backends
+        .iter()
+        .enumerate()
+        .map(|(i, a)| BackendTarget {
+            addr: a.parse().unwrap(),
+            weight: 1,
+            mac: be_mac(i as u8 + 1),
+            ifindex: 0,
+            port: 0,
+        })
+        .collect();
+    VipState {
+        spec: VipSpec {
+            addr: addr.parse().unwrap(),
+            mode,
+            hash: HashFields::FiveTuple,
+        },
+        backends,
+    }
+}
+
+/// New flows to `dst:80` from distinct sources.
+fn new_flows(dst: &str) -> Vec<Vec<u8>> {
+    (0..CALLS)
+        .map(|i| {
+            let src = Ipv4Addr::from(0x0b00_0000 + (i >> 14));
+            Packet::tcp(&src.to_string(), 1024 + (i & 0x3fff) as u16, dst, 80).build()
+        })
+        .collect()
 }
 
 fn main() -> Result<()> {
+    let ns = fib_namespace();
+    ns.run(bench)?
+}
+
+fn bench() -> Result<()> {
     let opts = LoadOptions::default();
     let mut dp = DataPath::load(&opts).context("loading xdplb (root? cargo xtask setup?)")?;
-    dp.register_iface(1, Mac(LB_MAC))?;
+    let c0 = dp.register_egress("c0")?;
+    let b0 = dp.register_egress("b0")?;
     let mut mirror = Mirror::new(opts.ring_size, opts.max_vips, opts.max_backends);
-    let backends = |v6: bool| -> Vec<BackendTarget> {
-        (1..=3u8)
-            .map(|i| BackendTarget {
-                addr: if v6 {
-                    format!("2001:db8:1::{i}").parse().unwrap()
-                } else {
-                    format!("10.0.1.{i}").parse().unwrap()
-                },
-                weight: 1,
-                mac: Mac([2, 0xbe, 0, 0, 0, i]),
-                ifindex: 0,
-                port: 0,
-            })
-            .collect()
-    };
-    let vip = |addr: &str, v6| VipState {
-        spec: VipSpec {
-            addr: addr.parse().unwrap(),
-            mode: Mode::L2,
-            hash: HashFields::FiveTuple,
-        },
-        backends: backends(v6),
-    };
     mirror.sync(
         &mut dp.writer(),
         &[
-            vip("10.0.0.100:80/tcp", false),
-            vip("[2001:db8::100]:80/tcp", true),
+            vip(
+                "10.1.0.100:80/tcp",
+                Mode::L2,
+                &["10.1.0.11", "10.1.0.12", "10.1.0.13"],
+            ),
+            vip(
+                "[fd01::100]:80/tcp",
+                Mode::L2,
+                &["fd01::11", "fd01::12", "fd01::13"],
+            ),
+            // Both backends have neighbour entries in the FIB namespace.
+            vip("10.1.0.200:80/tcp", Mode::L3, &["10.2.0.1", "10.2.0.2"]),
         ],
     )?;
-    let insns = dp
-        .program()?
-        .info()?
-        .verified_instruction_count()
-        .unwrap_or(0);
+    let insns = dp.verified_insns().unwrap_or(0);
 
     let _stats = enable_stats(Stats::RunTime).context("BPF_ENABLE_STATS")?;
-    let non_vip = Packet::tcp("10.0.0.1", 40000, "10.0.0.7", 80).build();
-    let hit4 = Packet::tcp("10.0.0.1", 40000, "10.0.0.100", 80).build();
-    let hit6 = Packet::tcp("2001:db8::1", 40000, "2001:db8::100", 80).build();
-    let new_flows: Vec<Vec<u8>> = (0..CALLS)
-        .map(|i| {
-            let src = Ipv4Addr::from(0x0b00_0000 + (i >> 14));
-            Packet::tcp(
-                &src.to_string(),
-                1024 + (i & 0x3fff) as u16,
-                "10.0.0.100",
-                80,
-            )
-            .build()
-        })
-        .collect();
-    let repeated = |f: &Vec<u8>, n: u32| vec![f.clone(); n as usize];
+    let non_vip = Packet::tcp("10.1.0.1", 40000, "10.1.0.7", 80).build();
+    let hit4 = Packet::tcp("10.1.0.1", 40000, "10.1.0.100", 80).build();
+    let hit6 = Packet::tcp("fd01::1", 40000, "fd01::100", 80).build();
+    let l3_fwd = Packet::tcp("10.1.0.1", 40000, "10.1.0.200", 80).build();
+    let (l2_new, l3_new) = (new_flows("10.1.0.100"), new_flows("10.1.0.200"));
+    let many = |f: &Vec<u8>| vec![f.clone(); CALLS as usize];
 
     let started = Instant::now();
-    let mut rows = Vec::new();
     // Baseline: the empty XDP_PASS program, both methods.
-    let base_rep = measure(dp.pass_program()?, |p| run_repeat(p, &non_vip, XDP_PASS))?;
-    let base_calls = measure(dp.pass_program()?, |p| {
-        run_calls(p, &repeated(&non_vip, CALLS), XDP_PASS)
-    })?;
-    // Prime the connection table for the hit cases.
-    run_calls(dp.program()?, &[hit4.clone(), hit6.clone()], XDP_TX)?;
+    let base_rep = measure(dp.pass_program()?, Input::Repeat(&non_vip), c0, XDP_PASS)?;
+    let base_calls = measure(
+        dp.pass_program()?,
+        Input::Calls(&many(&non_vip)),
+        c0,
+        XDP_PASS,
+    )?;
     let lb = dp.program()?;
-    rows.push((
-        "non-VIP packet",
-        "repeat",
-        measure(lb, |p| run_repeat(p, &non_vip, XDP_PASS))?,
-        base_rep,
-    ));
-    rows.push((
-        "L2 hit, IPv4",
-        "repeat",
-        measure(lb, |p| run_repeat(p, &hit4, XDP_TX))?,
-        base_rep,
-    ));
-    rows.push((
-        "L2 hit, IPv6",
-        "repeat",
-        measure(lb, |p| run_repeat(p, &hit6, XDP_TX))?,
-        base_rep,
-    ));
-    rows.push((
-        "non-VIP packet",
-        "calls",
-        measure(lb, |p| run_calls(p, &repeated(&non_vip, CALLS), XDP_PASS))?,
-        base_calls,
-    ));
-    rows.push((
-        "L2 hit, IPv4",
-        "calls",
-        measure(lb, |p| run_calls(p, &repeated(&hit4, CALLS), XDP_TX))?,
-        base_calls,
-    ));
-    rows.push((
-        "L2 miss (new flow), IPv4",
-        "calls",
-        measure(lb, |p| run_calls(p, &new_flows, XDP_TX))?,
-        base_calls,
-    ));
+    // Prime the tables for the hit cases; learn which backend the L3 flow went to, for its reply.
+    measure(lb, Input::Calls(&[hit4.clone(), hit6.clone()]), c0, XDP_TX)?;
+    measure(
+        lb,
+        Input::Calls(std::slice::from_ref(&l3_fwd)),
+        c0,
+        XDP_REDIRECT,
+    )?;
+    let l3_backend = ["10.2.0.1", "10.2.0.2"]
+        .into_iter()
+        .find(|b| {
+            let reply = Packet::tcp(b, 80, "10.1.0.1", 40000).build();
+            measure(
+                lb,
+                Input::Calls(std::slice::from_ref(&reply)),
+                b0,
+                XDP_REDIRECT,
+            )
+            .is_ok()
+        })
+        .context("no backend's reply matched the L3 flow")?;
+    let l3_reply = Packet::tcp(l3_backend, 80, "10.1.0.1", 40000).build();
 
+    let cases: [(&str, &str, Input<'_>, u32, u32, f64); 9] = [
+        (
+            "non-VIP packet",
+            "repeat",
+            Input::Repeat(&non_vip),
+            c0,
+            XDP_PASS,
+            base_rep,
+        ),
+        (
+            "L2 hit, IPv4",
+            "repeat",
+            Input::Repeat(&hit4),
+            c0,
+            XDP_TX,
+            base_rep,
+        ),
+        (
+            "L2 hit, IPv6",
+            "repeat",
+            Input::Repeat(&hit6),
+            c0,
+            XDP_TX,
+            base_rep,
+        ),
+        (
+            "non-VIP packet",
+            "calls",
+            Input::Calls(&many(&non_vip)),
+            c0,
+            XDP_PASS,
+            base_calls,
+        ),
+        (
+            "L2 hit, IPv4",
+            "calls",
+            Input::Calls(&many(&hit4)),
+            c0,
+            XDP_TX,
+            base_calls,
+        ),
+        (
+            "L2 miss (new flow), IPv4",
+            "calls",
+            Input::Calls(&l2_new),
+            c0,
+            XDP_TX,
+            base_calls,
+        ),
+        (
+            "L3 forward hit, IPv4",
+            "calls",
+            Input::Calls(&many(&l3_fwd)),
+            c0,
+            XDP_REDIRECT,
+            base_calls,
+        ),
+        (
+            "L3 reverse hit, IPv4",
+            "calls",
+            Input::Calls(&many(&l3_reply)),
+            b0,
+            XDP_REDIRECT,
+            base_calls,
+        ),
+        (
+            "L3 miss (new flow), IPv4",
+            "calls",
+            Input::Calls(&l3_new),
+            c0,
+            XDP_REDIRECT,
+            base_calls,
+        ),
+    ];
     println!("xdplb per-packet cost (BPF_PROG_TEST_RUN, kernel run_time_ns/run_cnt; repeat={REPEAT}, calls={CALLS})");
     println!("empty XDP_PASS baseline: {base_rep:.1} ns (repeat), {base_calls:.1} ns (calls)");
     println!(
         "{:<28} {:>7} {:>10} {:>10} {:>8}",
         "case", "method", "total ns", "net ns", "x empty"
     );
-    for (case, method, ns, base) in rows {
+    for (case, method, input, ifindex, want, base) in cases {
+        let ns = measure(lb, input, ifindex, want).with_context(|| format!("case {case}"))?;
         println!(
             "{case:<28} {method:>7} {ns:>10.1} {:>10.1} {:>8.2}",
             ns - base,

@@ -1,0 +1,69 @@
+//! A namespace where `bpf_fib_lookup` answers, for L3 fixtures and benchmarks: a client-side
+//! veth `c0` (10.1.0.254/24, fd01::fe/64) and a backend-side veth `b0` (10.2.0.254/24,
+//! fd02::fe/64), forwarding on, and permanent neighbour entries for the client (10.1.0.1,
+//! fd01::1: `CLIENT_MAC`) and backends 1 and 2 (10.2.0.N, fd02::N: `be_mac(N)`).
+
+use lb_userspace::model::Mac;
+
+use crate::{
+    netns::{unique_prefix, Netns},
+    packet::CLIENT_MAC,
+};
+
+/// The MAC the FIB namespace gives backend `i`.
+pub fn be_mac(i: u8) -> Mac {
+    Mac([0x02, 0xbe, 0, 0, 0, i])
+}
+
+/// The `xdp_md` context of a BPF_PROG_TEST_RUN call: a frame of `len` bytes received on
+/// `ifindex` (data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex).
+pub fn xdp_md(ifindex: u32, len: usize) -> Vec<u8> {
+    [0, len as u32, 0, ifindex, 0, 0]
+        .iter()
+        .flat_map(|w: &u32| w.to_ne_bytes())
+        .collect()
+}
+
+/// The FIB namespace: c0 (client side, 10.1.0.254, fd01::fe) and b0 (backend side, 10.2.0.254,
+/// fd02::fe), each a veth whose peer stays down-stream in the same namespace.
+pub fn fib_namespace() -> Netns {
+    let ns = Netns::new(&format!("{}-fib", unique_prefix())).unwrap();
+    let x = |args: &[&str]| ns.exec(args).unwrap();
+    for (dev, peer, v4, v6) in [
+        ("c0", "c0p", "10.1.0.254/24", "fd01::fe/64"),
+        ("b0", "b0p", "10.2.0.254/24", "fd02::fe/64"),
+    ] {
+        x(&[
+            "ip", "link", "add", dev, "type", "veth", "peer", "name", peer,
+        ]);
+        x(&["ip", "addr", "add", v4, "dev", dev]);
+        x(&["ip", "addr", "add", v6, "dev", dev, "nodad"]);
+        x(&["ip", "link", "set", dev, "up"]);
+        x(&["ip", "link", "set", peer, "up"]);
+    }
+    x(&["sysctl", "-qw", "net.ipv4.conf.all.forwarding=1"]);
+    x(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+    let client = Mac(CLIENT_MAC).to_string();
+    for (addr, dev, mac) in [
+        ("10.1.0.1", "c0", client.clone()),
+        ("fd01::1", "c0", client),
+        ("10.2.0.1", "b0", be_mac(1).to_string()),
+        ("10.2.0.2", "b0", be_mac(2).to_string()),
+        ("fd02::1", "b0", be_mac(1).to_string()),
+        ("fd02::2", "b0", be_mac(2).to_string()),
+    ] {
+        x(&[
+            "ip",
+            "neigh",
+            "replace",
+            addr,
+            "lladdr",
+            &mac,
+            "dev",
+            dev,
+            "nud",
+            "permanent",
+        ]);
+    }
+    ns
+}
