@@ -33,6 +33,10 @@ pub static NAT: LruHashMap<FlowKey, NatValue> =
 #[map(name = "XDPLB_CONFIG")]
 pub static CONFIG: Array<u32> = Array::with_max_entries(1, 0);
 
+/// Scratch space for `launder`.
+#[map(name = "XDPLB_SCRATCH")]
+pub static SCRATCH: PerCpuArray<[u32; 2]> = PerCpuArray::with_max_entries(1, 0);
+
 #[map(name = "XDPLB_IFACES")]
 pub static IFACES: HashMap<u32, IfaceInfo> = HashMap::with_max_entries(m::MAX_IFACES, 0);
 
@@ -86,4 +90,26 @@ pub fn is_vip_address(dst: &Dest) -> bool {
 #[inline(always)]
 pub fn enabled(flag: u32) -> bool {
     CONFIG.get(0).is_some_and(|f| *f & flag != 0)
+}
+
+/// Largest header offset the NAT code accepts (headers must start in the first 4 KiB).
+const MAX_OFFSET: usize = 0xfff;
+
+/// Passes offsets through map memory: what the verifier reads back is an unknown scalar, which
+/// the mask bounds the same way on every path, so states from different parse paths merge.
+#[inline(always)]
+pub fn launder(off: &crate::parse::Offsets) -> Option<crate::parse::Offsets> {
+    if off.l3 > MAX_OFFSET || off.l4 > MAX_OFFSET {
+        return None;
+    }
+    let slot = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: a per-CPU slot only this program run touches.
+    unsafe {
+        core::ptr::write_volatile(slot, [off.l3 as u32, off.l4 as u32]);
+        let [l3, l4] = core::ptr::read_volatile(slot);
+        Some(crate::parse::Offsets {
+            l3: l3 as usize & MAX_OFFSET,
+            l4: l4 as usize & MAX_OFFSET,
+        })
+    }
 }
