@@ -15,11 +15,16 @@ pub const TX: u32 = 7;
 pub const REDIRECT: u32 = 8;
 /// L3: TTL or hop limit would expire: passed unchanged so the kernel answers with ICMP.
 pub const PASS_TTL: u32 = 9;
-/// L3: rewritten, but the next hop's MAC is not known yet: the kernel resolves and forwards it.
+/// L3: rewritten and handed to the kernel to forward: the next hop's MAC is not known yet, or
+/// the route leaves by an interface xdplb is not attached to.
 pub const PASS_NO_NEIGH: u32 = 10;
 /// L3: the FIB has no usable route (unreachable, blackhole, MTU): passed unchanged.
 pub const PASS_NO_ROUTE: u32 = 11;
-pub const VERDICT_COUNT: u32 = 12;
+/// L3: VLAN-tagged frames are not NATed (the tag would have to follow the egress).
+pub const PASS_L3_VLAN: u32 = 12;
+/// L3: the packet is larger than the egress MTU (no ICMP "too big" is generated yet).
+pub const DROP_TOO_BIG: u32 = 13;
+pub const VERDICT_COUNT: u32 = 14;
 
 pub const EVENT_BASE: u32 = 16;
 pub const EV_CT_HIT: u32 = EVENT_BASE;
@@ -50,8 +55,10 @@ pub fn name(index: u32) -> Option<&'static str> {
         TX => "tx",
         REDIRECT => "redirect",
         PASS_TTL => "pass_ttl_expired",
-        PASS_NO_NEIGH => "pass_no_neighbour",
+        PASS_NO_NEIGH => "pass_kernel_forwards",
         PASS_NO_ROUTE => "pass_no_route",
+        PASS_L3_VLAN => "pass_l3_vlan",
+        DROP_TOO_BIG => "drop_too_big",
         EV_CT_HIT => "conntrack_hit",
         EV_CT_MISS => "conntrack_miss",
         EV_CT_STALE => "conntrack_stale",

@@ -31,21 +31,25 @@ pub fn xdplb(ctx: XdpContext) -> u32 {
             if vlan {
                 counters::event(stats::EV_VLAN);
             }
-            dispatch(&ctx, class)
+            dispatch(&ctx, class, vlan)
         }
     }
 }
 
 #[inline(always)]
-fn dispatch(ctx: &XdpContext, class: Class) -> u32 {
+fn dispatch(ctx: &XdpContext, class: Class, vlan: bool) -> u32 {
     match class {
         Class::Flow(key, off) => {
             // One NAT call site for both directions: the verifier walks the L3 code once per
             // parse path instead of twice.
             let nat = match maps::find_vip(&key) {
+                // The tag would have to follow the FIB's egress: not NATed (docs/datapath.md).
+                Some(vip) if vip.flags & VIP_F_MODE_L3 != 0 && vlan => {
+                    return verdict(stats::PASS_L3_VLAN, xdp_action::XDP_PASS)
+                }
                 Some(vip) if vip.flags & VIP_F_MODE_L3 != 0 => to_backend(&vip, &key),
                 Some(vip) => return steer(ctx, &vip, &key, true),
-                None => to_client(&key),
+                None => to_client(&key, vlan),
             };
             match nat {
                 Ok((rw, count)) => nat_send(ctx, &key, &off, &rw, count),
@@ -127,14 +131,16 @@ fn to_backend(vip: &VipInfo, key: &FlowKey) -> Result<NatPlan, (u32, u32)> {
 
 /// A packet that is not for a VIP may be a backend's reply to an L3 flow.
 #[inline(always)]
-fn to_client(key: &FlowKey) -> Result<NatPlan, (u32, u32)> {
+fn to_client(key: &FlowKey, vlan: bool) -> Result<NatPlan, (u32, u32)> {
     let not_ours = (stats::PASS_NOT_VIP, xdp_action::XDP_PASS);
     if !maps::enabled(CFG_F_L3) {
         return Err(not_ours);
     }
     // SAFETY: the entry is copied at once.
     let vip = unsafe { maps::NAT.get(key) }.copied().ok_or(not_ours)?;
-    counters::event(stats::EV_NAT_REVERSE);
+    if vlan {
+        return Err((stats::PASS_L3_VLAN, xdp_action::XDP_PASS));
+    }
     Ok((
         nat::Rewrite {
             dst: false,
@@ -168,7 +174,8 @@ fn nat_send(
     let hop = match route {
         nat::Route::Expired => return verdict(stats::PASS_TTL, xdp_action::XDP_PASS),
         nat::Route::None => return verdict(stats::PASS_NO_ROUTE, xdp_action::XDP_PASS),
-        nat::Route::NoNeigh => false,
+        nat::Route::TooBig => return verdict(stats::DROP_TOO_BIG, xdp_action::XDP_DROP),
+        nat::Route::Kernel => false,
         nat::Route::Forward { .. } => true,
     };
     if let Some((vip, backend, new_flow)) = count {
@@ -176,6 +183,9 @@ fn nat_send(
     }
     if let Err(reason) = nat::rewrite(ctx, key, off, rw, hop) {
         return verdict(reason, xdp_action::XDP_PASS);
+    }
+    if count.is_none() {
+        counters::event(stats::EV_NAT_REVERSE);
     }
     match route {
         nat::Route::Forward { out, dmac } => forward::send(ctx, dmac, &out),

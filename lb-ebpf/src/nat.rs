@@ -6,7 +6,10 @@
 use core::mem::size_of;
 
 use aya_ebpf::{
-    bindings::{bpf_fib_lookup, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS},
+    bindings::{
+        bpf_fib_lookup, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH,
+        BPF_FIB_LKUP_RET_SUCCESS,
+    },
     helpers::generated::bpf_fib_lookup as fib_lookup,
     programs::XdpContext,
     EbpfContext,
@@ -16,6 +19,7 @@ use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 
 use crate::{
     forward::Egress,
+    maps::IFACES,
     parse::{ptr_at, Offsets},
 };
 
@@ -39,9 +43,12 @@ pub enum Route {
         out: Egress,
         dmac: [u8; 6],
     },
-    /// A route, but no neighbour entry for the next hop yet.
-    NoNeigh,
-    /// No usable route (unreachable, blackhole, prohibited, MTU exceeded, forwarding off).
+    /// A route the kernel must take over: no neighbour entry for the next hop yet, or an
+    /// egress xdplb is not attached to (it cannot redirect there).
+    Kernel,
+    /// Larger than the egress MTU.
+    TooBig,
+    /// No usable route (unreachable, blackhole, prohibited, forwarding off).
     None,
     /// TTL or hop limit would reach 0.
     Expired,
@@ -51,17 +58,27 @@ pub enum Route {
 #[inline(always)]
 pub fn route(ctx: &XdpContext, key: &FlowKey, off: &Offsets, rw: &Rewrite) -> Result<Route, u32> {
     let v4 = key.family == FAMILY_V4;
-    let (ttl, tot_len) = if v4 {
+    // TOS (IPv4) and flow info (IPv6) go into the lookup too: policy rules and multipath
+    // hashing then agree with what the kernel does for the packets it forwards itself.
+    let (ttl, tot_len, tos) = if v4 {
         let ip = ptr_at::<Ipv4Hdr>(ctx, off.l3)?;
         // SAFETY: bounds-checked by ptr_at.
-        unsafe { ((*ip).ttl, u16::from_be_bytes((*ip).tot_len)) }
+        unsafe {
+            (
+                (*ip).ttl,
+                u16::from_be_bytes((*ip).tot_len),
+                (*ip).tos as u32,
+            )
+        }
     } else {
         let ip = ptr_at::<Ipv6Hdr>(ctx, off.l3)?;
         // SAFETY: bounds-checked by ptr_at.
         unsafe {
+            let len = u16::from_be_bytes((*ip).payload_len).wrapping_add(Ipv6Hdr::LEN as u16);
             (
                 (*ip).hop_limit,
-                u16::from_be_bytes((*ip).payload_len).wrapping_add(Ipv6Hdr::LEN as u16),
+                len,
+                u32::from_ne_bytes((*ip).vcf) & 0x0fff_ffffu32.to_be(),
             )
         }
     };
@@ -89,16 +106,18 @@ pub fn route(ctx: &XdpContext, key: &FlowKey, off: &Offsets, rw: &Rewrite) -> Re
     p.__bindgen_anon_1.tot_len = tot_len;
     p.ifindex = ctx.ingress_ifindex() as u32;
     if v4 {
+        p.__bindgen_anon_2.tos = tos as u8;
         p.__bindgen_anon_3.ipv4_src = src[0];
         p.__bindgen_anon_4.ipv4_dst = dst[0];
     } else {
+        p.__bindgen_anon_2.flowinfo = tos;
         p.__bindgen_anon_3.ipv6_src = src;
         p.__bindgen_anon_4.ipv6_dst = dst;
     }
     // SAFETY: `p` is a valid, initialised request of the size given.
     let rc = unsafe { fib_lookup(ctx.as_ptr(), &mut p, size_of::<bpf_fib_lookup>() as i32, 0) };
     Ok(match rc as u32 {
-        BPF_FIB_LKUP_RET_SUCCESS => {
+        BPF_FIB_LKUP_RET_SUCCESS if attached(p.ifindex) => {
             let back_out = p.ifindex == ctx.ingress_ifindex() as u32;
             Route::Forward {
                 out: Egress {
@@ -109,9 +128,17 @@ pub fn route(ctx: &XdpContext, key: &FlowKey, off: &Offsets, rw: &Rewrite) -> Re
                 dmac: p.dmac,
             }
         }
-        BPF_FIB_LKUP_RET_NO_NEIGH => Route::NoNeigh,
+        BPF_FIB_LKUP_RET_SUCCESS | BPF_FIB_LKUP_RET_NO_NEIGH => Route::Kernel,
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => Route::TooBig,
         _ => Route::None,
     })
+}
+
+/// Whether frames can be redirected out of `ifindex` (the loader registered it).
+#[inline(always)]
+fn attached(ifindex: u32) -> bool {
+    // SAFETY: only presence is checked.
+    unsafe { IFACES.get(ifindex) }.is_some()
 }
 
 /// Rewrites address, port and checksums (and decrements the TTL when `hop`: the kernel does it

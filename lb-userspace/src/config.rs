@@ -223,6 +223,9 @@ impl Config {
             }
         }
         let mut vips = BTreeSet::new();
+        // L3 replies are matched by (backend, port, protocol, client): two VIPs sharing a
+        // backend endpoint could not tell their replies apart.
+        let mut endpoints = std::collections::BTreeMap::new();
         if self.vips.len() > limits.max_vips as usize {
             return Err(format!(
                 "{} VIPs configured but limits.max_vips is {}",
@@ -269,6 +272,17 @@ impl Config {
                         ))
                     }
                     _ => {}
+                }
+                if l3 && v.addr.port == 0 && b.port.is_some() {
+                    return Err(what("an all-ports VIP keeps each client's port; a backend port would fold them into one"));
+                }
+                if l3 {
+                    let endpoint = (b.addr, b.port.unwrap_or(v.addr.port), v.addr.proto);
+                    if let Some(other) = endpoints.insert(endpoint, v.addr) {
+                        return Err(what(&format!(
+                            "VIP {other} sends to the same backend port; in L3 mode their replies could not be told apart"
+                        )));
+                    }
                 }
                 if l3 && b.via.is_some() {
                     return Err(what(
@@ -370,6 +384,8 @@ hash = "src-ip"
             ("[[vip]]\naddr = \"10.0.0.1:80/tcp\"\nmode = \"l4\"", "mode \"l4\""),
             ("[[vip]]\naddr = \"10.0.0.1:80/tcp\"\n[[vip.backend]]\naddr = \"10.0.1.1\"\nport = 8080", "only L3 (NAT) mode can rewrite the port"),
             ("[[vip]]\naddr = \"10.0.0.1:80/tcp\"\nmode = \"l3\"\n[[vip.backend]]\naddr = \"10.0.1.1\"\nvia = \"eth1\"", "drop via"),
+            ("[[vip]]\naddr = \"10.0.0.1:*/tcp\"\nmode = \"l3\"\n[[vip.backend]]\naddr = \"10.0.1.1\"\nport = 80", "all-ports VIP"),
+            ("[[vip]]\naddr = \"10.0.0.1:80/tcp\"\nmode = \"l3\"\n[[vip.backend]]\naddr = \"10.0.1.1\"\n[[vip]]\naddr = \"10.0.0.2:80/tcp\"\nmode = \"l3\"\n[[vip.backend]]\naddr = \"10.0.1.1\"", "same backend port"),
             ("[[vip]]\naddr = \"10.0.0.1:80/tcp\"\nhash = \"dst\"", "hash \"dst\""),
             ("[[vip]]\naddr = \"10.0.0.1:80/tcp\"\ncolour = 1", "unknown field `colour`"),
             ("[[vip]]\naddr = \"10.0.0.1:80/tcp\"\n[[vip]]\naddr = \"10.0.0.1:80/tcp\"", "declared twice"),

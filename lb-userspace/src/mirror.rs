@@ -17,7 +17,7 @@ use std::{
 
 use lb_common::{
     addr, hash::flow_hash, BackendInfo, FlowKey, VipInfo, VipKey, BACKEND_F_VALID, CFG_F_L3,
-    NO_BACKEND, VIP_F_ADDRESS,
+    NO_BACKEND, VIP_F_ADDRESS, VIP_F_MODE_L3,
 };
 use thiserror::Error;
 
@@ -250,9 +250,10 @@ impl Mirror {
         } else {
             0
         };
+        // Unknown (after a restart): keep them on while restored L3 VIPs may still be removed.
         let enabling = self.config_flags.is_none_or(|f| flags & !f != 0);
         if enabling {
-            let on = flags | self.config_flags.unwrap_or(0);
+            let on = flags | self.config_flags.unwrap_or(CFG_F_L3);
             w.put_config_flags(on)?;
             self.config_flags = Some(on);
         }
@@ -380,6 +381,13 @@ impl Mirror {
     ) -> Result<(), MirrorError> {
         let addr = state.spec.addr;
         let flags = state.spec.flags();
+        if let Some(v) = self.vips.get(&addr) {
+            if v.flags != UNKNOWN_FLAGS && (v.flags ^ flags) & VIP_F_MODE_L3 != 0 {
+                // A mode change re-places every flow: connection-table entries made in the
+                // other mode have no reverse-NAT entries (or do not need them).
+                self.remove_vip(w, &addr, &BTreeSet::from([addr]), report)?;
+            }
+        }
         let is_new = !self.vips.contains_key(&addr);
         if is_new {
             let id = self.take_id(true)?;
@@ -397,6 +405,7 @@ impl Mirror {
         }
 
         // 1. New and changed backends go in first.
+        let mut replaced: Vec<(u32, BackendTarget)> = Vec::new();
         let desired: BTreeMap<IpAddr, &BackendTarget> =
             state.backends.iter().map(|b| (b.addr, b)).collect();
         for target in state.backends.iter() {
@@ -415,6 +424,16 @@ impl Mirror {
                         .backends
                         .insert(target.addr, (id, target.clone()));
                     continue;
+                }
+                // A new port is a new endpoint: a new id makes the flows' connection-table
+                // entries stale, so they are placed again and get reverse-NAT entries that
+                // match the replies.
+                Some((old_id, old)) if old.port != target.port => {
+                    replaced.push((old_id, old));
+                    let id = self.take_id(false)?;
+                    self.generations[id as usize] = self.generations[id as usize].wrapping_add(1);
+                    w.reset_counters(false, id)?;
+                    id
                 }
                 Some((id, _)) => id,
                 None => {
@@ -488,7 +507,7 @@ impl Mirror {
             .map(|(_, v)| v.clone())
             .collect();
         vip.backends.retain(|a, _| desired.contains_key(a));
-        for (id, target) in removed {
+        for (id, target) in removed.into_iter().chain(replaced) {
             self.release_backend(w, id, &target)?;
             report.backends_written += 1;
         }
@@ -643,10 +662,12 @@ mod tests {
         );
         assert_eq!(maps.ring.len(), M as usize);
         assert!(maps.ring.values().all(|b| *b < 3));
-        // Counters of the new ids zeroed, backends written, then the VIP and its address entry.
+        // Reply lookups stay on while the state is unknown (a restart), counters of the new ids
+        // are zeroed, backends written, then the VIP and its address entry; the flag settles last.
+        assert_eq!(maps.log.first().unwrap(), "config 1");
+        assert_eq!(maps.log.last().unwrap(), "config 0");
         let n = maps.log.len();
-        assert_eq!(&maps.log[n - 2..], &["vip+ 6", "vip+ 0"]);
-        assert_eq!(maps.log[0], "config 0", "feature flags first");
+        assert_eq!(&maps.log[n - 3..n - 1], &["vip+ 6", "vip+ 0"]);
         assert_eq!(maps.log[1], "reset vip 0");
         assert_eq!(
             maps.log
@@ -761,6 +782,43 @@ mod tests {
         maps.log.clear();
         mirror.sync(&mut maps, &[vip(80, 1)]).unwrap();
         assert_eq!(maps.log.last().unwrap(), "config 0", "{:?}", maps.log);
+    }
+
+    #[test]
+    fn a_new_port_or_mode_gives_new_ids() {
+        let mut maps = FakeMaps::default();
+        let mut mirror = Mirror::new(M, 4, 16);
+        let mut l3 = vip(443, 2);
+        l3.spec.mode = Mode::L3;
+        mirror.sync(&mut maps, &[l3.clone()]).unwrap();
+        let a = l3.backends[0].addr;
+        let first = mirror.backend_id(&l3.spec.addr, a).unwrap();
+        l3.backends[0].port = 9090;
+        mirror.sync(&mut maps, &[l3.clone()]).unwrap();
+        let second = mirror.backend_id(&l3.spec.addr, a).unwrap();
+        assert_ne!(
+            first, second,
+            "a port change must re-place the backend's flows"
+        );
+        assert_eq!(maps.backends[&first].flags, 0, "the old id is released");
+        // Back to L2 (no port): every backend is placed anew (a new generation for its id).
+        let mut l2 = l3.clone();
+        l2.spec.mode = Mode::L2;
+        l2.backends[0].port = 0;
+        let placed = |m: &Mirror, maps: &FakeMaps, v: &VipState| -> Vec<(u32, u32)> {
+            v.backends
+                .iter()
+                .map(|b| {
+                    let id = m.backend_id(&v.spec.addr, b.addr).unwrap();
+                    (id, maps.backends[&id].generation)
+                })
+                .collect()
+        };
+        let before = placed(&mirror, &maps, &l2);
+        mirror.sync(&mut maps, &[l2.clone()]).unwrap();
+        for (after, before) in placed(&mirror, &maps, &l2).into_iter().zip(before) {
+            assert_ne!(after, before, "a mode change must re-place every flow");
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! A namespace where `bpf_fib_lookup` answers, for L3 fixtures and benchmarks: a client-side
 //! veth `c0` (10.1.0.254/24, fd01::fe/64) and a backend-side veth `b0` (10.2.0.254/24,
-//! fd02::fe/64), forwarding on, and permanent neighbour entries for the client (10.1.0.1,
+//! fd02::fe/64), an extra veth `x0` (10.3.0.254/24) that the tests never register with xdplb,
+//! forwarding on, and permanent neighbour entries for the client (10.1.0.1,
 //! fd01::1: `CLIENT_MAC`) and backends 1 and 2 (10.2.0.N, fd02::N: `be_mac(N)`).
 
 use lb_userspace::model::Mac;
@@ -32,6 +33,8 @@ pub fn fib_namespace() -> Netns {
     for (dev, peer, v4, v6) in [
         ("c0", "c0p", "10.1.0.254/24", "fd01::fe/64"),
         ("b0", "b0p", "10.2.0.254/24", "fd02::fe/64"),
+        // An interface the tests never register with xdplb.
+        ("x0", "x0p", "10.3.0.254/24", "fd03::fe/64"),
     ] {
         x(&[
             "ip", "link", "add", dev, "type", "veth", "peer", "name", peer,
@@ -51,6 +54,7 @@ pub fn fib_namespace() -> Netns {
         ("10.2.0.2", "b0", be_mac(2).to_string()),
         ("fd02::1", "b0", be_mac(1).to_string()),
         ("fd02::2", "b0", be_mac(2).to_string()),
+        ("10.3.0.1", "x0", be_mac(3).to_string()),
     ] {
         x(&[
             "ip",

@@ -19,6 +19,7 @@ use lb_userspace::{
     model::{flow_key, BackendTarget, HashFields, Mac, Mode, VipAddr, VipSpec, VipState},
 };
 
+const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
 const XDP_REDIRECT: u32 = 4;
@@ -30,6 +31,7 @@ const DNS6: &str = "[fd01::100]:53/udp";
 const NO_NEIGH: &str = "10.1.0.101:80/tcp";
 const NO_ROUTE: &str = "10.1.0.102:80/tcp";
 const L2_WEB: &str = "10.1.0.100:443/tcp";
+const ELSEWHERE: &str = "10.1.0.103:80/tcp";
 
 fn backend(addr: &str, port: u16) -> BackendTarget {
     BackendTarget {
@@ -167,6 +169,7 @@ fn l3_nat_fixtures() {
             vip(DNS6, Mode::L3, vec![backend("fd02::2", 5353)]),
             vip(NO_NEIGH, Mode::L3, vec![backend("10.2.0.3", 0)]),
             vip(NO_ROUTE, Mode::L3, vec![backend("10.9.9.9", 0)]),
+            vip(ELSEWHERE, Mode::L3, vec![backend("10.3.0.1", 0)]),
             vip(
                 L2_WEB,
                 Mode::L2,
@@ -292,27 +295,88 @@ fn l3_nat_fixtures() {
             &want,
         );
 
-        // VLAN-tagged: the tag stays, the rest is rewritten as usual.
-        let b = f.ring(WEB4, "10.1.0.1", 41001, 80);
-        let bport = f.port_of(WEB4, b);
+        // VLAN-tagged: not NATed (the tag would have to follow the egress), passed unchanged.
         let input = Packet::tcp("10.1.0.1", 41001, "10.1.0.100", 80)
             .vlan(0x8100, 7)
+            .build();
+        f.check(
+            "VLAN-tagged",
+            "c0",
+            &input,
+            XDP_PASS,
+            stats::PASS_L3_VLAN,
+            &input.clone(),
+        );
+
+        // IPv4 options and IPv6 extension headers: the transport header is found after them.
+        let b = f.ring(WEB4, "10.1.0.1", 41010, 80);
+        let bport = f.port_of(WEB4, b);
+        let opts = [0x94, 4, 0, 0];
+        let input = Packet::tcp("10.1.0.1", 41010, "10.1.0.100", 80)
+            .options(&opts)
             .build();
         let want = with_macs(
             &Packet {
                 ttl: 63,
-                ..Packet::tcp("10.1.0.1", 41001, &b.to_string(), bport).vlan(0x8100, 7)
+                ..Packet::tcp("10.1.0.1", 41010, &b.to_string(), bport).options(&opts)
             }
             .build(),
             neighbour_mac(b),
             b0,
         );
         f.check(
-            "VLAN-tagged",
+            "IPv4 options",
             "c0",
             &input,
             XDP_REDIRECT,
             stats::REDIRECT,
+            &want,
+        );
+        let b = f.ring(WEB6, "fd01::1", 41011, 80);
+        let bport = f.port_of(WEB6, b);
+        let input = Packet::tcp("fd01::1", 41011, "fd01::100", 80)
+            .ext(60, 6)
+            .build();
+        let want = with_macs(
+            &Packet {
+                ttl: 63,
+                ..Packet::tcp("fd01::1", 41011, &b.to_string(), bport).ext(60, 6)
+            }
+            .build(),
+            neighbour_mac(b),
+            b0,
+        );
+        f.check(
+            "IPv6 destination options",
+            "c0",
+            &input,
+            XDP_REDIRECT,
+            stats::REDIRECT,
+            &want,
+        );
+
+        // Larger than the egress MTU: dropped (counted), not passed to loop.
+        let mut big = Packet::tcp("10.1.0.1", 41012, "10.1.0.100", 80);
+        big.payload = vec![7; 1600];
+        let input = big.build();
+        f.check(
+            "too big for the egress",
+            "c0",
+            &input,
+            XDP_DROP,
+            stats::DROP_TOO_BIG,
+            &input.clone(),
+        );
+
+        // A route out of an interface xdplb is not attached to: rewritten, the kernel forwards.
+        let input = Packet::tcp("10.1.0.1", 41013, "10.1.0.103", 80).build();
+        let want = Packet::tcp("10.1.0.1", 41013, "10.3.0.1", 80).build();
+        f.check(
+            "egress not attached",
+            "c0",
+            &input,
+            XDP_PASS,
+            stats::PASS_NO_NEIGH,
             &want,
         );
 
