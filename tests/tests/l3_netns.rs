@@ -15,6 +15,7 @@ use lb_tests::{
 };
 
 const PORT: u16 = 8080;
+const REWRITTEN: u16 = 9090;
 const MIB: usize = 1 << 20;
 
 struct Env {
@@ -30,20 +31,14 @@ impl Env {
         let pass = topo
             .attach_peer_pass()
             .expect("pass programs on the LB's peers");
-        let servers = topo
-            .backends
-            .iter()
-            .enumerate()
-            .map(|i_b| {
-                Server::start(
-                    &i_b.1.ns,
-                    &format!("b{}", i_b.0 + 1),
-                    PORT,
-                    &["::".parse().unwrap()],
-                )
-                .unwrap()
-            })
-            .collect();
+        // Each backend serves 8080 (TCP and UDP) and 9090 (the port-rewrite VIP's target: one
+        // backend port may serve only one L3 VIP).
+        let mut servers = Vec::new();
+        for (i, b) in topo.backends.iter().enumerate() {
+            let name = format!("b{}", i + 1);
+            servers.push(Server::start(&b.ns, &name, PORT, &["::".parse().unwrap()]).unwrap());
+            servers.push(Server::start(&b.ns, &name, REWRITTEN, &[]).unwrap());
+        }
         let d = Daemon::start(&topo.lb, &[]).expect("daemon");
         let backends = |v6: bool, port: Option<u16>| -> String {
             topo.backends
@@ -58,7 +53,7 @@ impl Env {
         let mut cfg = String::from("[[interface]]\nname = \"eth0\"\nxdp_mode = \"native\"\n[[interface]]\nname = \"eth1\"\nxdp_mode = \"native\"\n");
         for (vip, v6, port) in [
             (format!("{L3_VIP4}:{PORT}/tcp"), false, None),
-            (format!("{L3_VIP4}:80/tcp"), false, Some(PORT)),
+            (format!("{L3_VIP4}:80/tcp"), false, Some(REWRITTEN)),
             (format!("[{L3_VIP6}]:{PORT}/tcp"), true, None),
             (format!("{L3_VIP4}:{PORT}/udp"), false, None),
             (format!("[{L3_VIP6}]:{PORT}/udp"), true, None),
@@ -115,7 +110,7 @@ fn l3_serves_tcp_http_and_udp_from_the_vip_only() {
     let c = count(e.in_client(|| (0..150).map(|i| tcp_once(v6, 30000 + i).unwrap()).collect()));
     assert_equal_shares(&c, &["b1", "b2", "b3"], "L3 IPv6 TCP");
 
-    // Port rewrite: VIP port 80, backends listen on 8080.
+    // Port rewrite: VIP port 80, backends listen on 9090.
     let rewritten = SocketAddr::new(L3_VIP4.parse().unwrap(), 80);
     let names: Vec<String> =
         e.in_client(|| (0..30).map(|_| http_get(rewritten).unwrap()).collect());
@@ -177,7 +172,7 @@ fn l3_serves_tcp_http_and_udp_from_the_vip_only() {
         .find(|v| v["vip"] == format!("{L3_VIP4}:80/tcp"))
         .unwrap();
     assert_eq!(rewritten["mode"], "l3");
-    assert_eq!(rewritten["backends"][0]["port"], PORT);
+    assert_eq!(rewritten["backends"][0]["port"], REWRITTEN);
     let stats = e.d.json(&["stats"]).unwrap();
     assert!(
         stats["events"]["nat_reverse"].as_u64().unwrap() > 1000,
