@@ -4,7 +4,23 @@
 //! embedded instead and loading reports that the program was not built.
 use std::{env, fs, path::Path};
 
+/// `xdplb --version` carries the git revision it was built from.
+fn git_revision() {
+    let rev = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=XDPLB_GIT_REV={rev}");
+    for p in ["../.git/HEAD", "../.git/refs/heads"] {
+        println!("cargo:rerun-if-changed={p}");
+    }
+}
+
 fn main() -> anyhow::Result<()> {
+    git_revision();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../lb-ebpf");
     let root = root.to_str().expect("workspace path is UTF-8");
     let skip = env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));

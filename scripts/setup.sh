@@ -8,7 +8,7 @@ say()  { printf '[setup] %s\n' "$*"; }
 fail() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
 
 # Debian packages the tests and the demo use.
-PACKAGES=(iproute2 ethtool procps)
+PACKAGES=(iproute2 ethtool procps systemd)
 # Where bpf-linker finds the nightly's libLLVM (must persist across sessions, so not /tmp).
 TOOLS_PREFIX="${XDPLB_TOOLS_PREFIX:-/opt/xdplb-tools}"
 BPFFS="${XDPLB_BPFFS:-/sys/fs/bpf}"

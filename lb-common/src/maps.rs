@@ -13,8 +13,12 @@ pub const RING: &str = "XDPLB_RING";
 pub const CONNTRACK: &str = "XDPLB_CONNTRACK";
 /// Reverse NAT of L3 flows (LRU, sized like the connection table): reply `FlowKey` -> `NatValue`.
 pub const NAT: &str = "XDPLB_NAT";
-/// One `u32` of `CFG_F_*` flags the control plane sets.
+/// Runtime switches the control plane sets: slot `CONFIG_FLAGS` holds `CFG_F_*` flags, slot
+/// `CONFIG_DEBUG` 1 to log every verdict to the kernel trace pipe (off by default).
 pub const CONFIG: &str = "XDPLB_CONFIG";
+pub const CONFIG_FLAGS: u32 = 0;
+pub const CONFIG_DEBUG: u32 = 1;
+pub const CONFIG_SLOTS: u32 = 2;
 /// Interfaces the program forwards out of: ifindex -> `IfaceInfo` (their MAC).
 pub const IFACES: &str = "XDPLB_IFACES";
 /// Devmap (hash) for XDP_REDIRECT to another interface: ifindex -> ifindex.

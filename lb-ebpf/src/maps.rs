@@ -31,7 +31,7 @@ pub static NAT: LruHashMap<FlowKey, NatValue> =
     LruHashMap::with_max_entries(m::DEFAULT_CONNTRACK_SIZE, 0);
 
 #[map(name = "XDPLB_CONFIG")]
-pub static CONFIG: Array<u32> = Array::with_max_entries(1, 0);
+pub static CONFIG: Array<u32> = Array::with_max_entries(m::CONFIG_SLOTS, 0);
 
 /// Scratch space for `launder`.
 #[map(name = "XDPLB_SCRATCH")]
@@ -89,7 +89,13 @@ pub fn is_vip_address(dst: &Dest) -> bool {
 /// Whether the control plane enabled a feature (`CFG_F_*`).
 #[inline(always)]
 pub fn enabled(flag: u32) -> bool {
-    CONFIG.get(0).is_some_and(|f| *f & flag != 0)
+    CONFIG.get(m::CONFIG_FLAGS).is_some_and(|f| *f & flag != 0)
+}
+
+/// Whether verdicts are logged to the trace pipe (`xdplb debug on`).
+#[inline(always)]
+pub fn debug() -> bool {
+    CONFIG.get(m::CONFIG_DEBUG).is_some_and(|d| *d != 0)
 }
 
 /// Largest header offset the NAT code accepts (headers must start in the first 4 KiB).

@@ -64,6 +64,10 @@ pub enum Request {
     },
     /// The running configuration.
     Config,
+    /// Logs every verdict of the data path to the kernel trace pipe (on) or stops (off).
+    Debug {
+        on: bool,
+    },
     Stats,
     Status,
     Simulate {

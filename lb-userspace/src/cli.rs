@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use serde_json::Value;
 
 use crate::{
@@ -17,11 +17,15 @@ use crate::{
     model::{HashFields, Mode, VipAddr},
 };
 
+/// `xdplb --version`: the crate version and the git revision it was built from.
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("XDPLB_GIT_REV"), ")");
+
 #[derive(Parser)]
 #[command(
     name = "xdplb",
-    version,
-    about = "XDP load balancer: the daemon and its control CLI"
+    version = VERSION,
+    about = "XDP load balancer: the daemon and its control CLI",
+    after_help = "Examples:\n  xdplb daemon --config /etc/xdplb/xdplb.toml\n  xdplb vip add 10.0.0.100:80/tcp --mode l2\n  xdplb backend add 10.0.0.100:80/tcp 10.0.1.1 --weight 2\n  xdplb stats --watch\n\nEvery command: docs/cli.md; running the daemon: docs/operations.md."
 )]
 pub struct Cli {
     /// Control socket of the daemon.
@@ -34,14 +38,19 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Cmd {
     /// Run the daemon (owns the data path; see --cleanup to remove everything it pinned).
+    #[command(
+        after_help = "Examples:\n  xdplb daemon --config /etc/xdplb/xdplb.toml --metrics 127.0.0.1:9100\n  xdplb daemon --cleanup      # stop balancing: remove the pins and the saved state"
+    )]
     Daemon(DaemonArgs),
     /// Attach the load balancer to an interface.
+    #[command(after_help = "Example:\n  xdplb attach eth0 --xdp-mode native")]
     Attach {
         iface: String,
         #[arg(long, value_enum, default_value_t = XdpModeName::Auto)]
         xdp_mode: XdpModeName,
     },
     /// Detach from an interface: its traffic is no longer balanced.
+    #[command(after_help = "Example:\n  xdplb detach eth0")]
     Detach { iface: String },
     /// Manage VIPs.
     #[command(subcommand)]
@@ -50,6 +59,9 @@ pub enum Cmd {
     #[command(subcommand)]
     Backend(BackendCmd),
     /// Packets, bytes, new flows and rates per VIP and backend, and the verdict counters.
+    #[command(
+        after_help = "Examples:\n  xdplb stats\n  xdplb stats --watch\n  xdplb stats --json | jq '.verdicts'"
+    )]
     Stats {
         #[arg(long)]
         json: bool,
@@ -58,21 +70,29 @@ pub enum Cmd {
         watch: bool,
     },
     /// Program, interfaces, map fill levels and daemon health.
+    #[command(after_help = "Example:\n  xdplb status --json")]
     Status {
         #[arg(long)]
         json: bool,
     },
     /// Move the running state to a configuration file (TOML) with the fewest changes.
+    #[command(
+        after_help = "Example:\n  xdplb apply -f /etc/xdplb/xdplb.toml      # keys: docs/config.md"
+    )]
     Apply {
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
     },
     /// Print the running configuration (TOML, as `apply -f` takes it).
+    #[command(after_help = "Example:\n  xdplb config > /etc/xdplb/xdplb.toml")]
     Config {
         #[arg(long)]
         json: bool,
     },
     /// Which backend a flow from SRC:SPORT to VIP gets, and whether it is in the connection table.
+    #[command(
+        after_help = "Examples:\n  xdplb simulate 192.0.2.7:40000 10.0.0.100:80/tcp\n  xdplb simulate [2001:db8::7]:40000 [2001:db8::100]:443/tcp --json"
+    )]
     Simulate {
         /// Client address and port, e.g. 10.0.0.1:40000 or [2001:db8::1]:40000.
         src: SocketAddr,
@@ -81,11 +101,31 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Log every verdict of the data path to the kernel trace pipe, or stop (no reload).
+    #[command(
+        after_help = "Example:\n  xdplb debug on && cat /sys/kernel/tracing/trace_pipe\n  xdplb debug off"
+    )]
+    Debug { state: OnOff },
+    /// Print a shell completion script.
+    #[command(after_help = "Example:\n  xdplb completions bash > /etc/bash_completion.d/xdplb")]
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff).
+    #[command(after_help = "Example:\n  xdplb man > /usr/local/share/man/man8/xdplb.8")]
+    Man,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
 }
 
 #[derive(Subcommand)]
 pub enum VipCmd {
-    /// Add a VIP, e.g. `xdplb vip add 10.0.0.100:80/tcp --mode l2`.
+    /// Add a VIP.
+    #[command(
+        after_help = "Examples:\n  xdplb vip add 10.0.0.100:80/tcp --mode l2\n  xdplb vip add [2001:db8::100]:443/tcp --mode l3 --hash src-ip\n  xdplb vip add 10.0.0.100:*/udp        # all ports"
+    )]
     Add {
         vip: VipAddr,
         #[arg(long, default_value = "l2")]
@@ -94,8 +134,10 @@ pub enum VipCmd {
         hash: HashFields,
     },
     /// Delete a VIP and its backends.
+    #[command(after_help = "Example:\n  xdplb vip del 10.0.0.100:80/tcp")]
     Del { vip: VipAddr },
     /// List VIPs and their backends.
+    #[command(after_help = "Example:\n  xdplb vip list --json")]
     List {
         #[arg(long)]
         json: bool,
@@ -105,12 +147,22 @@ pub enum VipCmd {
 #[derive(Subcommand)]
 pub enum BackendCmd {
     /// Add a backend (L2: its MAC is looked up in the neighbour table unless --mac is given).
+    #[command(
+        after_help = "Examples:\n  xdplb backend add 10.0.0.100:80/tcp 10.0.1.1\n  xdplb backend add 10.0.0.100:80/tcp 10.0.1.2 --weight 2 --mac 02:00:00:00:00:02\n  xdplb backend add 10.0.0.200:443/tcp 10.0.2.1:8443     # L3 VIP, port rewrite"
+    )]
     Add(BackendChange),
-    /// Change a backend's weight, MAC or interface.
+    /// Change a backend's weight, MAC, interface or (L3) port.
+    #[command(
+        after_help = "Examples:\n  xdplb backend set 10.0.0.100:80/tcp 10.0.1.1 --weight 3\n  xdplb backend set 10.0.0.200:443/tcp 10.0.2.1:9443"
+    )]
     Set(BackendChange),
     /// Remove a backend: its flows move to the others.
+    #[command(after_help = "Example:\n  xdplb backend del 10.0.0.100:80/tcp 10.0.1.1")]
     Del { vip: VipAddr, addr: IpAddr },
     /// Weight 0: existing flows stay, new flows go to the others.
+    #[command(
+        after_help = "Example:\n  xdplb backend drain 10.0.0.100:80/tcp 10.0.1.1   # then watch its rate fall in `xdplb stats --watch`"
+    )]
     Drain { vip: VipAddr, addr: IpAddr },
 }
 
@@ -138,6 +190,20 @@ pub fn run(cli: Cli) -> Result<(), String> {
             show(api::call(s, &Request::Stats)?, json, print_stats)
         }
         Cmd::Stats { watch: true, .. } => watch(s),
+        Cmd::Debug { state } => done(api::call(
+            s,
+            &Request::Debug {
+                on: matches!(state, OnOff::On),
+            },
+        )),
+        Cmd::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "xdplb", &mut std::io::stdout());
+            Ok(())
+        }
+        Cmd::Man => clap_mangen::Man::new(Cli::command())
+            .section("8")
+            .render(&mut std::io::stdout())
+            .map_err(|e| format!("writing the man page: {e}")),
         Cmd::Status { json } => show(api::call(s, &Request::Status)?, json, print_status),
         Cmd::Apply { file } => {
             let text = std::fs::read_to_string(&file)
@@ -398,4 +464,58 @@ fn watch(socket: &Path) -> Result<(), String> {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn every_command_has_an_example() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for sub in cmd.get_subcommands() {
+                let path = format!("{path} {}", sub.get_name());
+                if sub.has_subcommands() {
+                    walk(sub, &path, missing);
+                } else if !sub
+                    .get_after_help()
+                    .is_some_and(|h| h.to_string().contains("xdplb"))
+                {
+                    missing.push(path);
+                }
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "xdplb", &mut missing);
+        assert!(
+            missing.is_empty(),
+            "commands without an example in --help: {missing:?}"
+        );
+    }
+
+    #[test]
+    fn completions_man_page_and_version() {
+        for shell in [
+            clap_complete::Shell::Bash,
+            clap_complete::Shell::Zsh,
+            clap_complete::Shell::Fish,
+        ] {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "xdplb", &mut out);
+            let text = String::from_utf8(out).unwrap();
+            assert!(
+                text.contains("simulate") && text.contains("backend"),
+                "{shell} completion"
+            );
+        }
+        let mut man = Vec::new();
+        clap_mangen::Man::new(Cli::command())
+            .section("8")
+            .render(&mut man)
+            .unwrap();
+        assert!(String::from_utf8(man).unwrap().contains(".TH xdplb 8"));
+        assert!(VERSION.starts_with(env!("CARGO_PKG_VERSION")) && VERSION.contains('('));
+    }
 }

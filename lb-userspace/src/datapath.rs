@@ -536,6 +536,19 @@ impl DataPath {
             .verified_instruction_count()
     }
 
+    /// Switches logging of every verdict to the kernel trace pipe (no reload).
+    pub fn set_debug(&mut self, on: bool) -> Result<(), DataPathError> {
+        let mut a: Array<_, u32> = self.typed(m::CONFIG)?;
+        a.set(m::CONFIG_DEBUG, on as u32, 0)
+            .map_err(map_err(m::CONFIG))
+    }
+
+    /// Whether verdict logging is on.
+    pub fn debug(&self) -> Result<bool, DataPathError> {
+        let a: Array<_, u32> = self.typed_ref(m::CONFIG)?;
+        Ok(a.get(&m::CONFIG_DEBUG, 0).map_err(map_err(m::CONFIG))? != 0)
+    }
+
     /// The connection-table entry of a flow, if any.
     pub fn conntrack(&self, key: &FlowKey) -> Result<Option<ConnValue>, DataPathError> {
         let ct: HashMap<_, FlowKey, ConnValue> = self.typed_ref(m::CONNTRACK)?;
@@ -582,7 +595,7 @@ fn check_pinned_layout(dir: &std::path::Path, o: &LoadOptions) -> Result<(), Dat
             Some(size_of::<NatValue>() as u32),
             o.conntrack_size,
         ),
-        (m::CONFIG, 4, Some(4), 1),
+        (m::CONFIG, 4, Some(4), m::CONFIG_SLOTS),
         (
             m::VIPS,
             size_of::<VipKey>() as u32,
@@ -733,7 +746,7 @@ impl MapWriter for KernelMaps<'_> {
 
     fn put_config_flags(&mut self, flags: u32) -> Result<(), MirrorError> {
         self.write(m::CONFIG, |a: &mut Array<&mut MapData, u32>| {
-            a.set(0, flags, 0)
+            a.set(m::CONFIG_FLAGS, flags, 0)
         })
     }
 

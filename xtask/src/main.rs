@@ -39,6 +39,13 @@ enum Cmd {
     Bench,
     /// Formatting and clippy (host crates and the eBPF crate), as CI would want them.
     Lint,
+    /// Install xdplb: the binary, the systemd unit, an example configuration (if none), shell
+    /// completions and the man page.
+    Install {
+        /// Prefix for the binary and the man page.
+        #[arg(long, default_value = "/usr/local")]
+        prefix: PathBuf,
+    },
 }
 
 fn root() -> PathBuf {
@@ -134,6 +141,64 @@ fn run_bin(name: &str) -> Result<()> {
     ]))
 }
 
+fn install(prefix: &Path) -> Result<()> {
+    run(Command::new("cargo").current_dir(root()).args([
+        "build",
+        "--release",
+        "-p",
+        "lb-userspace",
+        "--bin",
+        "xdplb",
+    ]))?;
+    let bin = prefix.join("bin/xdplb");
+    let copy = |from: &Path, to: &Path, mode: u32| -> Result<()> {
+        std::fs::create_dir_all(to.parent().context("a file path")?)?;
+        std::fs::copy(from, to).with_context(|| format!("installing {}", to.display()))?;
+        std::fs::set_permissions(to, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+        println!("installed {}", to.display());
+        Ok(())
+    };
+    copy(&root().join("target/release/xdplb"), &bin, 0o755)?;
+    let unit = std::fs::read_to_string(root().join("scripts/xdplb.service"))?
+        .replace("/usr/local/bin/xdplb", &bin.display().to_string());
+    std::fs::write("/etc/systemd/system/xdplb.service", unit)
+        .context("installing the systemd unit")?;
+    println!("installed /etc/systemd/system/xdplb.service");
+    let config = Path::new("/etc/xdplb/xdplb.toml");
+    if config.exists() {
+        println!("kept {}", config.display());
+    } else {
+        copy(&root().join("scripts/xdplb.example.toml"), config, 0o644)?;
+    }
+    let output =
+        |args: &[&str]| -> Result<Vec<u8>> { Ok(Command::new(&bin).args(args).output()?.stdout) };
+    for (args, to) in [
+        (
+            &["completions", "bash"][..],
+            PathBuf::from("/usr/share/bash-completion/completions/xdplb"),
+        ),
+        (
+            &["completions", "zsh"][..],
+            PathBuf::from("/usr/share/zsh/vendor-completions/_xdplb"),
+        ),
+        (
+            &["completions", "fish"][..],
+            PathBuf::from("/usr/share/fish/vendor_completions.d/xdplb.fish"),
+        ),
+        (&["man"][..], prefix.join("share/man/man8/xdplb.8")),
+    ] {
+        std::fs::create_dir_all(to.parent().context("a file path")?)?;
+        std::fs::write(&to, output(args)?)
+            .with_context(|| format!("installing {}", to.display()))?;
+        println!("installed {}", to.display());
+    }
+    println!(
+        "\nNext: edit {} and run `systemctl daemon-reload && systemctl enable --now xdplb`.",
+        config.display()
+    );
+    Ok(())
+}
+
 fn lint() -> Result<()> {
     let cargo = |args: &[&str]| run(Command::new("cargo").current_dir(root()).args(args));
     cargo(&["+nightly", "fmt", "--all", "--", "--check"])?;
@@ -176,6 +241,9 @@ fn main() -> ExitCode {
             .and_then(|_| setup())
             .and_then(|_| run_bin("bench")),
         Cmd::Lint => lint(),
+        Cmd::Install { prefix } => require_root("install")
+            .and_then(|_| setup())
+            .and_then(|_| install(&prefix)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

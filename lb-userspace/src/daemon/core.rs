@@ -444,6 +444,10 @@ impl Core {
             }
             Request::Stats => return Ok(self.stats()),
             Request::Status => return Ok(self.status()),
+            Request::Debug { on } => {
+                self.dp.set_debug(on).map_err(|e| e.to_string())?;
+                return Ok(json!({ "debug": on }));
+            }
             Request::Simulate { src, sport, vip } => return self.simulate(src, sport, vip),
             Request::VipAdd { vip, mode, hash } => {
                 if new.vip(&vip).is_some() {
@@ -735,7 +739,12 @@ impl Core {
                 "metrics": self.config.metrics.as_ref().map(|m| m.listen),
                 "adopted_attachments": self.adopted,
             },
-            "program": { "name": lb_common::maps::PROG_LB, "verified_insns": self.dp.verified_insns(), "ring_size": o.ring_size },
+            "program": {
+                "name": lb_common::maps::PROG_LB,
+                "verified_insns": self.dp.verified_insns(),
+                "ring_size": o.ring_size,
+                "debug_logging": self.dp.debug().ok(),
+            },
             "interfaces": ifaces,
             "maps": maps,
             "health": health,

@@ -247,9 +247,42 @@ async fn start(socket: &Path, args: &DaemonArgs, listener: UnixListener) -> Resu
     result
 }
 
+/// A one-line description of a change request (None for read-only requests).
+fn describe(req: &Request) -> Option<String> {
+    Some(match req {
+        Request::VipList
+        | Request::Config
+        | Request::Stats
+        | Request::Status
+        | Request::Simulate { .. } => return None,
+        Request::VipAdd { vip, mode, hash } => format!("vip add {vip} mode {mode} hash {hash}"),
+        Request::VipDel { vip } => format!("vip del {vip}"),
+        Request::BackendAdd(b) => format!("backend add {} {} weight {:?}", b.vip, b.addr, b.weight),
+        Request::BackendSet(b) => format!(
+            "backend set {} {} weight {:?} mac {:?} via {:?}",
+            b.vip, b.addr, b.weight, b.mac, b.via
+        ),
+        Request::BackendDel { vip, addr } => format!("backend del {vip} {addr}"),
+        Request::BackendDrain { vip, addr } => format!("backend drain {vip} {addr}"),
+        Request::Attach { iface, xdp_mode } => format!("attach {iface} ({xdp_mode:?})"),
+        Request::Detach { iface } => format!("detach {iface}"),
+        Request::Apply { config } => format!(
+            "apply ({} VIPs, {} interfaces)",
+            config.vips.len(),
+            config.interfaces.len()
+        ),
+        Request::Debug { on } => format!("debug {}", if *on { "on" } else { "off" }),
+    })
+}
+
 /// One client connection: one request line, one response line.
 async fn connection(stream: UnixStream, core: Arc<Mutex<Core>>) {
-    let root = stream.peer_cred().map(|c| c.uid() == 0).unwrap_or(false);
+    let cred = stream.peer_cred().ok();
+    let root = cred.is_some_and(|c| c.uid() == 0);
+    let who = cred.map_or_else(
+        || "unknown peer".to_string(),
+        |c| format!("uid {} pid {}", c.uid(), c.pid().unwrap_or(0)),
+    );
     let (read, mut write) = stream.into_split();
     let resp = if !root {
         Response::err("only root may control xdplb")
@@ -264,12 +297,23 @@ async fn connection(stream: UnixStream, core: Arc<Mutex<Core>>) {
             Ok(_) => match serde_json::from_str::<Request>(&line) {
                 Err(e) => Response::err(format!("invalid request: {e}")),
                 Ok(req) => {
+                    let what = describe(&req);
                     let res = tokio::task::spawn_blocking(move || lock(&core).handle(req)).await;
-                    match res {
+                    let resp = match res {
                         Ok(Ok(data)) => Response::ok(data),
                         Ok(Err(e)) => Response::err(e),
                         Err(e) => Response::err(format!("internal error: {e}")),
+                    };
+                    // One line per change: who, what, result (reads only at debug level).
+                    let result = resp
+                        .error
+                        .as_deref()
+                        .map_or("ok".to_string(), |e| format!("refused: {e}"));
+                    match what {
+                        Some(what) => log::info!("{who}: {what}: {result}"),
+                        None => log::debug!("{who}: read request: {result}"),
                     }
+                    resp
                 }
             },
         }
