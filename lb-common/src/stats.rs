@@ -18,7 +18,7 @@ pub const PASS_TTL: u32 = 9;
 /// L3: rewritten and handed to the kernel to forward: the next hop's MAC is not known yet, or
 /// the route leaves by an interface xdplb is not attached to.
 pub const PASS_NO_NEIGH: u32 = 10;
-/// L3: the FIB has no usable route (unreachable, blackhole, MTU): passed unchanged.
+/// L3: the FIB has no usable route (unreachable, blackhole, prohibited): passed unchanged.
 pub const PASS_NO_ROUTE: u32 = 11;
 /// L3: VLAN-tagged frames are not NATed (the tag would have to follow the egress).
 pub const PASS_L3_VLAN: u32 = 12;

@@ -521,6 +521,16 @@ impl DataPath {
             .count())
     }
 
+    /// Entries in the reverse-NAT table (capped walk, like `conntrack_entries`).
+    pub fn nat_entries(&self) -> Result<usize, DataPathError> {
+        let nat: HashMap<_, FlowKey, NatValue> = self.typed_ref(m::NAT)?;
+        Ok(nat
+            .keys()
+            .take(self.opts.conntrack_size as usize)
+            .filter(Result::is_ok)
+            .count())
+    }
+
     /// Entries in the VIP map (VIPs plus one address entry per VIP address).
     pub fn vip_entries(&self) -> Result<usize, DataPathError> {
         let vips: HashMap<_, VipKey, VipInfo> = self.typed_ref(m::VIPS)?;

@@ -625,7 +625,7 @@ pub fn check_bind_addr(addr: SocketAddr, allow_remote: bool) -> Result<(), Strin
     } else {
         Err(format!(
             "metrics address {addr} is not a loopback address; \
-             set allow_remote_metrics = true to expose it"
+             set allow_remote = true under [metrics] to expose it"
         ))
     }
 }
@@ -882,7 +882,7 @@ mod tests {
                 err,
                 format!(
                     "metrics address {addr} is not a loopback address; \
-                     set allow_remote_metrics = true to expose it"
+                     set allow_remote = true under [metrics] to expose it"
                 )
             );
             assert_eq!(

@@ -30,7 +30,7 @@ pub enum Mode {
     /// Direct server return: rewrite the destination MAC only.
     #[default]
     L2,
-    /// NAT: rewrite the destination address (not implemented yet).
+    /// NAT: rewrite the destination address (and port); replies get the VIP back.
     L3,
 }
 

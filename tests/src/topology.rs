@@ -1,4 +1,4 @@
-//! Test topologies of docs/design.md, in network namespaces. Every namespace (and so every
+//! Test topologies (docs/testing.md, docs/architecture.md), in network namespaces. Every namespace (and so every
 //! veth) is removed when a topology is dropped, also when the test panics.
 //!
 //! L2 (direct server return):

@@ -708,6 +708,7 @@ impl Core {
             { "name": lb_common::maps::BACKENDS, "used": backends_used, "max": o.max_backends },
             { "name": lb_common::maps::RING, "used": self.config.vips.len() as u64 * o.ring_size as u64, "max": o.max_vips as u64 * o.ring_size as u64 },
             { "name": lb_common::maps::CONNTRACK, "used": self.dp.conntrack_entries().ok(), "max": o.conntrack_size },
+            { "name": lb_common::maps::NAT, "used": self.dp.nat_entries().ok(), "max": o.conntrack_size },
         ]);
         let ifaces: Vec<Value> = self
             .dp
