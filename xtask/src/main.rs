@@ -112,7 +112,10 @@ fn test(args: &[String]) -> Result<()> {
 fn require_root(what: &str) -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        bail!("{what} loads XDP programs and creates network namespaces: run it as root (sudo -E cargo xtask ...)");
+        bail!(
+            "{what} loads XDP programs and creates network namespaces: run it as root, e.g. sudo -E env \"PATH=$PATH\" cargo xtask {}",
+            std::env::args().skip(1).collect::<Vec<_>>().join(" ")
+        );
     }
     Ok(())
 }
