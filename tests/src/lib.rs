@@ -7,3 +7,4 @@ pub mod netns;
 pub mod packet;
 pub mod peers;
 pub mod topology;
+pub mod xdp;

@@ -157,6 +157,19 @@ fn udp_loop(sock: UdpSocket, name: String, stop: Arc<AtomicBool>) {
     }
 }
 
+/// A server on every host, named b1, b2, ... in order.
+pub fn serve_all(
+    hosts: &[crate::topology::Host],
+    port: u16,
+    udp_addrs: &[IpAddr],
+) -> Result<Vec<Server>> {
+    hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| Server::start(&h.ns, &format!("b{}", i + 1), port, udp_addrs))
+        .collect()
+}
+
 /// A client connection held open across requests.
 pub struct Conn {
     reader: BufReader<TcpStream>,

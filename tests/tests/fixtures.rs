@@ -8,18 +8,18 @@ use std::{collections::HashMap, net::IpAddr};
 
 use aya::programs::{TestRun, TestRunOptions};
 use lb_common::{stats, TrafficCounters};
-use lb_tests::packet::{with_macs, Packet, ETH_ARP, L4, LB_MAC};
+use lb_tests::{
+    packet::{with_macs, Packet, ETH_ARP, L4, LB_MAC},
+    xdp::{XDP_DROP, XDP_PASS, XDP_TX},
+};
 use lb_userspace::{
     datapath::{DataPath, LoadOptions},
     mirror::Mirror,
-    model::{flow_key, BackendTarget, HashFields, Mac, Mode, VipAddr, VipSpec, VipState},
+    model::{flow_key, BackendTarget, Mac, Mode, VipAddr, VipState},
 };
 
 /// BPF_PROG_TEST_RUN without a context runs as if received on loopback.
 const TEST_IFINDEX: u32 = 1;
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
 
 const V4_WEB: &str = "10.0.0.100:80/tcp";
 const V4_UDP_ALL: &str = "10.0.0.100:*/udp";
@@ -38,14 +38,7 @@ fn backend(addr: &str, last: u8, weight: u32) -> BackendTarget {
 }
 
 fn vip(addr: &str, backends: Vec<BackendTarget>) -> VipState {
-    VipState {
-        spec: VipSpec {
-            addr: addr.parse().unwrap(),
-            mode: Mode::L2,
-            hash: HashFields::FiveTuple,
-        },
-        backends,
-    }
+    lb_tests::xdp::vip(addr, Mode::L2, backends)
 }
 
 struct Fixture {

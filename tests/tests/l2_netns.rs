@@ -9,7 +9,7 @@ use std::{
 use lb_common::stats;
 use lb_tests::{
     netns::Netns,
-    peers::{hold, tcp_once, udp_once, Server},
+    peers::{hold, serve_all, tcp_once, udp_once, Server},
     topology::{L2Topology, VIP4, VIP6},
 };
 use lb_userspace::{
@@ -38,20 +38,12 @@ impl Setup {
         topo.attach(&mut dp)
             .expect("attach xdplb in the lb namespace");
         let mirror = Mirror::new(opts.ring_size, opts.max_vips, opts.max_backends);
-        let servers = topo
-            .backends
-            .iter()
-            .enumerate()
-            .map(|(i, b)| {
-                Server::start(
-                    &b.ns,
-                    &format!("b{}", i + 1),
-                    PORT,
-                    &[VIP4.parse().unwrap(), VIP6.parse().unwrap()],
-                )
-                .unwrap()
-            })
-            .collect();
+        let servers = serve_all(
+            &topo.backends,
+            PORT,
+            &[VIP4.parse().unwrap(), VIP6.parse().unwrap()],
+        )
+        .unwrap();
         let mut desired = Vec::new();
         for ip in [VIP4, VIP6] {
             for proto in [Proto::Tcp, Proto::Udp] {

@@ -11,18 +11,14 @@ use lb_common::stats;
 use lb_tests::{
     fib::{be_mac, fib_namespace, xdp_md},
     packet::{with_macs, Packet, CLIENT_MAC},
+    xdp::{vip, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
 };
 use lb_userspace::{
     datapath::{DataPath, LoadOptions},
     iface,
     mirror::Mirror,
-    model::{flow_key, BackendTarget, HashFields, Mac, Mode, VipAddr, VipSpec, VipState},
+    model::{flow_key, BackendTarget, Mac, Mode, VipAddr, VipState},
 };
-
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
-const XDP_REDIRECT: u32 = 4;
 
 const WEB4: &str = "10.1.0.100:80/tcp";
 const DNS4: &str = "10.1.0.100:53/udp";
@@ -40,17 +36,6 @@ fn backend(addr: &str, port: u16) -> BackendTarget {
         mac: Mac::default(),
         ifindex: 0,
         port,
-    }
-}
-
-fn vip(addr: &str, mode: Mode, backends: Vec<BackendTarget>) -> VipState {
-    VipState {
-        spec: VipSpec {
-            addr: addr.parse().unwrap(),
-            mode,
-            hash: HashFields::FiveTuple,
-        },
-        backends,
     }
 }
 

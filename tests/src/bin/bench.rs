@@ -21,16 +21,14 @@ use aya::{
 use lb_tests::{
     fib::{be_mac, fib_namespace, xdp_md},
     packet::Packet,
+    xdp::{XDP_PASS, XDP_REDIRECT, XDP_TX},
 };
 use lb_userspace::{
     datapath::{DataPath, LoadOptions},
     mirror::Mirror,
-    model::{BackendTarget, HashFields, Mode, VipSpec, VipState},
+    model::{BackendTarget, Mode, VipState},
 };
 
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
-const XDP_REDIRECT: u32 = 4;
 const REPEAT: u32 = 2_000_000;
 const CALLS: u32 = 100_000;
 
@@ -87,14 +85,7 @@ fn vip(addr: &str, mode: Mode, backends: &[&str]) -> VipState {
             port: 0,
         })
         .collect();
-    VipState {
-        spec: VipSpec {
-            addr: addr.parse().unwrap(),
-            mode,
-            hash: HashFields::FiveTuple,
-        },
-        backends,
-    }
+    lb_tests::xdp::vip(addr, mode, backends)
 }
 
 /// New flows to `dst:80` from distinct sources.

@@ -18,7 +18,7 @@ use anyhow::{bail, Context, Result};
 use lb_tests::{
     capture::Capture,
     daemon::Daemon,
-    peers::{http_download, http_get, Server},
+    peers::{http_download, http_get, serve_all},
     topology::{L2Topology, L3Topology, L3_VIP4, VIP4},
 };
 
@@ -116,12 +116,7 @@ fn l3_scenario() -> Result<()> {
     section("L3 (NAT): client -- lb -- bridge with b1..b3 on their own subnet, replies routed via the lb");
     let topo = L3Topology::new(3)?;
     let _pass = topo.attach_peer_pass()?;
-    let _servers = topo
-        .backends
-        .iter()
-        .enumerate()
-        .map(|(i, b)| Server::start(&b.ns, &format!("b{}", i + 1), PORT, &[]))
-        .collect::<Result<Vec<_>>>()?;
+    let _servers = serve_all(&topo.backends, PORT, &[])?;
     for (i, b) in topo.backends.iter().enumerate() {
         println!(
             "  b{}  {}  (HTTP server on :{PORT}, no VIP, default route via the lb)",
@@ -175,12 +170,7 @@ fn l2_scenario() -> Result<()> {
     section("L2 (DSR): client, lb and b1..b3 on a bridge, each in its own network namespace");
     let topo = L2Topology::new(3)?;
     let _pass = topo.attach_peer_pass()?;
-    let _servers = topo
-        .backends
-        .iter()
-        .enumerate()
-        .map(|(i, b)| Server::start(&b.ns, &format!("b{}", i + 1), PORT, &[]))
-        .collect::<Result<Vec<_>>>()?;
+    let _servers = serve_all(&topo.backends, PORT, &[])?;
     for (i, b) in topo.backends.iter().enumerate() {
         println!(
             "  b{}  {}  {}  (HTTP server on :{PORT}, VIP on lo)",
