@@ -5,6 +5,7 @@
 //!   cargo xtask test    setup, then every test: host unit tests, packet fixtures, namespaces
 //!   cargo xtask demo    setup, then the L2 demo on a namespace topology
 //!   cargo xtask bench   setup, then the per-packet benchmark
+//!   cargo xtask fuzz    setup, then fuzz the data path with millions of packets
 //!   cargo xtask lint    rustfmt and clippy on every crate, the eBPF one included
 
 use std::{
@@ -37,6 +38,14 @@ enum Cmd {
     Demo,
     /// Run setup, then the per-packet benchmark (BPF_PROG_TEST_RUN, net of an empty program).
     Bench,
+    /// Fuzz the data path with N packets (the test suite runs 200 000).
+    Fuzz {
+        #[arg(default_value_t = 5_000_000)]
+        packets: u64,
+        /// Seed of the packet generator (a failure names its seed).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// Formatting and clippy (host crates and the eBPF crate), as CI would want them.
     Lint,
     /// Install xdplb: the binary, the systemd unit, an example configuration (if none), shell
@@ -244,6 +253,27 @@ fn main() -> ExitCode {
             .and_then(|_| setup())
             .and_then(|_| run_bin("bench")),
         Cmd::Lint => lint(),
+        Cmd::Fuzz { packets, seed } => {
+            require_root("fuzzing").and_then(|_| setup()).and_then(|_| {
+                let mut cmd = Command::new("cargo");
+                cmd.current_dir(root())
+                    .args([
+                        "test",
+                        "--release",
+                        "-p",
+                        "lb-tests",
+                        "--test",
+                        "fuzz",
+                        "--",
+                        "--nocapture",
+                    ])
+                    .env("XDPLB_FUZZ_PACKETS", packets.to_string());
+                if let Some(seed) = seed {
+                    cmd.env("XDPLB_FUZZ_SEED", seed.to_string());
+                }
+                run(&mut cmd)
+            })
+        }
         Cmd::Install { prefix } => require_root("install")
             .and_then(|_| setup())
             .and_then(|_| install(&prefix)),
