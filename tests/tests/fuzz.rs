@@ -238,7 +238,8 @@ fn checksums_valid(f: &[u8]) -> Option<bool> {
 /// Byte ranges a rewrite may change: MACs always; for L3 also TTL/hop limit, addresses, ports
 /// and checksums.
 fn allowed(f: &[u8], l3_mode: bool) -> Vec<std::ops::Range<usize>> {
-    let mut r = vec![0..12];
+    // The MACs are always fair game.
+    let mut r: Vec<std::ops::Range<usize>> = Vec::from([0..12]);
     if !l3_mode {
         return r;
     }
