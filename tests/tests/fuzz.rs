@@ -239,7 +239,8 @@ fn checksums_valid(f: &[u8]) -> Option<bool> {
 /// and checksums.
 fn allowed(f: &[u8], l3_mode: bool) -> Vec<std::ops::Range<usize>> {
     // The MACs are always fair game.
-    let mut r: Vec<std::ops::Range<usize>> = Vec::from([0..12]);
+    let mut r = Vec::new();
+    r.push(0..12);
     if !l3_mode {
         return r;
     }
