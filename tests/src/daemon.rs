@@ -52,7 +52,8 @@ impl Daemon {
         // From here on, Drop removes whatever was created, also when a later step fails.
         let mut d = Daemon {
             socket: dir.join("xdplb.sock"),
-            state_file: dir.join("state.json"),
+            // In a directory of its own, so a test can put a small filesystem under it.
+            state_file: dir.join("state/state.json"),
             pin_path: dir.join("bpf"),
             dir,
             ns: ns.name.clone(),
@@ -184,6 +185,10 @@ impl Drop for Daemon {
             .output();
         if self.mounted {
             let _ = Command::new("umount").arg(&self.pin_path).output();
+        }
+        // A test may have mounted a filesystem over the state directory.
+        if let Some(state_dir) = self.state_file.parent() {
+            let _ = Command::new("umount").arg(state_dir).output();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
