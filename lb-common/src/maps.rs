@@ -36,6 +36,11 @@ pub const PROG_LB: &str = "xdplb";
 /// XDP_TX/XDP_REDIRECT into that veth to deliver, and it is the empty baseline in benchmarks.
 pub const PROG_PASS: &str = "xdplb_pass";
 
+/// The test traffic generator (BPF_PROG_RUN live frames; never attached by the daemon).
+pub const PROG_GEN: &str = "xdplb_gen";
+/// Its settings: `[flows, first source address (host order), 0, 0]`.
+pub const GEN: &str = "XDPLB_GEN";
+
 /// Load-time global (read-only data) holding the Maglev ring size of every VIP.
 pub const GLOBAL_RING_SIZE: &str = "RING_SIZE";
 

@@ -9,6 +9,7 @@
 mod balance;
 mod counters;
 mod forward;
+mod generator;
 mod maps;
 mod nat;
 mod parse;
@@ -199,6 +200,12 @@ fn nat_send(
 #[xdp]
 pub fn xdplb_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
+}
+
+/// Test and benchmark traffic (see `generator`): never attached by the daemon.
+#[xdp]
+pub fn xdplb_gen(ctx: XdpContext) -> u32 {
+    generator::generate(&ctx)
 }
 
 #[cfg(not(test))]

@@ -33,6 +33,10 @@ pub static NAT: LruHashMap<FlowKey, NatValue> =
 #[map(name = "XDPLB_CONFIG")]
 pub static CONFIG: Array<u32> = Array::with_max_entries(m::CONFIG_SLOTS, 0);
 
+/// The generator's settings: [flows, first source address (host order), 0, 0].
+#[map(name = "XDPLB_GEN")]
+pub static GEN_CONFIG: Array<[u32; 4]> = Array::with_max_entries(1, 0);
+
 /// Scratch space for `launder`.
 #[map(name = "XDPLB_SCRATCH")]
 pub static SCRATCH: PerCpuArray<[u32; 2]> = PerCpuArray::with_max_entries(1, 0);

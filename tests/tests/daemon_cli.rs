@@ -10,6 +10,7 @@ use std::{
 
 use lb_tests::{
     daemon::Daemon,
+    packet::Packet,
     peers::{hold, tcp_once, udp_once, Server},
     topology::{L2Topology, VIP4},
 };
@@ -907,4 +908,136 @@ fn faults_incompatible_pins_and_a_full_disk() {
     );
     let c = e.spread(90, 54000);
     assert_eq!(c.values().sum::<u32>(), 90);
+}
+
+/// VmRSS of a process, in KiB.
+fn rss_kib(pid: u64) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches(" kB")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_million_source_flood_keeps_the_table_bounded_and_flows_sticky() {
+    let e = Env::new(&[]);
+    let vip = e.vip();
+    let cfg = format!(
+        "[limits]\nconntrack_size = 65536\n\n[[interface]]\nname = \"eth0\"\nxdp_mode = \"native\"\n\n[[vip]]\naddr = \"{vip}\"\n{}",
+        (0..3).map(|i| format!("[[vip.backend]]\naddr = \"{}\"\nmac = \"{}\"\n", e.b(i), e.topo.backends[i].mac)).collect::<String>()
+    );
+    // Limits are fixed at start: restart the daemon on this configuration.
+    let mut e = e;
+    e.d.stop().unwrap();
+    std::fs::write(e.d.dir.join("flood.toml"), &cfg).unwrap();
+    let _ = std::process::Command::new(lb_tests::daemon::xdplb_bin().unwrap())
+        .args(["daemon", "--cleanup", "--pin-path"])
+        .arg(&e.d.pin_path)
+        .arg("--state-file")
+        .arg(&e.d.state_file)
+        .output()
+        .unwrap();
+    let mut d = Daemon::start(
+        &e.topo.lb.ns,
+        &["--config", e.d.dir.join("flood.toml").to_str().unwrap()],
+    )
+    .unwrap();
+
+    let mut generator = lb_tests::generator::Generator::new().unwrap();
+    generator
+        .attach_pass(&e.topo.net, &e.topo.client.port)
+        .unwrap();
+    let syn = Packet {
+        dst_mac: e.topo.lb.mac.0,
+        src_mac: e.topo.client.mac.0,
+        ..Packet::tcp("10.200.0.1", 1024, VIP4, PORT)
+    }
+    .build();
+    let sticky = std::net::Ipv4Addr::new(10, 200, 0, 0);
+    let send = |g: &mut lb_tests::generator::Generator,
+                first: std::net::Ipv4Addr,
+                flows: u32,
+                packets: u32| {
+        g.send(&e.topo.client.ns, "eth0", &syn, flows, first, packets)
+            .unwrap()
+    };
+    let entry = |d: &Daemon, port: u16| -> serde_json::Value {
+        d.json(&["simulate", &format!("10.200.0.0:{port}"), &vip])
+            .unwrap()
+    };
+
+    // 100 flows get their backends.
+    send(&mut generator, sticky, 100, 100);
+    let before: Vec<serde_json::Value> = (0..100)
+        .map(|f| entry(&d, 1024 + f)["conntrack_backend"].clone())
+        .collect();
+    assert!(
+        before.iter().all(|b| !b.is_null()),
+        "every first flow is in the table"
+    );
+
+    // A flood of new flows from a million sources.
+    let packets_before = d.json(&["stats"]).unwrap()["vips"][0]["packets"]
+        .as_u64()
+        .unwrap();
+    let started = Instant::now();
+    send(
+        &mut generator,
+        std::net::Ipv4Addr::new(10, 201, 0, 0),
+        1_000_000,
+        2_000_000,
+    );
+    let secs = started.elapsed().as_secs_f64();
+    let stats = d.json(&["stats"]).unwrap();
+    let handled = stats["vips"][0]["packets"].as_u64().unwrap() - packets_before;
+    println!("flood: {handled} of 2000000 packets reached and were balanced by xdplb in {secs:.2} s: {:.2} Mpps sustained", handled as f64 / secs / 1e6);
+    assert!(
+        handled > 500_000,
+        "the LB saw a real flood ({handled} packets)"
+    );
+    assert_eq!(stats["verdicts"]["drop_no_backend"], 0);
+    let status = d.json(&["status"]).unwrap();
+    let ct = status["maps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "XDPLB_CONNTRACK")
+        .unwrap()
+        .clone();
+    assert!(
+        ct["used"].as_u64().unwrap() <= 65536 && ct["max"] == 65536,
+        "the table stays bounded: {ct}"
+    );
+    let rss = rss_kib(status["daemon"]["pid"].as_u64().unwrap());
+    println!(
+        "flood: connection table {} / {} entries, daemon RSS {} MiB",
+        ct["used"],
+        ct["max"],
+        rss / 1024
+    );
+    assert!(rss < 200 * 1024, "daemon memory stays bounded: {rss} KiB");
+
+    // The first flows were evicted; back, they reach the same backends (the ring is unchanged).
+    let evicted = (0..100)
+        .filter(|f| entry(&d, 1024 + f)["conntrack_entry"] == false)
+        .count();
+    assert!(
+        evicted >= 90,
+        "the flood evicted the first flows ({evicted} of 100)"
+    );
+    send(&mut generator, sticky, 100, 100);
+    for (f, b) in before.iter().enumerate() {
+        assert_eq!(
+            &entry(&d, 1024 + f as u16)["conntrack_backend"],
+            b,
+            "flow {f} came back to another backend"
+        );
+    }
+    d.stop().unwrap();
 }

@@ -1,0 +1,73 @@
+//! A traffic generator for load tests: the object's `xdplb_gen` program run with BPF_PROG_RUN
+//! live frames, so each run pushes frames out of a test interface at kernel speed. Packet n
+//! belongs to flow n mod `flows` (see lb-ebpf/src/generator.rs).
+
+use std::net::Ipv4Addr;
+
+use anyhow::Result;
+use aya::programs::{TestRun, TestRunAttrs, TestRunOptions};
+use lb_userspace::{
+    datapath::{DataPath, LoadOptions},
+    iface,
+};
+
+use crate::{fib::xdp_md, netns::Netns};
+
+/// Frames per live-frames batch (the kernel's page pool recycles them).
+const BATCH: u32 = 64;
+
+pub struct Generator {
+    dp: DataPath,
+}
+
+impl Generator {
+    pub fn new() -> Result<Generator> {
+        let opts = LoadOptions {
+            ring_size: 13,
+            max_vips: 1,
+            max_backends: 1,
+            conntrack_size: 1,
+            pin_dir: None,
+        };
+        Ok(Generator {
+            dp: DataPath::load(&opts)?,
+        })
+    }
+
+    /// Attaches the pass program to `iface` in `ns`: the peer of the interface the generator
+    /// sends out of must have one for the frames to be delivered.
+    pub fn attach_pass(&mut self, ns: &Netns, iface: &str) -> Result<()> {
+        ns.run(|| {
+            self.dp
+                .attach_pass(iface, lb_userspace::datapath::AttachMode::Native)
+        })??;
+        Ok(())
+    }
+
+    /// Sends `packets` copies of `template` out of `iface` in `ns`, spread over `flows` flows
+    /// whose sources start at `first_src`. The interface's peer needs an XDP program.
+    pub fn send(
+        &mut self,
+        ns: &Netns,
+        iface: &str,
+        template: &[u8],
+        flows: u32,
+        first_src: Ipv4Addr,
+        packets: u32,
+    ) -> Result<()> {
+        self.dp.set_generator(flows, first_src)?;
+        let prog = self.dp.generator()?;
+        ns.run(|| -> Result<()> {
+            let ctx = xdp_md(iface::index(iface)?, template.len());
+            // Live frames report no verdict: what arrived is counted by the receiver.
+            prog.test_run(TestRunOptions {
+                data_in: Some(template),
+                ctx_in: Some(&ctx),
+                repeat: packets,
+                attrs: TestRunAttrs::new().xdp_live_frames(BATCH),
+                ..Default::default()
+            })?;
+            Ok(())
+        })?
+    }
+}
