@@ -60,6 +60,10 @@ impl Env {
         format!("{VIP4}:{PORT}/tcp")
     }
 
+    fn vip_udp(&self) -> String {
+        format!("{VIP4}:{PORT}/udp")
+    }
+
     fn b(&self, i: usize) -> String {
         self.topo.backends[i].ip4.to_string()
     }
@@ -1040,4 +1044,174 @@ fn a_million_source_flood_keeps_the_table_bounded_and_flows_sticky() {
         );
     }
     d.stop().unwrap();
+}
+
+#[test]
+fn a_thousand_changes_under_load_drop_nothing_and_move_no_kept_flow() {
+    use lb_userspace::api::{call, BackendChange, Request};
+    let e = Env::new(&[]);
+    let vip = e.vip_udp();
+    let backends: String = (0..3)
+        .map(|i| {
+            format!(
+                "[[vip.backend]]\naddr = \"{}\"\nmac = \"{}\"\n",
+                e.b(i),
+                e.topo.backends[i].mac
+            )
+        })
+        .collect();
+    std::fs::write(
+        e.d.dir.join("churn.toml"),
+        format!("[[interface]]\nname = \"eth0\"\n\n[[vip]]\naddr = \"{vip}\"\n{backends}"),
+    )
+    .unwrap();
+    e.d.ok(&["apply", "-f", e.d.dir.join("churn.toml").to_str().unwrap()])
+        .unwrap();
+    let socket = e.d.socket.clone();
+    let api = |req: Request| call(&socket, &req);
+    let v: lb_userspace::model::VipAddr = vip.parse().unwrap();
+
+    let mut generator = lb_tests::generator::Generator::new().unwrap();
+    generator
+        .attach_pass(&e.topo.net, &e.topo.client.port)
+        .unwrap();
+    let mut template = Packet {
+        dst_mac: e.topo.lb.mac.0,
+        src_mac: e.topo.client.mac.0,
+        ..Packet::udp("10.210.0.0", 1024, VIP4, PORT)
+    }
+    .build();
+    template[14 + 20 + 6..14 + 20 + 8].fill(0); // no UDP checksum: the generator's rewrites keep it valid
+    const FLOWS: u16 = 1000;
+    let first = std::net::Ipv4Addr::new(10, 210, 0, 0);
+    generator
+        .send(
+            &e.topo.client.ns,
+            "eth0",
+            &template,
+            FLOWS as u32,
+            first,
+            FLOWS as u32,
+        )
+        .unwrap();
+    let backend_of = |f: u16| -> serde_json::Value {
+        api(Request::Simulate {
+            src: "10.210.0.0".parse().unwrap(),
+            sport: 1024 + f,
+            vip: v,
+        })
+        .unwrap()["conntrack_backend"]
+            .clone()
+    };
+    let before: Vec<serde_json::Value> = (0..FLOWS).map(backend_of).collect();
+    let b1 = e.b(0);
+    let on_b1: Vec<u16> = (0..FLOWS)
+        .filter(|f| before[*f as usize] == b1.as_str())
+        .collect();
+    assert!(on_b1.len() > 100, "b1 holds flows ({})", on_b1.len());
+    let b1_received = |e: &Env| {
+        e.topo.backends[0].ns.snmp("Udp", "InDatagrams").unwrap()
+            + e.topo.backends[0].ns.snmp("Udp", "RcvbufErrors").unwrap()
+    };
+    let b1_start = b1_received(&e);
+
+    // The generator keeps the flows going while 1000 changes land: b1 stays (weight >= 1);
+    // b2, b3 and five backends that exist only in the configuration come and go, drain and
+    // change weight.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    let extra: Vec<String> = (0..5).map(|i| format!("10.99.0.{}", 50 + i)).collect();
+    let mut present: std::collections::BTreeSet<String> = [e.b(1), e.b(2)].into();
+    let ops = std::thread::scope(|s| {
+        let client = &e.topo.client.ns;
+        let (stop, template) = (&stop, &template);
+        s.spawn(move || {
+            let mut g = lb_tests::generator::Generator::new().unwrap();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                g.send(client, "eth0", template, FLOWS as u32, first, 50_000)
+                    .unwrap();
+            }
+        });
+        let mut ops = 0;
+        let pool: Vec<String> = [e.b(1), e.b(2)]
+            .into_iter()
+            .chain(extra.iter().cloned())
+            .collect();
+        while ops < 1000 {
+            let b = pool[next(pool.len() as u64) as usize].clone();
+            let change = |weight: Option<u32>| BackendChange {
+                vip: v,
+                addr: b.parse().unwrap(),
+                weight,
+                mac: Some(lb_userspace::model::Mac([2, 0, 0, 0, 0, 0x50]))
+                    .filter(|_| !b.ends_with(".18") && !b.ends_with(".19")),
+                via: None,
+            };
+            let req = match (present.contains(&b), next(4)) {
+                (false, _) => {
+                    present.insert(b.clone());
+                    Request::BackendAdd(change(Some(1 + next(3) as u32)))
+                }
+                (true, 0) => {
+                    present.remove(&b);
+                    Request::BackendDel {
+                        vip: v,
+                        addr: b.parse().unwrap(),
+                    }
+                }
+                (true, 1) => Request::BackendDrain {
+                    vip: v,
+                    addr: b.parse().unwrap(),
+                },
+                (true, _) => Request::BackendSet(BackendChange {
+                    mac: None,
+                    ..change(Some(next(5) as u32))
+                }),
+            };
+            api(req.clone()).unwrap_or_else(|err| panic!("{req:?}: {err}"));
+            // b1 is re-weighted too, never below 1.
+            if next(10) == 0 {
+                api(Request::BackendSet(BackendChange {
+                    vip: v,
+                    addr: b1.parse().unwrap(),
+                    weight: Some(1 + next(4) as u32),
+                    mac: None,
+                    via: None,
+                }))
+                .unwrap();
+                ops += 1;
+            }
+            ops += 1;
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        ops
+    });
+    let stats = e.d.json(&["stats"]).unwrap();
+    println!(
+        "churn: {ops} changes under load; VIP packets {}, verdicts {}",
+        stats["vips"][0]["packets"], stats["verdicts"]
+    );
+    assert_eq!(
+        stats["verdicts"]["drop_no_backend"], 0,
+        "no packet dropped for lack of a backend"
+    );
+    let moved: Vec<u16> = on_b1
+        .iter()
+        .copied()
+        .filter(|f| backend_of(*f) != b1.as_str())
+        .collect();
+    assert!(
+        moved.is_empty(),
+        "flows on b1 (which stayed) moved: {moved:?}"
+    );
+    assert!(
+        b1_received(&e) > b1_start + 10_000,
+        "b1 kept receiving its flows"
+    );
 }
