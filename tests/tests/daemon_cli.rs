@@ -987,22 +987,34 @@ fn a_million_source_flood_keeps_the_table_bounded_and_flows_sticky() {
     );
 
     // A flood of new flows from a million sources.
-    let packets_before = d.json(&["stats"]).unwrap()["vips"][0]["packets"]
-        .as_u64()
-        .unwrap();
+    // How many frames get through the veth and the bridge in front of the LB varies from run
+    // to run: send until the LB has seen ten times the table's size in new flows.
+    let balanced = |d: &Daemon| {
+        d.json(&["stats"]).unwrap()["vips"][0]["packets"]
+            .as_u64()
+            .unwrap()
+    };
+    let packets_before = balanced(&d);
     let started = Instant::now();
-    send(
-        &mut generator,
-        std::net::Ipv4Addr::new(10, 201, 0, 0),
-        1_000_000,
-        2_000_000,
-    );
+    let mut sent = 0u64;
+    while balanced(&d) - packets_before < 655_360 && sent < 20_000_000 {
+        send(
+            &mut generator,
+            std::net::Ipv4Addr::new(10, 201, 0, 0),
+            1_000_000,
+            2_000_000,
+        );
+        sent += 2_000_000;
+    }
     let secs = started.elapsed().as_secs_f64();
     let stats = d.json(&["stats"]).unwrap();
-    let handled = stats["vips"][0]["packets"].as_u64().unwrap() - packets_before;
-    println!("flood: {handled} of 2000000 packets reached and were balanced by xdplb in {secs:.2} s: {:.2} Mpps sustained", handled as f64 / secs / 1e6);
+    let handled = balanced(&d) - packets_before;
+    println!(
+        "flood: {handled} of {sent} packets reached and were balanced by xdplb in {secs:.2} s: {:.2} Mpps (the bridge in front limits it)",
+        handled as f64 / secs / 1e6
+    );
     assert!(
-        handled > 500_000,
+        handled >= 655_360,
         "the LB saw a real flood ({handled} packets)"
     );
     assert_eq!(stats["verdicts"]["drop_no_backend"], 0);
