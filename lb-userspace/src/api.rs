@@ -138,13 +138,15 @@ pub fn call(socket: &Path, req: &Request) -> Result<serde_json::Value, String> {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(120)));
     let mut line = serde_json::to_string(req).map_err(|e| format!("encoding the request: {e}"))?;
     line.push('\n');
-    stream
-        .write_all(line.as_bytes())
-        .map_err(|e| format!("sending to {}: {e}", socket.display()))?;
+    let sent = stream.write_all(line.as_bytes());
+    // A daemon that refuses a request may answer before reading it all: read its answer even
+    // when the write failed.
     let mut reply = String::new();
-    BufReader::new(stream)
-        .read_line(&mut reply)
-        .map_err(|e| format!("reading the daemon's answer: {e}"))?;
+    let read = BufReader::new(stream).read_line(&mut reply);
+    if let (Err(e), true) = (&sent, reply.is_empty()) {
+        return Err(format!("sending to {}: {e}", socket.display()));
+    }
+    read.map_err(|e| format!("reading the daemon's answer: {e}"))?;
     if reply.is_empty() {
         return Err(format!(
             "the daemon at {} closed the connection without answering",

@@ -284,12 +284,23 @@ async fn connection(stream: UnixStream, core: Arc<Mutex<Core>>) {
         |c| format!("uid {} pid {}", c.uid(), c.pid().unwrap_or(0)),
     );
     let (read, mut write) = stream.into_split();
+    // The request is read in every case: answering before the client finished writing would
+    // make its write fail instead of letting it read the refusal.
+    let mut line = String::new();
+    let mut reader = BufReader::new(read.take(MAX_REQUEST as u64));
+    // A client that never finishes its line must not hold a task forever.
+    let read = tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut line))
+        .await
+        .unwrap_or_else(|_| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no complete request within 10 s",
+            ))
+        });
     let resp = if !root {
         Response::err("only root may control xdplb")
     } else {
-        let mut line = String::new();
-        let mut reader = BufReader::new(read.take(MAX_REQUEST as u64));
-        match reader.read_line(&mut line).await {
+        match read {
             Err(e) => Response::err(format!("reading the request: {e}")),
             Ok(_) if !line.ends_with('\n') => Response::err(format!(
                 "the request must be one JSON line of at most {MAX_REQUEST} bytes"
