@@ -399,6 +399,10 @@ hash = "src-ip"
             ("[limits]\nring_size = 65536", "not a prime"),
             ("[metrics]\nlisten = \"0.0.0.0:9100\"", "not a loopback address"),
             ("[[interface]]\nname = \"a/b\"", "not valid"),
+            // Interface names become pin file names (link_NAME): no way out of the pin path.
+            ("[[interface]]\nname = \"..\"", "not valid"),
+            ("[[interface]]\nname = \"../../etc\"", "not valid"),
+            ("[[vip]]\naddr = \"10.0.0.1:80/tcp\"\n[[vip.backend]]\naddr = \"10.0.1.1\"\nvia = \"../x\"", "not valid"),
             ("[[interface]]\nname = \"eth0\"\nxdp_mode = \"fast\"", "unknown variant `fast`"),
             ("[[interface]]\nname = \"eth0\"\n[[interface]]\nname = \"eth0\"", "listed twice"),
             ("vips = 3", "unknown field `vips`"),
