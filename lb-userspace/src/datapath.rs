@@ -554,6 +554,40 @@ impl DataPath {
         Ok(vips.keys().filter(Result::is_ok).count())
     }
 
+    /// Kernel memory of each map the load balancer uses (`memlock` of its fdinfo), by name.
+    pub fn map_memory(&mut self) -> Result<Vec<(String, u64)>, DataPathError> {
+        use std::os::fd::{AsFd, AsRawFd};
+        let prog_err = |what: &str, e: String| DataPathError::Map {
+            map: "program",
+            reason: format!("{what}: {e}"),
+        };
+        let info = self
+            .program()?
+            .info()
+            .map_err(|e| prog_err("program info", e.to_string()))?;
+        let ids = info
+            .map_ids()
+            .map_err(|e| prog_err("map ids", e.to_string()))?
+            .unwrap_or_default();
+        let mut out = Vec::new();
+        for id in ids {
+            let map =
+                aya::maps::MapInfo::from_id(id).map_err(|e| prog_err("map info", e.to_string()))?;
+            let fd = map.fd().map_err(|e| prog_err("map fd", e.to_string()))?;
+            let fdinfo =
+                std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd()))
+                    .map_err(|e| prog_err("fdinfo", e.to_string()))?;
+            let bytes = fdinfo
+                .lines()
+                .find_map(|l| l.strip_prefix("memlock:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            out.push((map.name_as_str().unwrap_or("?").to_string(), bytes));
+        }
+        out.sort();
+        Ok(out)
+    }
+
     /// Verified instruction count of the load balancer program.
     pub fn verified_insns(&mut self) -> Option<u32> {
         self.program()

@@ -25,9 +25,11 @@ use lb_tests::{
 };
 use lb_userspace::{
     datapath::{DataPath, LoadOptions},
+    maglev::{self, RingMember},
     mirror::Mirror,
     model::{BackendTarget, Mode, VipState},
 };
+use serde_json::json;
 
 const REPEAT: u32 = 2_000_000;
 const CALLS: u32 = 100_000;
@@ -249,6 +251,7 @@ fn bench() -> Result<()> {
         "{:<28} {:>7} {:>10} {:>10} {:>8}",
         "case", "method", "total ns", "net ns", "x empty"
     );
+    let mut per_packet = Vec::new();
     for (case, method, input, ifindex, want, base) in cases {
         let ns = measure(lb, input, ifindex, want).with_context(|| format!("case {case}"))?;
         println!(
@@ -256,8 +259,150 @@ fn bench() -> Result<()> {
             ns - base,
             ns / base
         );
+        per_packet.push(json!({ "case": case, "method": method, "ns": ns, "net_ns": ns - base, "x_empty": ns / base }));
     }
     println!("verifier: {insns} instructions processed (verified_insns)");
+
+    let control = control_plane(&mut dp)?;
+    let memory = dp.map_memory()?;
+    let total: u64 = memory.iter().map(|(_, b)| b).sum();
+    println!("\nkernel memory of the maps at default sizes (memlock):");
+    for (name, bytes) in &memory {
+        println!("  {name:<18} {:>10.1} KiB", *bytes as f64 / 1024.0);
+    }
+    println!("  {:<18} {:>10.1} MiB", "total", total as f64 / 1048576.0);
     println!("measured in {:.1} s", started.elapsed().as_secs_f64());
+
+    let results = json!({
+        "baseline_ns": { "repeat": base_rep, "calls": base_calls },
+        "per_packet": per_packet,
+        "verified_insns": insns,
+        "control_plane": control,
+        "map_memory_bytes": memory.iter().map(|(n, b)| (n.clone(), json!(b))).collect::<serde_json::Map<_, _>>(),
+        "map_memory_total_bytes": total,
+    });
+    write_results(&results)
+}
+
+/// Median of `runs` timings of `f`, in milliseconds.
+fn median_ms(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    let mut t = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let start = Instant::now();
+        f()?;
+        t.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    t.sort_by(f64::total_cmp);
+    Ok(t[runs / 2])
+}
+
+/// Ring builds, a one-backend change end to end (request to maps updated), and a large
+/// configuration applied at once.
+fn control_plane(dp: &mut DataPath) -> Result<serde_json::Value> {
+    println!("\ncontrol plane (median of several runs):");
+    let mut rings = serde_json::Map::new();
+    for n in [10u32, 100, 1000] {
+        let members: Vec<RingMember> = (0..n)
+            .map(|i| RingMember {
+                identity: i.to_be_bytes().to_vec(),
+                weight: 1,
+                id: i,
+            })
+            .collect();
+        let ms = median_ms(5, || {
+            std::hint::black_box(maglev::build(&members, 65_537));
+            Ok(())
+        })?;
+        println!("  Maglev ring, M=65537, N={n:<5}      {ms:>8.2} ms");
+        rings.insert(n.to_string(), json!(ms));
+    }
+
+    let opts = dp.options().clone();
+    let mut mirror = Mirror::new(opts.ring_size, opts.max_vips, opts.max_backends);
+    let ten: Vec<String> = (1..=10).map(|i| format!("10.1.0.{}", 20 + i)).collect();
+    let eleven: Vec<String> = (1..=11).map(|i| format!("10.1.0.{}", 20 + i)).collect();
+    let state = |b: &[String]| {
+        vip(
+            "10.1.0.150:80/tcp",
+            Mode::L2,
+            &b.iter().map(String::as_str).collect::<Vec<_>>(),
+        )
+    };
+    let first = Instant::now();
+    mirror.sync(&mut dp.writer(), &[state(&ten)])?;
+    let new_vip = first.elapsed().as_secs_f64() * 1e3;
+    let mut grow = true;
+    let change = median_ms(21, || {
+        let b = if grow { &eleven } else { &ten };
+        grow = !grow;
+        mirror.sync(&mut dp.writer(), &[state(b)])?;
+        Ok(())
+    })?;
+    println!("  new VIP, 10 backends (65537 slots)  {new_vip:>8.2} ms");
+    println!("  one backend added or removed         {change:>8.2} ms (request to maps updated)");
+
+    // 1000 VIPs x 10 backends: a 1031-slot ring keeps it to about a million slot writes.
+    let big = LoadOptions {
+        ring_size: 1031,
+        max_vips: 1024,
+        max_backends: 16384,
+        conntrack_size: 1024,
+        pin_dir: None,
+    };
+    let mut big_dp = DataPath::load(&big)?;
+    let mut big_mirror = Mirror::new(big.ring_size, big.max_vips, big.max_backends);
+    let vips: Vec<VipState> = (0..1000u32)
+        .map(|v| {
+            let addr = format!("10.{}.{}.1:80/tcp", 100 + v / 256, v % 256);
+            let backends: Vec<String> = (0..10)
+                .map(|b| format!("10.50.{}.{}", v / 25, (v % 25) * 10 + b))
+                .collect();
+            vip(
+                &addr,
+                Mode::L2,
+                &backends.iter().map(String::as_str).collect::<Vec<_>>(),
+            )
+        })
+        .collect();
+    let start = Instant::now();
+    big_mirror.sync(&mut big_dp.writer(), &vips)?;
+    let thousand = start.elapsed().as_secs_f64();
+    println!("  1000 VIPs x 10 backends (M=1031)    {thousand:>8.2} s");
+    Ok(json!({
+        "maglev_build_ms": rings,
+        "new_vip_10_backends_ms": new_vip,
+        "one_backend_change_ms": change,
+        "thousand_vips_ten_backends_s": thousand,
+    }))
+}
+
+/// target/bench/results.json and results.md.
+fn write_results(results: &serde_json::Value) -> Result<()> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(
+        dir.join("results.json"),
+        serde_json::to_string_pretty(results)?,
+    )?;
+    let mut md = String::from(
+        "# xdplb benchmark\n\n| case | method | ns | net ns | x empty |\n|---|---|---|---|---|\n",
+    );
+    for r in results["per_packet"].as_array().into_iter().flatten() {
+        md.push_str(&format!(
+            "| {} | {} | {:.1} | {:.1} | {:.2} |\n",
+            r["case"].as_str().unwrap_or(""),
+            r["method"].as_str().unwrap_or(""),
+            r["ns"].as_f64().unwrap_or(0.0),
+            r["net_ns"].as_f64().unwrap_or(0.0),
+            r["x_empty"].as_f64().unwrap_or(0.0)
+        ));
+    }
+    md.push_str(&format!(
+        "\nverified instructions: {}\n\n```json\n{}\n```\n",
+        results["verified_insns"],
+        serde_json::to_string_pretty(&results["control_plane"])?
+    ));
+    std::fs::write(dir.join("results.md"), md)?;
+    println!("\nwrote {}/results.json and results.md", dir.display());
     Ok(())
 }
