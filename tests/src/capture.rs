@@ -59,8 +59,31 @@ impl Capture {
                     *seen.entry(src).or_default() += 1;
                 }
             }
-            // SAFETY: closing the socket this thread opened.
-            unsafe { libc::close(fd) };
+            // The kernel's own count of frames the capture missed: it must be 0.
+            let mut st = libc::tpacket_stats {
+                tp_packets: 0,
+                tp_drops: 0,
+            };
+            let mut len = std::mem::size_of::<libc::tpacket_stats>() as libc::socklen_t;
+            // SAFETY: getsockopt into an owned struct of the size given; closing our own socket.
+            let drops = unsafe {
+                let rc = libc::getsockopt(
+                    fd,
+                    libc::SOL_PACKET,
+                    libc::PACKET_STATISTICS,
+                    (&raw mut st).cast(),
+                    &mut len,
+                );
+                libc::close(fd);
+                if rc == 0 {
+                    st.tp_drops
+                } else {
+                    u32::MAX
+                }
+            };
+            if drops != 0 {
+                bail!("the capture missed {drops} frames");
+            }
             Ok(seen)
         });
         if !ready_rx.recv().unwrap_or(false) {
@@ -121,6 +144,15 @@ fn open(iface: &str) -> Result<i32> {
             libc::close(fd);
             bail!("binding the capture to {iface}: {e}");
         }
+        // A large buffer: a capture that drops frames could miss the one that matters.
+        let size: libc::c_int = 8 << 20;
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&raw const size).cast(),
+            4,
+        );
         let tv = libc::timeval {
             tv_sec: 0,
             tv_usec: 50_000,

@@ -171,15 +171,39 @@ impl Setup {
 
         // What the maps counted per backend equals what each backend's kernel received, and
         // the new-flow counters equal the flows each backend answered.
-        let after = self.received(&vip);
+        // The last FIN/ACK of a connection may still be on its way when the client has its
+        // answer: compare until both sides agree (or a deadline says they never will).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        let counted = |s: &Self| -> Vec<(u64, u64)> {
+            let after = s.received(&vip);
+            s.topo
+                .backends
+                .iter()
+                .enumerate()
+                .map(|(i, b)| {
+                    let addr: IpAddr = if vip.ip.is_ipv4() { b.ip4 } else { b.ip6 };
+                    let id = s.mirror.backend_id(&vip, addr).unwrap();
+                    (
+                        s.dp.backend_counters(id).unwrap().packets,
+                        after[i] - before[i],
+                    )
+                })
+                .collect()
+        };
+        let mut pairs = counted(self);
+        while pairs.iter().any(|(x, k)| x != k) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            pairs = counted(self);
+        }
         for (i, b) in self.topo.backends.iter().enumerate() {
             let addr: IpAddr = if vip.ip.is_ipv4() { b.ip4 } else { b.ip6 };
-            let id = self.mirror.backend_id(&vip, addr).unwrap();
-            let c = self.dp.backend_counters(id).unwrap();
+            let c = self
+                .dp
+                .backend_counters(self.mirror.backend_id(&vip, addr).unwrap())
+                .unwrap();
             let name = format!("b{}", i + 1);
             assert_eq!(
-                c.packets,
-                after[i] - before[i],
+                pairs[i].0, pairs[i].1,
                 "{vip} {name}: packets counted by xdplb vs received by the backend"
             );
             if proto == Proto::Tcp {

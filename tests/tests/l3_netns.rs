@@ -150,7 +150,9 @@ fn l3_serves_tcp_http_and_udp_from_the_vip_only() {
     }
     for vip in [v4.ip(), v6.ip()] {
         assert!(
-            seen.get(&vip).copied().unwrap_or(0) > 1000,
+            // The part that does not depend on segmentation: 3-4 packets per connection and one per
+            // UDP answer (IPv4: 330 connections, IPv6: 150), plus some of the transfers.
+            seen.get(&vip).copied().unwrap_or(0) > if vip.is_ipv4() { 1000 } else { 500 },
             "replies from {vip}: {seen:?}"
         );
     }
