@@ -89,6 +89,18 @@ impl Default for LoadOptions {
 }
 
 impl LoadOptions {
+    /// The smallest maps, for loading the object only for its pass or generator program
+    /// (veth peers in tests, traffic generation, benchmarks).
+    pub fn minimal() -> LoadOptions {
+        LoadOptions {
+            ring_size: 13,
+            max_vips: 1,
+            max_backends: 1,
+            conntrack_size: 16,
+            pin_dir: None,
+        }
+    }
+
     pub fn validate(&self) -> Result<(), DataPathError> {
         let bad = |s: String| Err(DataPathError::Option(s));
         if !maglev::is_prime(self.ring_size) {

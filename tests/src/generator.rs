@@ -22,15 +22,8 @@ pub struct Generator {
 
 impl Generator {
     pub fn new() -> Result<Generator> {
-        let opts = LoadOptions {
-            ring_size: 13,
-            max_vips: 1,
-            max_backends: 1,
-            conntrack_size: 1,
-            pin_dir: None,
-        };
         Ok(Generator {
-            dp: DataPath::load(&opts)?,
+            dp: DataPath::load(&LoadOptions::minimal())?,
         })
     }
 

@@ -122,16 +122,9 @@ fn route_vips_via(ns: &Netns, vip4: &str, vip6: &str, gw4: &str, gw6: &str) -> R
     Ok(())
 }
 
-/// A minimal data path (tiny maps) whose pass program the topologies attach to veth peers.
+/// A minimal data path whose pass program the topologies attach to veth peers.
 fn pass_only() -> Result<DataPath> {
-    let opts = LoadOptions {
-        ring_size: 13,
-        max_vips: 1,
-        max_backends: 1,
-        conntrack_size: 1,
-        pin_dir: None,
-    };
-    Ok(DataPath::load(&opts)?)
+    Ok(DataPath::load(&LoadOptions::minimal())?)
 }
 
 pub struct L2Topology {

@@ -88,6 +88,36 @@ impl Env {
         counts
     }
 
+    /// After backend `name` (address `addr`) failed: waits until health checks mark it down,
+    /// checks that every held connection to another backend still reaches it, and that `n` new
+    /// flows from `first_port` on avoid it.
+    fn expect_failover(
+        &self,
+        held: &mut [(lb_tests::peers::Conn, String)],
+        name: &str,
+        addr: &str,
+        n: u16,
+        first_port: u16,
+    ) {
+        wait_for(
+            &format!("{name} to be marked down"),
+            Duration::from_secs(15),
+            || self.backend_state(addr) == "down",
+        );
+        for (c, owner) in held.iter_mut().filter(|(_, owner)| owner != name) {
+            assert_eq!(
+                c.ask().unwrap(),
+                *owner,
+                "a flow of a healthy backend moved when {name} failed"
+            );
+        }
+        let c = self.spread(n, first_port);
+        assert!(
+            !c.contains_key(name) && c.values().sum::<u32>() == n as u32,
+            "new flows after {name} failed: {c:?}"
+        );
+    }
+
     fn backend_state(&self, addr: &str) -> String {
         let list = self.d.json(&["vip", "list"]).unwrap();
         list["vips"][0]["backends"]
@@ -444,21 +474,7 @@ fn health_failover_moves_only_the_failed_backends_flows() {
     // b2's server stops: health checks fail, b2 leaves the ring.
     let b2 = e.b(1);
     e.servers[1] = None;
-    wait_for("b2 to be marked down", Duration::from_secs(15), || {
-        e.backend_state(&b2) == "down"
-    });
-    for (c, n) in held.iter_mut().filter(|(_, n)| n != "b2") {
-        assert_eq!(
-            c.ask().unwrap(),
-            *n,
-            "a flow of a healthy backend moved when b2 failed"
-        );
-    }
-    let c = e.spread(90, 36000);
-    assert!(
-        !c.contains_key("b2"),
-        "no new flow reaches the failed backend: {c:?}"
-    );
+    e.expect_failover(&mut held, "b2", &b2, 90, 36000);
     let status = e.d.json(&["status"]).unwrap();
     let h = status["health"]
         .as_array()
@@ -838,21 +854,7 @@ fn faults_interface_flap_and_a_backend_host_vanishing() {
     // goes, taking its interface off the bridge.
     e.servers[2] = None;
     lb_tests::netns::sh(&["ip", "netns", "del", &e.topo.backends[2].ns.name]).unwrap();
-    wait_for("b3 to be marked down", Duration::from_secs(15), || {
-        e.backend_state(&b3) == "down"
-    });
-    for (c, n) in held.iter_mut().filter(|(_, n)| n != "b3") {
-        assert_eq!(
-            c.ask().unwrap(),
-            *n,
-            "a flow of a healthy backend moved when b3 vanished"
-        );
-    }
-    let c = e.spread(60, 53000);
-    assert!(
-        !c.contains_key("b3") && c.values().sum::<u32>() == 60,
-        "{c:?}"
-    );
+    e.expect_failover(&mut held, "b3", &b3, 60, 53000);
 }
 
 #[test]

@@ -38,14 +38,7 @@ impl Drop for Tracefs {
 #[test]
 fn verdict_logging_switches_at_runtime() {
     let trace = Tracefs::mount();
-    let mut dp = DataPath::load(&LoadOptions {
-        ring_size: 13,
-        max_vips: 1,
-        max_backends: 1,
-        conntrack_size: 16,
-        pin_dir: None,
-    })
-    .unwrap();
+    let mut dp = DataPath::load(&LoadOptions::minimal()).unwrap();
     let frame = Packet::tcp("10.0.0.1", 1000, "10.0.0.7", 80).build();
     let send = |dp: &mut DataPath| {
         let mut out = vec![0u8; 256];
