@@ -538,32 +538,31 @@ impl DataPath {
         Ok(removed)
     }
 
-    /// Entries in the connection table (walks the keys: for status, not for hot paths). The
-    /// walk restarts when an entry under it is evicted, so it is capped at the table's size:
-    /// under heavy churn the figure is approximate but the call stays bounded.
-    pub fn conntrack_entries(&self) -> Result<usize, DataPathError> {
-        let ct: HashMap<_, FlowKey, ConnValue> = self.typed_ref(m::CONNTRACK)?;
-        Ok(ct
-            .keys()
-            .take(self.opts.conntrack_size as usize)
-            .filter(Result::is_ok)
-            .count())
+    /// Entries in a hash map with keys `K`, walking at most `cap` keys: an LRU walk restarts
+    /// when the entry under it is evicted, so under churn the figure is approximate but the
+    /// call stays bounded. For status, not for hot paths.
+    fn count_keys<K: aya::Pod, V: aya::Pod>(
+        &self,
+        map: &'static str,
+        cap: u32,
+    ) -> Result<usize, DataPathError> {
+        let h: HashMap<_, K, V> = self.typed_ref(map)?;
+        Ok(h.keys().take(cap as usize).filter(Result::is_ok).count())
     }
 
-    /// Entries in the reverse-NAT table (capped walk, like `conntrack_entries`).
+    /// Entries in the connection table.
+    pub fn conntrack_entries(&self) -> Result<usize, DataPathError> {
+        self.count_keys::<FlowKey, ConnValue>(m::CONNTRACK, self.opts.conntrack_size)
+    }
+
+    /// Entries in the reverse-NAT table.
     pub fn nat_entries(&self) -> Result<usize, DataPathError> {
-        let nat: HashMap<_, FlowKey, NatValue> = self.typed_ref(m::NAT)?;
-        Ok(nat
-            .keys()
-            .take(self.opts.conntrack_size as usize)
-            .filter(Result::is_ok)
-            .count())
+        self.count_keys::<FlowKey, NatValue>(m::NAT, self.opts.conntrack_size)
     }
 
     /// Entries in the VIP map (VIPs plus one address entry per VIP address).
     pub fn vip_entries(&self) -> Result<usize, DataPathError> {
-        let vips: HashMap<_, VipKey, VipInfo> = self.typed_ref(m::VIPS)?;
-        Ok(vips.keys().filter(Result::is_ok).count())
+        self.count_keys::<VipKey, VipInfo>(m::VIPS, 2 * self.opts.max_vips)
     }
 
     /// Kernel memory of each map the load balancer uses (`memlock` of its fdinfo), by name.

@@ -118,6 +118,24 @@ impl Env {
         );
     }
 
+    /// Applies a TOML configuration through `xdplb apply -f`.
+    fn apply(&self, name: &str, toml: &str) {
+        let path = self.d.dir.join(name);
+        std::fs::write(&path, toml).unwrap();
+        self.d.ok(&["apply", "-f", path.to_str().unwrap()]).unwrap();
+    }
+
+    /// `n` TCP connections to the VIP from `first_port` on, held open: (connection, backend).
+    fn hold(&self, n: u16, first_port: u16) -> Vec<(lb_tests::peers::Conn, String)> {
+        let target = SocketAddr::new(VIP4.parse().unwrap(), PORT);
+        self.topo
+            .client
+            .ns
+            .run(|| hold(target, n, first_port))
+            .unwrap()
+            .unwrap()
+    }
+
     fn backend_state(&self, addr: &str) -> String {
         let list = self.d.json(&["vip", "list"]).unwrap();
         list["vips"][0]["backends"]
@@ -196,14 +214,7 @@ fn cli_manages_vips_and_backends_under_traffic() {
     );
 
     // Drain b1 while connections to it are held: they keep working, new ones avoid it.
-    let target = SocketAddr::new(VIP4.parse().unwrap(), PORT);
-    let mut held = e
-        .topo
-        .client
-        .ns
-        .run(|| hold(target, 30, 31000))
-        .unwrap()
-        .unwrap();
+    let mut held = e.hold(30, 31000);
     assert!(held.iter().any(|(_, n)| n == "b1"));
     e.d.ok(&["backend", "drain", &vip, &e.b(0)]).unwrap();
     assert_eq!(e.backend_state(&e.b(0)), "draining");
@@ -304,6 +315,15 @@ fn cli_manages_vips_and_backends_under_traffic() {
         "{screen}"
     );
 
+    // Every change is logged in one line: who, what, result.
+    let log = e.d.log();
+    let who = "uid 0 pid ";
+    assert!(
+        log.lines()
+            .any(|l| l.contains(who) && l.contains(&format!("backend drain {vip} {}: ok", e.b(0)))),
+        "the drain is one line of the daemon's log:\n{log}"
+    );
+
     // Delete the VIP: its traffic is no longer balanced.
     e.d.ok(&["vip", "del", &vip]).unwrap();
     assert_eq!(
@@ -323,20 +343,12 @@ fn kill_dash_nine_and_restart_lose_no_packet() {
         "[[interface]]\nname = \"eth0\"\nxdp_mode = \"native\"\n\n[[vip]]\naddr = \"{VIP4}:{PORT}/udp\"\n{backends}\n[[vip]]\naddr = \"{}\"\n{backends}",
         e.vip()
     );
-    let path = e.d.dir.join("xdplb.toml");
-    std::fs::write(&path, cfg).unwrap();
-    e.d.ok(&["apply", "-f", path.to_str().unwrap()]).unwrap();
+    e.apply("xdplb.toml", &cfg);
 
     // TCP connections held across the restart, some on a backend that is draining: only the
     // connection table (entries and backend generations surviving) keeps those where they are.
     let target = SocketAddr::new(VIP4.parse().unwrap(), PORT);
-    let mut held = e
-        .topo
-        .client
-        .ns
-        .run(|| hold(target, 30, 42000))
-        .unwrap()
-        .unwrap();
+    let mut held = e.hold(30, 42000);
     e.d.ok(&["backend", "drain", &e.vip(), &e.b(0)]).unwrap();
     assert!(
         held.iter().any(|(_, n)| n == "b1"),
@@ -454,22 +466,12 @@ fn kill_dash_nine_and_restart_lose_no_packet() {
 fn health_failover_moves_only_the_failed_backends_flows() {
     let mut e = Env::new(&[]);
     let vip = e.vip();
-    let dir = e.d.dir.clone();
     let cfg = format!(
         "[[interface]]\nname = \"eth0\"\n\n[[vip]]\naddr = \"{vip}\"\nhealth = {{ kind = \"http\", path = \"/\", interval_ms = 200, timeout_ms = 200, rise = 2, fall = 3 }}\n{}",
         (0..3).map(|i| format!("[[vip.backend]]\naddr = \"{}\"\n", e.b(i))).collect::<String>()
     );
-    std::fs::write(dir.join("h.toml"), cfg).unwrap();
-    e.d.ok(&["apply", "-f", dir.join("h.toml").to_str().unwrap()])
-        .unwrap();
-    let target = SocketAddr::new(VIP4.parse().unwrap(), PORT);
-    let mut held = e
-        .topo
-        .client
-        .ns
-        .run(|| hold(target, 30, 35000))
-        .unwrap()
-        .unwrap();
+    e.apply("h.toml", &cfg);
+    let mut held = e.hold(30, 35000);
 
     // b2's server stops: health checks fail, b2 leaves the ring.
     let b2 = e.b(1);
@@ -805,9 +807,7 @@ fn faults_interface_flap_and_a_backend_host_vanishing() {
         "[[interface]]\nname = \"eth0\"\n\n[[vip]]\naddr = \"{vip}\"\nhealth = {{ kind = \"tcp\", interval_ms = 200, timeout_ms = 200, rise = 2, fall = 3 }}\n{}",
         (0..3).map(|i| format!("[[vip.backend]]\naddr = \"{}\"\n", e.b(i))).collect::<String>()
     );
-    std::fs::write(e.d.dir.join("f.toml"), cfg).unwrap();
-    e.d.ok(&["apply", "-f", e.d.dir.join("f.toml").to_str().unwrap()])
-        .unwrap();
+    e.apply("f.toml", &cfg);
     assert_eq!(e.spread(60, 50000).values().sum::<u32>(), 60);
 
     // The LB's interface goes down and up: the attachment stays, traffic resumes.
@@ -842,13 +842,7 @@ fn faults_interface_flap_and_a_backend_host_vanishing() {
 
     // A backend's host disappears mid-traffic (its namespace is deleted): health checks take
     // it out, flows of the others stay.
-    let mut held = e
-        .topo
-        .client
-        .ns
-        .run(|| hold(target, 30, 52000))
-        .unwrap()
-        .unwrap();
+    let mut held = e.hold(30, 52000);
     let b3 = e.b(2);
     // Its processes end with it (our server threads hold sockets in it), then the namespace
     // goes, taking its interface off the bridge.
@@ -1107,13 +1101,10 @@ fn a_thousand_changes_under_load_drop_nothing_and_move_no_kept_flow() {
             )
         })
         .collect();
-    std::fs::write(
-        e.d.dir.join("churn.toml"),
-        format!("[[interface]]\nname = \"eth0\"\n\n[[vip]]\naddr = \"{vip}\"\n{backends}"),
-    )
-    .unwrap();
-    e.d.ok(&["apply", "-f", e.d.dir.join("churn.toml").to_str().unwrap()])
-        .unwrap();
+    e.apply(
+        "churn.toml",
+        &format!("[[interface]]\nname = \"eth0\"\n\n[[vip]]\naddr = \"{vip}\"\n{backends}"),
+    );
     // b2 and b3 come and go without a MAC: the daemon takes theirs from the neighbour table,
     // which must not depend on ARP getting through the flood.
     for b in &e.topo.backends[1..] {

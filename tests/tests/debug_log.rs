@@ -1,8 +1,7 @@
 //! Verdict logging to the kernel trace pipe is off by default and switched at runtime, without
 //! reloading the program (needs root; mounts its own tracefs view).
 
-use aya::programs::{TestRun, TestRunOptions};
-use lb_tests::{netns::sh, packet::Packet};
+use lb_tests::{netns::sh, packet::Packet, xdp::test_run};
 use lb_userspace::datapath::{DataPath, LoadOptions};
 
 struct Tracefs(std::path::PathBuf);
@@ -41,17 +40,11 @@ fn verdict_logging_switches_at_runtime() {
     let mut dp = DataPath::load(&LoadOptions::minimal()).unwrap();
     let frame = Packet::tcp("10.0.0.1", 1000, "10.0.0.7", 80).build();
     let send = |dp: &mut DataPath| {
-        let mut out = vec![0u8; 256];
-        let r = dp
-            .program()
-            .unwrap()
-            .test_run(TestRunOptions {
-                data_in: Some(&frame),
-                data_out: Some(&mut out),
-                ..Default::default()
-            })
-            .unwrap();
-        assert_eq!(r.return_value, 2, "a non-VIP packet passes");
+        assert_eq!(
+            test_run(dp.program().unwrap(), &frame, None).0,
+            2,
+            "a non-VIP packet passes"
+        );
     };
     trace.clear();
     assert!(!dp.debug().unwrap(), "off by default");

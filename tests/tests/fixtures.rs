@@ -6,11 +6,10 @@
 
 use std::{collections::HashMap, net::IpAddr};
 
-use aya::programs::{TestRun, TestRunOptions};
 use lb_common::{stats, TrafficCounters};
 use lb_tests::{
     packet::{with_macs, Packet, ETH_ARP, L4, LB_MAC},
-    xdp::{XDP_DROP, XDP_PASS, XDP_TX},
+    xdp::{test_run, XDP_DROP, XDP_PASS, XDP_TX},
 };
 use lb_userspace::{
     datapath::{DataPath, LoadOptions},
@@ -105,19 +104,7 @@ impl Fixture {
     }
 
     fn run(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
-        let mut out = vec![0u8; frame.len() + 256];
-        let res = self
-            .dp
-            .program()
-            .unwrap()
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ..Default::default()
-            })
-            .expect("BPF_PROG_TEST_RUN");
-        out.truncate(res.data_size_out as usize);
-        (res.return_value, out)
+        test_run(self.dp.program().unwrap(), frame, None)
     }
 
     fn backend_mac(&self, vip: &VipAddr, addr: IpAddr) -> [u8; 6] {

@@ -9,12 +9,11 @@
 //! `XDPLB_FUZZ_PACKETS` sets the count (default 200 000); `XDPLB_FUZZ_SEED` the seed.
 //! `cargo xtask fuzz N` runs N.
 
-use aya::programs::{TestRun, TestRunOptions};
 use lb_common::stats;
 use lb_tests::{
-    fib::{be_mac, fib_namespace, xdp_md},
+    fib::{be_mac, fib_namespace},
     packet::{internet_checksum, Packet, L4},
-    xdp::{vip, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
+    xdp::{test_run, vip, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
 };
 use lb_userspace::{
     datapath::{DataPath, LoadOptions},
@@ -319,7 +318,6 @@ fn fuzz_the_data_path() {
         ];
         mirror.sync(&mut dp.writer(), &desired).unwrap();
         let mut r = Rng(seed | 1);
-        let mut out = vec![0u8; 4096];
         let mut last = dp.stats().unwrap();
         let started = std::time::Instant::now();
         for n in 0..count {
@@ -331,17 +329,11 @@ fn fuzz_the_data_path() {
                 }
                 _ => packet(&mut r).build(),
             };
-            let ctx = xdp_md(*r.pick(&ifaces), frame.len());
-            let res = dp
-                .program()
-                .unwrap()
-                .test_run(TestRunOptions { data_in: Some(&frame), data_out: Some(&mut out), ctx_in: Some(&ctx), ..Default::default() })
-                .expect("BPF_PROG_TEST_RUN");
+            let (action, got) = test_run(dp.program().unwrap(), &frame, Some(*r.pick(&ifaces)));
             let now = dp.stats().unwrap();
             let reason = (0..stats::VERDICT_COUNT).find(|i| now[*i as usize] != last[*i as usize]).expect("a verdict was counted");
             last = now;
-            let got = &out[..res.data_size_out as usize];
-            if let Err(e) = check(&frame, res.return_value, got, reason) {
+            if let Err(e) = check(&frame, action, &got, reason) {
                 panic!("packet {n} (seed {seed}): {e}; reason {:?}\n in: {frame:02x?}\nout: {got:02x?}", stats::name(reason));
             }
         }

@@ -6,12 +6,11 @@
 
 use std::{collections::HashMap, net::IpAddr};
 
-use aya::programs::{TestRun, TestRunOptions};
 use lb_common::stats;
 use lb_tests::{
-    fib::{be_mac, fib_namespace, xdp_md},
+    fib::{be_mac, fib_namespace},
     packet::{with_macs, Packet, CLIENT_MAC},
-    xdp::{vip, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
+    xdp::{test_run, vip, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
 };
 use lb_userspace::{
     datapath::{DataPath, LoadOptions},
@@ -50,21 +49,11 @@ struct Fix {
 
 impl Fix {
     fn run(&mut self, ingress: &str, frame: &[u8]) -> (u32, Vec<u8>) {
-        let ctx = xdp_md(self.ifindex[ingress], frame.len());
-        let mut out = vec![0u8; frame.len() + 64];
-        let r = self
-            .dp
-            .program()
-            .unwrap()
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ctx_in: Some(&ctx),
-                ..Default::default()
-            })
-            .expect("BPF_PROG_TEST_RUN");
-        out.truncate(r.data_size_out as usize);
-        (r.return_value, out)
+        test_run(
+            self.dp.program().unwrap(),
+            frame,
+            Some(self.ifindex[ingress]),
+        )
     }
 
     /// Sends `input` in on `ingress` and checks verdict, reason and exact output.
