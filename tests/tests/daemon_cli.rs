@@ -125,6 +125,17 @@ impl Env {
         self.d.ok(&["apply", "-f", path.to_str().unwrap()]).unwrap();
     }
 
+    /// The TCP VIP on eth0 with the three backends and a fast health check of `kind`.
+    fn apply_with_health(&self, kind: &str) {
+        let backends: String = (0..3)
+            .map(|i| format!("[[vip.backend]]\naddr = \"{}\"\n", self.b(i)))
+            .collect();
+        let check = format!(
+            "{{ kind = \"{kind}\", interval_ms = 200, timeout_ms = 200, rise = 2, fall = 3 }}"
+        );
+        self.apply(&format!("{kind}.toml"), &format!("[[interface]]\nname = \"eth0\"\n\n[[vip]]\naddr = \"{}\"\nhealth = {check}\n{backends}", self.vip()));
+    }
+
     /// `n` TCP connections to the VIP from `first_port` on, held open: (connection, backend).
     fn hold(&self, n: u16, first_port: u16) -> Vec<(lb_tests::peers::Conn, String)> {
         let target = SocketAddr::new(VIP4.parse().unwrap(), PORT);
@@ -465,12 +476,7 @@ fn kill_dash_nine_and_restart_lose_no_packet() {
 #[test]
 fn health_failover_moves_only_the_failed_backends_flows() {
     let mut e = Env::new(&[]);
-    let vip = e.vip();
-    let cfg = format!(
-        "[[interface]]\nname = \"eth0\"\n\n[[vip]]\naddr = \"{vip}\"\nhealth = {{ kind = \"http\", path = \"/\", interval_ms = 200, timeout_ms = 200, rise = 2, fall = 3 }}\n{}",
-        (0..3).map(|i| format!("[[vip.backend]]\naddr = \"{}\"\n", e.b(i))).collect::<String>()
-    );
-    e.apply("h.toml", &cfg);
+    e.apply_with_health("http");
     let mut held = e.hold(30, 35000);
 
     // b2's server stops: health checks fail, b2 leaves the ring.
@@ -802,12 +808,7 @@ fn metrics_are_served_and_the_socket_refuses_non_root() {
 #[test]
 fn faults_interface_flap_and_a_backend_host_vanishing() {
     let mut e = Env::new(&[]);
-    let vip = e.vip();
-    let cfg = format!(
-        "[[interface]]\nname = \"eth0\"\n\n[[vip]]\naddr = \"{vip}\"\nhealth = {{ kind = \"tcp\", interval_ms = 200, timeout_ms = 200, rise = 2, fall = 3 }}\n{}",
-        (0..3).map(|i| format!("[[vip.backend]]\naddr = \"{}\"\n", e.b(i))).collect::<String>()
-    );
-    e.apply("f.toml", &cfg);
+    e.apply_with_health("tcp");
     assert_eq!(e.spread(60, 50000).values().sum::<u32>(), 60);
 
     // The LB's interface goes down and up: the attachment stays, traffic resumes.
