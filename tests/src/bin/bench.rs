@@ -40,6 +40,7 @@ fn stats_of(prog: &Xdp) -> Result<(u64, u64)> {
 }
 
 /// One input: a single frame repeated, or distinct frames; on which interface.
+#[derive(Clone, Copy)]
 enum Input<'a> {
     Repeat(&'a [u8]),
     Calls(&'a [Vec<u8>]),
@@ -245,6 +246,9 @@ fn bench() -> Result<()> {
             base_calls,
         ),
     ];
+    if let Ok(only) = std::env::var("XDPLB_BENCH_PROFILE") {
+        return profile(lb, &only, cases);
+    }
     println!("xdplb per-packet cost (BPF_PROG_TEST_RUN, kernel run_time_ns/run_cnt; repeat={REPEAT}, calls={CALLS})");
     println!("empty XDP_PASS baseline: {base_rep:.1} ns (repeat), {base_calls:.1} ns (calls)");
     println!(
@@ -282,6 +286,23 @@ fn bench() -> Result<()> {
         "map_memory_total_bytes": total,
     });
     write_results(&results)
+}
+
+/// Runs one case (named by `XDPLB_BENCH_PROFILE`) over and over for about 5 s, so a profiler
+/// such as `perf record -e cpu-clock -a -g` can sample the program and the helpers it calls.
+fn profile(lb: &mut Xdp, only: &str, cases: [(&str, &str, Input<'_>, u32, u32, f64); 9]) -> Result<()> {
+    let (case, _, input, ifindex, want, _) = cases
+        .into_iter()
+        .find(|c| format!("{} {}", c.0, c.1) == only)
+        .with_context(|| format!("no case named {only:?} (\"CASE METHOD\", as printed)"))?;
+    let until = Instant::now() + std::time::Duration::from_secs(5);
+    let mut ns = Vec::new();
+    while Instant::now() < until {
+        ns.push(measure(lb, input, ifindex, want)?);
+    }
+    ns.sort_by(f64::total_cmp);
+    println!("{case}: median {:.1} ns over {} rounds", ns[ns.len() / 2], ns.len());
+    Ok(())
 }
 
 /// Median of `runs` timings of `f`, in milliseconds.
