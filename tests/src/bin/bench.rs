@@ -290,7 +290,11 @@ fn bench() -> Result<()> {
 
 /// Runs one case (named by `XDPLB_BENCH_PROFILE`) over and over for about 5 s, so a profiler
 /// such as `perf record -e cpu-clock -a -g` can sample the program and the helpers it calls.
-fn profile(lb: &mut Xdp, only: &str, cases: [(&str, &str, Input<'_>, u32, u32, f64); 9]) -> Result<()> {
+fn profile(
+    lb: &mut Xdp,
+    only: &str,
+    cases: [(&str, &str, Input<'_>, u32, u32, f64); 9],
+) -> Result<()> {
     let (case, _, input, ifindex, want, _) = cases
         .into_iter()
         .find(|c| format!("{} {}", c.0, c.1) == only)
@@ -301,7 +305,11 @@ fn profile(lb: &mut Xdp, only: &str, cases: [(&str, &str, Input<'_>, u32, u32, f
         ns.push(measure(lb, input, ifindex, want)?);
     }
     ns.sort_by(f64::total_cmp);
-    println!("{case}: median {:.1} ns over {} rounds", ns[ns.len() / 2], ns.len());
+    println!(
+        "{case}: median {:.1} ns over {} rounds",
+        ns[ns.len() / 2],
+        ns.len()
+    );
     Ok(())
 }
 
