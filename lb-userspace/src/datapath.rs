@@ -829,9 +829,16 @@ impl MapWriter for KernelMaps<'_> {
         })
     }
 
-    fn put_ring_slot(&mut self, index: u32, backend: u32) -> Result<(), MirrorError> {
-        self.write(m::RING, |a: &mut Array<&mut MapData, u32>| {
-            a.set(index, backend, 0)
-        })
+    fn put_ring_slots(&mut self, slots: &[u32], backends: &[u32]) -> Result<(), MirrorError> {
+        let err = |reason: String| MirrorError::Map {
+            map: m::RING,
+            reason,
+        };
+        match self.dp.ebpf.map(m::RING) {
+            Some(aya::maps::Map::Array(data)) => {
+                crate::batch::update_u32s(data, slots, backends).map_err(|e| err(e.to_string()))
+            }
+            _ => Err(err("not an array in the object".into())),
+        }
     }
 }

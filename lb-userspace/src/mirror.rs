@@ -36,7 +36,8 @@ pub trait MapWriter {
     fn put_vip(&mut self, key: &VipKey, info: &VipInfo) -> Result<(), MirrorError>;
     fn del_vip(&mut self, key: &VipKey) -> Result<(), MirrorError>;
     fn put_backend(&mut self, id: u32, info: &BackendInfo) -> Result<(), MirrorError>;
-    fn put_ring_slot(&mut self, index: u32, backend: u32) -> Result<(), MirrorError>;
+    /// Ring slots: `backends[i]` at index `slots[i]`.
+    fn put_ring_slots(&mut self, slots: &[u32], backends: &[u32]) -> Result<(), MirrorError>;
     /// One word of the address filters (`lb_common::maps::ADDR_FILTER`).
     fn put_filter_word(&mut self, index: u32, word: u64) -> Result<(), MirrorError>;
     /// Zeroes the traffic counters of an id handed to a new VIP (`vip`) or backend.
@@ -500,9 +501,9 @@ impl Mirror {
         } else {
             maglev::delta(&vip.ring, &ring)
         };
-        for (i, backend) in &writes {
-            w.put_ring_slot(base + i, *backend)?;
-        }
+        let (slots, backends): (Vec<u32>, Vec<u32>) =
+            writes.iter().map(|&(i, b)| (base + i, b)).unzip();
+        w.put_ring_slots(&slots, &backends)?;
         report.ring_slots_written += writes.len();
 
         // 3. The VIP entry (new VIPs appear only now, fully built), flags when they changed.
@@ -673,8 +674,9 @@ mod tests {
             ));
             Ok(())
         }
-        fn put_ring_slot(&mut self, index: u32, b: u32) -> Result<(), MirrorError> {
-            self.ring.insert(index, b);
+        fn put_ring_slots(&mut self, slots: &[u32], backends: &[u32]) -> Result<(), MirrorError> {
+            self.ring
+                .extend(slots.iter().copied().zip(backends.iter().copied()));
             Ok(())
         }
     }
