@@ -239,7 +239,14 @@ async fn start(socket: &Path, args: &DaemonArgs, listener: UnixListener) -> Resu
             _ = int.recv() => break,
         }
     }
-    let result = lock(&core).save();
+    // An orderly stop withdraws the announcements (the routers move the flows to other nodes,
+    // which pick the same backends); a crash or kill -9 leaves them, as it leaves the data
+    // path forwarding, until the next daemon reconciles.
+    let result = {
+        let mut c = lock(&core);
+        c.withdraw_all();
+        c.save()
+    };
     log::info!(
         "xdplb daemon stopping; attachments and maps stay pinned in {}, traffic keeps flowing",
         args.pin_path.display()
@@ -254,7 +261,10 @@ fn describe(req: &Request) -> Option<String> {
         | Request::Config
         | Request::Stats
         | Request::Status
-        | Request::Simulate { .. } => return None,
+        | Request::Simulate { .. }
+        | Request::NodeStatus => return None,
+        Request::NodeDrain => "node drain".into(),
+        Request::NodeUndrain => "node undrain".into(),
         Request::VipAdd { vip, mode, hash } => format!("vip add {vip} mode {mode} hash {hash}"),
         Request::VipDel { vip } => format!("vip del {vip}"),
         Request::BackendAdd(b) => format!("backend add {} {} weight {:?}", b.vip, b.addr, b.weight),
