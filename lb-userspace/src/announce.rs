@@ -116,7 +116,7 @@ pub struct RouteChanges {
 
 impl RouteTable {
     /// xdplb's routes in the table, by destination as `ip` prints it (e.g. `10.0.0.1`,
-    /// `10.0.0.0/24`): full-length ones are announcements, anything else is a stray.
+    /// `10.0.0.0/24`, `fd00::1`): full-length ones are announcements, anything else a stray.
     pub fn list(&self) -> Result<Vec<String>, String> {
         let (table, proto) = (self.table.to_string(), self.protocol.to_string());
         let mut out = Vec::new();
@@ -128,21 +128,27 @@ impl RouteTable {
                 .args(args)
                 .output()
                 .map_err(|e| format!("running ip route: {e} (is iproute2 installed?)"))?;
+            let stderr = String::from_utf8_lossy(&o.stderr);
+            // A table the kernel has never held a route in does not exist: it is empty.
+            if !o.status.success() && stderr.contains("table does not exist") {
+                continue;
+            }
             if !o.status.success() {
                 return Err(format!(
                     "ip {}: {}",
                     args.join(" "),
-                    String::from_utf8_lossy(&o.stderr).trim()
+                    stderr.trim()
                 ));
             }
             // An empty table prints nothing at all, not `[]`.
             let routes: Vec<serde_json::Value> =
                 serde_json::from_slice(&o.stdout).unwrap_or_default();
-            out.extend(
-                routes
-                    .iter()
-                    .filter_map(|r| Some(format!("{family} {}", r["dst"].as_str()?))),
-            );
+            // `ip -batch` takes no family option: spell `default` so the address says it.
+            let default = if family == "-4" { "0.0.0.0/0" } else { "::/0" };
+            out.extend(routes.iter().filter_map(|r| {
+                let dst = r["dst"].as_str()?;
+                Some(if dst == "default" { default } else { dst }.to_string())
+            }));
         }
         Ok(out)
     }
@@ -152,20 +158,18 @@ impl RouteTable {
         let have = self.list()?;
         let mut changes = RouteChanges::default();
         let mut kept = BTreeSet::new();
-        for entry in &have {
-            let (family, dst) = entry.split_once(' ').expect("built by list");
+        for dst in &have {
             match dst.parse::<IpAddr>() {
                 Ok(a) if want.contains(&a) => {
                     kept.insert(a);
                 }
-                _ => changes.removed.push(format!("{family} route del {dst}")),
+                _ => changes.removed.push(format!("route del {dst}")),
             }
         }
         for a in want.difference(&kept) {
-            let family = if a.is_ipv4() { "-4" } else { "-6" };
             changes
                 .added
-                .push(format!("{family} route replace blackhole {}", prefix(*a)));
+                .push(format!("route replace blackhole {}", prefix(*a)));
         }
         if changes.added.is_empty() && changes.removed.is_empty() {
             return Ok(changes);

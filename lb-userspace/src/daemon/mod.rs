@@ -74,6 +74,22 @@ fn cleanup(args: &DaemonArgs) -> Result<(), String> {
     let pin = args.pin_path.is_dir().then_some(args.pin_path.as_path());
     let _lock = state::StateLock::acquire(&args.state_file, pin)
         .map_err(|e| format!("{e}; stop the daemon before --cleanup"))?;
+    // Nothing balanced, nothing announced: a BGP daemon must not keep sending VIP traffic here.
+    if let Some(a) = state::load(&args.state_file)
+        .ok()
+        .flatten()
+        .and_then(|s| s.config.announce)
+    {
+        let table = crate::announce::RouteTable::from(&a);
+        match table.flush() {
+            Ok(c) => {
+                for r in c.removed {
+                    println!("withdrawn {r} (table {})", a.table);
+                }
+            }
+            Err(e) => eprintln!("withdrawing the announcements in table {}: {e}", a.table),
+        }
+    }
     let removed = DataPath::cleanup_pins(&args.pin_path)
         .map_err(|e| format!("cleaning {}: {e}", args.pin_path.display()))?;
     for p in &removed {
