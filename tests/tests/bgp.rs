@@ -175,8 +175,9 @@ fn ecmp_spreads_flows_over_both_nodes_and_the_backends() {
     }
 }
 
-#[test]
-fn connections_survive_losing_a_node() {
+/// Holds connections through both nodes, fails lb1 with `fail`, and checks that the router
+/// converges to lb2 alone and every connection goes on with its backend, through lb2.
+fn survive_losing_lb1(what: &str, fail: impl FnOnce(&mut Cluster)) {
     let mut c = Cluster::new(true, 7, false).expect("cluster");
     let _servers = servers(&c);
     c.await_next_hops(&BOTH, CONVERGE).unwrap();
@@ -196,21 +197,19 @@ fn connections_survive_losing_a_node() {
         assert_eq!(backend_name(node_says), *owner, "flow {k}");
     }
 
-    // lb1 dies: its BIRD and its daemon killed, its XDP program detached.
     let t0 = Instant::now();
-    c.nodes[0].bird.as_mut().unwrap().kill9().unwrap();
-    c.nodes[0].daemon.as_mut().unwrap().kill_and_detach().unwrap();
+    fail(&mut c);
     c.await_next_hops(&BOTH[1..], CONVERGE).unwrap();
     let converged = t0.elapsed();
 
     let t1 = Instant::now();
     let kept = still_on_their_backends(&c, &mut held);
     println!(
-        "node failure: router converged {converged:?} after the kill; {kept} of {n} connections kept ({} had been through lb1), all answered within {:?}",
+        "{what}: router converged {converged:?} after the failure; {kept} of {n} connections kept ({} had been through lb1), all answered within {:?}",
         via_lb1.len(),
         t1.elapsed()
     );
-    assert_eq!(kept, n as usize, "connections broken by the loss of lb1");
+    assert_eq!(kept, n as usize, "connections broken by the loss of lb1 ({what})");
     // lb2 took over lb1's flows and placed them on the same backends, without their state.
     for k in via_lb1 {
         let s = c
@@ -220,6 +219,26 @@ fn connections_survive_losing_a_node() {
         assert_eq!(s["conntrack_entry"], true, "lb2 has no entry for flow {k}");
         assert_eq!(backend_name(s["conntrack_backend"].as_str().unwrap()), held[k].1);
     }
+}
+
+#[test]
+fn connections_survive_a_node_whose_daemons_die() {
+    // BIRD and xdplb killed, XDP detached: the BGP session closes at once.
+    survive_losing_lb1("lb1 killed and detached", |c| {
+        c.nodes[0].bird.as_mut().unwrap().kill9().unwrap();
+        c.nodes[0].daemon.as_mut().unwrap().kill_and_detach().unwrap();
+    });
+}
+
+#[test]
+fn connections_survive_a_node_losing_its_link() {
+    // Silent: the router sees no link change (a bridge is in between); BFD notices.
+    survive_losing_lb1("lb1 link down", |c| {
+        c.nodes[0]
+            .ns
+            .exec(&["ip", "link", "set", "eth0", "down"])
+            .unwrap();
+    });
 }
 
 #[test]
