@@ -134,11 +134,7 @@ impl RouteTable {
                 continue;
             }
             if !o.status.success() {
-                return Err(format!(
-                    "ip {}: {}",
-                    args.join(" "),
-                    stderr.trim()
-                ));
+                return Err(format!("ip {}: {}", args.join(" "), stderr.trim()));
             }
             // An empty table prints nothing at all, not `[]`.
             let routes: Vec<serde_json::Value> =

@@ -435,7 +435,11 @@ fn print_status(d: &Value) {
         let announced = prefixes.iter().filter(|p| p["announced"] == true).count();
         println!(
             "node: {}, {announced} of {} VIP addresses announced in table {}{}",
-            if node["drained"] == true { "drained" } else { "serving" },
+            if node["drained"] == true {
+                "drained"
+            } else {
+                "serving"
+            },
             prefixes.len(),
             text(&node["announce"]["table"]),
             node["last_error"]

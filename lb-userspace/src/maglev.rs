@@ -274,7 +274,10 @@ mod tests {
         assert!(moved > M as usize / 2, "only {moved} slots moved");
         // Balance holds for any seed.
         let s = shares(&build_seeded(&members, M, 0xdead_beef));
-        assert!(s.values().all(|&c| (M / 5..=M.div_ceil(5)).contains(&c)), "{s:?}");
+        assert!(
+            s.values().all(|&c| (M / 5..=M.div_ceil(5)).contains(&c)),
+            "{s:?}"
+        );
     }
 
     #[test]
@@ -290,11 +293,17 @@ mod tests {
             .collect();
         let (ra, rb) = (build(&a, 13), build(&b, 13));
         assert_ne!(ra, rb);
-        let da = digest(&ra, |id| a.iter().find(|m| m.id == id).map(|m| m.identity.as_slice()));
-        let db = digest(&rb, |id| b.iter().find(|m| m.id == id).map(|m| m.identity.as_slice()));
+        let da = digest(&ra, |id| {
+            a.iter().find(|m| m.id == id).map(|m| m.identity.as_slice())
+        });
+        let db = digest(&rb, |id| {
+            b.iter().find(|m| m.id == id).map(|m| m.identity.as_slice())
+        });
         assert_eq!(da, db);
         let rc = build_seeded(&a, 13, 1);
-        let dc = digest(&rc, |id| a.iter().find(|m| m.id == id).map(|m| m.identity.as_slice()));
+        let dc = digest(&rc, |id| {
+            a.iter().find(|m| m.id == id).map(|m| m.identity.as_slice())
+        });
         assert_ne!(da, dc, "another seed, another digest");
     }
 

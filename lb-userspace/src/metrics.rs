@@ -719,7 +719,10 @@ mod tests {
             uptime_seconds: 12.5,
             node: Some(NodeMetrics {
                 drained: false,
-                announced: vec![("10.0.0.1/32".into(), true), ("2001:db8::1/128".into(), false)],
+                announced: vec![
+                    ("10.0.0.1/32".into(), true),
+                    ("2001:db8::1/128".into(), false),
+                ],
             }),
         }
     }

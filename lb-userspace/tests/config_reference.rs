@@ -5,8 +5,8 @@ use std::{collections::BTreeSet, path::Path};
 
 use lb_userspace::{
     config::{
-        AnnounceConfig, BackendConfig, Config, InterfaceConfig, Limits, MaglevConfig, MetricsConfig,
-        VipConfig, XdpModeName,
+        AnnounceConfig, BackendConfig, Config, InterfaceConfig, Limits, MaglevConfig,
+        MetricsConfig, VipConfig, XdpModeName,
     },
     health::HealthCheck,
     model::{HashFields, Mac, Mode},

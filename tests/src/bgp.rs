@@ -134,7 +134,10 @@ pub fn router_bird_conf(nodes: &[&str]) -> String {
         .iter()
         .enumerate()
         .map(|(i, addr)| {
-            format!("protocol bgp lb{} from lbnode {{ neighbor {addr} as 65001; }}\n", i + 1)
+            format!(
+                "protocol bgp lb{} from lbnode {{ neighbor {addr} as 65001; }}\n",
+                i + 1
+            )
         })
         .collect();
     format!(
@@ -219,8 +222,19 @@ impl Cluster {
         let router = on_bridge(&p, "rtr", &format!("{p}pr"), &net, ROUTER)?;
         let client = Netns::new(&format!("{p}-client"))?;
         sh(&[
-            "ip", "link", "add", "eth0", "netns", &client.name, "type", "veth", "peer", "name",
-            "eth1", "netns", &router.name,
+            "ip",
+            "link",
+            "add",
+            "eth0",
+            "netns",
+            &client.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth1",
+            "netns",
+            &router.name,
         ])?;
         router.exec(&["ip", "addr", "add", "10.97.1.1/24", "dev", "eth1"])?;
         router.exec(&["ip", "link", "set", "eth1", "up"])?;

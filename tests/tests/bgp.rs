@@ -70,7 +70,8 @@ fn entries(c: &Cluster, sport: u16) -> Vec<Option<String>> {
                 .daemon(i)
                 .json(&["simulate", &format!("10.97.1.2:{sport}"), &vip()])
                 .unwrap();
-            (s["conntrack_entry"] == true).then(|| s["conntrack_backend"].as_str().unwrap().to_string())
+            (s["conntrack_entry"] == true)
+                .then(|| s["conntrack_backend"].as_str().unwrap().to_string())
         })
         .collect()
 }
@@ -83,7 +84,12 @@ fn node_status(c: &Cluster, i: usize) -> Value {
 fn nodes_with_one_configuration_choose_the_same_backend() {
     let c = Cluster::new(false, 7, false).expect("cluster without BGP");
     let list = |i: usize| c.daemon(i).json(&["vip", "list"]).unwrap();
-    let digest = |i: usize| list(i)["vips"][0]["ring_digest"].as_str().unwrap().to_string();
+    let digest = |i: usize| {
+        list(i)["vips"][0]["ring_digest"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
     let answers = |i: usize| -> Vec<String> {
         (0..200u16)
             .map(|k| {
@@ -120,7 +126,11 @@ fn nodes_with_one_configuration_choose_the_same_backend() {
         .status
         .success());
     assert_ne!(digest(0), digest(1), "the seed did not change the ring");
-    let moved = first.iter().zip(answers(1)).filter(|(a, b)| **a != *b).count();
+    let moved = first
+        .iter()
+        .zip(answers(1))
+        .filter(|(a, b)| **a != *b)
+        .count();
     assert!(moved > 60, "another seed moved only {moved} of 200 flows");
     assert_eq!(node_status(&c, 1)["maglev_seed"], 8);
 
@@ -129,7 +139,10 @@ fn nodes_with_one_configuration_choose_the_same_backend() {
     let bad = lb_tests::bgp::node_config(8, false).replace("table = 4200", "table = 254");
     let out = apply(1, "bad.toml", &bad);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("254 is the main table"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("254 is the main table"),
+        "{err}"
+    );
     assert_eq!(c.daemon(1).ok(&["config", "--json"]).unwrap(), before);
 
     // Without [announce] there is nothing to drain: refused with a sentence, nothing changes.
@@ -137,7 +150,10 @@ fn nodes_with_one_configuration_choose_the_same_backend() {
     assert!(apply(1, "plain.toml", &plain).status.success());
     let out = c.daemon(1).cli(&["node", "drain"]).unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("[announce] is not configured"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("[announce] is not configured"),
+        "{err}"
+    );
     assert_eq!(node_status(&c, 1)["drained"], false);
     assert_eq!(c.announced(1).unwrap(), "", "no [announce]: no route");
     assert_eq!(
@@ -157,7 +173,11 @@ fn ecmp_spreads_flows_over_both_nodes_and_the_backends() {
     let n = 300u16;
     let names: Vec<String> = c
         .client
-        .run(|| (0..n).map(|i| tcp_once(target(), 30_000 + i).unwrap()).collect())
+        .run(|| {
+            (0..n)
+                .map(|i| tcp_once(target(), 30_000 + i).unwrap())
+                .collect()
+        })
         .unwrap();
     let mut per_backend = BTreeMap::new();
     for name in names {
@@ -165,13 +185,24 @@ fn ecmp_spreads_flows_over_both_nodes_and_the_backends() {
     }
     let per_node = [new_flows(&c, 0), new_flows(&c, 1)];
     println!("{n} connections: per node {per_node:?}, per backend {per_backend:?}");
-    assert_eq!(per_node.iter().sum::<u64>(), n as u64, "every flow crossed one node once");
+    assert_eq!(
+        per_node.iter().sum::<u64>(),
+        n as u64,
+        "every flow crossed one node once"
+    );
     for (i, f) in per_node.iter().enumerate() {
-        assert!(*f >= n as u64 / 4, "node {} placed only {f} of {n} flows", i + 1);
+        assert!(
+            *f >= n as u64 / 4,
+            "node {} placed only {f} of {n} flows",
+            i + 1
+        );
     }
     for b in 1..=3 {
         let got = per_backend.get(&format!("b{b}")).copied().unwrap_or(0);
-        assert!((70..=130).contains(&got), "b{b} served {got} of {n} connections");
+        assert!(
+            (70..=130).contains(&got),
+            "b{b} served {got} of {n} connections"
+        );
     }
 }
 
@@ -209,15 +240,25 @@ fn survive_losing_lb1(what: &str, fail: impl FnOnce(&mut Cluster)) {
         via_lb1.len(),
         t1.elapsed()
     );
-    assert_eq!(kept, n as usize, "connections broken by the loss of lb1 ({what})");
+    assert_eq!(
+        kept, n as usize,
+        "connections broken by the loss of lb1 ({what})"
+    );
     // lb2 took over lb1's flows and placed them on the same backends, without their state.
     for k in via_lb1 {
         let s = c
             .daemon(1)
-            .json(&["simulate", &format!("10.97.1.2:{}", 41_000 + k as u16), &vip()])
+            .json(&[
+                "simulate",
+                &format!("10.97.1.2:{}", 41_000 + k as u16),
+                &vip(),
+            ])
             .unwrap();
         assert_eq!(s["conntrack_entry"], true, "lb2 has no entry for flow {k}");
-        assert_eq!(backend_name(s["conntrack_backend"].as_str().unwrap()), held[k].1);
+        assert_eq!(
+            backend_name(s["conntrack_backend"].as_str().unwrap()),
+            held[k].1
+        );
     }
 }
 
@@ -226,7 +267,12 @@ fn connections_survive_a_node_whose_daemons_die() {
     // BIRD and xdplb killed, XDP detached: the BGP session closes at once.
     survive_losing_lb1("lb1 killed and detached", |c| {
         c.nodes[0].bird.as_mut().unwrap().kill9().unwrap();
-        c.nodes[0].daemon.as_mut().unwrap().kill_and_detach().unwrap();
+        c.nodes[0]
+            .daemon
+            .as_mut()
+            .unwrap()
+            .kill_and_detach()
+            .unwrap();
     });
 }
 
@@ -253,26 +299,47 @@ fn drain_and_stop_withdraw_without_breaking_connections() {
     let t0 = Instant::now();
     c.daemon(0).ok(&["node", "drain"]).unwrap();
     let t = c.await_next_hops(&BOTH[1..], CONVERGE).unwrap();
-    println!("drain: router converged in {t:?} ({:?} after the command)", t0.elapsed());
+    println!(
+        "drain: router converged in {t:?} ({:?} after the command)",
+        t0.elapsed()
+    );
     assert_eq!(c.announced(0).unwrap(), "");
     let s = node_status(&c, 0);
     assert_eq!(s["drained"], true);
     assert_eq!(s["prefixes"][0]["announced"], false);
-    assert!(s["prefixes"][0]["reason"].as_str().unwrap().contains("drained"));
-    assert_eq!(still_on_their_backends(&c, &mut held), n as usize, "drain broke connections");
+    assert!(s["prefixes"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("drained"));
+    assert_eq!(
+        still_on_their_backends(&c, &mut held),
+        n as usize,
+        "drain broke connections"
+    );
     let before = new_flows(&c, 0);
     c.client
         .run(|| (0..40).for_each(|i| drop(tcp_once(target(), 43_000 + i).unwrap())))
         .unwrap();
-    assert_eq!(new_flows(&c, 0), before, "a drained node still gets new flows");
+    assert_eq!(
+        new_flows(&c, 0),
+        before,
+        "a drained node still gets new flows"
+    );
     let status = c.daemon(0).json(&["status"]).unwrap();
-    assert_eq!(status["interfaces"][0]["name"], "eth0", "drain detached XDP");
+    assert_eq!(
+        status["interfaces"][0]["name"], "eth0",
+        "drain detached XDP"
+    );
 
     // Drained survives a restart; undrain announces again.
     let d = c.nodes[0].daemon.as_mut().unwrap();
     d.stop().unwrap();
     d.spawn().unwrap();
-    assert_eq!(node_status(&c, 0)["drained"], true, "drain lost in a restart");
+    assert_eq!(
+        node_status(&c, 0)["drained"],
+        true,
+        "drain lost in a restart"
+    );
     assert_eq!(c.announced(0).unwrap(), "");
     c.daemon(0).ok(&["node", "undrain"]).unwrap();
     c.await_next_hops(&BOTH, CONVERGE).unwrap();
@@ -289,7 +356,11 @@ fn drain_and_stop_withdraw_without_breaking_connections() {
     c.await_next_hops(&BOTH, CONVERGE).unwrap();
     c.nodes[0].daemon.as_mut().unwrap().kill9().unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(c.announced(0).unwrap(), format!("blackhole {VIP}"), "kill -9 withdrew");
+    assert_eq!(
+        c.announced(0).unwrap(),
+        format!("blackhole {VIP}"),
+        "kill -9 withdrew"
+    );
     c.nodes[0].daemon.as_mut().unwrap().spawn().unwrap();
     assert_eq!(c.next_hops().unwrap().len(), 2);
     assert_eq!(still_on_their_backends(&c, &mut held), n as usize);
@@ -299,10 +370,23 @@ fn drain_and_stop_withdraw_without_breaking_connections() {
     servers.clear();
     let t0 = Instant::now();
     c.await_next_hops(&[], CONVERGE).unwrap();
-    println!("all backends down: withdrawn from the router after {:?}", t0.elapsed());
-    assert_eq!(node_status(&c, 1)["prefixes"][0]["reason"], "no healthy backend");
+    println!(
+        "all backends down: withdrawn from the router after {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(
+        node_status(&c, 1)["prefixes"][0]["reason"],
+        "no healthy backend"
+    );
     servers = self::servers(&c);
     c.await_next_hops(&BOTH, CONVERGE).unwrap();
-    assert_eq!(c.client.run(|| tcp_once(target(), 44_000)).unwrap().unwrap().len(), 2);
+    assert_eq!(
+        c.client
+            .run(|| tcp_once(target(), 44_000))
+            .unwrap()
+            .unwrap()
+            .len(),
+        2
+    );
     drop(servers);
 }
