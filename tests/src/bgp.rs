@@ -24,7 +24,7 @@ use lb_userspace::datapath::{AttachMode, DataPath, LoadOptions};
 
 use crate::{
     daemon::Daemon,
-    netns::{sh, unique_prefix, Netns},
+    netns::{unique_prefix, veth, Netns},
 };
 
 pub const VIP: &str = "10.97.9.100";
@@ -201,10 +201,7 @@ pub struct Cluster {
 /// Namespace `<prefix>-<role>` with eth0 (`addr/24`) whose peer `peer` joins br0 in `net`.
 fn on_bridge(prefix: &str, role: &str, peer: &str, net: &Netns, addr: &str) -> Result<Netns> {
     let ns = Netns::new(&format!("{prefix}-{role}"))?;
-    sh(&[
-        "ip", "link", "add", "eth0", "netns", &ns.name, "type", "veth", "peer", "name", peer,
-        "netns", &net.name,
-    ])?;
+    veth(&ns, "eth0", net, peer)?;
     net.exec(&["ip", "link", "set", peer, "master", "br0", "up"])?;
     ns.exec(&["ip", "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
     ns.exec(&["ip", "link", "set", "eth0", "up"])?;
@@ -221,21 +218,7 @@ impl Cluster {
         net.exec(&["ip", "link", "set", "br0", "up"])?;
         let router = on_bridge(&p, "rtr", &format!("{p}pr"), &net, ROUTER)?;
         let client = Netns::new(&format!("{p}-client"))?;
-        sh(&[
-            "ip",
-            "link",
-            "add",
-            "eth0",
-            "netns",
-            &client.name,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth1",
-            "netns",
-            &router.name,
-        ])?;
+        veth(&client, "eth0", &router, "eth1")?;
         router.exec(&["ip", "addr", "add", "10.97.1.1/24", "dev", "eth1"])?;
         router.exec(&["ip", "link", "set", "eth1", "up"])?;
         for (k, v) in [

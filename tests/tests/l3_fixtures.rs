@@ -8,7 +8,7 @@ use std::{collections::HashMap, net::IpAddr};
 
 use lb_common::stats;
 use lb_tests::{
-    fib::{be_mac, fib_namespace},
+    fib::{be_mac, fib_namespace, set_neighbour},
     packet::{with_macs, Packet, CLIENT_MAC},
     xdp::{test_run, vip, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
 };
@@ -491,24 +491,7 @@ fn l3_nat_fixtures() {
             &big.clone(),
         );
         let (moved_b, moved_c) = ([0x02, 0xbe, 0, 0, 0, 0x99], [0x02, 0xc1, 0, 0, 0, 0x99]);
-        let neigh = |addr: &str, mac: [u8; 6], dev: &str| {
-            let mac = lb_userspace::model::Mac(mac).to_string();
-            let st = std::process::Command::new("ip")
-                .args([
-                    "neigh",
-                    "replace",
-                    addr,
-                    "lladdr",
-                    &mac,
-                    "dev",
-                    dev,
-                    "nud",
-                    "permanent",
-                ])
-                .status()
-                .unwrap();
-            assert!(st.success(), "ip neigh replace {addr}");
-        };
+        let neigh = |addr: &str, mac: [u8; 6], dev: &str| set_neighbour(&ns, addr, Mac(mac), dev);
         neigh(&bs, moved_b, "b0");
         neigh("10.1.0.1", moved_c, "c0");
         f.check(
