@@ -71,6 +71,14 @@ pub fn murmur3(data: &[u8], seed: u32) -> u32 {
     finish(h, data.len() as u32)
 }
 
+/// The bit of `addr` in an address filter (`maps::ADDR_FILTER`): one of 64 Ki. A multiplicative
+/// hash of the folded words; user space and the data path both call this.
+#[inline(always)]
+pub fn addr_bit(addr: &[u32; 4]) -> u32 {
+    let x = addr[0] ^ addr[1].rotate_left(8) ^ addr[2].rotate_left(16) ^ addr[3].rotate_left(24);
+    x.wrapping_mul(0x9e37_79b1) >> 16
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,12 +132,4 @@ mod tests {
             assert!((3800..=4200).contains(&b), "bucket count {b} far from 4000");
         }
     }
-}
-
-/// The bit of `addr` in an address filter (`maps::ADDR_FILTER`): one of 64 Ki. A multiplicative
-/// hash of the folded words; user space and the data path both call this.
-#[inline(always)]
-pub fn addr_bit(addr: &[u32; 4]) -> u32 {
-    let x = addr[0] ^ addr[1].rotate_left(8) ^ addr[2].rotate_left(16) ^ addr[3].rotate_left(24);
-    x.wrapping_mul(0x9e37_79b1) >> 16
 }

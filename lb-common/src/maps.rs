@@ -14,10 +14,18 @@ pub const CONNTRACK: &str = "XDPLB_CONNTRACK";
 /// Reverse NAT of L3 flows (LRU, sized like the connection table): reply `FlowKey` -> `NatValue`.
 pub const NAT: &str = "XDPLB_NAT";
 /// Runtime switches the control plane sets: slot `CONFIG_DEBUG` 1 to log every verdict to the
-/// kernel trace pipe (off by default).
+/// kernel trace pipe (off by default); slot `CONFIG_RECORD_LIMIT` the new flows each CPU
+/// records in the connection table per second (0: no limit).
 pub const CONFIG: &str = "XDPLB_CONFIG";
 pub const CONFIG_DEBUG: u32 = 0;
-pub const CONFIG_SLOTS: u32 = 1;
+pub const CONFIG_RECORD_LIMIT: u32 = 1;
+pub const CONFIG_SLOTS: u32 = 2;
+/// Per-CPU `[u64; 2]`: start of the current one-second window (coarse clock, ns) and the new
+/// flows recorded in it.
+pub const RECORD_WINDOW: &str = "XDPLB_RECWIN";
+/// Default of `CONFIG_RECORD_LIMIT`: beyond this many new flows per CPU per second (a flood),
+/// flows are balanced by the ring alone, so the flood cannot evict established flows' entries.
+pub const DEFAULT_RECORD_LIMIT: u32 = 125_000;
 /// Address filters: array of `u64` words, `FILTER_WORDS` per kind, bit `hash::addr_bit(addr)`
 /// set for every address of the kind (and, rarely, for others that share the bit). A clear
 /// bit lets a packet skip the hash lookups: most packets are for no VIP and from no backend.

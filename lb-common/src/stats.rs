@@ -37,7 +37,10 @@ pub const EV_ICMP_STEERED: u32 = EVENT_BASE + 3;
 pub const EV_VLAN: u32 = EVENT_BASE + 4;
 /// An L3 reply was rewritten back to its VIP.
 pub const EV_NAT_REVERSE: u32 = EVENT_BASE + 5;
-pub const EVENT_COUNT: u32 = 6;
+/// A new flow balanced by the ring without a connection-table entry: over the per-CPU limit of
+/// new flows recorded per second (a flood of new flows).
+pub const EV_CT_UNRECORDED: u32 = EVENT_BASE + 6;
+pub const EVENT_COUNT: u32 = 7;
 
 /// Size of the stats array.
 pub const STATS_LEN: u32 = EVENT_BASE + EVENT_COUNT;
@@ -65,6 +68,7 @@ pub fn name(index: u32) -> Option<&'static str> {
         EV_ICMP_STEERED => "icmp_error_steered",
         EV_VLAN => "vlan_tagged",
         EV_NAT_REVERSE => "nat_reverse",
+        EV_CT_UNRECORDED => "conntrack_unrecorded",
         _ => return None,
     })
 }

@@ -9,7 +9,7 @@ use lb_common::{
 
 use crate::{
     counters::event,
-    maps::{BACKENDS, CONNTRACK, NAT, RING},
+    maps::{may_record, BACKENDS, CONNTRACK, NAT, RING},
 };
 
 /// Ring size of every VIP, set by the loader (read-only data, so the verifier sees a constant).
@@ -25,10 +25,22 @@ pub struct Choice {
     pub hop: Option<*mut Hop>,
 }
 
-/// Picks the backend for a flow of `vip`. `record`: remember a ring choice in the connection
-/// table (not done for ICMP errors, which must not create flows).
+/// Whether a ring choice is remembered in the connection table.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Record {
+    /// ICMP errors: they must not create flows.
+    Never,
+    /// L3 flows: their reverse-NAT entry is made with the connection-table entry, and replies
+    /// need it.
+    Always,
+    /// L2 flows: not beyond the per-CPU rate of new flows (`maps::may_record`); the ring
+    /// alone then keeps them in place while it does not change.
+    UnlessFlood,
+}
+
+/// Picks the backend for a flow of `vip`, recording a ring choice as `record` says.
 #[inline(always)]
-pub fn choose(vip: &VipInfo, key: &FlowKey, record: bool) -> Option<Choice> {
+pub fn choose(vip: &VipInfo, key: &FlowKey, record: Record) -> Option<Choice> {
     if let Some(entry) = CONNTRACK.get_ptr_mut(key) {
         // SAFETY: a valid map value; backend and generation are only written on insert,
         // which replaces the entry whole.
@@ -57,19 +69,25 @@ pub fn choose(vip: &VipInfo, key: &FlowKey, record: bool) -> Option<Choice> {
     let slot = vip.id * ring_size + flow_hash(key, vip.flags).checked_rem(ring_size)?;
     let id = *RING.get(slot)?;
     let backend = live_backend(id)?;
-    if record {
+    if record != Record::Never {
         let conn = ConnValue {
             backend: id,
             generation: backend.generation,
             hop: Hop::default(),
         };
-        // A full table evicts the least recently used entry; failure only costs stickiness.
-        let _ = CONNTRACK.insert(key, conn, BPF_ANY as u64);
+        // Under a flood of new flows the ring alone places them (stable while it does not
+        // change), so the flood cannot evict the entries of established flows.
+        if record == Record::Always || may_record() {
+            // A full table evicts the least recently used entry; failure only costs stickiness.
+            let _ = CONNTRACK.insert(key, conn, BPF_ANY as u64);
+        } else {
+            event(stats::EV_CT_UNRECORDED);
+        }
     }
     Some(Choice {
         id,
         backend,
-        new_flow: record,
+        new_flow: record != Record::Never,
         hop: None,
     })
 }

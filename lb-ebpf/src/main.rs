@@ -18,6 +18,7 @@ use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{maps::FILTER_REPLY, stats, FlowKey, VipInfo, VIP_F_MODE_L3};
 
 use crate::{
+    balance::Record,
     counters::verdict,
     parse::{Class, Parsed},
 };
@@ -49,7 +50,7 @@ fn dispatch(ctx: &XdpContext, class: Class, vlan: bool) -> u32 {
                     return verdict(stats::PASS_L3_VLAN, xdp_action::XDP_PASS)
                 }
                 Some(vip) if vip.flags & VIP_F_MODE_L3 != 0 => to_backend(&vip, &key),
-                Some(vip) => return steer(ctx, &vip, &key, true),
+                Some(vip) => return steer(ctx, &vip, &key, Record::UnlessFlood),
                 None => to_client(&key, vlan),
             };
             match nat {
@@ -66,7 +67,7 @@ fn dispatch(ctx: &XdpContext, class: Class, vlan: bool) -> u32 {
             }
             Some(vip) => {
                 counters::event(stats::EV_ICMP_STEERED);
-                steer(ctx, &vip, &flow, false)
+                steer(ctx, &vip, &flow, Record::Never)
             }
             None => pass_unless_vip_address(&outer, stats::PASS_ICMP),
         },
@@ -95,7 +96,7 @@ fn pass_unless_vip_address(dst: &parse::Dest, vip_reason: u32) -> u32 {
 
 /// Sends a VIP packet to its backend; `record` creates a connection-table entry on a miss.
 #[inline(always)]
-fn steer(ctx: &XdpContext, vip: &VipInfo, key: &FlowKey, record: bool) -> u32 {
+fn steer(ctx: &XdpContext, vip: &VipInfo, key: &FlowKey, record: Record) -> u32 {
     let Some(choice) = balance::choose(vip, key, record) else {
         return verdict(stats::DROP_NO_BACKEND, xdp_action::XDP_DROP);
     };
@@ -115,7 +116,7 @@ type NatPlan = (nat::Rewrite, Option<(u32, u32, bool)>);
 /// reverse-NAT entry, so the backend's replies can be turned back into the VIP's.
 #[inline(always)]
 fn to_backend(vip: &VipInfo, key: &FlowKey) -> Result<NatPlan, (u32, u32)> {
-    let Some(choice) = balance::choose(vip, key, true) else {
+    let Some(choice) = balance::choose(vip, key, Record::Always) else {
         return Err((stats::DROP_NO_BACKEND, xdp_action::XDP_DROP));
     };
     let b = &choice.backend;

@@ -40,6 +40,9 @@ pub static CONFIG: Array<u32> = Array::with_max_entries(m::CONFIG_SLOTS, 0);
 #[map(name = "XDPLB_GEN")]
 pub static GEN_CONFIG: Array<[u32; 4]> = Array::with_max_entries(1, 0);
 
+#[map(name = "XDPLB_RECWIN")]
+pub static RECORD_WINDOW: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
+
 /// Scratch space for `launder`.
 #[map(name = "XDPLB_SCRATCH")]
 pub static SCRATCH: PerCpuArray<[u32; 2]> = PerCpuArray::with_max_entries(1, 0);
@@ -107,6 +110,29 @@ pub fn is_vip_address(dst: &Dest) -> bool {
     };
     // SAFETY: only the presence and a flag are read.
     matches!(unsafe { VIPS.get(vk) }, Some(v) if v.flags & VIP_F_ADDRESS != 0)
+}
+
+/// Whether this CPU may record one more new flow in the connection table in the current
+/// second (`CONFIG_RECORD_LIMIT`). Per CPU, so no atomics: the limit is per CPU.
+#[inline(always)]
+pub fn may_record() -> bool {
+    let limit = CONFIG.get(m::CONFIG_RECORD_LIMIT).copied().unwrap_or(0);
+    let Some(w) = RECORD_WINDOW.get_ptr_mut(0) else {
+        return true;
+    };
+    if limit == 0 {
+        return true;
+    }
+    // SAFETY: the coarse clock helper has no preconditions.
+    let now = unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns() };
+    // SAFETY: a per-CPU slot only this program run touches.
+    unsafe {
+        if now.wrapping_sub((*w)[0]) >= 1_000_000_000 {
+            *w = [now, 0];
+        }
+        (*w)[1] += 1;
+        (*w)[1] <= limit as u64
+    }
 }
 
 /// Whether verdicts are logged to the trace pipe (`xdplb debug on`).

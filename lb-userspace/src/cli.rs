@@ -398,10 +398,14 @@ fn print_status(d: &Value) {
     );
     println!("metrics: {}", text(&daemon["metrics"]));
     println!(
-        "program: {} ({} verified instructions, ring size {})",
+        "program: {} ({} verified instructions, ring size {}, new flows recorded per CPU per second: {})",
         text(&d["program"]["name"]),
         text(&d["program"]["verified_insns"]),
-        text(&d["program"]["ring_size"])
+        text(&d["program"]["ring_size"]),
+        match d["program"]["record_limit"].as_u64() {
+            Some(0) => "no limit".to_string(),
+            _ => text(&d["program"]["record_limit"]),
+        }
     );
     for i in d["interfaces"].as_array().into_iter().flatten() {
         println!(

@@ -31,6 +31,9 @@ pub struct Config {
     pub interfaces: Vec<InterfaceConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<MetricsConfig>,
+    /// How the connection table is filled (absent: the defaults).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conntrack: Option<ConntrackConfig>,
     /// What must match on every node that serves the same VIPs (docs/deploy-bgp.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub maglev: Option<MaglevConfig>,
@@ -39,6 +42,19 @@ pub struct Config {
     pub announce: Option<AnnounceConfig>,
     #[serde(default, rename = "vip", skip_serializing_if = "Vec::is_empty")]
     pub vips: Vec<VipConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConntrackConfig {
+    /// New L2 flows each CPU records per second; beyond it (a flood of new flows) the ring
+    /// alone places them, so the flood cannot evict established flows. 0: no limit.
+    #[serde(default = "d_record_limit")]
+    pub record_limit: u32,
+}
+
+fn d_record_limit() -> u32 {
+    lb_common::maps::DEFAULT_RECORD_LIMIT
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -254,6 +270,14 @@ impl Config {
     /// Parses a TOML configuration; unknown keys are errors.
     pub fn from_toml(text: &str) -> Result<Config, String> {
         toml::from_str(text).map_err(|e| format!("invalid configuration: {}", e.message().trim()))
+    }
+
+    /// The per-CPU limit of new flows recorded per second in force (the default when
+    /// `[conntrack]` is absent).
+    pub fn record_limit(&self) -> u32 {
+        self.conntrack
+            .as_ref()
+            .map_or(lb_common::maps::DEFAULT_RECORD_LIMIT, |c| c.record_limit)
     }
 
     /// The Maglev seed in force (0 when `[maglev]` is absent).

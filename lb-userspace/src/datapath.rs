@@ -615,6 +615,20 @@ impl DataPath {
             .map_err(map_err(m::CONFIG))
     }
 
+    /// Sets the new flows each CPU records in the connection table per second (0: no limit).
+    pub fn set_record_limit(&mut self, limit: u32) -> Result<(), DataPathError> {
+        let mut a: Array<_, u32> = self.typed(m::CONFIG)?;
+        a.set(m::CONFIG_RECORD_LIMIT, limit, 0)
+            .map_err(map_err(m::CONFIG))
+    }
+
+    /// The record limit in the data path (`set_record_limit`).
+    pub fn record_limit(&self) -> Result<u32, DataPathError> {
+        let a: Array<_, u32> = self.typed_ref(m::CONFIG)?;
+        a.get(&m::CONFIG_RECORD_LIMIT, 0)
+            .map_err(map_err(m::CONFIG))
+    }
+
     /// Whether verdict logging is on.
     pub fn debug(&self) -> Result<bool, DataPathError> {
         let a: Array<_, u32> = self.typed_ref(m::CONFIG)?;
@@ -660,7 +674,7 @@ fn check_pinned_layout(dir: &std::path::Path, o: &LoadOptions) -> Result<(), Dat
     use std::mem::size_of;
     let counters = size_of::<TrafficCounters>() as u32;
     // (name, key size, value size (None: not checked), max entries)
-    let expected: [(&'static str, u32, Option<u32>, u32); 12] = [
+    let expected: [(&'static str, u32, Option<u32>, u32); 13] = [
         (
             m::NAT,
             size_of::<FlowKey>() as u32,
@@ -668,6 +682,7 @@ fn check_pinned_layout(dir: &std::path::Path, o: &LoadOptions) -> Result<(), Dat
             o.conntrack_size,
         ),
         (m::CONFIG, 4, Some(4), m::CONFIG_SLOTS),
+        (m::RECORD_WINDOW, 4, Some(16), 1),
         (
             m::ADDR_FILTER,
             4,
@@ -729,9 +744,10 @@ fn check_pinned_layout(dir: &std::path::Path, o: &LoadOptions) -> Result<(), Dat
 }
 
 /// Every map, for pinning.
-const ALL_MAPS: [&str; 12] = [
+const ALL_MAPS: [&str; 13] = [
     m::NAT,
     m::CONFIG,
+    m::RECORD_WINDOW,
     m::ADDR_FILTER,
     m::VIPS,
     m::BACKENDS,

@@ -5,8 +5,8 @@ use std::{collections::BTreeSet, path::Path};
 
 use lb_userspace::{
     config::{
-        AnnounceConfig, BackendConfig, Config, InterfaceConfig, Limits, MaglevConfig,
-        MetricsConfig, VipConfig, XdpModeName,
+        AnnounceConfig, BackendConfig, Config, ConntrackConfig, InterfaceConfig, Limits,
+        MaglevConfig, MetricsConfig, VipConfig, XdpModeName,
     },
     health::HealthCheck,
     model::{HashFields, Mac, Mode},
@@ -59,6 +59,9 @@ fn everything() -> Config {
             name: "eth0".into(),
             xdp_mode: XdpModeName::Native,
         }],
+        conntrack: Some(ConntrackConfig {
+            record_limit: 125_000,
+        }),
         maglev: Some(MaglevConfig { seed: 7 }),
         announce: Some(AnnounceConfig {
             table: 4200,

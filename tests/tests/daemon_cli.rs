@@ -267,6 +267,11 @@ fn cli_manages_vips_and_backends_under_traffic() {
     let status = e.d.json(&["status"]).unwrap();
     assert_eq!(status["interfaces"][0]["name"], "eth0");
     assert_eq!(status["interfaces"][0]["mode"], "native");
+    assert_eq!(
+        status["program"]["record_limit"],
+        lb_common::maps::DEFAULT_RECORD_LIMIT,
+        "the default record limit is in the data path"
+    );
     let human = e.d.ok(&["stats"]).unwrap();
     assert!(
         human.contains(&vip) && human.contains("verdicts: "),
@@ -1085,6 +1090,50 @@ fn a_million_source_flood_keeps_the_table_bounded_and_flows_sticky() {
             "flow {f} came back to another backend"
         );
     }
+
+    // With a low record limit, a flood is balanced by the ring alone and the established
+    // flows keep their entries.
+    let limited = e.d.dir.join("limited.toml");
+    std::fs::write(
+        &limited,
+        format!(
+            "{cfg}
+[conntrack]
+record_limit = 1000
+"
+        ),
+    )
+    .unwrap();
+    d.ok(&["apply", "-f", limited.to_str().unwrap()]).unwrap();
+    assert_eq!(
+        d.json(&["status"]).unwrap()["program"]["record_limit"],
+        1000
+    );
+    let unrecorded = |d: &Daemon| {
+        d.json(&["stats"]).unwrap()["events"]["conntrack_unrecorded"]
+            .as_u64()
+            .unwrap()
+    };
+    let (skipped_before, packets_before) = (unrecorded(&d), balanced(&d));
+    let started = Instant::now();
+    while balanced(&d) - packets_before < 655_360 && started.elapsed() < Duration::from_secs(90) {
+        send(
+            &mut generator,
+            std::net::Ipv4Addr::new(10, 202, 0, 0),
+            1_000_000,
+            2_000_000,
+        );
+    }
+    let skipped = unrecorded(&d) - skipped_before;
+    let kept = (0..100)
+        .filter(|f| entry(&d, 1024 + f)["conntrack_entry"] == true)
+        .count();
+    println!("flood with record_limit 1000: {skipped} new flows not recorded, {kept} of 100 established flows kept their entries");
+    assert!(skipped >= 600_000, "the flood went unrecorded ({skipped})");
+    assert!(
+        kept >= 95,
+        "established flows keep their entries ({kept} of 100)"
+    );
     d.stop().unwrap();
 }
 

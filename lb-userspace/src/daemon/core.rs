@@ -218,6 +218,9 @@ impl Core {
             self.undo_attach(&attached);
             return Err(e.to_string());
         }
+        if let Err(e) = self.dp.set_record_limit(new.record_limit()) {
+            log::warn!("setting the connection table's record limit: {e}");
+        }
         for old in &self.config.interfaces {
             if !new.interfaces.iter().any(|i| i.name == old.name) {
                 if let Err(e) = self.dp.detach(&old.name) {
@@ -766,6 +769,7 @@ impl Core {
                 "verified_insns": self.dp.verified_insns(),
                 "ring_size": o.ring_size,
                 "debug_logging": self.dp.debug().ok(),
+                "record_limit": self.dp.record_limit().ok(),
             },
             "interfaces": ifaces,
             "maps": maps,

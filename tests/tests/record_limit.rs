@@ -1,0 +1,156 @@
+//! The per-CPU limit of new flows recorded per second (`conntrack.record_limit`), through
+//! BPF_PROG_TEST_RUN (needs root): beyond it, new L2 flows are still sent to their ring
+//! backend but get no connection-table entry (counted as `conntrack_unrecorded`); L3 flows are
+//! always recorded; the next second records again.
+
+use lb_common::stats;
+use lb_tests::{
+    fib::{be_mac, fib_namespace},
+    packet::Packet,
+    xdp::{test_run, vip, XDP_REDIRECT, XDP_TX},
+};
+use lb_userspace::{
+    datapath::{DataPath, LoadOptions},
+    mirror::Mirror,
+    model::{flow_key, BackendTarget, Mode},
+};
+
+const LIMIT: u32 = 3;
+
+fn backends(addrs: &[&str]) -> Vec<BackendTarget> {
+    addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| BackendTarget {
+            addr: a.parse().unwrap(),
+            weight: 1,
+            mac: be_mac(i as u8 + 1),
+            ifindex: 0,
+            port: 0,
+        })
+        .collect()
+}
+
+/// The window is per CPU: keep every test run on one.
+fn pin_to_cpu0() {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; pid 0 is this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+            0
+        );
+    }
+}
+
+#[test]
+fn new_flows_beyond_the_record_limit_are_balanced_but_not_recorded() {
+    let ns = fib_namespace();
+    ns.run(|| {
+        pin_to_cpu0();
+        let opts = LoadOptions::default();
+        let mut dp = DataPath::load(&opts).expect("load xdplb (root?)");
+        let c0 = dp.register_egress("c0").unwrap();
+        dp.register_egress("b0").unwrap();
+        let mut mirror = Mirror::new(opts.ring_size, opts.max_vips, opts.max_backends);
+        let l2 = "10.1.0.100:80/tcp";
+        mirror
+            .sync(
+                &mut dp.writer(),
+                &[
+                    vip(l2, Mode::L2, backends(&["10.1.0.11", "10.1.0.12"])),
+                    // Neighbours in the FIB namespace: forwarded, not passed.
+                    vip(
+                        "10.1.0.200:80/tcp",
+                        Mode::L3,
+                        backends(&["10.2.0.1", "10.2.0.2"]),
+                    ),
+                ],
+            )
+            .unwrap();
+        dp.set_record_limit(LIMIT).unwrap();
+        let stat = |dp: &DataPath, i: u32| dp.stats().unwrap()[i as usize];
+        let recorded = |dp: &DataPath, sport: u16, dst: &str| {
+            let key = flow_key(
+                "10.1.0.1".parse().unwrap(),
+                sport,
+                &format!("{dst}:80/tcp").parse().unwrap(),
+                80,
+            );
+            dp.conntrack(&key).unwrap().is_some()
+        };
+
+        // Within one second (the window opens at the first flow): LIMIT recorded, then none.
+        let n = LIMIT as u16 + 3;
+        for sport in 40000..40000 + n {
+            let frame = Packet::tcp("10.1.0.1", sport, "10.1.0.100", 80).build();
+            let (verdict, _) = test_run(dp.program().unwrap(), &frame, Some(c0));
+            assert_eq!(verdict, XDP_TX, "flow {sport} is balanced either way");
+        }
+        let kept: Vec<bool> = (40000..40000 + n)
+            .map(|p| recorded(&dp, p, "10.1.0.100"))
+            .collect();
+        assert_eq!(
+            kept,
+            (0..n).map(|i| i < LIMIT as u16).collect::<Vec<_>>(),
+            "the first {LIMIT} flows of the second are recorded, the others not"
+        );
+        assert_eq!(
+            stat(&dp, stats::EV_CT_UNRECORDED),
+            (n - LIMIT as u16) as u64
+        );
+        let l2_id = mirror.vip_id(&l2.parse().unwrap()).unwrap();
+        assert_eq!(dp.vip_counters(l2_id).unwrap().new_flows, n as u64);
+        // Unrecorded flows go where the ring says, packet after packet.
+        for sport in 40000 + LIMIT as u16..40000 + n {
+            let key = flow_key("10.1.0.1".parse().unwrap(), sport, &l2.parse().unwrap(), 80);
+            let want = mirror.ring_choice(&l2.parse().unwrap(), &key).unwrap();
+            let mac = if want.to_string() == "10.1.0.11" {
+                be_mac(1)
+            } else {
+                be_mac(2)
+            };
+            let frame = Packet::tcp("10.1.0.1", sport, "10.1.0.100", 80).build();
+            // Still over the limit: a miss again, and again not recorded.
+            let (_, out) = test_run(dp.program().unwrap(), &frame, Some(c0));
+            assert_eq!(out[..6], mac.0, "flow {sport} to its ring backend {want}");
+        }
+
+        // L3 flows are recorded whatever the rate: their replies need the reverse-NAT entry.
+        for sport in 41000..41003 {
+            let frame = Packet::tcp("10.1.0.1", sport, "10.1.0.200", 80).build();
+            let (verdict, _) = test_run(dp.program().unwrap(), &frame, Some(c0));
+            assert_eq!(verdict, XDP_REDIRECT);
+            assert!(
+                recorded(&dp, sport, "10.1.0.200"),
+                "L3 flow {sport} recorded"
+            );
+        }
+        assert_eq!(
+            stat(&dp, stats::EV_CT_UNRECORDED),
+            2 * (n - LIMIT as u16) as u64
+        );
+
+        // A new second: recording resumes.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let frame = Packet::tcp("10.1.0.1", 42000, "10.1.0.100", 80).build();
+        test_run(dp.program().unwrap(), &frame, Some(c0));
+        assert!(
+            recorded(&dp, 42000, "10.1.0.100"),
+            "recorded in the next second"
+        );
+
+        // 0: no limit.
+        dp.set_record_limit(0).unwrap();
+        for sport in 43000..43000 + 2 * LIMIT as u16 {
+            let frame = Packet::tcp("10.1.0.1", sport, "10.1.0.100", 80).build();
+            test_run(dp.program().unwrap(), &frame, Some(c0));
+            assert!(
+                recorded(&dp, sport, "10.1.0.100"),
+                "flow {sport} recorded without a limit"
+            );
+        }
+    })
+    .unwrap();
+}
