@@ -1,0 +1,503 @@
+//! Live throughput through veth (issue 8): the `xdplb_gen` live-frames generator pushes 60-byte
+//! UDP frames into the LB namespace, the path under test forwards them, and `xdplb_sink`
+//! counts what reaches the backends' side. Five paths on one topology (see `topo`) in one run:
+//! xdplb L2, xdplb L3, the floor forwarder, nftables DNAT and plain kernel routing, each with 1,
+//! 10 000 and 1 000 000 flows.
+//!
+//! Every run is checked before its figure is kept: frames must arrive, the sink must see the
+//! destination port the path should produce (8080 after DNAT/NAT, 80 otherwise), XDP paths
+//! must not have gone through the kernel's forwarding and kernel paths must have, and xdplb's
+//! own verdicts must say it redirected what arrived. A failed check fails the benchmark.
+
+pub mod chart;
+mod topo;
+
+use std::{
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use lb_common::{maps as m, stats};
+use lb_userspace::{
+    datapath::{AttachMode, DataPath, LoadOptions},
+    mirror::Mirror,
+    model::{BackendTarget, Mode, VipState},
+};
+use serde_json::{json, Value};
+
+use crate::{generator::Generator, packet::Packet};
+use topo::{NftTable, Topology, BACKENDS};
+
+/// How long each run lasts.
+#[derive(Clone, Debug)]
+pub struct Params {
+    /// Measured sending time per run (at least; whole generator calls).
+    pub duration: Duration,
+    /// Aim of one generator call (each has ~25 ms of set-up: few large calls).
+    pub call: Duration,
+    /// Warm-up packets before a run: twice the flow count, at most this.
+    pub warmup_max: u32,
+    pub flows: Vec<u32>,
+}
+
+impl Params {
+    pub fn full() -> Params {
+        Params {
+            duration: Duration::from_secs(4),
+            call: Duration::from_secs(1),
+            warmup_max: 2_000_000,
+            flows: vec![1, 10_000, 1_000_000],
+        }
+    }
+
+    /// CI smoke: every case and flow count runs, briefly.
+    pub fn quick() -> Params {
+        Params {
+            duration: Duration::from_millis(300),
+            call: Duration::from_millis(150),
+            warmup_max: 200_000,
+            flows: vec![1, 10_000, 1_000_000],
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Case {
+    L2,
+    L3,
+    Floor,
+    Nft,
+    Routing,
+}
+
+pub const CASES: [Case; 5] = [Case::L2, Case::L3, Case::Floor, Case::Nft, Case::Routing];
+
+const VIP_L2: &str = "10.30.0.100";
+const VIP_L3: &str = "10.30.0.200";
+const VIP_NFT: &str = "10.30.0.50";
+const PORT: u16 = 80;
+const BACKEND_PORT: u16 = 8080;
+
+impl Case {
+    pub fn key(self) -> &'static str {
+        match self {
+            Case::L2 => "xdplb_l2",
+            Case::L3 => "xdplb_l3",
+            Case::Floor => "floor",
+            Case::Nft => "nft_dnat",
+            Case::Routing => "routing",
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Case::L2 => "xdplb L2 (DSR, devmap redirect)",
+            Case::L3 => "xdplb L3 (NAT, FIB, redirect)",
+            Case::Floor => "floor (MAC rewrite + devmap redirect)",
+            Case::Nft => "nftables DNAT (kernel)",
+            Case::Routing => "plain kernel routing",
+        }
+    }
+
+    /// Where the generator sends, and the UDP port the sink must then see.
+    fn addressing(self) -> (&'static str, u16) {
+        match self {
+            Case::L2 => (VIP_L2, PORT),
+            Case::L3 => (VIP_L3, BACKEND_PORT),
+            // The floor forwards whatever it gets: any destination will do.
+            Case::Floor => (BACKENDS[0], PORT),
+            Case::Nft => (VIP_NFT, BACKEND_PORT),
+            Case::Routing => (BACKENDS[0], PORT),
+        }
+    }
+
+    fn through_kernel(self) -> bool {
+        matches!(self, Case::Nft | Case::Routing)
+    }
+}
+
+/// One measured run.
+struct Run {
+    sent: u64,
+    delivered: u64,
+    secs: f64,
+    /// Facts the checks were made on (printed and kept in the JSON).
+    facts: Value,
+}
+
+struct Bench<'t> {
+    t: &'t Topology,
+    lb: DataPath,
+    /// The sink, floor and pass programs.
+    aux: DataPath,
+    gen: Generator,
+    p: Params,
+}
+
+/// Runs every case at every flow count; returns the `live` section of the results.
+pub fn run(p: &Params) -> Result<Value> {
+    let t = topo::build().context("building the live topology")?;
+    let mut lb = DataPath::load(&LoadOptions::default()).context("loading xdplb")?;
+    let opts = lb.options().clone();
+    let mut mirror = Mirror::new(opts.ring_size, opts.max_vips, opts.max_backends);
+    let backends = |port: u16, ifindex: u32| -> Vec<BackendTarget> {
+        BACKENDS
+            .iter()
+            .map(|a| BackendTarget {
+                addr: a.parse().expect("backend address"),
+                weight: 1,
+                mac: t.s0_mac,
+                ifindex,
+                port,
+            })
+            .collect()
+    };
+    let vips: [VipState; 2] = [
+        crate::xdp::vip(
+            &format!("{VIP_L2}:{PORT}/udp"),
+            Mode::L2,
+            backends(0, t.out0_index),
+        ),
+        crate::xdp::vip(
+            &format!("{VIP_L3}:{PORT}/udp"),
+            Mode::L3,
+            backends(BACKEND_PORT, 0),
+        ),
+    ];
+    mirror.sync(&mut lb.writer(), &vips)?;
+    t.lb.run(|| lb.register_egress("out0"))??;
+
+    let mut aux = DataPath::load(&LoadOptions::minimal())?;
+    t.sink
+        .run(|| aux.attach_helper(m::PROG_SINK, "s0", AttachMode::Native))??;
+    // A devmap resolves its ifindex in the writer's namespace.
+    t.lb.run(|| aux.set_floor(t.out0_index, t.s0_mac, t.out0_mac))??;
+    let mut gen = Generator::new()?;
+    let cpu = core_for_generator();
+    gen.pin(cpu);
+
+    let mut b = Bench {
+        t: &t,
+        lb,
+        aux,
+        gen,
+        p: p.clone(),
+    };
+    let machine = machine();
+    println!(
+        "\nlive throughput through veth ({}; generator, veth hops, path and sink on CPU {cpu})",
+        machine["summary"].as_str().unwrap_or("")
+    );
+    println!(
+        "{:<40} {:>9} {:>11} {:>11} {:>9}  checks",
+        "case", "flows", "sent Mpps", "deliv Mpps", "deliv %"
+    );
+    let mut results = Vec::new();
+    for &flows in &p.flows {
+        for case in CASES {
+            let r = b
+                .case(case, flows)
+                .with_context(|| format!("live case {} with {flows} flows", case.label()))?;
+            let mpps = r.delivered as f64 / r.secs / 1e6;
+            let sent_mpps = r.sent as f64 / r.secs / 1e6;
+            println!(
+                "{:<40} {flows:>9} {sent_mpps:>11.3} {mpps:>11.3} {:>8.1}%  {}",
+                case.label(),
+                100.0 * r.delivered as f64 / r.sent as f64,
+                r.facts
+            );
+            results.push(json!({
+                "case": case.key(), "label": case.label(), "flows": flows,
+                "sent": r.sent, "delivered": r.delivered, "seconds": r.secs,
+                "sent_mpps": sent_mpps, "mpps": mpps, "checks": r.facts,
+            }));
+        }
+    }
+    let (ratios, goals) = ratios_and_goals(&results, &p.flows);
+    print_ratios(&ratios, &goals);
+    Ok(json!({
+        "machine": machine,
+        "cpu": cpu,
+        "core": "the generator thread is pinned to this CPU; veth NAPI runs where the frames \
+                 were sent, so the generator, both veth hops, the path under test and the sink \
+                 share this one core",
+        "params": {
+            "duration_s": p.duration.as_secs_f64(),
+            "call_s": p.call.as_secs_f64(),
+            "warmup_max": p.warmup_max,
+            "frame_bytes": 60,
+        },
+        "results": results,
+        "ratios": ratios,
+        "goals": goals,
+    }))
+}
+
+/// The last CPU: on a shared machine CPU 0 takes more of everyone else's interrupts.
+fn core_for_generator() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()) - 1
+}
+
+impl Bench<'_> {
+    fn case(&mut self, case: Case, flows: u32) -> Result<Run> {
+        let (dst, want_port) = case.addressing();
+        self.aux.set_sink_port(want_port)?;
+        let (lb_ns, aux, lb) = (&self.t.lb, &mut self.aux, &mut self.lb);
+        // The path under test on in0. Kernel paths still need an XDP program on in0 (XDP_PASS):
+        // without one, XDP_TX into the veth pair is dropped.
+        match case {
+            Case::L2 | Case::L3 => lb_ns.run(|| lb.attach("in0", AttachMode::Native).map(drop))?,
+            Case::Floor => lb_ns.run(|| {
+                aux.attach_helper(m::PROG_FLOOR, "in0", AttachMode::Native)
+                    .map(drop)
+            })?,
+            Case::Nft | Case::Routing => lb_ns.run(|| {
+                aux.attach_helper(m::PROG_PASS, "in0", AttachMode::Native)
+                    .map(drop)
+            })?,
+        }?;
+        let nft = match case {
+            Case::Nft => Some(NftTable::load(lb_ns, "xdplb_bench", &nft_ruleset())?),
+            _ => None,
+        };
+        let run = self.measure(case, dst, want_port, flows, nft.as_ref());
+        drop(nft);
+        match case {
+            Case::L2 | Case::L3 => self.lb.detach("in0")?,
+            _ => self.aux.detach("in0")?,
+        }
+        run
+    }
+
+    fn measure(
+        &mut self,
+        case: Case,
+        dst: &str,
+        want_port: u16,
+        flows: u32,
+        nft: Option<&NftTable<'_>>,
+    ) -> Result<Run> {
+        let template = Packet {
+            dst_mac: self.t.in0_mac.0,
+            src_mac: self.t.g0_mac.0,
+            payload: vec![0; 18], // a 60-byte frame (64 on the wire with the FCS)
+            ..Packet::udp("10.10.1.0", 1024, dst, PORT)
+        }
+        .build();
+        // Each flow count has its own sources, so no run finds another's table entries.
+        let first = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 10, 1, 0)) + 256 * flows.ilog10());
+        let warmup = (2 * flows).clamp(10_000, self.p.warmup_max);
+        self.gen
+            .send(&self.t.gen, "g0", &template, flows, first, warmup)?;
+        settle();
+
+        let fwd0 = self.t.lb.snmp("Ip", "ForwDatagrams")?;
+        let (sink0, port0) = self.aux.sink_counts()?;
+        let lb0 = self.lb.stats()?;
+        let nft0 = nft.map(|n| n.counted()).transpose()?;
+        let started = Instant::now();
+        let (mut sent, mut chunk) = (0u64, 100_000u32);
+        for _ in 0..10_000 {
+            let t = Instant::now();
+            self.gen
+                .send(&self.t.gen, "g0", &template, flows, first, chunk)?;
+            sent += chunk as u64;
+            if started.elapsed() >= self.p.duration {
+                break;
+            }
+            // Size the next call to last about `call` at the rate seen.
+            let rate = chunk as f64 / t.elapsed().as_secs_f64();
+            chunk = (rate * self.p.call.as_secs_f64()).clamp(100_000.0, 50_000_000.0) as u32;
+        }
+        let secs = started.elapsed().as_secs_f64();
+        settle();
+        let (sink1, port1) = self.aux.sink_counts()?;
+        let delivered = sink1 - sink0;
+        let on_port = port1 - port0;
+        let forwarded = self.t.lb.snmp("Ip", "ForwDatagrams")? - fwd0;
+        let mut facts = json!({
+            "to_port": want_port,
+            "delivered_to_port": on_port,
+            "kernel_forwarded": forwarded,
+        });
+
+        if delivered == 0 || delivered * 100 < sent {
+            bail!("only {delivered} of {sent} frames reached the sink");
+        }
+        if on_port * 100 < delivered * 99 {
+            bail!("{on_port} of {delivered} delivered frames had destination port {want_port}: the path did not rewrite as it should");
+        }
+        if case.through_kernel() {
+            if forwarded * 100 < delivered * 99 {
+                bail!("the kernel forwarded {forwarded} datagrams for {delivered} delivered: not the kernel path");
+            }
+        } else if forwarded * 100 > delivered {
+            bail!("the kernel forwarded {forwarded} datagrams for {delivered} delivered: not an XDP path");
+        }
+        if let (Some(n), Some(before)) = (nft, nft0) {
+            // The DNAT rule's counter sees the first packet of each new connection only.
+            let new_conns = n.counted()? - before;
+            facts["nft_new_connections"] = json!(new_conns);
+        }
+        if matches!(case, Case::L2 | Case::L3) {
+            let lb1 = self.lb.stats()?;
+            let d = |i: u32| lb1[i as usize] - lb0[i as usize];
+            let seen: u64 = (0..stats::VERDICT_COUNT).map(d).sum();
+            let redirected = d(stats::REDIRECT);
+            if redirected * 100 < seen * 99 || redirected < delivered {
+                bail!(
+                    "xdplb redirected {redirected} of {seen} frames it saw (verdicts {:?}) for {delivered} delivered",
+                    (0..stats::VERDICT_COUNT)
+                        .filter(|&i| d(i) > 0)
+                        .map(|i| (stats::name(i).unwrap_or("?"), d(i)))
+                        .collect::<Vec<_>>()
+                );
+            }
+            let (hit, miss) = (d(stats::EV_CT_HIT), d(stats::EV_CT_MISS));
+            facts["xdplb_redirect"] = json!(redirected);
+            facts["conntrack_hit_pct"] = json!(100.0 * hit as f64 / (hit + miss).max(1) as f64);
+        }
+        Ok(Run {
+            sent,
+            delivered,
+            secs,
+            facts,
+        })
+    }
+}
+
+/// Lets frames still queued in veth rings reach the sink before it is read.
+fn settle() {
+    std::thread::sleep(Duration::from_millis(50));
+}
+
+/// DNAT of the nft VIP to the three backends' port 8080, round robin over new connections.
+fn nft_ruleset() -> String {
+    let map = BACKENDS
+        .iter()
+        .enumerate()
+        .map(|(i, b)| format!("{i} : {b} . {BACKEND_PORT}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "table ip xdplb_bench {{\n  chain pre {{\n    type nat hook prerouting priority dstnat; policy accept;\n    \
+         ip daddr {VIP_NFT} udp dport {PORT} counter dnat ip to numgen inc mod 3 map {{ {map} }}\n  }}\n}}\n"
+    )
+}
+
+/// Mpps of `case` at `flows` in `results`.
+fn mpps(results: &[Value], case: Case, flows: u32) -> Option<f64> {
+    results
+        .iter()
+        .find(|r| r["case"] == case.key() && r["flows"] == flows)
+        .and_then(|r| r["mpps"].as_f64())
+}
+
+/// The issue's ratios and its reach goals (reported, never enforced).
+fn ratios_and_goals(results: &[Value], flows: &[u32]) -> (Value, Vec<Value>) {
+    let mut ratios = serde_json::Map::new();
+    let mut goals = Vec::new();
+    let ratio = |a: Case, fa: u32, b: Case, fb: u32| Some(mpps(results, a, fa)? / mpps(results, b, fb)?);
+    let mut goal = |name: String, value: Option<f64>, target: f64| {
+        if let Some(v) = value {
+            ratios.insert(name.clone(), json!(v));
+            goals.push(json!({ "goal": name, "value": v, "target": target, "met": v >= target }));
+        }
+    };
+    for &f in flows {
+        goal(format!("L2/floor @{f}"), ratio(Case::L2, f, Case::Floor, f), 0.8);
+    }
+    goal("L2/nft @10000".into(), ratio(Case::L2, 10_000, Case::Nft, 10_000), 4.0);
+    goal("L3/nft @10000".into(), ratio(Case::L3, 10_000, Case::Nft, 10_000), 3.5);
+    goal("L2 1M/1 flow".into(), ratio(Case::L2, 1_000_000, Case::L2, 1), 0.7);
+    goal("L3 1M/1 flow".into(), ratio(Case::L3, 1_000_000, Case::L3, 1), 0.7);
+    for &f in flows {
+        for (name, a, b) in [
+            ("L2/nft", Case::L2, Case::Nft),
+            ("L3/nft", Case::L3, Case::Nft),
+            ("L3/floor", Case::L3, Case::Floor),
+            ("floor/routing", Case::Floor, Case::Routing),
+        ] {
+            let key = format!("{name} @{f}");
+            if let (false, Some(v)) = (ratios.contains_key(&key), ratio(a, f, b, f)) {
+                ratios.insert(key, json!(v));
+            }
+        }
+    }
+    (Value::Object(ratios), goals)
+}
+
+fn print_ratios(ratios: &Value, goals: &[Value]) {
+    println!("ratios (same run):");
+    for (k, v) in ratios.as_object().into_iter().flatten() {
+        println!("  {k:<22} {:>6.2}", v.as_f64().unwrap_or(f64::NAN));
+    }
+    println!("reach goals (issue 8; reported, not enforced):");
+    for g in goals {
+        println!(
+            "  {:<22} {:>6.2}  target >= {:<4}  {}",
+            g["goal"].as_str().unwrap_or(""),
+            g["value"].as_f64().unwrap_or(f64::NAN),
+            g["target"],
+            if g["met"] == true { "met" } else { "MISSED" }
+        );
+    }
+}
+
+/// CPU count, kernel and CPU model, for titles and the JSON.
+pub fn machine() -> Value {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("model name")?.split_once(':').map(|(_, v)| v.trim().to_string()))
+        .unwrap_or_else(|| "unknown CPU".into());
+    let date = std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    json!({
+        "cpus": cpus, "kernel": kernel, "cpu_model": model, "date": date,
+        "summary": format!("{cpus} vCPU {model}, Linux {kernel}, {date}"),
+    })
+}
+
+/// The live section as Markdown: one table per flow count, the ratios and the goals.
+pub fn markdown(live: &Value) -> String {
+    let mut md = format!(
+        "\n## Live throughput through veth\n\n{} — {}\n\n| case | flows | sent Mpps | delivered Mpps | delivered % |\n|---|---:|---:|---:|---:|\n",
+        live["machine"]["summary"].as_str().unwrap_or(""),
+        live["core"].as_str().unwrap_or("")
+    );
+    for r in live["results"].as_array().into_iter().flatten() {
+        let (sent, deliv) = (
+            r["sent"].as_f64().unwrap_or(0.0),
+            r["delivered"].as_f64().unwrap_or(0.0),
+        );
+        md.push_str(&format!(
+            "| {} | {} | {:.3} | {:.3} | {:.1} |\n",
+            r["label"].as_str().unwrap_or(""),
+            r["flows"],
+            r["sent_mpps"].as_f64().unwrap_or(0.0),
+            r["mpps"].as_f64().unwrap_or(0.0),
+            100.0 * deliv / sent.max(1.0)
+        ));
+    }
+    md.push_str("\n| reach goal | value | target | |\n|---|---:|---:|---|\n");
+    for g in live["goals"].as_array().into_iter().flatten() {
+        md.push_str(&format!(
+            "| {} | {:.2} | ≥ {} | {} |\n",
+            g["goal"].as_str().unwrap_or(""),
+            g["value"].as_f64().unwrap_or(f64::NAN),
+            g["target"],
+            if g["met"] == true { "met" } else { "missed" }
+        ));
+    }
+    md
+}
