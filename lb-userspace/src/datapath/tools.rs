@@ -67,7 +67,8 @@ impl DataPath {
     /// The sink counts only frames to this UDP destination port in its second counter.
     pub fn set_sink_port(&mut self, port: u16) -> Result<(), DataPathError> {
         let mut a: Array<_, u32> = self.typed(m::SINK_CFG)?;
-        a.set(0, port.to_be() as u32, 0).map_err(map_err(m::SINK_CFG))
+        a.set(0, port.to_be() as u32, 0)
+            .map_err(map_err(m::SINK_CFG))
     }
 
     /// What the sink dropped so far, summed over CPUs: (IPv4 UDP frames, those to its port).

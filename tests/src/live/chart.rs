@@ -16,7 +16,9 @@ const BOTTOM: f64 = 400.0;
 const LEGEND: f64 = 690.0;
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// The chart of the `live` section of the results.
@@ -33,7 +35,11 @@ pub fn svg(live: &Value) -> String {
     let step = {
         let raw = max / 5.0;
         let p = 10f64.powf(raw.log10().floor());
-        [1.0, 2.0, 5.0, 10.0].into_iter().map(|m| m * p).find(|s| *s >= raw).unwrap_or(raw)
+        [1.0, 2.0, 5.0, 10.0]
+            .into_iter()
+            .map(|m| m * p)
+            .find(|s| *s >= raw)
+            .unwrap_or(raw)
     };
     let top = (max / step).ceil() * step;
     let y = |v: f64| BOTTOM - (BOTTOM - TOP) * v / top;

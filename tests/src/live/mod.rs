@@ -25,9 +25,9 @@ use lb_userspace::{
     model::{BackendTarget, Mode, VipState},
 };
 use serde_json::{json, Value};
+use topo::{NftTable, Topology, BACKENDS};
 
 use crate::{generator::Generator, packet::Packet};
-use topo::{NftTable, Topology, BACKENDS};
 
 /// How long each run lasts.
 #[derive(Clone, Debug)]
@@ -323,7 +323,7 @@ impl Bench<'_> {
         });
 
         if delivered == 0 || delivered * 100 < sent {
-            bail!("only {delivered} of {sent} frames reached the sink");
+            bail!("only {delivered} of {sent} frames reached the sink (the LB namespace's kernel forwarded {forwarded})");
         }
         if on_port * 100 < delivered * 99 {
             bail!("{on_port} of {delivered} delivered frames had destination port {want_port}: the path did not rewrite as it should");
@@ -398,7 +398,8 @@ fn mpps(results: &[Value], case: Case, flows: u32) -> Option<f64> {
 fn ratios_and_goals(results: &[Value], flows: &[u32]) -> (Value, Vec<Value>) {
     let mut ratios = serde_json::Map::new();
     let mut goals = Vec::new();
-    let ratio = |a: Case, fa: u32, b: Case, fb: u32| Some(mpps(results, a, fa)? / mpps(results, b, fb)?);
+    let ratio =
+        |a: Case, fa: u32, b: Case, fb: u32| Some(mpps(results, a, fa)? / mpps(results, b, fb)?);
     let mut goal = |name: String, value: Option<f64>, target: f64| {
         if let Some(v) = value {
             ratios.insert(name.clone(), json!(v));
@@ -406,12 +407,32 @@ fn ratios_and_goals(results: &[Value], flows: &[u32]) -> (Value, Vec<Value>) {
         }
     };
     for &f in flows {
-        goal(format!("L2/floor @{f}"), ratio(Case::L2, f, Case::Floor, f), 0.8);
+        goal(
+            format!("L2/floor @{f}"),
+            ratio(Case::L2, f, Case::Floor, f),
+            0.8,
+        );
     }
-    goal("L2/nft @10000".into(), ratio(Case::L2, 10_000, Case::Nft, 10_000), 4.0);
-    goal("L3/nft @10000".into(), ratio(Case::L3, 10_000, Case::Nft, 10_000), 3.5);
-    goal("L2 1M/1 flow".into(), ratio(Case::L2, 1_000_000, Case::L2, 1), 0.7);
-    goal("L3 1M/1 flow".into(), ratio(Case::L3, 1_000_000, Case::L3, 1), 0.7);
+    goal(
+        "L2/nft @10000".into(),
+        ratio(Case::L2, 10_000, Case::Nft, 10_000),
+        4.0,
+    );
+    goal(
+        "L3/nft @10000".into(),
+        ratio(Case::L3, 10_000, Case::Nft, 10_000),
+        3.5,
+    );
+    goal(
+        "L2 1M/1 flow".into(),
+        ratio(Case::L2, 1_000_000, Case::L2, 1),
+        0.7,
+    );
+    goal(
+        "L3 1M/1 flow".into(),
+        ratio(Case::L3, 1_000_000, Case::L3, 1),
+        0.7,
+    );
     for &f in flows {
         for (name, a, b) in [
             ("L2/nft", Case::L2, Case::Nft),
@@ -455,7 +476,11 @@ pub fn machine() -> Value {
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("model name")?.split_once(':').map(|(_, v)| v.trim().to_string()))
+        .find_map(|l| {
+            l.strip_prefix("model name")?
+                .split_once(':')
+                .map(|(_, v)| v.trim().to_string())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
     let date = std::process::Command::new("date")
         .args(["-u", "+%Y-%m-%d %H:%M UTC"])

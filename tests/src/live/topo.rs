@@ -56,7 +56,12 @@ pub fn build() -> Result<Topology> {
         (
             &sink,
             "s0",
-            &["10.20.0.2/24", "10.20.0.11/24", "10.20.0.12/24", "10.20.0.13/24"],
+            &[
+                "10.20.0.2/24",
+                "10.20.0.11/24",
+                "10.20.0.12/24",
+                "10.20.0.13/24",
+            ],
         ),
     ] {
         for a in addrs {
@@ -84,7 +89,15 @@ pub fn build() -> Result<Topology> {
     };
     let neigh = |ns: &Netns, addr: &str, mac: Mac, dev: &str| {
         ns.exec(&[
-            "ip", "neigh", "replace", addr, "lladdr", &mac.to_string(), "dev", dev, "nud",
+            "ip",
+            "neigh",
+            "replace",
+            addr,
+            "lladdr",
+            &mac.to_string(),
+            "dev",
+            dev,
+            "nud",
             "permanent",
         ])
     };
