@@ -5,7 +5,10 @@ use std::fmt::Write;
 
 use serde_json::Value;
 
-use super::CASES;
+use super::{Case, CASES};
+
+/// The compared paths; the reference (generator and one hop only) would dwarf their scale.
+const CHART_CASES: [Case; 5] = [CASES[0], CASES[1], CASES[2], CASES[3], CASES[4]];
 
 const COLOURS: [&str; 5] = ["#1f77b4", "#17becf", "#7f7f7f", "#d62728", "#ff7f0e"];
 const W: f64 = 900.0;
@@ -28,6 +31,7 @@ pub fn svg(live: &Value) -> String {
     flows.dedup();
     let max = results
         .iter()
+        .filter(|r| CHART_CASES.iter().any(|c| r["case"] == c.key()))
         .filter_map(|r| r["mpps"].as_f64())
         .fold(0.0, f64::max)
         .max(0.1);
@@ -53,11 +57,14 @@ pub fn svg(live: &Value) -> String {
 "##,
         esc(live["machine"]["summary"].as_str().unwrap_or(""))
     );
-    let mut v = 0.0;
+    let mut v: f64 = 0.0;
     while v <= top + step / 2.0 {
+        // 0.30000000000000004 -> 0.3
+        let tick = format!("{v:.2}");
+        let tick = tick.trim_end_matches('0').trim_end_matches('.');
         let _ = writeln!(
             s,
-            r##"<line x1="{LEFT}" x2="{}" y1="{y:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">{v}</text>"##,
+            r##"<line x1="{LEFT}" x2="{}" y1="{y:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">{tick}</text>"##,
             LEGEND - 20.0,
             LEFT - 6.0,
             y(v) + 4.0,
@@ -66,10 +73,10 @@ pub fn svg(live: &Value) -> String {
         v += step;
     }
     let group_w = (LEGEND - 20.0 - LEFT) / flows.len().max(1) as f64;
-    let bar_w = group_w * 0.8 / CASES.len() as f64;
+    let bar_w = group_w * 0.8 / CHART_CASES.len() as f64;
     for (g, f) in flows.iter().enumerate() {
         let x0 = LEFT + g as f64 * group_w + group_w * 0.1;
-        for (c, case) in CASES.iter().enumerate() {
+        for (c, case) in CHART_CASES.iter().enumerate() {
             let Some(m) = results
                 .iter()
                 .find(|r| r["case"] == case.key() && r["flows"] == *f)
@@ -109,7 +116,7 @@ pub fn svg(live: &Value) -> String {
         (TOP + BOTTOM) / 2.0,
         (TOP + BOTTOM) / 2.0
     );
-    for (c, case) in CASES.iter().enumerate() {
+    for (c, case) in CHART_CASES.iter().enumerate() {
         let ly = TOP + 10.0 + c as f64 * 40.0;
         let label = case.label();
         let (a, b) = label.split_once(" (").map_or((label, ""), |(a, b)| (a, b));

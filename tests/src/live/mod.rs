@@ -69,9 +69,18 @@ pub enum Case {
     Floor,
     Nft,
     Routing,
+    /// The sink itself on in0: what the generator and one veth hop cost, for reference.
+    Direct,
 }
 
-pub const CASES: [Case; 5] = [Case::L2, Case::L3, Case::Floor, Case::Nft, Case::Routing];
+pub const CASES: [Case; 6] = [
+    Case::L2,
+    Case::L3,
+    Case::Floor,
+    Case::Nft,
+    Case::Routing,
+    Case::Direct,
+];
 
 const VIP_L2: &str = "10.30.0.100";
 const VIP_L3: &str = "10.30.0.200";
@@ -87,6 +96,7 @@ impl Case {
             Case::Floor => "floor",
             Case::Nft => "nft_dnat",
             Case::Routing => "routing",
+            Case::Direct => "direct",
         }
     }
 
@@ -97,6 +107,7 @@ impl Case {
             Case::Floor => "floor (MAC rewrite + devmap redirect)",
             Case::Nft => "nftables DNAT (kernel)",
             Case::Routing => "plain kernel routing",
+            Case::Direct => "reference: sink on in0 (no forwarding)",
         }
     }
 
@@ -108,7 +119,7 @@ impl Case {
             // The floor forwards whatever it gets: any destination will do.
             Case::Floor => (BACKENDS[0], PORT),
             Case::Nft => (VIP_NFT, BACKEND_PORT),
-            Case::Routing => (BACKENDS[0], PORT),
+            Case::Routing | Case::Direct => (BACKENDS[0], PORT),
         }
     }
 
@@ -190,8 +201,8 @@ pub fn run(p: &Params) -> Result<Value> {
         machine["summary"].as_str().unwrap_or("")
     );
     println!(
-        "{:<40} {:>9} {:>11} {:>11} {:>9}  checks",
-        "case", "flows", "sent Mpps", "deliv Mpps", "deliv %"
+        "{:<40} {:>9} {:>10} {:>10} {:>8} {:>8}  checks",
+        "case", "flows", "sent Mpps", "deliv Mpps", "deliv %", "ns/pkt"
     );
     let mut results = Vec::new();
     for &flows in &p.flows {
@@ -202,9 +213,10 @@ pub fn run(p: &Params) -> Result<Value> {
             let mpps = r.delivered as f64 / r.secs / 1e6;
             let sent_mpps = r.sent as f64 / r.secs / 1e6;
             println!(
-                "{:<40} {flows:>9} {sent_mpps:>11.3} {mpps:>11.3} {:>8.1}%  {}",
+                "{:<40} {flows:>9} {sent_mpps:>10.3} {mpps:>10.3} {:>7.1}% {:>8.0}  {}",
                 case.label(),
                 100.0 * r.delivered as f64 / r.sent as f64,
+                1e3 / mpps,
                 r.facts
             );
             results.push(json!({
@@ -254,6 +266,10 @@ impl Bench<'_> {
             })?,
             Case::Nft | Case::Routing => lb_ns.run(|| {
                 aux.attach_helper(m::PROG_PASS, "in0", AttachMode::Native)
+                    .map(drop)
+            })?,
+            Case::Direct => lb_ns.run(|| {
+                aux.attach_helper(m::PROG_SINK, "in0", AttachMode::Native)
                     .map(drop)
             })?,
         }?;
@@ -496,7 +512,7 @@ pub fn machine() -> Value {
 /// The live section as Markdown: one table per flow count, the ratios and the goals.
 pub fn markdown(live: &Value) -> String {
     let mut md = format!(
-        "\n## Live throughput through veth\n\n{} — {}\n\n| case | flows | sent Mpps | delivered Mpps | delivered % |\n|---|---:|---:|---:|---:|\n",
+        "\n## Live throughput through veth\n\n{} — {}\n\n| case | flows | sent Mpps | delivered Mpps | delivered % | ns per packet (whole path) |\n|---|---:|---:|---:|---:|---:|\n",
         live["machine"]["summary"].as_str().unwrap_or(""),
         live["core"].as_str().unwrap_or("")
     );
@@ -506,12 +522,13 @@ pub fn markdown(live: &Value) -> String {
             r["delivered"].as_f64().unwrap_or(0.0),
         );
         md.push_str(&format!(
-            "| {} | {} | {:.3} | {:.3} | {:.1} |\n",
+            "| {} | {} | {:.3} | {:.3} | {:.1} | {:.0} |\n",
             r["label"].as_str().unwrap_or(""),
             r["flows"],
             r["sent_mpps"].as_f64().unwrap_or(0.0),
             r["mpps"].as_f64().unwrap_or(0.0),
-            100.0 * deliv / sent.max(1.0)
+            100.0 * deliv / sent.max(1.0),
+            1e3 / r["mpps"].as_f64().unwrap_or(f64::NAN)
         ));
     }
     md.push_str("\n| reach goal | value | target | |\n|---|---:|---:|---|\n");
