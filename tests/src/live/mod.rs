@@ -32,7 +32,9 @@ use crate::{generator::Generator, packet::Packet};
 /// How long each run lasts.
 #[derive(Clone, Debug)]
 pub struct Params {
-    /// Measured sending time per run (at least; whole generator calls).
+    /// Rounds over all cases per flow count (each case's figure is its median).
+    pub rounds: usize,
+    /// Measured sending time per case and round (at least; whole generator calls).
     pub duration: Duration,
     /// Aim of one generator call (each has ~25 ms of set-up: few large calls).
     pub call: Duration,
@@ -44,8 +46,9 @@ pub struct Params {
 impl Params {
     pub fn full() -> Params {
         Params {
-            duration: Duration::from_secs(4),
-            call: Duration::from_secs(1),
+            rounds: 3,
+            duration: Duration::from_millis(1500),
+            call: Duration::from_millis(500),
             warmup_max: 2_000_000,
             flows: vec![1, 10_000, 1_000_000],
         }
@@ -54,6 +57,7 @@ impl Params {
     /// CI smoke: every case and flow count runs, briefly.
     pub fn quick() -> Params {
         Params {
+            rounds: 1,
             duration: Duration::from_millis(300),
             call: Duration::from_millis(150),
             warmup_max: 200_000,
@@ -201,28 +205,50 @@ pub fn run(p: &Params) -> Result<Value> {
         machine["summary"].as_str().unwrap_or("")
     );
     println!(
-        "{:<40} {:>9} {:>10} {:>10} {:>8} {:>8}  checks",
-        "case", "flows", "sent Mpps", "deliv Mpps", "deliv %", "ns/pkt"
+        "{:<40} {:>9} {:>10} {:>10} {:>8} {:>8} {:>8}  checks (last round)",
+        "case", "flows", "sent Mpps", "deliv Mpps", "deliv %", "ns/pkt", "spread"
     );
     let mut results = Vec::new();
     for &flows in &p.flows {
-        for case in CASES {
-            let r = b
-                .case(case, flows)
-                .with_context(|| format!("live case {} with {flows} flows", case.label()))?;
-            let mpps = r.delivered as f64 / r.secs / 1e6;
-            let sent_mpps = r.sent as f64 / r.secs / 1e6;
+        // Rounds over all cases, so load that comes and goes on the machine hits every case
+        // alike; a case's figure is the median of its rounds.
+        let mut runs: Vec<Vec<Run>> = CASES.iter().map(|_| Vec::new()).collect();
+        for round in 0..p.rounds {
+            for (i, case) in CASES.into_iter().enumerate() {
+                let r = b
+                    .case(case, flows, round == 0)
+                    .with_context(|| format!("live case {} with {flows} flows", case.label()))?;
+                runs[i].push(r);
+            }
+        }
+        for (case, rs) in CASES.into_iter().zip(&runs) {
+            let mpps: Vec<f64> = rs
+                .iter()
+                .map(|r| r.delivered as f64 / r.secs / 1e6)
+                .collect();
+            let sent_mpps = median(rs.iter().map(|r| r.sent as f64 / r.secs / 1e6).collect());
+            let (sent, delivered) = (
+                rs.iter().map(|r| r.sent).sum::<u64>(),
+                rs.iter().map(|r| r.delivered).sum::<u64>(),
+            );
+            let (lo, hi) = mpps
+                .iter()
+                .fold((f64::MAX, 0.0f64), |(l, h), m| (l.min(*m), h.max(*m)));
+            let med = median(mpps.clone());
+            let facts = &rs.last().expect("at least one round").facts;
             println!(
-                "{:<40} {flows:>9} {sent_mpps:>10.3} {mpps:>10.3} {:>7.1}% {:>8.0}  {}",
+                "{:<40} {flows:>9} {sent_mpps:>10.3} {med:>10.3} {:>7.1}% {:>8.0} {:>7.1}%  {facts}",
                 case.label(),
-                100.0 * r.delivered as f64 / r.sent as f64,
-                1e3 / mpps,
-                r.facts
+                100.0 * delivered as f64 / sent as f64,
+                1e3 / med,
+                100.0 * (hi - lo) / med,
             );
             results.push(json!({
                 "case": case.key(), "label": case.label(), "flows": flows,
-                "sent": r.sent, "delivered": r.delivered, "seconds": r.secs,
-                "sent_mpps": sent_mpps, "mpps": mpps, "checks": r.facts,
+                "sent": sent, "delivered": delivered,
+                "seconds": rs.iter().map(|r| r.secs).sum::<f64>(),
+                "sent_mpps": sent_mpps, "mpps": med, "mpps_rounds": mpps,
+                "spread_pct": 100.0 * (hi - lo) / med, "checks": facts,
             }));
         }
     }
@@ -235,6 +261,7 @@ pub fn run(p: &Params) -> Result<Value> {
                  were sent, so the generator, both veth hops, the path under test and the sink \
                  share this one core",
         "params": {
+            "rounds": p.rounds,
             "duration_s": p.duration.as_secs_f64(),
             "call_s": p.call.as_secs_f64(),
             "warmup_max": p.warmup_max,
@@ -252,7 +279,7 @@ fn core_for_generator() -> usize {
 }
 
 impl Bench<'_> {
-    fn case(&mut self, case: Case, flows: u32) -> Result<Run> {
+    fn case(&mut self, case: Case, flows: u32, warm_up: bool) -> Result<Run> {
         let (dst, want_port) = case.addressing();
         self.aux.set_sink_port(want_port)?;
         let (lb_ns, aux, lb) = (&self.t.lb, &mut self.aux, &mut self.lb);
@@ -277,7 +304,7 @@ impl Bench<'_> {
             Case::Nft => Some(NftTable::load(lb_ns, "xdplb_bench", &nft_ruleset())?),
             _ => None,
         };
-        let run = self.measure(case, dst, want_port, flows, nft.as_ref());
+        let run = self.measure(case, dst, want_port, flows, warm_up, nft.as_ref());
         drop(nft);
         match case {
             Case::L2 | Case::L3 => self.lb.detach("in0")?,
@@ -292,6 +319,7 @@ impl Bench<'_> {
         dst: &str,
         want_port: u16,
         flows: u32,
+        warm_up: bool,
         nft: Option<&NftTable<'_>>,
     ) -> Result<Run> {
         let template = Packet {
@@ -303,10 +331,12 @@ impl Bench<'_> {
         .build();
         // Each flow count has its own sources, so no run finds another's table entries.
         let first = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 10, 1, 0)) + 256 * flows.ilog10());
-        let warmup = (2 * flows).clamp(10_000, self.p.warmup_max);
-        self.gen
-            .send(&self.t.gen, "g0", &template, flows, first, warmup)?;
-        settle();
+        if warm_up {
+            let packets = (2 * flows).clamp(10_000, self.p.warmup_max);
+            self.gen
+                .send(&self.t.gen, "g0", &template, flows, first, packets)?;
+            settle();
+        }
 
         let fwd0 = self.t.lb.snmp("Ip", "ForwDatagrams")?;
         let (sink0, port0) = self.aux.sink_counts()?;
@@ -381,6 +411,11 @@ impl Bench<'_> {
             facts,
         })
     }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 /// Lets frames still queued in veth rings reach the sink before it is read.
