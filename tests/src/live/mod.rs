@@ -544,27 +544,41 @@ pub fn machine() -> Value {
     })
 }
 
-/// The live section as Markdown: one table per flow count, the ratios and the goals.
+/// The live section as Markdown: delivered Mpps per case and flow count (the spread of the
+/// rounds in brackets), then the reach goals.
 pub fn markdown(live: &Value) -> String {
+    let results = live["results"].as_array().cloned().unwrap_or_default();
+    let mut flows: Vec<u64> = results.iter().filter_map(|r| r["flows"].as_u64()).collect();
+    flows.dedup();
     let mut md = format!(
-        "\n## Live throughput through veth\n\n{} — {}\n\n| case | flows | sent Mpps | delivered Mpps | delivered % | ns per packet (whole path) |\n|---|---:|---:|---:|---:|---:|\n",
+        "\n## Live throughput through veth\n\n{}. Delivered Mpps, 60-byte UDP frames, median of {} \
+         round(s) (spread of the rounds); {}.\n\n| case |",
         live["machine"]["summary"].as_str().unwrap_or(""),
+        live["params"]["rounds"],
         live["core"].as_str().unwrap_or("")
     );
-    for r in live["results"].as_array().into_iter().flatten() {
-        let (sent, deliv) = (
-            r["sent"].as_f64().unwrap_or(0.0),
-            r["delivered"].as_f64().unwrap_or(0.0),
-        );
-        md.push_str(&format!(
-            "| {} | {} | {:.3} | {:.3} | {:.1} | {:.0} |\n",
-            r["label"].as_str().unwrap_or(""),
-            r["flows"],
-            r["sent_mpps"].as_f64().unwrap_or(0.0),
-            r["mpps"].as_f64().unwrap_or(0.0),
-            100.0 * deliv / sent.max(1.0),
-            1e3 / r["mpps"].as_f64().unwrap_or(f64::NAN)
-        ));
+    for f in &flows {
+        md.push_str(&format!(" {f} flow{} |", if *f == 1 { "" } else { "s" }));
+    }
+    md.push_str("\n|---|");
+    md.push_str(&"---:|".repeat(flows.len()));
+    md.push('\n');
+    for case in CASES {
+        md.push_str(&format!("| {} |", case.label()));
+        for f in &flows {
+            let r = results
+                .iter()
+                .find(|r| r["case"] == case.key() && r["flows"] == *f);
+            match r {
+                Some(r) => md.push_str(&format!(
+                    " {:.2} ({:.0}%) |",
+                    r["mpps"].as_f64().unwrap_or(f64::NAN),
+                    r["spread_pct"].as_f64().unwrap_or(f64::NAN)
+                )),
+                None => md.push_str(" |"),
+            }
+        }
+        md.push('\n');
     }
     md.push_str("\n| reach goal | value | target | |\n|---|---:|---:|---|\n");
     for g in live["goals"].as_array().into_iter().flatten() {
