@@ -125,3 +125,11 @@ mod tests {
         }
     }
 }
+
+/// The bit of `addr` in an address filter (`maps::ADDR_FILTER`): one of 64 Ki. A multiplicative
+/// hash of the folded words; user space and the data path both call this.
+#[inline(always)]
+pub fn addr_bit(addr: &[u32; 4]) -> u32 {
+    let x = addr[0] ^ addr[1].rotate_left(8) ^ addr[2].rotate_left(16) ^ addr[3].rotate_left(24);
+    x.wrapping_mul(0x9e37_79b1) >> 16
+}

@@ -13,12 +13,21 @@ pub const RING: &str = "XDPLB_RING";
 pub const CONNTRACK: &str = "XDPLB_CONNTRACK";
 /// Reverse NAT of L3 flows (LRU, sized like the connection table): reply `FlowKey` -> `NatValue`.
 pub const NAT: &str = "XDPLB_NAT";
-/// Runtime switches the control plane sets: slot `CONFIG_FLAGS` holds `CFG_F_*` flags, slot
-/// `CONFIG_DEBUG` 1 to log every verdict to the kernel trace pipe (off by default).
+/// Runtime switches the control plane sets: slot `CONFIG_DEBUG` 1 to log every verdict to the
+/// kernel trace pipe (off by default).
 pub const CONFIG: &str = "XDPLB_CONFIG";
-pub const CONFIG_FLAGS: u32 = 0;
-pub const CONFIG_DEBUG: u32 = 1;
-pub const CONFIG_SLOTS: u32 = 2;
+pub const CONFIG_DEBUG: u32 = 0;
+pub const CONFIG_SLOTS: u32 = 1;
+/// Address filters: array of `u64` words, `FILTER_WORDS` per kind, bit `hash::addr_bit(addr)`
+/// set for every address of the kind (and, rarely, for others that share the bit). A clear
+/// bit lets a packet skip the hash lookups: most packets are for no VIP and from no backend.
+pub const ADDR_FILTER: &str = "XDPLB_ADDRS";
+pub const FILTER_WORDS: u32 = 1024;
+/// Kind: VIP addresses (destinations worth a VIP lookup).
+pub const FILTER_VIP: u32 = 0;
+/// Kind: addresses of L3 backends (sources worth a reverse-NAT lookup).
+pub const FILTER_REPLY: u32 = 1;
+pub const FILTER_KINDS: u32 = 2;
 /// Interfaces the program forwards out of: ifindex -> `IfaceInfo` (their MAC).
 pub const IFACES: &str = "XDPLB_IFACES";
 /// Devmap (hash) for XDP_REDIRECT to another interface: ifindex -> ifindex.

@@ -100,9 +100,6 @@ pub struct NatValue {
     pub _pad: u16,
 }
 
-/// `XDPLB_CONFIG` flag: some VIP is in L3 mode, so replies of NAT flows must be looked for.
-pub const CFG_F_L3: u32 = 1 << 0;
-
 /// Interface the program forwards out of.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -29,6 +29,17 @@ pub fn egress(ctx: &XdpContext, backend: &BackendInfo) -> Option<Egress> {
     } else {
         backend.ifindex
     };
+    if ifindex == ingress {
+        // The frame was sent to this interface's address, so that address is the new source:
+        // no interface lookup on the common path. Group addresses are not a valid source.
+        if let Some(mac) = unicast_destination(ctx) {
+            return Some(Egress {
+                ifindex,
+                back_out: true,
+                mac,
+            });
+        }
+    }
     // SAFETY: the value is copied at once.
     let iface = unsafe { IFACES.get(ifindex) }.copied()?;
     Some(Egress {
@@ -36,6 +47,14 @@ pub fn egress(ctx: &XdpContext, backend: &BackendInfo) -> Option<Egress> {
         back_out: ifindex == ingress,
         mac: iface.mac,
     })
+}
+
+#[inline(always)]
+fn unicast_destination(ctx: &XdpContext) -> Option<[u8; 6]> {
+    let eth = ptr_at::<EthHdr>(ctx, 0).ok()?;
+    // SAFETY: bounds-checked by ptr_at.
+    let mac = unsafe { (*eth).dst_addr };
+    (mac[0] & 1 == 0).then_some(mac)
 }
 
 /// Sets the Ethernet addresses (destination `dmac`, source the egress's) and sends.

@@ -17,7 +17,7 @@ mod parse;
 mod sink;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use lb_common::{stats, FlowKey, VipInfo, CFG_F_L3, VIP_F_MODE_L3};
+use lb_common::{maps::FILTER_REPLY, stats, FlowKey, VipInfo, VIP_F_MODE_L3};
 
 use crate::{
     counters::verdict,
@@ -136,7 +136,7 @@ fn to_backend(vip: &VipInfo, key: &FlowKey) -> Result<NatPlan, (u32, u32)> {
 #[inline(always)]
 fn to_client(key: &FlowKey, vlan: bool) -> Result<NatPlan, (u32, u32)> {
     let not_ours = (stats::PASS_NOT_VIP, xdp_action::XDP_PASS);
-    if !maps::enabled(CFG_F_L3) {
+    if !maps::may_be(FILTER_REPLY, &key.src) {
         return Err(not_ours);
     }
     // SAFETY: the entry is copied at once.

@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    maps as m, stats::STATS_LEN, BackendInfo, ConnValue, FlowKey, IfaceInfo, NatValue,
-    TrafficCounters, VipInfo, VipKey, VIP_F_ADDRESS,
+    hash::addr_bit, maps as m, stats::STATS_LEN, BackendInfo, ConnValue, FlowKey, IfaceInfo,
+    NatValue, TrafficCounters, VipInfo, VipKey, VIP_F_ADDRESS,
 };
 
 use crate::parse::Dest;
@@ -29,6 +29,9 @@ pub static CONNTRACK: LruHashMap<FlowKey, ConnValue> =
 #[map(name = "XDPLB_NAT")]
 pub static NAT: LruHashMap<FlowKey, NatValue> =
     LruHashMap::with_max_entries(m::DEFAULT_CONNTRACK_SIZE, 0);
+
+#[map(name = "XDPLB_ADDRS")]
+pub static ADDR_FILTER: Array<u64> = Array::with_max_entries(m::FILTER_KINDS * m::FILTER_WORDS, 0);
 
 #[map(name = "XDPLB_CONFIG")]
 pub static CONFIG: Array<u32> = Array::with_max_entries(m::CONFIG_SLOTS, 0);
@@ -58,9 +61,25 @@ pub static BACKEND_STATS: PerCpuArray<TrafficCounters> =
 #[map(name = "XDPLB_STATS")]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STATS_LEN, 0);
 
+/// Whether `addr` may be an address of `kind` (`m::FILTER_*`): false is certain, true is
+/// checked by a map lookup. An array read the verifier inlines, instead of a hash lookup.
+/// A BPF subprogram, and not on the paths of ICMP messages and fragments (rare: they go
+/// straight to the lookup): inlined, or called from more sites, LLVM's register reuse made
+/// the parser do arithmetic on `data_end` on some path, which the verifier refuses.
+#[inline(never)]
+pub fn may_be(kind: u32, addr: &[u32; 4]) -> bool {
+    let bit = addr_bit(addr);
+    ADDR_FILTER
+        .get(kind * m::FILTER_WORDS + (bit >> 6))
+        .is_some_and(|w| *w & (1u64 << (bit & 63)) != 0)
+}
+
 /// The VIP for the flow's destination: the exact port first, then an all-ports VIP.
 #[inline(always)]
 pub fn find_vip(key: &FlowKey) -> Option<VipInfo> {
+    if !may_be(m::FILTER_VIP, &key.dst) {
+        return None;
+    }
     let mut vk = VipKey {
         addr: key.dst,
         port: key.dport,
@@ -88,12 +107,6 @@ pub fn is_vip_address(dst: &Dest) -> bool {
     };
     // SAFETY: only the presence and a flag are read.
     matches!(unsafe { VIPS.get(vk) }, Some(v) if v.flags & VIP_F_ADDRESS != 0)
-}
-
-/// Whether the control plane enabled a feature (`CFG_F_*`).
-#[inline(always)]
-pub fn enabled(flag: u32) -> bool {
-    CONFIG.get(m::CONFIG_FLAGS).is_some_and(|f| *f & flag != 0)
 }
 
 /// Whether verdicts are logged to the trace pipe (`xdplb debug on`).

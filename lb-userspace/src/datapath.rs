@@ -656,7 +656,7 @@ fn check_pinned_layout(dir: &std::path::Path, o: &LoadOptions) -> Result<(), Dat
     use std::mem::size_of;
     let counters = size_of::<TrafficCounters>() as u32;
     // (name, key size, value size (None: not checked), max entries)
-    let expected: [(&'static str, u32, Option<u32>, u32); 11] = [
+    let expected: [(&'static str, u32, Option<u32>, u32); 12] = [
         (
             m::NAT,
             size_of::<FlowKey>() as u32,
@@ -664,6 +664,12 @@ fn check_pinned_layout(dir: &std::path::Path, o: &LoadOptions) -> Result<(), Dat
             o.conntrack_size,
         ),
         (m::CONFIG, 4, Some(4), m::CONFIG_SLOTS),
+        (
+            m::ADDR_FILTER,
+            4,
+            Some(8),
+            m::FILTER_KINDS * m::FILTER_WORDS,
+        ),
         (
             m::VIPS,
             size_of::<VipKey>() as u32,
@@ -719,9 +725,10 @@ fn check_pinned_layout(dir: &std::path::Path, o: &LoadOptions) -> Result<(), Dat
 }
 
 /// Every map, for pinning.
-const ALL_MAPS: [&str; 11] = [
+const ALL_MAPS: [&str; 12] = [
     m::NAT,
     m::CONFIG,
+    m::ADDR_FILTER,
     m::VIPS,
     m::BACKENDS,
     m::RING,
@@ -812,15 +819,22 @@ impl MapWriter for KernelMaps<'_> {
         })
     }
 
-    fn put_config_flags(&mut self, flags: u32) -> Result<(), MirrorError> {
-        self.write(m::CONFIG, |a: &mut Array<&mut MapData, u32>| {
-            a.set(m::CONFIG_FLAGS, flags, 0)
+    fn put_filter_word(&mut self, index: u32, word: u64) -> Result<(), MirrorError> {
+        self.write(m::ADDR_FILTER, |a: &mut Array<&mut MapData, u64>| {
+            a.set(index, word, 0)
         })
     }
 
-    fn put_ring_slot(&mut self, index: u32, backend: u32) -> Result<(), MirrorError> {
-        self.write(m::RING, |a: &mut Array<&mut MapData, u32>| {
-            a.set(index, backend, 0)
-        })
+    fn put_ring_slots(&mut self, slots: &[u32], backends: &[u32]) -> Result<(), MirrorError> {
+        let err = |reason: String| MirrorError::Map {
+            map: m::RING,
+            reason,
+        };
+        match self.dp.ebpf.map(m::RING) {
+            Some(aya::maps::Map::Array(data)) => {
+                crate::batch::update_u32s(data, slots, backends).map_err(|e| err(e.to_string()))
+            }
+            _ => Err(err("not an array in the object".into())),
+        }
     }
 }

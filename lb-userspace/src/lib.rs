@@ -2,6 +2,7 @@
 //! that writes the model into the data path's maps, the loader that owns the program, and the
 //! daemon and CLI built on them.
 pub mod api;
+mod batch;
 pub mod cli;
 pub mod config;
 pub mod daemon;

@@ -64,23 +64,32 @@ pub fn build(members: &[RingMember], size: u32) -> Vec<u32> {
             (offset, skip)
         })
         .collect();
-    let mut next = vec![0u64; active.len()];
+    // Member i's next candidate slot: stepping by `skip` with a conditional subtraction
+    // walks the same permutation as `(offset + j * skip) mod M` without a division per step.
+    let mut next: Vec<u64> = perms.iter().map(|&(offset, _)| offset).collect();
     let mut credit = vec![0u64; active.len()];
     let mut filled = 0u64;
+    let step = |slot: u64, skip: u64| {
+        let s = slot + skip;
+        if s >= m {
+            s - m
+        } else {
+            s
+        }
+    };
     'rounds: loop {
         for i in 0..active.len() {
             credit[i] += active[i].weight as u64;
             while credit[i] >= max_weight {
                 credit[i] -= max_weight;
-                let (offset, skip) = perms[i];
+                let skip = perms[i].1;
                 // Walk member i's permutation to its next free slot.
-                let mut slot = (offset + next[i] * skip) % m;
+                let mut slot = next[i];
                 while ring[slot as usize] != NO_BACKEND {
-                    next[i] += 1;
-                    slot = (offset + next[i] * skip) % m;
+                    slot = step(slot, skip);
                 }
                 ring[slot as usize] = active[i].id;
-                next[i] += 1;
+                next[i] = step(slot, skip);
                 filled += 1;
                 if filled == m {
                     break 'rounds;
@@ -109,6 +118,7 @@ mod tests {
     use super::*;
 
     const M: u32 = 65_537;
+    const RING_FNV: u64 = 0x14d2_9d2d_05b1_f312;
 
     fn member(i: u32, weight: u32) -> RingMember {
         // Distinct IPv4 addresses 10.x.y.z, port 80.
@@ -230,5 +240,17 @@ mod tests {
     fn delta_lists_only_changed_slots() {
         assert_eq!(delta(&[1, 2, 3, 4], &[1, 5, 3, 6]), vec![(1, 5), (3, 6)]);
         assert!(delta(&[1, 2], &[1, 2]).is_empty());
+    }
+
+    /// Nodes running different xdplb versions must build the same ring: its content is pinned
+    /// (FNV-1a of the slots, for 100 weighted members; computed with the first release).
+    #[test]
+    fn ring_content_is_stable_across_versions() {
+        let members: Vec<_> = (0..100).map(|i| member(i, 1 + i % 4)).collect();
+        let ring = build(&members, M);
+        let fnv = ring.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &id| {
+            (h ^ id as u64).wrapping_mul(0x100_0000_01b3)
+        });
+        assert_eq!(fnv, RING_FNV, "ring content changed: {fnv:#x}");
     }
 }

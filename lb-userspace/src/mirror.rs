@@ -5,7 +5,9 @@
 //! * a backend joins the backend array before any ring slot points at it, and leaves it only
 //!   after no slot does; a changed ring is written slot by slot, and every slot is valid on its
 //!   own (old or new owner), as in Katran;
-//! * a removed VIP disappears from the VIP map first.
+//! * a removed VIP disappears from the VIP map first;
+//! * the address filters gain an address's bit before its VIP or L3 backend appears and lose
+//!   it only after they are gone.
 //!
 //! Every request is validated in full before the first write, so a refused change leaves the
 //! maps exactly as they were.
@@ -16,8 +18,11 @@ use std::{
 };
 
 use lb_common::{
-    addr, hash::flow_hash, BackendInfo, FlowKey, VipInfo, VipKey, BACKEND_F_VALID, CFG_F_L3,
-    NO_BACKEND, VIP_F_ADDRESS, VIP_F_MODE_L3,
+    addr,
+    hash::{addr_bit, flow_hash},
+    maps::{FILTER_KINDS, FILTER_REPLY, FILTER_VIP, FILTER_WORDS},
+    BackendInfo, FlowKey, VipInfo, VipKey, BACKEND_F_VALID, NO_BACKEND, VIP_F_ADDRESS,
+    VIP_F_MODE_L3,
 };
 use thiserror::Error;
 
@@ -31,9 +36,10 @@ pub trait MapWriter {
     fn put_vip(&mut self, key: &VipKey, info: &VipInfo) -> Result<(), MirrorError>;
     fn del_vip(&mut self, key: &VipKey) -> Result<(), MirrorError>;
     fn put_backend(&mut self, id: u32, info: &BackendInfo) -> Result<(), MirrorError>;
-    fn put_ring_slot(&mut self, index: u32, backend: u32) -> Result<(), MirrorError>;
-    /// The data path's feature flags (`CFG_F_*`).
-    fn put_config_flags(&mut self, flags: u32) -> Result<(), MirrorError>;
+    /// Ring slots: `backends[i]` at index `slots[i]`.
+    fn put_ring_slots(&mut self, slots: &[u32], backends: &[u32]) -> Result<(), MirrorError>;
+    /// One word of the address filters (`lb_common::maps::ADDR_FILTER`).
+    fn put_filter_word(&mut self, index: u32, word: u64) -> Result<(), MirrorError>;
     /// Zeroes the traffic counters of an id handed to a new VIP (`vip`) or backend.
     fn reset_counters(&mut self, vip: bool, id: u32) -> Result<(), MirrorError>;
 }
@@ -107,8 +113,8 @@ pub struct Mirror {
     free_backend_ids: BTreeSet<u32>,
     /// Generation of each backend id, bumped whenever the id is handed out again.
     generations: Vec<u32>,
-    /// `CFG_F_*` flags last written (None: unknown, written on the next sync).
-    config_flags: Option<u32>,
+    /// Address-filter words last written (None: unknown, all written on the next sync).
+    filter: Option<Vec<u64>>,
 }
 
 impl Mirror {
@@ -121,7 +127,7 @@ impl Mirror {
             free_vip_ids: (0..max_vips).collect(),
             free_backend_ids: (0..max_backends).collect(),
             generations: vec![0; max_backends as usize],
-            config_flags: None,
+            filter: None,
         }
     }
 
@@ -244,19 +250,19 @@ impl Mirror {
         let mut report = SyncReport::default();
         let wanted: BTreeSet<VipAddr> = desired.iter().map(|v| v.spec.addr).collect();
 
-        // Reply lookups are switched on before the first L3 VIP appears, off after the last goes.
-        let flags = if desired.iter().any(|v| v.spec.mode == Mode::L3) {
-            CFG_F_L3
-        } else {
-            0
-        };
-        // Unknown (after a restart): keep them on while restored L3 VIPs may still be removed.
-        let enabling = self.config_flags.is_none_or(|f| flags & !f != 0);
-        if enabling {
-            let on = flags | self.config_flags.unwrap_or(CFG_F_L3);
-            w.put_config_flags(on)?;
-            self.config_flags = Some(on);
-        }
+        // Filters hold the old and the new addresses while the change is written, then only
+        // the new ones.
+        let wanted_filter = filter_words(desired.iter().flat_map(|v| {
+            let l3 = v.spec.mode == Mode::L3;
+            let replies = v.backends.iter().filter(move |_| l3).map(|b| b.addr);
+            std::iter::once((FILTER_VIP, v.spec.addr.ip)).chain(replies.map(|a| (FILTER_REPLY, a)))
+        }));
+        let mut during = self.current_filter();
+        during
+            .iter_mut()
+            .zip(&wanted_filter)
+            .for_each(|(d, w)| *d |= w);
+        self.write_filter(w, during)?;
         let gone: Vec<VipAddr> = self
             .vips
             .keys()
@@ -269,11 +275,31 @@ impl Mirror {
         for state in desired {
             self.apply_vip(w, state, &mut report)?;
         }
-        if self.config_flags != Some(flags) {
-            w.put_config_flags(flags)?;
-            self.config_flags = Some(flags);
-        }
+        self.write_filter(w, wanted_filter)?;
         Ok(report)
+    }
+
+    /// Filter words for what the maps hold now. A VIP restored with unknown flags counts as
+    /// L3: a superfluous bit costs one lookup, a missing one would lose replies.
+    fn current_filter(&self) -> Vec<u64> {
+        filter_words(self.vips.iter().flat_map(|(addr, v)| {
+            let l3 = v.flags & VIP_F_MODE_L3 != 0;
+            let replies = v.backends.keys().filter(move |_| l3).copied();
+            std::iter::once((FILTER_VIP, addr.ip)).chain(replies.map(|a| (FILTER_REPLY, a)))
+        }))
+    }
+
+    /// Writes the words that differ from what was last written (all when that is unknown).
+    fn write_filter(&mut self, w: &mut dyn MapWriter, words: Vec<u64>) -> Result<(), MirrorError> {
+        // Unknown until every write succeeded: a failed sync is followed by a full rewrite.
+        let known = self.filter.take();
+        for (i, &word) in words.iter().enumerate() {
+            if known.as_ref().is_none_or(|k| k[i] != word) {
+                w.put_filter_word(i as u32, word)?;
+            }
+        }
+        self.filter = Some(words);
+        Ok(())
     }
 
     /// Checks `desired` against the limits and itself without writing (`sync` does it first).
@@ -475,9 +501,9 @@ impl Mirror {
         } else {
             maglev::delta(&vip.ring, &ring)
         };
-        for (i, backend) in &writes {
-            w.put_ring_slot(base + i, *backend)?;
-        }
+        let (slots, backends): (Vec<u32>, Vec<u32>) =
+            writes.iter().map(|&(i, b)| (base + i, b)).unzip();
+        w.put_ring_slots(&slots, &backends)?;
         report.ring_slots_written += writes.len();
 
         // 3. The VIP entry (new VIPs appear only now, fully built), flags when they changed.
@@ -565,6 +591,16 @@ impl Mirror {
 }
 
 /// A backend's identity for Maglev: its address bytes.
+/// Address-filter words with the bit of each (kind, address) set.
+fn filter_words(addrs: impl Iterator<Item = (u32, IpAddr)>) -> Vec<u64> {
+    let mut words = vec![0u64; (FILTER_KINDS * FILTER_WORDS) as usize];
+    for (kind, ip) in addrs {
+        let bit = addr_bit(&addr::to_words(ip));
+        words[(kind * FILTER_WORDS + (bit >> 6)) as usize] |= 1 << (bit & 63);
+    }
+    words
+}
+
 fn identity(ip: IpAddr) -> Vec<u8> {
     match ip {
         IpAddr::V4(v4) => v4.octets().to_vec(),
@@ -583,7 +619,31 @@ mod tests {
         vips: BTreeMap<(Vec<u32>, u16, u8), VipInfo>,
         backends: BTreeMap<u32, BackendInfo>,
         ring: BTreeMap<u32, u32>,
+        filter: BTreeMap<u32, u64>,
         log: Vec<String>,
+    }
+
+    impl FakeMaps {
+        /// Whether the filter of `kind` has `ip`'s bit.
+        fn has(&self, kind: u32, ip: IpAddr) -> bool {
+            let bit = addr_bit(&addr::to_words(ip));
+            let word = self.filter.get(&(kind * FILTER_WORDS + (bit >> 6)));
+            word.is_some_and(|w| w & (1 << (bit & 63)) != 0)
+        }
+
+        /// Log position of the filter write that set (`on`) or cleared `ip`'s bit of `kind`.
+        fn filter_write(&self, kind: u32, ip: IpAddr, on: bool) -> Option<usize> {
+            let bit = addr_bit(&addr::to_words(ip));
+            let index = kind * FILTER_WORDS + (bit >> 6);
+            self.log.iter().position(|l| {
+                let mut f = l.split(' ');
+                f.next() == Some("filter")
+                    && f.next() == Some(&index.to_string())
+                    && f.next()
+                        .and_then(|w| u64::from_str_radix(w, 16).ok())
+                        .is_some_and(|w| (w & (1 << (bit & 63)) != 0) == on)
+            })
+        }
     }
 
     impl MapWriter for FakeMaps {
@@ -602,8 +662,9 @@ mod tests {
             self.backends.insert(id, *i);
             Ok(())
         }
-        fn put_config_flags(&mut self, flags: u32) -> Result<(), MirrorError> {
-            self.log.push(format!("config {flags}"));
+        fn put_filter_word(&mut self, index: u32, word: u64) -> Result<(), MirrorError> {
+            self.log.push(format!("filter {index} {word:x}"));
+            self.filter.insert(index, word);
             Ok(())
         }
         fn reset_counters(&mut self, vip: bool, id: u32) -> Result<(), MirrorError> {
@@ -613,8 +674,9 @@ mod tests {
             ));
             Ok(())
         }
-        fn put_ring_slot(&mut self, index: u32, b: u32) -> Result<(), MirrorError> {
-            self.ring.insert(index, b);
+        fn put_ring_slots(&mut self, slots: &[u32], backends: &[u32]) -> Result<(), MirrorError> {
+            self.ring
+                .extend(slots.iter().copied().zip(backends.iter().copied()));
             Ok(())
         }
     }
@@ -662,13 +724,14 @@ mod tests {
         );
         assert_eq!(maps.ring.len(), M as usize);
         assert!(maps.ring.values().all(|b| *b < 3));
-        // Reply lookups stay on while the state is unknown (a restart), counters of the new ids
-        // are zeroed, backends written, then the VIP and its address entry; the flag settles last.
-        assert_eq!(maps.log.first().unwrap(), "config 1");
-        assert_eq!(maps.log.last().unwrap(), "config 0");
+        // The filters first (all of them: their state was unknown), counters of the new ids
+        // zeroed, backends written, then the VIP and its address entry.
+        let filters = (FILTER_KINDS * FILTER_WORDS) as usize;
+        assert!(maps.log[..filters].iter().all(|l| l.starts_with("filter")));
+        assert!(maps.has(FILTER_VIP, "10.0.0.100".parse().unwrap()));
         let n = maps.log.len();
-        assert_eq!(&maps.log[n - 3..n - 1], &["vip+ 6", "vip+ 0"]);
-        assert_eq!(maps.log[1], "reset vip 0");
+        assert_eq!(&maps.log[n - 2..], &["vip+ 6", "vip+ 0"]);
+        assert_eq!(maps.log[filters], "reset vip 0");
         assert_eq!(
             maps.log
                 .iter()
@@ -755,33 +818,64 @@ mod tests {
     }
 
     #[test]
-    fn reply_lookups_are_on_before_the_first_l3_vip_and_off_after_the_last() {
+    fn filter_bits_are_set_before_an_address_appears_and_cleared_after_it_goes() {
         let mut maps = FakeMaps::default();
         let mut mirror = Mirror::new(M, 4, 16);
         mirror.sync(&mut maps, &[vip(80, 1)]).unwrap();
+        let vip_ip: IpAddr = "10.0.0.100".parse().unwrap();
+        assert!(maps.has(FILTER_VIP, vip_ip));
+        assert_eq!(
+            maps.filter.len(),
+            (FILTER_KINDS * FILTER_WORDS) as usize,
+            "first sync writes all"
+        );
+
+        // An L3 VIP on another address: its address and its backends' become visible first.
         let mut l3 = vip(443, 1);
+        l3.spec.addr.ip = "10.0.0.200".parse().unwrap();
         l3.spec.mode = Mode::L3;
         l3.backends[0].port = 8443;
+        l3.backends[0].addr = "10.0.2.1".parse().unwrap();
+        let (l3_ip, backend) = (l3.spec.addr.ip, l3.backends[0].addr);
         maps.log.clear();
         mirror.sync(&mut maps, &[vip(80, 1), l3.clone()]).unwrap();
-        let on = maps
-            .log
-            .iter()
-            .position(|l| l == "config 1")
-            .expect("flag on");
         let vip_in = maps
             .log
             .iter()
             .position(|l| l == "vip+ 6")
             .expect("VIP written");
-        assert!(on < vip_in, "{:?}", maps.log);
-        let id = mirror
-            .backend_id(&l3.spec.addr, l3.backends[0].addr)
-            .unwrap();
+        let reply_on = maps
+            .filter_write(FILTER_REPLY, backend, true)
+            .expect("reply bit");
+        let addr_on = maps.filter_write(FILTER_VIP, l3_ip, true).expect("VIP bit");
+        assert!(reply_on < vip_in && addr_on < vip_in, "{:?}", maps.log);
+        assert!(
+            maps.log.iter().filter(|l| l.starts_with("filter")).count() <= 2,
+            "only changed words: {:?}",
+            maps.log
+        );
+        let id = mirror.backend_id(&l3.spec.addr, backend).unwrap();
         assert_eq!(maps.backends[&id].port, 8443u16.to_be());
+        // An L2 VIP's backends are not reply sources.
+        assert!(!maps.has(FILTER_REPLY, vip(80, 1).backends[0].addr));
+
+        // Removed: the bits go only after the VIP entry did.
         maps.log.clear();
         mirror.sync(&mut maps, &[vip(80, 1)]).unwrap();
-        assert_eq!(maps.log.last().unwrap(), "config 0", "{:?}", maps.log);
+        let vip_out = maps
+            .log
+            .iter()
+            .position(|l| l == "vip- 6")
+            .expect("VIP removed");
+        let reply_off = maps
+            .filter_write(FILTER_REPLY, backend, false)
+            .expect("reply bit cleared");
+        let addr_off = maps
+            .filter_write(FILTER_VIP, l3_ip, false)
+            .expect("VIP bit cleared");
+        assert!(vip_out < reply_off && vip_out < addr_off, "{:?}", maps.log);
+        assert!(!maps.has(FILTER_REPLY, backend) && !maps.has(FILTER_VIP, l3_ip));
+        assert!(maps.has(FILTER_VIP, vip_ip));
     }
 
     #[test]

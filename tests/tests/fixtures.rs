@@ -142,10 +142,17 @@ impl Fixture {
                     Pick::Flow(label) => self.flows[label],
                 };
                 assert_eq!(action, XDP_TX, "{ctx}: verdict");
-                let want = with_macs(&frame, self.backend_mac(&vip, backend), LB_MAC);
+                // Sent back out: from the address the frame was sent to, or from the
+                // interface's own when that was a group address.
+                let src: [u8; 6] = if frame[0] & 1 == 0 {
+                    frame[..6].try_into().unwrap()
+                } else {
+                    LB_MAC
+                };
+                let want = with_macs(&frame, self.backend_mac(&vip, backend), src);
                 assert_eq!(
                     out, want,
-                    "{ctx}: output must be the input with MACs {backend}/LB"
+                    "{ctx}: output must be the input with MACs {backend}/{src:02x?}"
                 );
                 if let Some(label) = record {
                     self.flows.insert(label, backend);
@@ -282,6 +289,10 @@ fn table() -> Vec<Row> {
            Packet::udp(c(), 5000, "10.0.0.100", 5353), V4_UDP_ALL, Pick::Ring(key(c(), 5000, V4_UDP_ALL, 5353)), None),
         tx("v4 UDP all-ports VIP, port 9", "Ether()/IP(dst='10.0.0.100')/UDP(sport=5001,dport=9)",
            Packet::udp(c(), 5001, "10.0.0.100", 9), V4_UDP_ALL, Pick::Ring(key(c(), 5001, V4_UDP_ALL, 9)), None),
+        tx("v4 to VIP, broadcast Ethernet destination: sent from the interface's MAC", "Ether(dst='ff:ff:ff:ff:ff:ff')/IP(dst='10.0.0.100')/TCP(sport=40002,dport=80)",
+           Packet { dst_mac: [0xff; 6], ..Packet::tcp(c(), 40002, "10.0.0.100", 80) }, V4_WEB, Pick::Ring(key(c(), 40002, V4_WEB, 80)), None),
+        tx("v4 to VIP, another unicast Ethernet destination: sent from it", "Ether(dst='02:00:00:00:00:99')/IP(dst='10.0.0.100')/TCP(sport=40003,dport=80)",
+           Packet { dst_mac: [2, 0, 0, 0, 0, 0x99], ..Packet::tcp(c(), 40003, "10.0.0.100", 80) }, V4_WEB, Pick::Ring(key(c(), 40003, V4_WEB, 80)), None),
         pass("v4 TCP to VIP address, other port", "Ether()/IP(dst='10.0.0.100')/TCP(dport=81)",
              Packet::tcp(c(), 40000, "10.0.0.100", 81), stats::PASS_NOT_VIP),
         pass("v4 TCP to another address", "Ether()/IP(dst='10.0.0.7')/TCP(dport=80)",

@@ -416,7 +416,12 @@ fn l3_nat_fixtures() {
         );
 
         // L2 and L3 VIPs served by the same program.
-        let input = Packet::tcp("10.1.0.1", 41006, "10.1.0.100", 443).build();
+        // Addressed to c0, as a router would send it: the output's source is that address.
+        let input = Packet {
+            dst_mac: c0,
+            ..Packet::tcp("10.1.0.1", 41006, "10.1.0.100", 443)
+        }
+        .build();
         let want = with_macs(&input, be_mac(7).0, c0);
         f.check(
             "L2 VIP beside L3 ones",

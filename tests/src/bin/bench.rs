@@ -57,6 +57,7 @@ fn stats_of(prog: &Xdp) -> Result<(u64, u64)> {
 }
 
 /// One input: a single frame repeated, or distinct frames; on which interface.
+#[derive(Clone, Copy)]
 enum Input<'a> {
     Repeat(&'a [u8]),
     Calls(&'a [Vec<u8>]),
@@ -134,6 +135,9 @@ fn main() -> Result<()> {
         let ns = fib_namespace();
         ns.run(bench)??
     };
+    if results.is_null() {
+        return Ok(()); // XDPLB_BENCH_PROFILE
+    }
     let params = match QUICK.load(Ordering::Relaxed) {
         true => lb_tests::live::Params::quick(),
         false => lb_tests::live::Params::full(),
@@ -287,6 +291,10 @@ fn bench() -> Result<serde_json::Value> {
             base_calls,
         ),
     ];
+    if let Ok(only) = std::env::var("XDPLB_BENCH_PROFILE") {
+        // Profiling instead of measuring: main reports nothing (Null).
+        return profile(lb, &only, cases).map(|()| serde_json::Value::Null);
+    }
     println!("xdplb per-packet cost (BPF_PROG_TEST_RUN, kernel run_time_ns/run_cnt; repeat={repeat}, calls={calls})");
     println!("empty XDP_PASS baseline: {base_rep:.1} ns (repeat), {base_calls:.1} ns (calls)");
     println!(
@@ -324,6 +332,31 @@ fn bench() -> Result<serde_json::Value> {
         "map_memory_total_bytes": total,
     });
     Ok(results)
+}
+
+/// Runs one case (named by `XDPLB_BENCH_PROFILE`) over and over for about 5 s, so a profiler
+/// such as `perf record -e cpu-clock -a -g` can sample the program and the helpers it calls.
+fn profile(
+    lb: &mut Xdp,
+    only: &str,
+    cases: [(&str, &str, Input<'_>, u32, u32, f64); 9],
+) -> Result<()> {
+    let (case, _, input, ifindex, want, _) = cases
+        .into_iter()
+        .find(|c| format!("{} {}", c.0, c.1) == only)
+        .with_context(|| format!("no case named {only:?} (\"CASE METHOD\", as printed)"))?;
+    let until = Instant::now() + std::time::Duration::from_secs(5);
+    let mut ns = Vec::new();
+    while Instant::now() < until {
+        ns.push(measure(lb, input, ifindex, want)?);
+    }
+    ns.sort_by(f64::total_cmp);
+    println!(
+        "{case}: median {:.1} ns over {} rounds",
+        ns[ns.len() / 2],
+        ns.len()
+    );
+    Ok(())
 }
 
 /// Median of `runs` timings of `f`, in milliseconds.
