@@ -147,6 +147,8 @@ struct Bench<'t> {
     /// The sink, floor and pass programs.
     aux: DataPath,
     gen: Generator,
+    /// The CPU the generator (and so the whole path) runs on.
+    cpu: usize,
     p: Params,
 }
 
@@ -197,6 +199,7 @@ pub fn run(p: &Params) -> Result<Value> {
         lb,
         aux,
         gen,
+        cpu,
         p: p.clone(),
     };
     let machine = machine();
@@ -249,6 +252,7 @@ pub fn run(p: &Params) -> Result<Value> {
                 "seconds": rs.iter().map(|r| r.secs).sum::<f64>(),
                 "sent_mpps": sent_mpps, "mpps": med, "mpps_rounds": mpps,
                 "spread_pct": 100.0 * (hi - lo) / med, "checks": facts,
+                "cpu_user_pct_rounds": rs.iter().map(|r| r.facts["cpu_user_pct"].clone()).collect::<Vec<_>>(),
             }));
         }
     }
@@ -280,8 +284,7 @@ fn core_for_generator() -> usize {
 
 impl Bench<'_> {
     fn case(&mut self, case: Case, flows: u32, warm_up: bool) -> Result<Run> {
-        let (dst, want_port) = case.addressing();
-        self.aux.set_sink_port(want_port)?;
+        self.aux.set_sink_port(case.addressing().1)?;
         let (lb_ns, aux, lb) = (&self.t.lb, &mut self.aux, &mut self.lb);
         // The path under test on in0. Kernel paths still need an XDP program on in0 (XDP_PASS):
         // without one, XDP_TX into the veth pair is dropped.
@@ -304,7 +307,7 @@ impl Bench<'_> {
             Case::Nft => Some(NftTable::load(lb_ns, "xdplb_bench", &nft_ruleset())?),
             _ => None,
         };
-        let run = self.measure(case, dst, want_port, flows, warm_up, nft.as_ref());
+        let run = self.measure(case, flows, warm_up, nft.as_ref());
         drop(nft);
         match case {
             Case::L2 | Case::L3 => self.lb.detach("in0")?,
@@ -316,12 +319,11 @@ impl Bench<'_> {
     fn measure(
         &mut self,
         case: Case,
-        dst: &str,
-        want_port: u16,
         flows: u32,
         warm_up: bool,
         nft: Option<&NftTable<'_>>,
     ) -> Result<Run> {
+        let (dst, want_port) = case.addressing();
         let template = Packet {
             dst_mac: self.t.in0_mac.0,
             src_mac: self.t.g0_mac.0,
@@ -342,6 +344,7 @@ impl Bench<'_> {
         let (sink0, port0) = self.aux.sink_counts()?;
         let lb0 = self.lb.stats()?;
         let nft0 = nft.map(|n| n.counted()).transpose()?;
+        let cpu0 = cpu_times(self.cpu)?;
         let started = Instant::now();
         let (mut sent, mut chunk) = (0u64, 100_000u32);
         for _ in 0..10_000 {
@@ -357,6 +360,7 @@ impl Bench<'_> {
             chunk = (rate * self.p.call.as_secs_f64()).clamp(100_000.0, 50_000_000.0) as u32;
         }
         let secs = started.elapsed().as_secs_f64();
+        let cpu1 = cpu_times(self.cpu)?;
         settle();
         let (sink1, port1) = self.aux.sink_counts()?;
         let delivered = sink1 - sink0;
@@ -366,21 +370,11 @@ impl Bench<'_> {
             "to_port": want_port,
             "delivered_to_port": on_port,
             "kernel_forwarded": forwarded,
+            // This run is kernel time on its CPU; user time there is someone else's work.
+            "cpu_user_pct": (1000.0 * (cpu1.0 - cpu0.0) as f64 / (cpu1.1 - cpu0.1).max(1) as f64).round() / 10.0,
         });
 
-        if delivered == 0 || delivered * 100 < sent {
-            bail!("only {delivered} of {sent} frames reached the sink (the LB namespace's kernel forwarded {forwarded})");
-        }
-        if on_port * 100 < delivered * 99 {
-            bail!("{on_port} of {delivered} delivered frames had destination port {want_port}: the path did not rewrite as it should");
-        }
-        if case.through_kernel() {
-            if forwarded * 100 < delivered * 99 {
-                bail!("the kernel forwarded {forwarded} datagrams for {delivered} delivered: not the kernel path");
-            }
-        } else if forwarded * 100 > delivered {
-            bail!("the kernel forwarded {forwarded} datagrams for {delivered} delivered: not an XDP path");
-        }
+        check_path(case, sent, delivered, on_port, forwarded)?;
         if let (Some(n), Some(before)) = (nft, nft0) {
             // The DNAT rule's counter sees the first packet of each new connection only.
             let new_conns = n.counted()? - before;
@@ -388,21 +382,8 @@ impl Bench<'_> {
         }
         if matches!(case, Case::L2 | Case::L3) {
             let lb1 = self.lb.stats()?;
-            let d = |i: u32| lb1[i as usize] - lb0[i as usize];
-            let seen: u64 = (0..stats::VERDICT_COUNT).map(d).sum();
-            let redirected = d(stats::REDIRECT);
-            if redirected * 100 < seen * 99 || redirected < delivered {
-                bail!(
-                    "xdplb redirected {redirected} of {seen} frames it saw (verdicts {:?}) for {delivered} delivered",
-                    (0..stats::VERDICT_COUNT)
-                        .filter(|&i| d(i) > 0)
-                        .map(|i| (stats::name(i).unwrap_or("?"), d(i)))
-                        .collect::<Vec<_>>()
-                );
-            }
-            let (hit, miss) = (d(stats::EV_CT_HIT), d(stats::EV_CT_MISS));
-            facts["xdplb_redirect"] = json!(redirected);
-            facts["conntrack_hit_pct"] = json!(100.0 * hit as f64 / (hit + miss).max(1) as f64);
+            let d: Vec<u64> = lb1.iter().zip(&lb0).map(|(a, b)| a - b).collect();
+            check_xdplb(&d, delivered, &mut facts)?;
         }
         Ok(Run {
             sent,
@@ -411,6 +392,65 @@ impl Bench<'_> {
             facts,
         })
     }
+}
+
+/// Fails unless the frames took the case's path: enough arrived, with the port the path should
+/// produce, through the kernel's forwarding for kernel cases and around it for XDP ones.
+fn check_path(case: Case, sent: u64, delivered: u64, on_port: u64, forwarded: u64) -> Result<()> {
+    let (_, want_port) = case.addressing();
+    if delivered == 0 || delivered * 100 < sent {
+        bail!("only {delivered} of {sent} frames reached the sink (the LB namespace's kernel forwarded {forwarded})");
+    }
+    if on_port * 100 < delivered * 99 {
+        bail!("{on_port} of {delivered} delivered frames had destination port {want_port}: the path did not rewrite as it should");
+    }
+    if case.through_kernel() {
+        if forwarded * 100 < delivered * 99 {
+            bail!("the kernel forwarded {forwarded} datagrams for {delivered} delivered: not the kernel path");
+        }
+    } else if forwarded * 100 > delivered {
+        bail!(
+            "the kernel forwarded {forwarded} datagrams for {delivered} delivered: not an XDP path"
+        );
+    }
+    Ok(())
+}
+
+/// Fails unless xdplb's own verdicts (`d`: the run's increments of its stats array) say it
+/// redirected what arrived; adds its connection-table hit rate to the facts.
+fn check_xdplb(d: &[u64], delivered: u64, facts: &mut Value) -> Result<()> {
+    let seen: u64 = d[..stats::VERDICT_COUNT as usize].iter().sum();
+    let redirected = d[stats::REDIRECT as usize];
+    if redirected * 100 < seen * 99 || redirected < delivered {
+        bail!(
+            "xdplb redirected {redirected} of {seen} frames it saw (verdicts {:?}) for {delivered} delivered",
+            (0..stats::VERDICT_COUNT)
+                .filter(|&i| d[i as usize] > 0)
+                .map(|i| (stats::name(i).unwrap_or("?"), d[i as usize]))
+                .collect::<Vec<_>>()
+        );
+    }
+    let (hit, miss) = (d[stats::EV_CT_HIT as usize], d[stats::EV_CT_MISS as usize]);
+    facts["xdplb_redirect"] = json!(redirected);
+    facts["conntrack_hit_pct"] =
+        json!((1000.0 * hit as f64 / (hit + miss).max(1) as f64).round() / 10.0);
+    Ok(())
+}
+
+/// (user + nice, total) jiffies of `cpu` from /proc/stat.
+fn cpu_times(cpu: usize) -> Result<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let name = format!("cpu{cpu}");
+    let line = stat
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(&name))
+        .with_context(|| format!("no {name} in /proc/stat"))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    Ok((v[0] + v[1], v.iter().sum()))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
