@@ -119,6 +119,7 @@ fn new_flows(dst: &str) -> Vec<Vec<u8>> {
 }
 
 fn main() -> Result<()> {
+    lb_tests::live::stop_on_sigint();
     let mut args = std::env::args().skip(1);
     let (mut out, mut live_only) = (None, false);
     while let Some(a) = args.next() {
@@ -138,6 +139,7 @@ fn main() -> Result<()> {
     if results.is_null() {
         return Ok(()); // XDPLB_BENCH_PROFILE
     }
+    lb_tests::live::interrupted()?;
     let params = match QUICK.load(Ordering::Relaxed) {
         true => lb_tests::live::Params::quick(),
         false => lb_tests::live::Params::full(),

@@ -14,6 +14,7 @@ mod topo;
 
 use std::{
     net::Ipv4Addr,
+    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
@@ -28,6 +29,27 @@ use serde_json::{json, Value};
 use topo::{NftTable, Topology, BACKENDS};
 
 use crate::{generator::Generator, packet::Packet};
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+/// Makes Ctrl-C end the benchmark at the next check (`interrupted`) instead of at once, so
+/// namespaces, programs and nftables tables are removed on the way out.
+pub fn stop_on_sigint() {
+    // SAFETY: installing a handler that only stores to an atomic.
+    unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
+}
+
+/// Fails once Ctrl-C was pressed (after `stop_on_sigint`).
+pub fn interrupted() -> Result<()> {
+    if INTERRUPTED.load(Ordering::Relaxed) {
+        bail!("interrupted; everything the benchmark created has been removed");
+    }
+    Ok(())
+}
 
 /// How long each run lasts.
 #[derive(Clone, Debug)]
@@ -348,6 +370,7 @@ impl Bench<'_> {
         let started = Instant::now();
         let (mut sent, mut chunk) = (0u64, 100_000u32);
         for _ in 0..10_000 {
+            interrupted()?;
             let t = Instant::now();
             self.gen
                 .send(&self.t.gen, "g0", &template, flows, first, chunk)?;
