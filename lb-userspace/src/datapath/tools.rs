@@ -73,11 +73,17 @@ impl DataPath {
 
     /// What the sink dropped so far, summed over CPUs: (IPv4 UDP frames, those to its port).
     pub fn sink_counts(&self) -> Result<(u64, u64), DataPathError> {
+        let all = self.sink_per_cpu()?.iter().sum();
         let arr: PerCpuArray<_, u64> = self.typed_ref(m::SINK)?;
-        let sum = |slot: u32| -> Result<u64, DataPathError> {
-            Ok(arr.get(&slot, 0).map_err(map_err(m::SINK))?.iter().sum())
-        };
-        Ok((sum(m::SINK_ALL)?, sum(m::SINK_PORT)?))
+        let port = arr.get(&m::SINK_PORT, 0).map_err(map_err(m::SINK))?;
+        Ok((all, port.iter().sum()))
+    }
+
+    /// The sink's IPv4 UDP frames per CPU (index = CPU id): where the receiving end ran.
+    pub fn sink_per_cpu(&self) -> Result<Vec<u64>, DataPathError> {
+        let arr: PerCpuArray<_, u64> = self.typed_ref(m::SINK)?;
+        let v = arr.get(&m::SINK_ALL, 0).map_err(map_err(m::SINK))?;
+        Ok(v.iter().copied().collect())
     }
 
     /// The floor forwarder sends every frame out of `ifindex` with these MACs. Call it in the

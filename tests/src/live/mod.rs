@@ -338,6 +338,11 @@ impl Bench<'_> {
         run
     }
 
+    /// Frames the sink counted on the generator's CPU.
+    fn sink_on_cpu(&self) -> Result<u64> {
+        Ok(self.aux.sink_per_cpu()?.get(self.cpu).copied().unwrap_or(0))
+    }
+
     fn measure(
         &mut self,
         case: Case,
@@ -364,6 +369,7 @@ impl Bench<'_> {
 
         let fwd0 = self.t.lb.snmp("Ip", "ForwDatagrams")?;
         let (sink0, port0) = self.aux.sink_counts()?;
+        let on_cpu0 = self.sink_on_cpu()?;
         let lb0 = self.lb.stats()?;
         let nft0 = nft.map(|n| n.counted()).transpose()?;
         let cpu0 = cpu_times(self.cpu)?;
@@ -386,6 +392,7 @@ impl Bench<'_> {
         let cpu1 = cpu_times(self.cpu)?;
         settle();
         let (sink1, port1) = self.aux.sink_counts()?;
+        let on_cpu = self.sink_on_cpu()? - on_cpu0;
         let delivered = sink1 - sink0;
         let on_port = port1 - port0;
         let forwarded = self.t.lb.snmp("Ip", "ForwDatagrams")? - fwd0;
@@ -393,11 +400,20 @@ impl Bench<'_> {
             "to_port": want_port,
             "delivered_to_port": on_port,
             "kernel_forwarded": forwarded,
+            // Whether the whole path ran on the generator's CPU, as the figures assume.
+            "sink_on_gen_cpu_pct": (1000.0 * on_cpu as f64 / delivered.max(1) as f64).round() / 10.0,
             // This run is kernel time on its CPU; user time there is someone else's work.
             "cpu_user_pct": (1000.0 * (cpu1.0 - cpu0.0) as f64 / (cpu1.1 - cpu0.1).max(1) as f64).round() / 10.0,
         });
 
         check_path(case, sent, delivered, on_port, forwarded)?;
+        if on_cpu * 100 < delivered * 95 {
+            bail!(
+                "only {on_cpu} of {delivered} frames reached the sink on CPU {}: the path did not \
+                 stay on the generator's core, so the figure would not be one core's",
+                self.cpu
+            );
+        }
         if let (Some(n), Some(before)) = (nft, nft0) {
             // The DNAT rule's counter sees the first packet of each new connection only.
             let new_conns = n.counted()? - before;
