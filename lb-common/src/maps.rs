@@ -49,7 +49,8 @@ pub const PROG_PASS: &str = "xdplb_pass";
 pub const PROG_GEN: &str = "xdplb_gen";
 /// Its settings: `[flows, first source address (host order), 0, 0]`.
 pub const GEN: &str = "XDPLB_GEN";
-/// Its template: the first `GEN_HDR_LEN` bytes of the frame (Ethernet, IPv4, UDP), as `[u64; 6]`.
+/// Its template: the frame's first `GEN_HDR_LEN` bytes (Ethernet, IPv4, UDP or the start of
+/// TCP), as `[u64; 6]`.
 pub const GEN_HDR: &str = "XDPLB_GEN_HDR";
 pub const GEN_HDR_LEN: usize = 42;
 

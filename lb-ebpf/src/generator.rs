@@ -5,8 +5,9 @@
 //! the receiver: whatever a load balancer or the kernel rewrote (MACs, addresses, ports, TTL)
 //! comes back in a later frame. So every packet starts from the template's first 42 bytes
 //! (Ethernet, IPv4, the UDP header or the start of TCP's), kept in `XDPLB_GEN_HDR` with a valid
-//! IPv4 checksum (and a zero UDP checksum; TCP's is not maintained), then gets its flow's source: packet n belongs to flow n mod `flows`;
-//! flow f comes from `src + f / 16384`, port `1024 + f % 16384`. Not attached by the daemon.
+//! IPv4 checksum (and a zero UDP checksum; TCP's is not maintained), then gets its flow's
+//! source: packet n belongs to flow n mod `flows`; flow f comes from `src + f / 16384`, port
+//! `1024 + f % 16384`. Not attached by the daemon.
 
 use aya_ebpf::{
     bindings::xdp_action,

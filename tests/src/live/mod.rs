@@ -10,6 +10,7 @@
 //! own verdicts must say it redirected what arrived. A failed check fails the benchmark.
 
 pub mod chart;
+mod report;
 mod topo;
 
 use std::{
@@ -25,6 +26,8 @@ use lb_userspace::{
     mirror::Mirror,
     model::{BackendTarget, Mode, VipState},
 };
+pub use report::markdown;
+use report::{machine, print_ratios, ratios_and_goals};
 use serde_json::{json, Value};
 use topo::{NftTable, Topology, BACKENDS};
 
@@ -177,53 +180,8 @@ struct Bench<'t> {
 /// Runs every case at every flow count; returns the `live` section of the results.
 pub fn run(p: &Params) -> Result<Value> {
     let t = topo::build().context("building the live topology")?;
-    let mut lb = DataPath::load(&LoadOptions::default()).context("loading xdplb")?;
-    let opts = lb.options().clone();
-    let mut mirror = Mirror::new(opts.ring_size, opts.max_vips, opts.max_backends);
-    let backends = |port: u16, ifindex: u32| -> Vec<BackendTarget> {
-        BACKENDS
-            .iter()
-            .map(|a| BackendTarget {
-                addr: a.parse().expect("backend address"),
-                weight: 1,
-                mac: t.s0_mac,
-                ifindex,
-                port,
-            })
-            .collect()
-    };
-    let vips: [VipState; 2] = [
-        crate::xdp::vip(
-            &format!("{VIP_L2}:{PORT}/udp"),
-            Mode::L2,
-            backends(0, t.out0_index),
-        ),
-        crate::xdp::vip(
-            &format!("{VIP_L3}:{PORT}/udp"),
-            Mode::L3,
-            backends(BACKEND_PORT, 0),
-        ),
-    ];
-    mirror.sync(&mut lb.writer(), &vips)?;
-    t.lb.run(|| lb.register_egress("out0"))??;
-
-    let mut aux = DataPath::load(&LoadOptions::minimal())?;
-    t.sink
-        .run(|| aux.attach_helper(m::PROG_SINK, "s0", AttachMode::Native))??;
-    // A devmap resolves its ifindex in the writer's namespace.
-    t.lb.run(|| aux.set_floor(t.out0_index, t.s0_mac, t.out0_mac))??;
-    let mut gen = Generator::new()?;
-    let cpu = core_for_generator();
-    gen.pin(cpu);
-
-    let mut b = Bench {
-        t: &t,
-        lb,
-        aux,
-        gen,
-        cpu,
-        p: p.clone(),
-    };
+    let mut b = Bench::new(&t, p)?;
+    let cpu = b.cpu;
     let machine = machine();
     println!(
         "\nlive throughput through veth ({}; generator, veth hops, path and sink on CPU {cpu})",
@@ -247,35 +205,7 @@ pub fn run(p: &Params) -> Result<Value> {
             }
         }
         for (case, rs) in CASES.into_iter().zip(&runs) {
-            let mpps: Vec<f64> = rs
-                .iter()
-                .map(|r| r.delivered as f64 / r.secs / 1e6)
-                .collect();
-            let sent_mpps = median(rs.iter().map(|r| r.sent as f64 / r.secs / 1e6).collect());
-            let (sent, delivered) = (
-                rs.iter().map(|r| r.sent).sum::<u64>(),
-                rs.iter().map(|r| r.delivered).sum::<u64>(),
-            );
-            let (lo, hi) = mpps
-                .iter()
-                .fold((f64::MAX, 0.0f64), |(l, h), m| (l.min(*m), h.max(*m)));
-            let med = median(mpps.clone());
-            let facts = &rs.last().expect("at least one round").facts;
-            println!(
-                "{:<40} {flows:>9} {sent_mpps:>10.3} {med:>10.3} {:>7.1}% {:>8.0} {:>7.1}%  {facts}",
-                case.label(),
-                100.0 * delivered as f64 / sent as f64,
-                1e3 / med,
-                100.0 * (hi - lo) / med,
-            );
-            results.push(json!({
-                "case": case.key(), "label": case.label(), "flows": flows,
-                "sent": sent, "delivered": delivered,
-                "seconds": rs.iter().map(|r| r.secs).sum::<f64>(),
-                "sent_mpps": sent_mpps, "mpps": med, "mpps_rounds": mpps,
-                "spread_pct": 100.0 * (hi - lo) / med, "checks": facts,
-                "cpu_user_pct_rounds": rs.iter().map(|r| r.facts["cpu_user_pct"].clone()).collect::<Vec<_>>(),
-            }));
+            results.push(summarize(case, flows, rs));
         }
     }
     let (ratios, goals) = ratios_and_goals(&results, &p.flows);
@@ -297,6 +227,90 @@ pub fn run(p: &Params) -> Result<Value> {
         "ratios": ratios,
         "goals": goals,
     }))
+}
+
+impl<'t> Bench<'t> {
+    /// xdplb with an L2 and an L3 VIP, the sink on s0, the floor's configuration, and the
+    /// generator pinned to its CPU. Nothing is attached to in0 yet.
+    fn new(t: &'t Topology, p: &Params) -> Result<Bench<'t>> {
+        let mut lb = DataPath::load(&LoadOptions::default()).context("loading xdplb")?;
+        let opts = lb.options().clone();
+        let mut mirror = Mirror::new(opts.ring_size, opts.max_vips, opts.max_backends);
+        let backends = |port: u16, ifindex: u32| -> Vec<BackendTarget> {
+            BACKENDS
+                .iter()
+                .map(|a| BackendTarget {
+                    addr: a.parse().expect("backend address"),
+                    weight: 1,
+                    mac: t.s0_mac,
+                    ifindex,
+                    port,
+                })
+                .collect()
+        };
+        let vips: [VipState; 2] = [
+            crate::xdp::vip(
+                &format!("{VIP_L2}:{PORT}/udp"),
+                Mode::L2,
+                backends(0, t.out0_index),
+            ),
+            crate::xdp::vip(
+                &format!("{VIP_L3}:{PORT}/udp"),
+                Mode::L3,
+                backends(BACKEND_PORT, 0),
+            ),
+        ];
+        mirror.sync(&mut lb.writer(), &vips)?;
+        t.lb.run(|| lb.register_egress("out0"))??;
+
+        let mut aux = DataPath::load(&LoadOptions::minimal())?;
+        t.sink
+            .run(|| aux.attach_helper(m::PROG_SINK, "s0", AttachMode::Native))??;
+        // A devmap resolves its ifindex in the writer's namespace.
+        t.lb.run(|| aux.set_floor(t.out0_index, t.s0_mac, t.out0_mac))??;
+        let mut gen = Generator::new()?;
+        let cpu = core_for_generator();
+        gen.pin(cpu);
+        Ok(Bench {
+            t,
+            lb,
+            aux,
+            gen,
+            cpu,
+            p: p.clone(),
+        })
+    }
+}
+
+/// Prints one case's line of the table and returns its result: the median of its rounds.
+fn summarize(case: Case, flows: u32, rs: &[Run]) -> Value {
+    let mpps: Vec<f64> = rs
+        .iter()
+        .map(|r| r.delivered as f64 / r.secs / 1e6)
+        .collect();
+    let sent_mpps = median(rs.iter().map(|r| r.sent as f64 / r.secs / 1e6).collect());
+    let sent: u64 = rs.iter().map(|r| r.sent).sum();
+    let delivered: u64 = rs.iter().map(|r| r.delivered).sum();
+    let (lo, hi) = mpps
+        .iter()
+        .fold((f64::MAX, 0.0f64), |(l, h), m| (l.min(*m), h.max(*m)));
+    let med = median(mpps.clone());
+    let spread = 100.0 * (hi - lo) / med;
+    let facts = &rs.last().expect("at least one round").facts;
+    println!(
+        "{:<40} {flows:>9} {sent_mpps:>10.3} {med:>10.3} {:>7.1}% {:>8.0} {spread:>7.1}%  {facts}",
+        case.label(),
+        100.0 * delivered as f64 / sent as f64,
+        1e3 / med,
+    );
+    let cpu_user: Vec<Value> = rs.iter().map(|r| r.facts["cpu_user_pct"].clone()).collect();
+    json!({
+        "case": case.key(), "label": case.label(), "flows": flows,
+        "sent": sent, "delivered": delivered,
+        "seconds": rs.iter().map(|r| r.secs).sum::<f64>(),
+        "sent_mpps": sent_mpps, "mpps": med, "mpps_rounds": mpps, "spread_pct": spread,
+        "checks": facts, "cpu_user_pct_rounds": cpu_user,
+    })
 }
 
 /// The last CPU: on a shared machine CPU 0 takes more of everyone else's interrupts.
@@ -514,160 +528,4 @@ fn nft_ruleset() -> String {
         "table ip xdplb_bench {{\n  chain pre {{\n    type nat hook prerouting priority dstnat; policy accept;\n    \
          ip daddr {VIP_NFT} udp dport {PORT} counter dnat ip to numgen inc mod 3 map {{ {map} }}\n  }}\n}}\n"
     )
-}
-
-/// Mpps of `case` at `flows` in `results`.
-fn mpps(results: &[Value], case: Case, flows: u32) -> Option<f64> {
-    results
-        .iter()
-        .find(|r| r["case"] == case.key() && r["flows"] == flows)
-        .and_then(|r| r["mpps"].as_f64())
-}
-
-/// The issue's ratios and its reach goals (reported, never enforced).
-fn ratios_and_goals(results: &[Value], flows: &[u32]) -> (Value, Vec<Value>) {
-    let mut ratios = serde_json::Map::new();
-    let mut goals = Vec::new();
-    let ratio =
-        |a: Case, fa: u32, b: Case, fb: u32| Some(mpps(results, a, fa)? / mpps(results, b, fb)?);
-    let mut goal = |name: String, value: Option<f64>, target: f64| {
-        if let Some(v) = value {
-            ratios.insert(name.clone(), json!(v));
-            goals.push(json!({ "goal": name, "value": v, "target": target, "met": v >= target }));
-        }
-    };
-    for &f in flows {
-        goal(
-            format!("L2/floor @{f}"),
-            ratio(Case::L2, f, Case::Floor, f),
-            0.8,
-        );
-    }
-    goal(
-        "L2/nft @10000".into(),
-        ratio(Case::L2, 10_000, Case::Nft, 10_000),
-        4.0,
-    );
-    goal(
-        "L3/nft @10000".into(),
-        ratio(Case::L3, 10_000, Case::Nft, 10_000),
-        3.5,
-    );
-    goal(
-        "L2 1M/1 flow".into(),
-        ratio(Case::L2, 1_000_000, Case::L2, 1),
-        0.7,
-    );
-    goal(
-        "L3 1M/1 flow".into(),
-        ratio(Case::L3, 1_000_000, Case::L3, 1),
-        0.7,
-    );
-    for &f in flows {
-        for (name, a, b) in [
-            ("L2/nft", Case::L2, Case::Nft),
-            ("L3/nft", Case::L3, Case::Nft),
-            ("L3/floor", Case::L3, Case::Floor),
-            ("floor/routing", Case::Floor, Case::Routing),
-        ] {
-            let key = format!("{name} @{f}");
-            if let (false, Some(v)) = (ratios.contains_key(&key), ratio(a, f, b, f)) {
-                ratios.insert(key, json!(v));
-            }
-        }
-    }
-    (Value::Object(ratios), goals)
-}
-
-fn print_ratios(ratios: &Value, goals: &[Value]) {
-    println!("ratios (same run):");
-    for (k, v) in ratios.as_object().into_iter().flatten() {
-        println!("  {k:<22} {:>6.2}", v.as_f64().unwrap_or(f64::NAN));
-    }
-    println!("reach goals (issue 8; reported, not enforced):");
-    for g in goals {
-        println!(
-            "  {:<22} {:>6.2}  target >= {:<4}  {}",
-            g["goal"].as_str().unwrap_or(""),
-            g["value"].as_f64().unwrap_or(f64::NAN),
-            g["target"],
-            if g["met"] == true { "met" } else { "MISSED" }
-        );
-    }
-}
-
-/// CPU count, kernel and CPU model, for titles and the JSON.
-pub fn machine() -> Value {
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .unwrap_or_default()
-        .trim()
-        .to_string();
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("model name")?
-                .split_once(':')
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let date = std::process::Command::new("date")
-        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
-    json!({
-        "cpus": cpus, "kernel": kernel, "cpu_model": model, "date": date,
-        "summary": format!("{cpus} vCPU {model}, Linux {kernel}, {date}"),
-    })
-}
-
-/// The live section as Markdown: delivered Mpps per case and flow count (the spread of the
-/// rounds in brackets), then the reach goals.
-pub fn markdown(live: &Value) -> String {
-    let results = live["results"].as_array().cloned().unwrap_or_default();
-    let mut flows: Vec<u64> = results.iter().filter_map(|r| r["flows"].as_u64()).collect();
-    flows.dedup();
-    let mut md = format!(
-        "\n## Live throughput through veth\n\n{}. Delivered Mpps, 60-byte UDP frames, median of {} \
-         round(s) (spread of the rounds); {}.\n\n| case |",
-        live["machine"]["summary"].as_str().unwrap_or(""),
-        live["params"]["rounds"],
-        live["core"].as_str().unwrap_or("")
-    );
-    for f in &flows {
-        md.push_str(&format!(" {f} flow{} |", if *f == 1 { "" } else { "s" }));
-    }
-    md.push_str("\n|---|");
-    md.push_str(&"---:|".repeat(flows.len()));
-    md.push('\n');
-    for case in CASES {
-        md.push_str(&format!("| {} |", case.label()));
-        for f in &flows {
-            let r = results
-                .iter()
-                .find(|r| r["case"] == case.key() && r["flows"] == *f);
-            match r {
-                Some(r) => md.push_str(&format!(
-                    " {:.2} ({:.0}%) |",
-                    r["mpps"].as_f64().unwrap_or(f64::NAN),
-                    r["spread_pct"].as_f64().unwrap_or(f64::NAN)
-                )),
-                None => md.push_str(" |"),
-            }
-        }
-        md.push('\n');
-    }
-    md.push_str("\n| reach goal | value | target | |\n|---|---:|---:|---|\n");
-    for g in live["goals"].as_array().into_iter().flatten() {
-        md.push_str(&format!(
-            "| {} | {:.2} | ≥ {} | {} |\n",
-            g["goal"].as_str().unwrap_or(""),
-            g["value"].as_f64().unwrap_or(f64::NAN),
-            g["target"],
-            if g["met"] == true { "met" } else { "missed" }
-        ));
-    }
-    md
 }
