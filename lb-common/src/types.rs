@@ -87,7 +87,29 @@ pub struct ConnValue {
     pub backend: u32,
     /// `BackendInfo::generation` of the backend when the flow was recorded.
     pub generation: u32,
+    /// L3 flows: where their packets to the backend leave.
+    pub hop: Hop,
 }
+
+/// An L3 flow's next hop as the FIB gave it, reused until `HOP_TTL_MS` old so that packets of
+/// a known flow skip `bpf_fib_lookup` (the largest part of an L3 packet's cost). Written by
+/// the data path only.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Hop {
+    pub ifindex: u32,
+    /// When the FIB answered: coarse clock in units of 2^20 ns (about 1 ms), 0 = never.
+    pub checked: u32,
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
+    /// The route's MTU: larger packets take the FIB path (which refuses them).
+    pub mtu: u16,
+    pub _pad: u16,
+}
+
+/// How long a `Hop` is trusted, in its clock's units (about 1 s): a route or neighbour change
+/// reaches flows that are already known within this time.
+pub const HOP_TTL: u32 = 1 << 10;
 
 /// Reverse-NAT entry of an L3 flow, keyed by the reply's `FlowKey` (backend -> client): the
 /// VIP address and port the reply must appear to come from.
@@ -98,6 +120,8 @@ pub struct NatValue {
     /// Network byte order.
     pub port: u16,
     pub _pad: u16,
+    /// Where the replies leave, towards the client.
+    pub hop: Hop,
 }
 
 /// Interface the program forwards out of.
@@ -136,6 +160,7 @@ mod pod {
     unsafe impl aya::Pod for BackendInfo {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for ConnValue {}
+    unsafe impl aya::Pod for Hop {}
     unsafe impl aya::Pod for IfaceInfo {}
     unsafe impl aya::Pod for NatValue {}
     unsafe impl aya::Pod for TrafficCounters {}
@@ -146,7 +171,8 @@ const _: () = assert!(core::mem::size_of::<VipKey>() == 20);
 const _: () = assert!(core::mem::size_of::<VipInfo>() == 8);
 const _: () = assert!(core::mem::size_of::<BackendInfo>() == 40);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
-const _: () = assert!(core::mem::size_of::<ConnValue>() == 8);
+const _: () = assert!(core::mem::size_of::<ConnValue>() == 32);
+const _: () = assert!(core::mem::size_of::<Hop>() == 24);
 const _: () = assert!(core::mem::size_of::<IfaceInfo>() == 8);
-const _: () = assert!(core::mem::size_of::<NatValue>() == 20);
+const _: () = assert!(core::mem::size_of::<NatValue>() == 44);
 const _: () = assert!(core::mem::size_of::<TrafficCounters>() == 24);

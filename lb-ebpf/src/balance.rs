@@ -3,8 +3,8 @@
 
 use aya_ebpf::bindings::BPF_ANY;
 use lb_common::{
-    hash::flow_hash, maps::DEFAULT_RING_SIZE, stats, BackendInfo, ConnValue, FlowKey, NatValue,
-    VipInfo, BACKEND_F_VALID,
+    hash::flow_hash, maps::DEFAULT_RING_SIZE, stats, BackendInfo, ConnValue, FlowKey, Hop,
+    NatValue, VipInfo, BACKEND_F_VALID,
 };
 
 use crate::{
@@ -21,21 +21,27 @@ pub struct Choice {
     pub backend: BackendInfo,
     /// The flow was placed from the ring (a new flow for the counters).
     pub new_flow: bool,
+    /// The connection-table entry's next-hop cache (L3), when the flow was found there.
+    pub hop: Option<*mut Hop>,
 }
 
 /// Picks the backend for a flow of `vip`. `record`: remember a ring choice in the connection
 /// table (not done for ICMP errors, which must not create flows).
 #[inline(always)]
 pub fn choose(vip: &VipInfo, key: &FlowKey, record: bool) -> Option<Choice> {
-    // SAFETY: the entry is copied at once; a concurrent update replaces it whole.
-    if let Some(conn) = unsafe { CONNTRACK.get(key) }.copied() {
-        if let Some(backend) = live_backend(conn.backend) {
-            if backend.generation == conn.generation {
+    if let Some(entry) = CONNTRACK.get_ptr_mut(key) {
+        // SAFETY: a valid map value; backend and generation are only written on insert,
+        // which replaces the entry whole.
+        let (id, generation) = unsafe { ((*entry).backend, (*entry).generation) };
+        if let Some(backend) = live_backend(id) {
+            if backend.generation == generation {
                 event(stats::EV_CT_HIT);
                 return Some(Choice {
-                    id: conn.backend,
+                    id,
                     backend,
                     new_flow: false,
+                    // SAFETY: a field of the same map value.
+                    hop: Some(unsafe { &raw mut (*entry).hop }),
                 });
             }
         }
@@ -55,6 +61,7 @@ pub fn choose(vip: &VipInfo, key: &FlowKey, record: bool) -> Option<Choice> {
         let conn = ConnValue {
             backend: id,
             generation: backend.generation,
+            hop: Hop::default(),
         };
         // A full table evicts the least recently used entry; failure only costs stickiness.
         let _ = CONNTRACK.insert(key, conn, BPF_ANY as u64);
@@ -63,6 +70,7 @@ pub fn choose(vip: &VipInfo, key: &FlowKey, record: bool) -> Option<Choice> {
         id,
         backend,
         new_flow: record,
+        hop: None,
     })
 }
 
@@ -95,6 +103,7 @@ pub fn record_reply(key: &FlowKey, backend: &BackendInfo) {
         addr: key.dst,
         port: key.dport,
         _pad: 0,
+        hop: Hop::default(),
     };
     // A full table evicts the least recently used entry.
     let _ = NAT.insert(reply, vip, BPF_ANY as u64);

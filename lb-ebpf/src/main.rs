@@ -128,6 +128,7 @@ fn to_backend(vip: &VipInfo, key: &FlowKey) -> Result<NatPlan, (u32, u32)> {
         dst: true,
         addr: b.addr,
         port: b.port,
+        hop: choice.hop,
     };
     Ok((rw, Some((vip.id, choice.id, choice.new_flow))))
 }
@@ -139,16 +140,19 @@ fn to_client(key: &FlowKey, vlan: bool) -> Result<NatPlan, (u32, u32)> {
     if !maps::may_be(FILTER_REPLY, &key.src) {
         return Err(not_ours);
     }
-    // SAFETY: the entry is copied at once.
-    let vip = unsafe { maps::NAT.get(key) }.copied().ok_or(not_ours)?;
+    let entry = maps::NAT.get_ptr_mut(key).ok_or(not_ours)?;
     if vlan {
         return Err((stats::PASS_L3_VLAN, xdp_action::XDP_PASS));
     }
+    // SAFETY: a valid map value; address and port are only written on insert, which
+    // replaces the entry whole.
+    let (addr, port, hop) = unsafe { ((*entry).addr, (*entry).port, &raw mut (*entry).hop) };
     Ok((
         nat::Rewrite {
             dst: false,
-            addr: vip.addr,
-            port: vip.port,
+            addr,
+            port,
+            hop: Some(hop),
         },
         None,
     ))

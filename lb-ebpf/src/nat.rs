@@ -10,11 +10,11 @@ use aya_ebpf::{
         bpf_fib_lookup, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH,
         BPF_FIB_LKUP_RET_SUCCESS,
     },
-    helpers::generated::bpf_fib_lookup as fib_lookup,
+    helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_ktime_get_coarse_ns},
     programs::XdpContext,
     EbpfContext,
 };
-use lb_common::{addr::FAMILY_V4, csum, FlowKey};
+use lb_common::{addr::FAMILY_V4, csum, FlowKey, Hop, HOP_TTL};
 use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 
 use crate::{
@@ -35,6 +35,9 @@ pub struct Rewrite {
     pub addr: [u32; 4],
     /// Network byte order; 0 keeps the port.
     pub port: u16,
+    /// The flow's next-hop cache, in its connection-table or reverse-NAT entry (none for the
+    /// first packet of a flow).
+    pub hop: Option<*mut Hop>,
 }
 
 /// Where the rewritten packet goes.
@@ -85,6 +88,23 @@ pub fn route(ctx: &XdpContext, key: &FlowKey, off: &Offsets, rw: &Rewrite) -> Re
     if ttl <= 1 {
         return Ok(Route::Expired);
     }
+    // SAFETY: the coarse clock helper has no preconditions.
+    let now = ((unsafe { bpf_ktime_get_coarse_ns() } >> 20) as u32).max(1);
+    let ingress = ctx.ingress_ifindex() as u32;
+    if let Some(hop) = rw.hop {
+        // SAFETY: a valid map value; copied at once.
+        let h = unsafe { *hop };
+        if h.checked != 0 && now.wrapping_sub(h.checked) < HOP_TTL && tot_len <= h.mtu {
+            return Ok(Route::Forward {
+                out: Egress {
+                    ifindex: h.ifindex,
+                    back_out: h.ifindex == ingress,
+                    mac: h.smac,
+                },
+                dmac: h.dmac,
+            });
+        }
+    }
     let (mut src, mut dst, mut sport, mut dport) = (key.src, key.dst, key.sport, key.dport);
     if rw.dst {
         dst = rw.addr;
@@ -118,7 +138,21 @@ pub fn route(ctx: &XdpContext, key: &FlowKey, off: &Offsets, rw: &Rewrite) -> Re
     let rc = unsafe { fib_lookup(ctx.as_ptr(), &mut p, size_of::<bpf_fib_lookup>() as i32, 0) };
     Ok(match rc as u32 {
         BPF_FIB_LKUP_RET_SUCCESS if attached(p.ifindex) => {
-            let back_out = p.ifindex == ctx.ingress_ifindex() as u32;
+            if let Some(hop) = rw.hop {
+                // SAFETY: a valid map value. A reader on another CPU may see a half-written
+                // refresh of the same route; flows stay on one CPU, so this is very rare.
+                unsafe {
+                    *hop = Hop {
+                        ifindex: p.ifindex,
+                        checked: now,
+                        dmac: p.dmac,
+                        smac: p.smac,
+                        mtu: p.__bindgen_anon_1.mtu_result,
+                        _pad: 0,
+                    }
+                };
+            }
+            let back_out = p.ifindex == ingress;
             Route::Forward {
                 out: Egress {
                     ifindex: p.ifindex,

@@ -68,6 +68,12 @@ pub enum Request {
     Debug {
         on: bool,
     },
+    /// Withdraws this node's VIP announcements; flows that still arrive are served.
+    NodeDrain,
+    /// Announces again what the node can serve.
+    NodeUndrain,
+    /// Drain state and the announcement of every VIP address.
+    NodeStatus,
     Stats,
     Status,
     Simulate {

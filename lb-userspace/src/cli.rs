@@ -58,6 +58,9 @@ pub enum Cmd {
     /// Manage the backends of a VIP.
     #[command(subcommand)]
     Backend(BackendCmd),
+    /// This node in a cluster behind ECMP: drain (withdraw its VIP announcements) and status.
+    #[command(subcommand)]
+    Node(NodeCmd),
     /// Packets, bytes, new flows and rates per VIP and backend, and the verdict counters.
     #[command(
         after_help = "Examples:\n  xdplb stats\n  xdplb stats --watch\n  xdplb stats --json | jq '.verdicts'"
@@ -145,6 +148,24 @@ pub enum VipCmd {
 }
 
 #[derive(Subcommand)]
+pub enum NodeCmd {
+    /// Withdraw every VIP announcement; flows that still arrive are served (kept across restarts).
+    #[command(
+        after_help = "Example:\n  xdplb node drain && xdplb node status   # wait for the routers to move the flows, then stop\n\nNeeds [announce] in the configuration (docs/deploy-bgp.md)."
+    )]
+    Drain,
+    /// Announce again every VIP address the node can serve.
+    #[command(after_help = "Example:\n  xdplb node undrain")]
+    Undrain,
+    /// Drain state, Maglev seed, and whether (and why not) each VIP address is announced.
+    #[command(after_help = "Example:\n  xdplb node status --json")]
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 pub enum BackendCmd {
     /// Add a backend (L2: its MAC is looked up in the neighbour table unless --mac is given).
     #[command(
@@ -185,6 +206,11 @@ pub fn run(cli: Cli) -> Result<(), String> {
         }
         Cmd::Backend(BackendCmd::Drain { vip, addr }) => {
             done(api::call(s, &Request::BackendDrain { vip, addr }))
+        }
+        Cmd::Node(NodeCmd::Drain) => done(api::call(s, &Request::NodeDrain)),
+        Cmd::Node(NodeCmd::Undrain) => done(api::call(s, &Request::NodeUndrain)),
+        Cmd::Node(NodeCmd::Status { json }) => {
+            show(api::call(s, &Request::NodeStatus)?, json, print_node)
         }
         Cmd::Stats { json, watch: false } => {
             show(api::call(s, &Request::Stats)?, json, print_stats)
@@ -403,6 +429,25 @@ fn print_status(d: &Value) {
             used * 100.0 / max
         );
     }
+    let node = &d["node"];
+    if !node["announce"].is_null() {
+        let prefixes = node["prefixes"].as_array().cloned().unwrap_or_default();
+        let announced = prefixes.iter().filter(|p| p["announced"] == true).count();
+        println!(
+            "node: {}, {announced} of {} VIP addresses announced in table {}{}",
+            if node["drained"] == true {
+                "drained"
+            } else {
+                "serving"
+            },
+            prefixes.len(),
+            text(&node["announce"]["table"]),
+            node["last_error"]
+                .as_str()
+                .map(|e| format!(", last error: {e}"))
+                .unwrap_or_default()
+        );
+    }
     for h in d["health"].as_array().into_iter().flatten() {
         let s = &h["status"];
         println!(
@@ -415,6 +460,47 @@ fn print_status(d: &Value) {
                 .as_str()
                 .map(|e| format!(", last error: {e}"))
                 .unwrap_or_default()
+        );
+    }
+}
+
+fn print_node(n: &Value) {
+    let announce = &n["announce"];
+    let state = if n["drained"] == true {
+        "drained"
+    } else {
+        "serving"
+    };
+    if announce.is_null() {
+        println!("node: {state}, announcing nothing ([announce] is not configured)");
+    } else {
+        println!(
+            "node: {state}, announcing in kernel table {} (route protocol {})",
+            text(&announce["table"]),
+            text(&announce["protocol"])
+        );
+    }
+    println!("maglev seed: {}", text(&n["maglev_seed"]));
+    if let Some(e) = n["last_error"].as_str() {
+        println!("last error: {e}");
+    }
+    for p in n["prefixes"].as_array().into_iter().flatten() {
+        let vips: Vec<String> = p["vips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(text)
+            .collect();
+        println!(
+            "{:<24} {:<13} {} ({})",
+            text(&p["prefix"]),
+            if p["announced"] == true {
+                "announced"
+            } else {
+                "not announced"
+            },
+            text(&p["reason"]),
+            vips.join(", ")
         );
     }
 }

@@ -31,8 +31,72 @@ pub struct Config {
     pub interfaces: Vec<InterfaceConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<MetricsConfig>,
+    /// What must match on every node that serves the same VIPs (docs/deploy-bgp.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maglev: Option<MaglevConfig>,
+    /// Announce servable VIPs as routes for a BGP daemon (absent: announce nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announce: Option<AnnounceConfig>,
     #[serde(default, rename = "vip", skip_serializing_if = "Vec::is_empty")]
     pub vips: Vec<VipConfig>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaglevConfig {
+    /// Mixed into every backend's ring permutation; the same on every node of a cluster.
+    #[serde(default)]
+    pub seed: u32,
+}
+
+/// Route protocol number xdplb marks its announcement routes with (`ip route ... proto 201`).
+pub const DEFAULT_ROUTE_PROTOCOL: u8 = 201;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnnounceConfig {
+    /// Kernel routing table that holds one route per announced VIP address; the BGP daemon
+    /// imports it (BIRD: `protocol kernel { kernel table N; learn; }`). No `ip rule` may use it.
+    pub table: u32,
+    /// Route protocol number of those routes, so xdplb finds its own and nothing else.
+    #[serde(default = "d_route_protocol")]
+    pub protocol: u8,
+}
+
+fn d_route_protocol() -> u8 {
+    DEFAULT_ROUTE_PROTOCOL
+}
+
+impl AnnounceConfig {
+    /// Refuses tables and protocol numbers that belong to the kernel or to a routing daemon.
+    pub fn validate(&self) -> Result<(), String> {
+        let table = match self.table {
+            0 => Some("0 is not a table"),
+            253 => Some("253 is the kernel's default table"),
+            254 => Some("254 is the main table"),
+            255 => Some("255 is the local table"),
+            _ => None,
+        };
+        if let Some(why) = table {
+            return Err(format!(
+                "announce.table {}: {why}; give xdplb a table of its own that no ip rule uses (e.g. 4200)",
+                self.table
+            ));
+        }
+        let protocol = match self.protocol {
+            0..=4 => Some("0 to 4 are reserved by the kernel"),
+            11 | 186..=192 => Some("it is FRR's"),
+            12 => Some("it is BIRD's (BIRD would take the routes for its own)"),
+            _ => None,
+        };
+        if let Some(why) = protocol {
+            return Err(format!(
+                "announce.protocol {}: {why}; give a number no other program uses (default {DEFAULT_ROUTE_PROTOCOL})",
+                self.protocol
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -192,6 +256,11 @@ impl Config {
         toml::from_str(text).map_err(|e| format!("invalid configuration: {}", e.message().trim()))
     }
 
+    /// The Maglev seed in force (0 when `[maglev]` is absent).
+    pub fn maglev_seed(&self) -> u32 {
+        self.maglev.as_ref().map_or(0, |m| m.seed)
+    }
+
     /// The limits in force (the defaults when none are given).
     pub fn limits(&self) -> Limits {
         self.limits.clone().unwrap_or_default()
@@ -214,6 +283,9 @@ impl Config {
             .map_err(|e| e.to_string())?;
         if let Some(m) = &self.metrics {
             crate::metrics::check_bind_addr(m.listen, m.allow_remote)?;
+        }
+        if let Some(a) = &self.announce {
+            a.validate()?;
         }
         let mut ifaces = BTreeSet::new();
         for i in &self.interfaces {
@@ -342,6 +414,12 @@ xdp_mode = "native"
 [metrics]
 listen = "127.0.0.1:9100"
 
+[maglev]
+seed = 42
+
+[announce]
+table = 4200
+
 [[vip]]
 addr = "10.0.0.100:80/tcp"
 mode = "l2"
@@ -369,6 +447,15 @@ hash = "src-ip"
         assert_eq!(c.vips[0].backends[1].weight, 1);
         assert_eq!(c.vips[1].hash, HashFields::SrcIp);
         assert_eq!(c.interfaces[0].xdp_mode, XdpModeName::Native);
+        assert_eq!(c.maglev_seed(), 42);
+        assert_eq!(
+            c.announce,
+            Some(AnnounceConfig {
+                table: 4200,
+                protocol: DEFAULT_ROUTE_PROTOCOL
+            })
+        );
+        assert_eq!(Config::default().maglev_seed(), 0);
         let check = c.vips[0].check_for(&c.vips[0].backends[0]).unwrap();
         assert_eq!(check.port, Some(80));
         // JSON round trip (the state file and the API use JSON).
@@ -406,6 +493,15 @@ hash = "src-ip"
             ("[[interface]]\nname = \"eth0\"\nxdp_mode = \"fast\"", "unknown variant `fast`"),
             ("[[interface]]\nname = \"eth0\"\n[[interface]]\nname = \"eth0\"", "listed twice"),
             ("vips = 3", "unknown field `vips`"),
+            ("[announce]\nprotocol = 201", "missing field `table`"),
+            ("[announce]\ntable = 254", "254 is the main table"),
+            ("[announce]\ntable = 0", "0 is not a table"),
+            ("[announce]\ntable = 4200\nprotocol = 12", "BIRD's"),
+            ("[announce]\ntable = 4200\nprotocol = 2", "reserved by the kernel"),
+            ("[announce]\ntable = 4200\nprotocol = 300", "invalid value"),
+            ("[announce]\ntable = 4200\nmetric = 1", "unknown field `metric`"),
+            ("[maglev]\nseed = -1", "invalid value"),
+            ("[maglev]\nseeds = 1", "unknown field `seeds`"),
         ];
         for (text, want) in cases {
             let err = Config::from_toml(text)

@@ -1,6 +1,7 @@
 //! xdplb control plane: the model of VIPs and backends, the Maglev ring builder, the mirror
 //! that writes the model into the data path's maps, the loader that owns the program, and the
 //! daemon and CLI built on them.
+pub mod announce;
 pub mod api;
 mod batch;
 pub mod cli;

@@ -7,6 +7,8 @@
 //! * **Weighted**: each population round gives every backend `weight` credit; a backend places
 //!   one slot per `max_weight` credit, so slot shares follow weights. With equal weights every
 //!   round places one slot per backend and each owns `floor(M/N)` or `ceil(M/N)` slots.
+//! * **Seeded**: a configurable seed (`[maglev] seed`, default 0) is mixed into every
+//!   permutation, so operators can pick another ring layout; nodes that share VIPs must share it.
 //! * **Minimal disruption**: removing a backend mostly re-assigns only its own slots (figures
 //!   in the tests and docs/maglev.md).
 
@@ -41,9 +43,16 @@ pub fn is_prime(m: u32) -> bool {
     true
 }
 
-/// Builds a ring of `size` slots (a prime). Slots hold member ids; a ring without any member
-/// of non-zero weight holds `NO_BACKEND` everywhere.
+/// Builds a ring of `size` slots (a prime) with seed 0 (see `build_seeded`).
 pub fn build(members: &[RingMember], size: u32) -> Vec<u32> {
+    build_seeded(members, size, 0)
+}
+
+/// Builds a ring of `size` slots (a prime). Slots hold member ids; a ring without any member
+/// of non-zero weight holds `NO_BACKEND` everywhere. The owner of every slot depends only on
+/// the members' identities and weights, `size` and `seed`. Seed 0 gives the rings of releases
+/// without a seed, so upgrading moves no flow.
+pub fn build_seeded(members: &[RingMember], size: u32, seed: u32) -> Vec<u32> {
     assert!(is_prime(size), "Maglev ring size {size} is not prime");
     let m = size as u64;
     let mut active: Vec<&RingMember> = members.iter().filter(|b| b.weight > 0).collect();
@@ -59,8 +68,8 @@ pub fn build(members: &[RingMember], size: u32) -> Vec<u32> {
     let perms: Vec<(u64, u64)> = active
         .iter()
         .map(|b| {
-            let offset = murmur3(&b.identity, OFFSET_SEED) as u64 % m;
-            let skip = murmur3(&b.identity, SKIP_SEED) as u64 % (m - 1) + 1;
+            let offset = murmur3(&b.identity, OFFSET_SEED ^ seed) as u64 % m;
+            let skip = murmur3(&b.identity, SKIP_SEED ^ seed) as u64 % (m - 1) + 1;
             (offset, skip)
         })
         .collect();
@@ -98,6 +107,29 @@ pub fn build(members: &[RingMember], size: u32) -> Vec<u32> {
         }
     }
     ring
+}
+
+/// A digest of a ring's content by owner identity (FNV-1a, 64 bits): equal on two nodes iff
+/// (with overwhelming probability) every slot has the same owner, whatever ids each node
+/// handed out. `owner` maps a slot value to the member's identity (None: empty slot).
+pub fn digest<'a>(ring: &[u32], owner: impl Fn(u32) -> Option<&'a [u8]>) -> u64 {
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |b: u8| {
+        h ^= b as u64;
+        h = h.wrapping_mul(PRIME);
+    };
+    for &slot in ring {
+        match owner(slot) {
+            // Length first, so slot boundaries are unambiguous.
+            Some(id) => {
+                eat(id.len() as u8);
+                id.iter().for_each(|b| eat(*b));
+            }
+            None => eat(0xff),
+        }
+    }
+    h
 }
 
 /// The slots that differ between two rings of the same size, as `(index, new value)`.
@@ -234,6 +266,55 @@ mod tests {
             );
             assert!(d < bound, "N = {n}: {:.3}% of other slots moved", d * 100.0);
         }
+    }
+
+    #[test]
+    fn the_seed_alone_changes_the_ring_and_seed_zero_is_the_unseeded_ring() {
+        let members: Vec<_> = (0..5).map(|i| member(i, 1)).collect();
+        let mut reversed = members.clone();
+        reversed.reverse();
+        assert_eq!(build(&members, M), build_seeded(&members, M, 0));
+        assert_eq!(
+            build_seeded(&members, M, 7),
+            build_seeded(&reversed, M, 7),
+            "same seed, same set: same ring in any order"
+        );
+        let moved = delta(&build_seeded(&members, M, 0), &build_seeded(&members, M, 7)).len();
+        // Another seed is another layout: about (N-1)/N of the slots change owner.
+        assert!(moved > M as usize / 2, "only {moved} slots moved");
+        // Balance holds for any seed.
+        let s = shares(&build_seeded(&members, M, 0xdead_beef));
+        assert!(
+            s.values().all(|&c| (M / 5..=M.div_ceil(5)).contains(&c)),
+            "{s:?}"
+        );
+    }
+
+    #[test]
+    fn digest_depends_on_owners_not_on_ids() {
+        let a: Vec<_> = (0..3).map(|i| member(i, 1)).collect();
+        // The same backends under other ids (another node handed them out in another order).
+        let b: Vec<_> = a
+            .iter()
+            .map(|m| RingMember {
+                id: m.id + 100,
+                ..m.clone()
+            })
+            .collect();
+        let (ra, rb) = (build(&a, 13), build(&b, 13));
+        assert_ne!(ra, rb);
+        let da = digest(&ra, |id| {
+            a.iter().find(|m| m.id == id).map(|m| m.identity.as_slice())
+        });
+        let db = digest(&rb, |id| {
+            b.iter().find(|m| m.id == id).map(|m| m.identity.as_slice())
+        });
+        assert_eq!(da, db);
+        let rc = build_seeded(&a, 13, 1);
+        let dc = digest(&rc, |id| {
+            a.iter().find(|m| m.id == id).map(|m| m.identity.as_slice())
+        });
+        assert_ne!(da, dc, "another seed, another digest");
     }
 
     #[test]

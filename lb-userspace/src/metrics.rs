@@ -42,8 +42,17 @@ pub struct BackendMetrics {
     pub new_flows: u64,
 }
 
+/// The node's announcements (present when `[announce]` is configured).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NodeMetrics {
+    pub drained: bool,
+    /// (prefix, announced) per VIP address.
+    pub announced: Vec<(String, bool)>,
+}
+
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct MetricsSnapshot {
+    pub node: Option<NodeMetrics>,
     pub vips: Vec<VipMetrics>,
     pub backends: Vec<BackendMetrics>,
     /// Verdict reasons of the data path (name, packets): every packet counts under exactly one.
@@ -149,6 +158,18 @@ pub fn render(s: &MetricsSnapshot) -> String {
             (labels, value(b).to_string())
         });
         family(&mut out, name, kind, help, samples);
+    }
+
+    if let Some(n) = &s.node {
+        let help = "Whether the node is drained (xdplb node drain): it announces no VIP.";
+        let drained = [(vec![], u8::from(n.drained).to_string())];
+        family(&mut out, "xdplb_node_drained", GAUGE, help, drained);
+        let help = "Whether the VIP address is announced (in the table the BGP daemon imports).";
+        let samples = n
+            .announced
+            .iter()
+            .map(|(p, on)| (vec![("prefix", p.as_str())], u8::from(*on).to_string()));
+        family(&mut out, "xdplb_vip_announced", GAUGE, help, samples);
     }
 
     let help = "Packets by data-path verdict; every packet counts under exactly one reason.";
@@ -696,6 +717,13 @@ mod tests {
             verdicts: vec![("tx".into(), 30), ("pass".into(), 7)],
             events: vec![("conntrack_hit".into(), 25)],
             uptime_seconds: 12.5,
+            node: Some(NodeMetrics {
+                drained: false,
+                announced: vec![
+                    ("10.0.0.1/32".into(), true),
+                    ("2001:db8::1/128".into(), false),
+                ],
+            }),
         }
     }
 
@@ -729,6 +757,9 @@ mod tests {
             sample("xdplb_backend_weight", &be6, 50.0),
             sample("xdplb_backend_draining", &be4, 0.0),
             sample("xdplb_backend_draining", &be6, 1.0),
+            sample("xdplb_node_drained", &[], 0.0),
+            sample("xdplb_vip_announced", &[("prefix", "10.0.0.1/32")], 1.0),
+            sample("xdplb_vip_announced", &[("prefix", "2001:db8::1/128")], 0.0),
             sample("xdplb_verdicts_total", &[("reason", "tx")], 30.0),
             sample("xdplb_verdicts_total", &[("reason", "pass")], 7.0),
             sample("xdplb_events_total", &[("event", "conntrack_hit")], 25.0),
@@ -749,8 +780,8 @@ mod tests {
                 "{name}"
             );
         }
-        assert_eq!(text.matches("# HELP ").count(), 13);
-        assert_eq!(text.matches("# TYPE ").count(), 13);
+        assert_eq!(text.matches("# HELP ").count(), 15);
+        assert_eq!(text.matches("# TYPE ").count(), 15);
         assert!(text.contains(
             "xdplb_vip_packets_total{vip=\"[2001:db8::1]:443/tcp\",mode=\"tunnel\"} 20\n"
         ));
@@ -965,7 +996,7 @@ mod tests {
             .head
             .contains(&format!("\r\nContent-Length: {}\r\n", reply.body.len())));
         assert_eq!(reply.body, render(&snapshot()));
-        assert_eq!(parse(&reply.body).unwrap().len(), 23);
+        assert_eq!(parse(&reply.body).unwrap().len(), 26);
 
         // Query parameters are ignored.
         assert_eq!(get(server.addr, "/metrics?target=x").await.status, 200);

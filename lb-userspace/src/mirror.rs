@@ -106,6 +106,8 @@ struct MirroredVip {
 /// The control plane's copy of what is in the maps, and the ids it handed out.
 pub struct Mirror {
     ring_size: u32,
+    /// Maglev seed of every ring (`[maglev] seed`); the next sync rebuilds rings with it.
+    seed: u32,
     max_vips: u32,
     max_backends: u32,
     vips: BTreeMap<VipAddr, MirroredVip>,
@@ -121,6 +123,7 @@ impl Mirror {
     pub fn new(ring_size: u32, max_vips: u32, max_backends: u32) -> Self {
         Mirror {
             ring_size,
+            seed: 0,
             max_vips,
             max_backends,
             vips: BTreeMap::new(),
@@ -207,6 +210,29 @@ impl Mirror {
 
     pub fn ring_size(&self) -> u32 {
         self.ring_size
+    }
+
+    /// The Maglev seed the next `sync` builds rings with (slots that change are rewritten).
+    pub fn set_seed(&mut self, seed: u32) {
+        self.seed = seed;
+    }
+
+    pub fn seed(&self) -> u32 {
+        self.seed
+    }
+
+    /// A digest of a VIP's ring by backend address (ids differ between nodes, owners must
+    /// not): two nodes whose digests match give every new flow the same backend.
+    pub fn ring_digest(&self, vip: &VipAddr) -> Option<u64> {
+        let v = self.vips.get(vip)?;
+        let owners: BTreeMap<u32, Vec<u8>> = v
+            .backends
+            .iter()
+            .map(|(a, (id, _))| (*id, identity(*a)))
+            .collect();
+        Some(maglev::digest(&v.ring, |id| {
+            owners.get(&id).map(Vec::as_slice)
+        }))
     }
 
     /// Data-path id of a VIP.
@@ -490,7 +516,7 @@ impl Mirror {
                 id: *id,
             })
             .collect();
-        let ring = maglev::build(&members, self.ring_size);
+        let ring = maglev::build_seeded(&members, self.ring_size, self.seed);
         let base = vip.id * self.ring_size;
         // A ring of unknown content (new, or restored after a restart) is written whole.
         let writes: Vec<(u32, u32)> = if is_new || vip.ring.len() != ring.len() {

@@ -5,7 +5,8 @@ use std::{collections::BTreeSet, path::Path};
 
 use lb_userspace::{
     config::{
-        BackendConfig, Config, InterfaceConfig, Limits, MetricsConfig, VipConfig, XdpModeName,
+        AnnounceConfig, BackendConfig, Config, InterfaceConfig, Limits, MaglevConfig,
+        MetricsConfig, VipConfig, XdpModeName,
     },
     health::HealthCheck,
     model::{HashFields, Mac, Mode},
@@ -58,6 +59,11 @@ fn everything() -> Config {
             name: "eth0".into(),
             xdp_mode: XdpModeName::Native,
         }],
+        maglev: Some(MaglevConfig { seed: 7 }),
+        announce: Some(AnnounceConfig {
+            table: 4200,
+            protocol: 201,
+        }),
         vips: vec![VipConfig {
             addr: "10.0.0.1:80/tcp".parse().unwrap(),
             mode: Mode::L3,

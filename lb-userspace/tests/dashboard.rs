@@ -13,7 +13,7 @@ use std::{
 };
 
 use lb_common::stats::{self, EVENT_BASE, EVENT_COUNT, VERDICT_COUNT};
-use lb_userspace::metrics::{self, BackendMetrics, MetricsSnapshot, VipMetrics};
+use lb_userspace::metrics::{self, BackendMetrics, MetricsSnapshot, NodeMetrics, VipMetrics};
 use serde_json::Value;
 
 const DASHBOARD: &str = "../scripts/grafana/xdplb-dashboard.json";
@@ -229,6 +229,14 @@ fn snapshot() -> MetricsSnapshot {
         verdicts: names(0..VERDICT_COUNT),
         events: names(EVENT_BASE..EVENT_BASE + EVENT_COUNT),
         uptime_seconds: 86_400.25,
+        node: Some(NodeMetrics {
+            drained: false,
+            announced: vec![
+                ("10.0.0.100/32".into(), true),
+                ("2001:db8::100/128".into(), true),
+                ("10.0.0.101/32".into(), false),
+            ],
+        }),
     }
 }
 

@@ -4,7 +4,7 @@
 //! stops the daemon, removes every pin (`xdplb daemon --cleanup`), unmounts and deletes.
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     time::{Duration, Instant},
 };
@@ -155,6 +155,27 @@ impl Daemon {
         Ok(())
     }
 
+    /// A node's end: `kill -9`, then `xdplb daemon --cleanup` (XDP detached, pins, state and
+    /// announcement routes removed).
+    pub fn kill_and_detach(&mut self) -> Result<()> {
+        self.kill9()?;
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns])
+            .arg(&self.bin)
+            .args(["daemon", "--cleanup", "--pin-path"])
+            .arg(&self.pin_path)
+            .arg("--state-file")
+            .arg(&self.state_file)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "xdplb daemon --cleanup: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+
     /// SIGTERM and wait: the daemon's orderly exit.
     pub fn stop(&mut self) -> Result<()> {
         if let Some(mut c) = self.child.take() {
@@ -177,7 +198,16 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.stop();
-        let _ = Command::new(&self.bin)
+        // In the daemon's namespace: --cleanup also removes its announcement routes. Without
+        // the namespace (already deleted) there are no routes to remove, only pins.
+        let mut cleanup = if Path::new("/run/netns").join(&self.ns).exists() {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", &self.ns]).arg(&self.bin);
+            c
+        } else {
+            Command::new(&self.bin)
+        };
+        let _ = cleanup
             .args(["daemon", "--cleanup", "--pin-path"])
             .arg(&self.pin_path)
             .arg("--state-file")

@@ -46,28 +46,35 @@ pub fn fib_namespace() -> Netns {
     }
     x(&["sysctl", "-qw", "net.ipv4.conf.all.forwarding=1"]);
     x(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
-    let client = Mac(CLIENT_MAC).to_string();
+    let client = Mac(CLIENT_MAC);
     for (addr, dev, mac) in [
-        ("10.1.0.1", "c0", client.clone()),
+        ("10.1.0.1", "c0", client),
         ("fd01::1", "c0", client),
-        ("10.2.0.1", "b0", be_mac(1).to_string()),
-        ("10.2.0.2", "b0", be_mac(2).to_string()),
-        ("fd02::1", "b0", be_mac(1).to_string()),
-        ("fd02::2", "b0", be_mac(2).to_string()),
-        ("10.3.0.1", "x0", be_mac(3).to_string()),
+        ("10.2.0.1", "b0", be_mac(1)),
+        ("10.2.0.2", "b0", be_mac(2)),
+        ("fd02::1", "b0", be_mac(1)),
+        ("fd02::2", "b0", be_mac(2)),
+        ("10.3.0.1", "x0", be_mac(3)),
     ] {
-        x(&[
-            "ip",
-            "neigh",
-            "replace",
-            addr,
-            "lladdr",
-            &mac,
-            "dev",
-            dev,
-            "nud",
-            "permanent",
-        ]);
+        set_neighbour(&ns, addr, mac, dev);
     }
     ns
+}
+
+/// A permanent neighbour entry in `ns`: `addr` is at `mac` on `dev`.
+pub fn set_neighbour(ns: &Netns, addr: &str, mac: Mac, dev: &str) {
+    let mac = mac.to_string();
+    let args = [
+        "ip",
+        "neigh",
+        "replace",
+        addr,
+        "lladdr",
+        &mac,
+        "dev",
+        dev,
+        "nud",
+        "permanent",
+    ];
+    ns.exec(&args).unwrap();
 }

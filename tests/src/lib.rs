@@ -1,5 +1,6 @@
 //! Test support for xdplb: a packet builder for fixtures, network namespaces, real servers and
 //! clients, and the L2 topology. The tests themselves are in `tests/tests/`; they need root.
+pub mod bgp;
 pub mod capture;
 pub mod daemon;
 pub mod fib;

@@ -28,6 +28,26 @@ pub fn sh(args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// A veth pair: `dev` in `ns`, its peer `peer` in `peer_ns` (both down).
+pub fn veth(ns: &Netns, dev: &str, peer_ns: &Netns, peer: &str) -> Result<()> {
+    sh(&[
+        "ip",
+        "link",
+        "add",
+        dev,
+        "netns",
+        &ns.name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        peer,
+        "netns",
+        &peer_ns.name,
+    ])?;
+    Ok(())
+}
+
 /// A prefix unique to this test run (process) and call: names stay below IFNAMSIZ.
 pub fn unique_prefix() -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);

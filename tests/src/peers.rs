@@ -170,6 +170,15 @@ pub fn serve_all(
         .collect()
 }
 
+/// A server in every namespace, named b1, b2, ... in order.
+pub fn serve_all_ns(namespaces: &[Netns], port: u16, udp_addrs: &[IpAddr]) -> Result<Vec<Server>> {
+    namespaces
+        .iter()
+        .enumerate()
+        .map(|(i, ns)| Server::start(ns, &format!("b{}", i + 1), port, udp_addrs))
+        .collect()
+}
+
 /// A client connection held open across requests.
 pub struct Conn {
     reader: BufReader<TcpStream>,

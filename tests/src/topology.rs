@@ -26,7 +26,7 @@ use lb_userspace::{
     model::Mac,
 };
 
-use crate::netns::{sh, unique_prefix, Netns};
+use crate::netns::{unique_prefix, veth, Netns};
 
 pub const VIP4: &str = "10.99.0.100";
 pub const VIP6: &str = "fd99::100";
@@ -55,21 +55,7 @@ fn host(
     v6: &str,
 ) -> Result<Host> {
     let ns = Netns::new(&format!("{prefix}-{role}"))?;
-    sh(&[
-        "ip",
-        "link",
-        "add",
-        "eth0",
-        "netns",
-        &ns.name,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        peer,
-        "netns",
-        &peer_ns.name,
-    ])?;
+    veth(&ns, "eth0", peer_ns, peer)?;
     if bridge {
         peer_ns.exec(&["ip", "link", "set", peer, "master", "br0"])?;
     }
@@ -220,10 +206,7 @@ impl L3Topology {
         lb.exec(&["ip", "addr", "add", "fd98:1::2/64", "dev", "eth0", "nodad"])?;
         let bnet = bridge_ns(&format!("{p}-bnet"))?;
         let lb_port = format!("{p}plb");
-        sh(&[
-            "ip", "link", "add", "eth1", "netns", &lb.name, "type", "veth", "peer", "name",
-            &lb_port, "netns", &bnet.name,
-        ])?;
+        veth(&lb, "eth1", &bnet, &lb_port)?;
         bnet.exec(&["ip", "link", "set", &lb_port, "master", "br0", "up"])?;
         lb.exec(&["ip", "addr", "add", "10.98.2.1/24", "dev", "eth1"])?;
         lb.exec(&["ip", "addr", "add", "fd98:2::1/64", "dev", "eth1", "nodad"])?;

@@ -8,7 +8,7 @@ use std::{collections::HashMap, net::IpAddr};
 
 use lb_common::stats;
 use lb_tests::{
-    fib::{be_mac, fib_namespace},
+    fib::{be_mac, fib_namespace, set_neighbour},
     packet::{with_macs, Packet, CLIENT_MAC},
     xdp::{test_run, vip, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
 };
@@ -432,6 +432,104 @@ fn l3_nat_fixtures() {
             &want,
         );
 
+        // Known flows reuse their next hop (no FIB lookup) for about a second: a neighbour
+        // change reaches them after that, and the MTU still applies to every packet.
+        let (sport, vport) = (41100, 80);
+        let b = f.ring(WEB4, "10.1.0.1", sport, vport);
+        let (bs, bport) = (b.to_string(), f.port_of(WEB4, b));
+        let input = Packet::tcp("10.1.0.1", sport, "10.1.0.100", vport).build();
+        let out = |mac: [u8; 6]| {
+            let p = Packet {
+                ttl: 63,
+                ..Packet::tcp("10.1.0.1", sport, &bs, bport)
+            };
+            with_macs(&p.build(), mac, b0)
+        };
+        let reply = Packet {
+            dst_mac: b0,
+            src_mac: neighbour_mac(b),
+            ..Packet::tcp(&bs, bport, "10.1.0.1", sport)
+        }
+        .build();
+        let back = |mac: [u8; 6]| {
+            let p = Packet {
+                ttl: 63,
+                ..Packet::tcp("10.1.0.100", vport, "10.1.0.1", sport)
+            };
+            with_macs(&p.build(), mac, c0)
+        };
+        // New flow, then the first hits (which fill the caches).
+        for what in ["cache: new flow", "cache: first hit", "cache: cached"] {
+            f.check(
+                what,
+                "c0",
+                &input,
+                XDP_REDIRECT,
+                stats::REDIRECT,
+                &out(neighbour_mac(b)),
+            );
+        }
+        for what in ["cache: reply", "cache: cached reply"] {
+            f.check(
+                what,
+                "b0",
+                &reply,
+                XDP_REDIRECT,
+                stats::REDIRECT,
+                &back(CLIENT_MAC),
+            );
+        }
+        let mut big = Packet::tcp("10.1.0.1", sport, "10.1.0.100", vport);
+        big.payload = vec![7; 1600];
+        let big = big.build();
+        f.check(
+            "cache: too big",
+            "c0",
+            &big,
+            XDP_DROP,
+            stats::DROP_TOO_BIG,
+            &big.clone(),
+        );
+        let (moved_b, moved_c) = ([0x02, 0xbe, 0, 0, 0, 0x99], [0x02, 0xc1, 0, 0, 0, 0x99]);
+        let neigh = |addr: &str, mac: [u8; 6], dev: &str| set_neighbour(&ns, addr, Mac(mac), dev);
+        neigh(&bs, moved_b, "b0");
+        neigh("10.1.0.1", moved_c, "c0");
+        f.check(
+            "cache: still cached",
+            "c0",
+            &input,
+            XDP_REDIRECT,
+            stats::REDIRECT,
+            &out(neighbour_mac(b)),
+        );
+        f.check(
+            "cache: reply still cached",
+            "b0",
+            &reply,
+            XDP_REDIRECT,
+            stats::REDIRECT,
+            &back(CLIENT_MAC),
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1300));
+        f.check(
+            "cache: expired",
+            "c0",
+            &input,
+            XDP_REDIRECT,
+            stats::REDIRECT,
+            &out(moved_b),
+        );
+        f.check(
+            "cache: reply expired",
+            "b0",
+            &reply,
+            XDP_REDIRECT,
+            stats::REDIRECT,
+            &back(moved_c),
+        );
+        neigh(&bs, neighbour_mac(b), "b0");
+        neigh("10.1.0.1", CLIENT_MAC, "c0");
+
         // Every packet counted under exactly one reason; replies counted as NAT reverse events.
         let st = f.dp.stats().unwrap();
         let sent: u64 = f.counted.values().sum();
@@ -441,7 +539,7 @@ fn l3_nat_fixtures() {
                 .sum::<u64>(),
             sent
         );
-        assert_eq!(st[stats::EV_NAT_REVERSE as usize], 18);
+        assert_eq!(st[stats::EV_NAT_REVERSE as usize], 18 + 4);
     })
     .unwrap();
 }

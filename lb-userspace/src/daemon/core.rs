@@ -9,6 +9,8 @@ use std::{
     time::Instant,
 };
 
+mod node;
+
 use lb_common::{hash::flow_hash, stats, TrafficCounters};
 use serde_json::{json, Value};
 
@@ -19,7 +21,7 @@ use crate::{
     datapath::{AttachMode, Attached, DataPath},
     health::Checker,
     iface,
-    metrics::{BackendMetrics, MetricsSnapshot, VipMetrics},
+    metrics::{BackendMetrics, MetricsSnapshot, NodeMetrics, VipMetrics},
     mirror::Mirror,
     model::{flow_key, BackendTarget, Mac, Mode, VipAddr, VipSpec, VipState},
     neigh,
@@ -68,6 +70,8 @@ pub struct Core {
     lenient: bool,
     /// A resync failed: retry on the next tick.
     dirty: bool,
+    /// Drain state and VIP announcements (core/node.rs).
+    node: node::Node,
 }
 
 fn not_found_vip(vip: &VipAddr) -> String {
@@ -107,6 +111,7 @@ impl Core {
             unresolved: HashSet::new(),
             lenient: false,
             dirty: false,
+            node: node::Node::default(),
         }
     }
 
@@ -120,6 +125,7 @@ impl Core {
             self.macs
                 .extend(s.macs.iter().map(|m| ((m.addr, m.via.clone()), m.mac)));
             self.down.extend(s.down.iter().copied());
+            self.node.drained = s.drained;
         }
         // A backend whose MAC cannot be found now must not keep the daemon from starting: it
         // stays out of the ring until the neighbour table knows it (retried every second).
@@ -166,14 +172,22 @@ impl Core {
         }
         // Health first: the ring is computed with the failed set the new checks imply.
         self.update_health_targets(&new);
+        // A VIP leaves BGP before it leaves the maps, and joins it after it is in them.
+        self.withdraw_ahead(&new);
+        let seed = self.mirror.seed();
+        self.mirror.set_seed(new.maglev_seed());
         if let Err(e) = self.apply(&new) {
             let old = self.config.clone();
+            self.mirror.set_seed(seed);
             self.update_health_targets(&old);
+            self.announce();
             return Err(e);
         }
         self.config = new;
         self.forget_unused_macs();
-        self.save()
+        let saved = self.save();
+        self.announce();
+        saved
     }
 
     fn apply(&mut self, new: &Config) -> Result<(), String> {
@@ -244,6 +258,7 @@ impl Core {
             ids: self.mirror.snapshot(),
             macs,
             down,
+            drained: self.node.drained,
         };
         state::save(&self.paths.state_file, &s)
             .map_err(|e| format!("the change is applied and running, but {e}"))
@@ -378,6 +393,7 @@ impl Core {
         if let Err(e) = self.save() {
             log::error!("{e}");
         }
+        self.announce();
     }
 
     /// The 1-second tick: rates, MAC retries, and a resync that failed before.
@@ -387,6 +403,7 @@ impl Core {
         if self.dirty {
             self.resync("retry");
         }
+        self.announce_tick();
     }
 
     fn update_health_targets(&mut self, config: &Config) {
@@ -449,6 +466,9 @@ impl Core {
                 return Ok(json!({ "debug": on }));
             }
             Request::Simulate { src, sport, vip } => return self.simulate(src, sport, vip),
+            Request::NodeDrain => return self.set_drained(true),
+            Request::NodeUndrain => return self.set_drained(false),
+            Request::NodeStatus => return Ok(self.node_status()),
             Request::VipAdd { vip, mode, hash } => {
                 if new.vip(&vip).is_some() {
                     return Err(format!(
@@ -593,6 +613,7 @@ impl Core {
                     "mode": v.mode,
                     "hash": v.hash,
                     "id": self.mirror.vip_id(&v.addr),
+                    "ring_digest": self.mirror.ring_digest(&v.addr).map(|d| format!("{d:016x}")),
                     "health": v.health,
                     "backends": backends,
                 })
@@ -749,6 +770,7 @@ impl Core {
             "interfaces": ifaces,
             "maps": maps,
             "health": health,
+            "node": self.node_status(),
         })
     }
 
@@ -802,6 +824,10 @@ impl Core {
         let stats = self.stats();
         let mut snap = MetricsSnapshot {
             uptime_seconds: self.started.elapsed().as_secs_f64(),
+            node: self.announced_prefixes().map(|announced| NodeMetrics {
+                drained: self.node.drained,
+                announced,
+            }),
             ..Default::default()
         };
         let num = |v: &Value, k: &str| v[k].as_u64().unwrap_or(0);

@@ -74,6 +74,22 @@ fn cleanup(args: &DaemonArgs) -> Result<(), String> {
     let pin = args.pin_path.is_dir().then_some(args.pin_path.as_path());
     let _lock = state::StateLock::acquire(&args.state_file, pin)
         .map_err(|e| format!("{e}; stop the daemon before --cleanup"))?;
+    // Nothing balanced, nothing announced: a BGP daemon must not keep sending VIP traffic here.
+    if let Some(a) = state::load(&args.state_file)
+        .ok()
+        .flatten()
+        .and_then(|s| s.config.announce)
+    {
+        let table = crate::announce::RouteTable::from(&a);
+        match table.flush() {
+            Ok(c) => {
+                for r in c.removed {
+                    println!("withdrawn {r} (table {})", a.table);
+                }
+            }
+            Err(e) => eprintln!("withdrawing the announcements in table {}: {e}", a.table),
+        }
+    }
     let removed = DataPath::cleanup_pins(&args.pin_path)
         .map_err(|e| format!("cleaning {}: {e}", args.pin_path.display()))?;
     for p in &removed {
@@ -239,7 +255,14 @@ async fn start(socket: &Path, args: &DaemonArgs, listener: UnixListener) -> Resu
             _ = int.recv() => break,
         }
     }
-    let result = lock(&core).save();
+    // An orderly stop withdraws the announcements (the routers move the flows to other nodes,
+    // which pick the same backends); a crash or kill -9 leaves them, as it leaves the data
+    // path forwarding, until the next daemon reconciles.
+    let result = {
+        let mut c = lock(&core);
+        c.withdraw_all();
+        c.save()
+    };
     log::info!(
         "xdplb daemon stopping; attachments and maps stay pinned in {}, traffic keeps flowing",
         args.pin_path.display()
@@ -254,7 +277,10 @@ fn describe(req: &Request) -> Option<String> {
         | Request::Config
         | Request::Stats
         | Request::Status
-        | Request::Simulate { .. } => return None,
+        | Request::Simulate { .. }
+        | Request::NodeStatus => return None,
+        Request::NodeDrain => "node drain".into(),
+        Request::NodeUndrain => "node undrain".into(),
         Request::VipAdd { vip, mode, hash } => format!("vip add {vip} mode {mode} hash {hash}"),
         Request::VipDel { vip } => format!("vip del {vip}"),
         Request::BackendAdd(b) => format!("backend add {} {} weight {:?}", b.vip, b.addr, b.weight),

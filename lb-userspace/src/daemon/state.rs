@@ -33,6 +33,9 @@ pub struct SavedState {
     /// Backends whose health check had failed: they stay out until they rise again.
     #[serde(default)]
     pub down: Vec<(VipAddr, IpAddr)>,
+    /// `xdplb node drain`: a restarted daemon announces nothing until `node undrain`.
+    #[serde(default)]
+    pub drained: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -14,7 +14,10 @@
 use anyhow::{Context, Result};
 use lb_userspace::{iface, model::Mac};
 
-use crate::netns::{unique_prefix, Netns};
+use crate::{
+    fib::set_neighbour,
+    netns::{unique_prefix, veth, Netns},
+};
 
 /// Backends (all on the sink's interface, so the sink counts whatever reaches any of them).
 pub const BACKENDS: [&str; 3] = ["10.20.0.11", "10.20.0.12", "10.20.0.13"];
@@ -41,14 +44,8 @@ pub fn build() -> Result<Topology> {
         Netns::new(&format!("{p}-lb"))?,
         Netns::new(&format!("{p}-sink"))?,
     );
-    let veth = |a: &str, a_ns: &Netns, b: &str, b_ns: &Netns| {
-        crate::netns::sh(&[
-            "ip", "link", "add", a, "netns", &a_ns.name, "type", "veth", "peer", "name", b,
-            "netns", &b_ns.name,
-        ])
-    };
-    veth("g0", &gen, "in0", &lb)?;
-    veth("out0", &lb, "s0", &sink)?;
+    veth(&gen, "g0", &lb, "in0")?;
+    veth(&lb, "out0", &sink, "s0")?;
     for (ns, dev, addrs) in [
         (&gen, "g0", &["10.10.0.2/16"][..]),
         (&lb, "in0", &["10.10.0.1/16"]),
@@ -87,26 +84,12 @@ pub fn build() -> Result<Topology> {
         lb,
         sink,
     };
-    let neigh = |ns: &Netns, addr: &str, mac: Mac, dev: &str| {
-        ns.exec(&[
-            "ip",
-            "neigh",
-            "replace",
-            addr,
-            "lladdr",
-            &mac.to_string(),
-            "dev",
-            dev,
-            "nud",
-            "permanent",
-        ])
-    };
     for b in ["10.20.0.2"].iter().chain(&BACKENDS) {
-        neigh(&t.lb, b, t.s0_mac, "out0")?;
+        set_neighbour(&t.lb, b, t.s0_mac, "out0");
     }
-    neigh(&t.lb, "10.10.0.2", t.g0_mac, "in0")?;
-    neigh(&t.gen, "10.10.0.1", t.in0_mac, "g0")?;
-    neigh(&t.sink, "10.20.0.1", t.out0_mac, "s0")?;
+    set_neighbour(&t.lb, "10.10.0.2", t.g0_mac, "in0");
+    set_neighbour(&t.gen, "10.10.0.1", t.in0_mac, "g0");
+    set_neighbour(&t.sink, "10.20.0.1", t.out0_mac, "s0");
     Ok(t)
 }
 
