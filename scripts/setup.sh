@@ -7,10 +7,10 @@ set -euo pipefail
 say()  { printf '[setup] %s\n' "$*"; }
 fail() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
 
-# Debian packages the tests and the demo use. bird2: the BGP cluster tests run their own BIRD
-# in each namespace; a bird.service the package may start in the root namespace is left alone
-# (it is independent of the tests).
-PACKAGES=(iproute2 ethtool procps systemd bird2)
+# Debian packages the tests, the demo and the benchmark use. bird2: the BGP cluster tests run
+# their own BIRD in each namespace; a bird.service the package may start in the root namespace
+# is left alone (it is independent of the tests). nftables: the live benchmark's DNAT case.
+PACKAGES=(iproute2 ethtool procps systemd bird2 nftables)
 # Where bpf-linker finds the nightly's libLLVM (must persist across sessions, so not /tmp).
 TOOLS_PREFIX="${XDPLB_TOOLS_PREFIX:-/opt/xdplb-tools}"
 BPFFS="${XDPLB_BPFFS:-/sys/fs/bpf}"

@@ -57,6 +57,23 @@ pub const PROG_PASS: &str = "xdplb_pass";
 pub const PROG_GEN: &str = "xdplb_gen";
 /// Its settings: `[flows, first source address (host order), 0, 0]`.
 pub const GEN: &str = "XDPLB_GEN";
+/// Its template: the frame's first `GEN_HDR_LEN` bytes (Ethernet, IPv4, UDP or the start of
+/// TCP), as `[u64; 6]`.
+pub const GEN_HDR: &str = "XDPLB_GEN_HDR";
+pub const GEN_HDR_LEN: usize = 42;
+
+/// Benchmark programs (never attached by the daemon): a sink that counts and drops IPv4 UDP,
+/// and the floor forwarder (MAC rewrite + devmap redirect).
+pub const PROG_SINK: &str = "xdplb_sink";
+pub const PROG_FLOOR: &str = "xdplb_floor";
+/// The sink's per-CPU counters (slots `SINK_ALL`, `SINK_PORT`) and its expected UDP port.
+pub const SINK: &str = "XDPLB_SINK";
+pub const SINK_CFG: &str = "XDPLB_SINK_CFG";
+pub const SINK_ALL: u32 = 0;
+pub const SINK_PORT: u32 = 1;
+/// The floor forwarder's MACs (`[dst 6, src 6, pad 4]`) and its one-slot devmap.
+pub const FLOOR: &str = "XDPLB_FLOOR";
+pub const FLOOR_TX: &str = "XDPLB_FLOOR_TX";
 
 /// Load-time global (read-only data) holding the Maglev ring size of every VIP.
 pub const GLOBAL_RING_SIZE: &str = "RING_SIZE";

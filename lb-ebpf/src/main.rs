@@ -8,11 +8,13 @@
 
 mod balance;
 mod counters;
+mod floor;
 mod forward;
 mod generator;
 mod maps;
 mod nat;
 mod parse;
+mod sink;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{maps::FILTER_REPLY, stats, FlowKey, VipInfo, VIP_F_MODE_L3};
@@ -211,6 +213,18 @@ pub fn xdplb_pass(_ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn xdplb_gen(ctx: XdpContext) -> u32 {
     generator::generate(&ctx)
+}
+
+/// The receiving end of live benchmarks (see `sink`): never attached by the daemon.
+#[xdp]
+pub fn xdplb_sink(ctx: XdpContext) -> u32 {
+    sink::sink(&ctx)
+}
+
+/// The floor forwarder live benchmarks compare with (see `floor`): never attached by the daemon.
+#[xdp]
+pub fn xdplb_floor(ctx: XdpContext) -> u32 {
+    floor::floor(&ctx)
 }
 
 #[cfg(not(test))]

@@ -26,6 +26,8 @@ use crate::{
     model::Mac,
 };
 
+mod tools;
+
 /// The XDP object built by build.rs.
 static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
 
@@ -195,7 +197,13 @@ impl DataPath {
             check_pinned_layout(dir, opts)?;
         }
         let mut ebpf = loader.load(OBJECT)?;
-        for name in [m::PROG_LB, m::PROG_PASS, m::PROG_GEN] {
+        for name in [
+            m::PROG_LB,
+            m::PROG_PASS,
+            m::PROG_GEN,
+            m::PROG_SINK,
+            m::PROG_FLOOR,
+        ] {
             let prog = program(&mut ebpf, name)?;
             prog.load().map_err(|source| DataPathError::Program {
                 what: format!("verifying program {name}"),
@@ -451,18 +459,6 @@ impl DataPath {
     /// The traffic generator (tests and benchmarks; run with live frames).
     pub fn generator(&mut self) -> Result<&mut Xdp, DataPathError> {
         program(&mut self.ebpf, m::PROG_GEN)
-    }
-
-    /// Sets the generator's flows: packet n belongs to flow n mod `flows`, from
-    /// `first_src + f / 16384`, port `1024 + f % 16384`.
-    pub fn set_generator(
-        &mut self,
-        flows: u32,
-        first_src: std::net::Ipv4Addr,
-    ) -> Result<(), DataPathError> {
-        let mut a: Array<_, [u32; 4]> = self.typed(m::GEN)?;
-        a.set(0, [flows.max(1), u32::from(first_src), 0, 0], 0)
-            .map_err(map_err(m::GEN))
     }
 
     /// The pass-everything program (the empty baseline of benchmarks).

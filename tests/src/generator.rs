@@ -1,10 +1,11 @@
 //! A traffic generator for load tests: the object's `xdplb_gen` program run with BPF_PROG_RUN
-//! live frames, so each run pushes frames out of a test interface at kernel speed. Packet n
-//! belongs to flow n mod `flows` (see lb-ebpf/src/generator.rs).
+//! live frames, so each run pushes frames out of a test interface at kernel speed. Every frame
+//! starts from the template's headers; packet n belongs to flow n mod `flows` (see
+//! lb-ebpf/src/generator.rs).
 
 use std::net::Ipv4Addr;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use aya::programs::{TestRun, TestRunAttrs, TestRunOptions};
 use lb_userspace::{
     datapath::{DataPath, LoadOptions},
@@ -18,13 +19,21 @@ const BATCH: u32 = 64;
 
 pub struct Generator {
     dp: DataPath,
+    cpu: Option<usize>,
 }
 
 impl Generator {
     pub fn new() -> Result<Generator> {
         Ok(Generator {
             dp: DataPath::load(&LoadOptions::minimal())?,
+            cpu: None,
         })
+    }
+
+    /// Runs every later `send` on this CPU only (benchmarks: the frames' whole path through
+    /// veth NAPI then runs on the CPU that sends them).
+    pub fn pin(&mut self, cpu: usize) {
+        self.cpu = Some(cpu);
     }
 
     /// Attaches the pass program to `iface` in `ns`: the peer of the interface the generator
@@ -37,8 +46,9 @@ impl Generator {
         Ok(())
     }
 
-    /// Sends `packets` copies of `template` out of `iface` in `ns`, spread over `flows` flows
-    /// whose sources start at `first_src`. The interface's peer needs an XDP program.
+    /// Sends `packets` frames built from `template` (an IPv4 UDP frame; see
+    /// `DataPath::set_generator`) out of `iface` in `ns`, spread over `flows` flows whose
+    /// sources start at `first_src`. The interface's peer needs an XDP program.
     pub fn send(
         &mut self,
         ns: &Netns,
@@ -48,9 +58,13 @@ impl Generator {
         first_src: Ipv4Addr,
         packets: u32,
     ) -> Result<()> {
-        self.dp.set_generator(flows, first_src)?;
+        self.dp.set_generator(flows, first_src, template)?;
+        let cpu = self.cpu;
         let prog = self.dp.generator()?;
         ns.run(|| -> Result<()> {
+            if let Some(cpu) = cpu {
+                pin_thread(cpu)?;
+            }
             let ctx = xdp_md(iface::index(iface)?, template.len());
             // Live frames report no verdict: what arrived is counted by the receiver.
             prog.test_run(TestRunOptions {
@@ -63,4 +77,17 @@ impl Generator {
             Ok(())
         })?
     }
+}
+
+/// Restricts the calling thread to one CPU.
+fn pin_thread(cpu: usize) -> Result<()> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_setaffinity(0) affects this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            bail!("pinning to CPU {cpu}: {}", std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }

@@ -4,7 +4,8 @@
 //!   cargo xtask setup   install what building and testing need (seconds when present)
 //!   cargo xtask test    setup, then every test: host unit tests, packet fixtures, namespaces
 //!   cargo xtask demo    setup, then the L2 demo on a namespace topology
-//!   cargo xtask bench   setup, then the per-packet benchmark
+//!   cargo xtask bench   setup, then the benchmarks (per packet, control plane, memory, live
+//!                       throughput); --quick for a short smoke run
 //!   cargo xtask fuzz    setup, then fuzz the data path with millions of packets
 //!   cargo xtask lint    rustfmt and clippy on every crate, the eBPF one included
 
@@ -36,8 +37,15 @@ enum Cmd {
     },
     /// Run setup, then the demo: traffic balanced over three backends in namespaces.
     Demo,
-    /// Run setup, then the per-packet benchmark (BPF_PROG_TEST_RUN, net of an empty program).
-    Bench,
+    /// Run setup, then the benchmarks: per-packet cost (BPF_PROG_TEST_RUN, net of an empty
+    /// program), control plane, map memory, live throughput through veth against the floor
+    /// forwarder, nftables DNAT and kernel routing. Results, Markdown and a chart in
+    /// target/bench/.
+    Bench {
+        /// Small counts (under a minute): checks that everything runs, figures are not meaningful.
+        #[arg(long)]
+        quick: bool,
+    },
     /// Fuzz the data path with N packets (the test suite runs 200 000).
     Fuzz {
         #[arg(default_value_t = 5_000_000)]
@@ -140,17 +148,21 @@ fn build_bins() -> Result<()> {
         .args(["build", "--release", "--bins"]))
 }
 
-fn run_bin(name: &str) -> Result<()> {
+fn run_bin(name: &str, args: &[&str]) -> Result<()> {
     build_bins()?;
-    run(Command::new("cargo").current_dir(root()).args([
-        "run",
-        "--release",
-        "--quiet",
-        "-p",
-        "lb-tests",
-        "--bin",
-        name,
-    ]))
+    run(Command::new("cargo")
+        .current_dir(root())
+        .args([
+            "run",
+            "--release",
+            "--quiet",
+            "-p",
+            "lb-tests",
+            "--bin",
+            name,
+            "--",
+        ])
+        .args(args))
 }
 
 fn install(prefix: &Path) -> Result<()> {
@@ -248,10 +260,10 @@ fn main() -> ExitCode {
             .and_then(|_| test(&args)),
         Cmd::Demo => require_root("the demo")
             .and_then(|_| setup())
-            .and_then(|_| run_bin("demo")),
-        Cmd::Bench => require_root("the benchmark")
+            .and_then(|_| run_bin("demo", &[])),
+        Cmd::Bench { quick } => require_root("the benchmark")
             .and_then(|_| setup())
-            .and_then(|_| run_bin("bench")),
+            .and_then(|_| run_bin("bench", if quick { &["--quick"] } else { &[] })),
         Cmd::Lint => lint(),
         Cmd::Fuzz { packets, seed } => {
             require_root("fuzzing").and_then(|_| setup()).and_then(|_| {

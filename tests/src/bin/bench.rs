@@ -10,8 +10,18 @@
 //!
 //! Every call's verdict is checked, so a case cannot silently measure the wrong path. It runs
 //! in a namespace where the FIB answers (lb_tests::fib), so L3 cases take their real path.
+//!
+//! Then live throughput through veth (`lb_tests::live`), and a chart of it.
+//!
+//! Flags: `--quick` (small counts: a CI smoke run that checks every section works, not speed),
+//! `--out DIR` (default target/bench), `--live-only`.
 
-use std::{net::Ipv4Addr, time::Instant};
+use std::{
+    net::Ipv4Addr,
+    path::PathBuf,
+    sync::atomic::{AtomicBool, Ordering},
+    time::Instant,
+};
 
 use anyhow::{bail, Context, Result};
 use aya::{
@@ -31,8 +41,15 @@ use lb_userspace::{
 };
 use serde_json::json;
 
-const REPEAT: u32 = 2_000_000;
-const CALLS: u32 = 100_000;
+static QUICK: AtomicBool = AtomicBool::new(false);
+
+/// Iterations of `repeat` cases, and frames of `calls` cases (a tenth in quick mode).
+fn counts() -> (u32, u32) {
+    match QUICK.load(Ordering::Relaxed) {
+        false => (2_000_000, 100_000),
+        true => (200_000, 10_000),
+    }
+}
 
 fn stats_of(prog: &Xdp) -> Result<(u64, u64)> {
     let info = prog.info()?;
@@ -65,7 +82,7 @@ fn measure(prog: &mut Xdp, input: Input<'_>, ifindex: u32, want: u32) -> Result<
         Ok(())
     };
     match input {
-        Input::Repeat(f) => check(f, REPEAT)?,
+        Input::Repeat(f) => check(f, counts().0)?,
         Input::Calls(frames) => {
             for f in frames {
                 check(f, 1)?;
@@ -93,7 +110,7 @@ fn vip(addr: &str, mode: Mode, backends: &[&str]) -> VipState {
 
 /// New flows to `dst:80` from distinct sources.
 fn new_flows(dst: &str) -> Vec<Vec<u8>> {
-    (0..CALLS)
+    (0..counts().1)
         .map(|i| {
             let src = Ipv4Addr::from(0x0b00_0000 + (i >> 14));
             Packet::tcp(&src.to_string(), 1024 + (i & 0x3fff) as u16, dst, 80).build()
@@ -102,11 +119,40 @@ fn new_flows(dst: &str) -> Vec<Vec<u8>> {
 }
 
 fn main() -> Result<()> {
-    let ns = fib_namespace();
-    ns.run(bench)?
+    lb_tests::live::stop_on_sigint();
+    let mut args = std::env::args().skip(1);
+    let (mut out, mut live_only) = (None, false);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--quick" => QUICK.store(true, Ordering::Relaxed),
+            "--live-only" => live_only = true,
+            "--out" => out = args.next().map(PathBuf::from),
+            _ => bail!("unknown argument {a:?}: expected --quick, --live-only or --out DIR"),
+        }
+    }
+    let mut results = if live_only {
+        json!({})
+    } else {
+        let ns = fib_namespace();
+        ns.run(bench)??
+    };
+    if results.is_null() {
+        return Ok(()); // XDPLB_BENCH_PROFILE
+    }
+    lb_tests::live::interrupted()?;
+    let params = match QUICK.load(Ordering::Relaxed) {
+        true => lb_tests::live::Params::quick(),
+        false => lb_tests::live::Params::full(),
+    };
+    results["quick"] = json!(QUICK.load(Ordering::Relaxed));
+    results["live"] = lb_tests::live::run(&params)?;
+    let out = out.unwrap_or_else(|| {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench")
+    });
+    write_results(&results, &out)
 }
 
-fn bench() -> Result<()> {
+fn bench() -> Result<serde_json::Value> {
     let opts = LoadOptions::default();
     let mut dp = DataPath::load(&opts).context("loading xdplb (root? cargo xtask setup?)")?;
     let c0 = dp.register_egress("c0")?;
@@ -137,7 +183,8 @@ fn bench() -> Result<()> {
     let hit6 = Packet::tcp("fd01::1", 40000, "fd01::100", 80).build();
     let l3_fwd = Packet::tcp("10.1.0.1", 40000, "10.1.0.200", 80).build();
     let (l2_new, l3_new) = (new_flows("10.1.0.100"), new_flows("10.1.0.200"));
-    let many = |f: &Vec<u8>| vec![f.clone(); CALLS as usize];
+    let (repeat, calls) = counts();
+    let many = |f: &Vec<u8>| vec![f.clone(); calls as usize];
 
     let started = Instant::now();
     // Baseline: the empty XDP_PASS program, both methods.
@@ -247,9 +294,10 @@ fn bench() -> Result<()> {
         ),
     ];
     if let Ok(only) = std::env::var("XDPLB_BENCH_PROFILE") {
-        return profile(lb, &only, cases);
+        // Profiling instead of measuring: main reports nothing (Null).
+        return profile(lb, &only, cases).map(|()| serde_json::Value::Null);
     }
-    println!("xdplb per-packet cost (BPF_PROG_TEST_RUN, kernel run_time_ns/run_cnt; repeat={REPEAT}, calls={CALLS})");
+    println!("xdplb per-packet cost (BPF_PROG_TEST_RUN, kernel run_time_ns/run_cnt; repeat={repeat}, calls={calls})");
     println!("empty XDP_PASS baseline: {base_rep:.1} ns (repeat), {base_calls:.1} ns (calls)");
     println!(
         "{:<28} {:>7} {:>10} {:>10} {:>8}",
@@ -285,7 +333,7 @@ fn bench() -> Result<()> {
         "map_memory_bytes": memory.iter().map(|(n, b)| (n.clone(), json!(b))).collect::<serde_json::Map<_, _>>(),
         "map_memory_total_bytes": total,
     });
-    write_results(&results)
+    Ok(results)
 }
 
 /// Runs one case (named by `XDPLB_BENCH_PROFILE`) over and over for about 5 s, so a profiler
@@ -405,10 +453,9 @@ fn control_plane(dp: &mut DataPath) -> Result<serde_json::Value> {
     }))
 }
 
-/// target/bench/results.json and results.md.
-fn write_results(results: &serde_json::Value) -> Result<()> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
-    std::fs::create_dir_all(&dir)?;
+/// results.json, results.md and live.svg in `dir` (target/bench by default).
+fn write_results(results: &serde_json::Value, dir: &std::path::Path) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
     std::fs::write(
         dir.join("results.json"),
         serde_json::to_string_pretty(results)?,
@@ -431,7 +478,15 @@ fn write_results(results: &serde_json::Value) -> Result<()> {
         results["verified_insns"],
         serde_json::to_string_pretty(&results["control_plane"])?
     ));
+    md.push_str(&lb_tests::live::markdown(&results["live"]));
     std::fs::write(dir.join("results.md"), md)?;
-    println!("\nwrote {}/results.json and results.md", dir.display());
+    std::fs::write(
+        dir.join("live.svg"),
+        lb_tests::live::chart::svg(&results["live"]),
+    )?;
+    println!(
+        "\nwrote {}/results.json, results.md and live.svg",
+        dir.display()
+    );
     Ok(())
 }
