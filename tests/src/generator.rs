@@ -80,7 +80,7 @@ impl Generator {
 }
 
 /// Restricts the calling thread to one CPU.
-fn pin_thread(cpu: usize) -> Result<()> {
+pub fn pin_thread(cpu: usize) -> Result<()> {
     // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_setaffinity(0) affects this thread.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();

@@ -31,24 +31,12 @@ fn backends(addrs: &[&str]) -> Vec<BackendTarget> {
         .collect()
 }
 
-/// The window is per CPU: keep every test run on one.
-fn pin_to_cpu0() {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; pid 0 is this thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
-            0
-        );
-    }
-}
-
 #[test]
 fn new_flows_beyond_the_record_limit_are_balanced_but_not_recorded() {
     let ns = fib_namespace();
     ns.run(|| {
-        pin_to_cpu0();
+        // The window is per CPU: keep every run on one.
+        lb_tests::generator::pin_thread(0).unwrap();
         let opts = LoadOptions::default();
         let mut dp = DataPath::load(&opts).expect("load xdplb (root?)");
         let c0 = dp.register_egress("c0").unwrap();

@@ -108,11 +108,11 @@ fn vip(addr: &str, mode: Mode, backends: &[&str]) -> VipState {
     lb_tests::xdp::vip(addr, mode, backends)
 }
 
-/// New flows to `dst:80` from distinct sources.
-fn new_flows(dst: &str) -> Vec<Vec<u8>> {
+/// New flows to `dst:80` from distinct sources (`first` + i / 16384).
+fn new_flows(dst: &str, first: u32) -> Vec<Vec<u8>> {
     (0..counts().1)
         .map(|i| {
-            let src = Ipv4Addr::from(0x0b00_0000 + (i >> 14));
+            let src = Ipv4Addr::from(first + (i >> 14));
             Packet::tcp(&src.to_string(), 1024 + (i & 0x3fff) as u16, dst, 80).build()
         })
         .collect()
@@ -182,7 +182,11 @@ fn bench() -> Result<serde_json::Value> {
     let hit4 = Packet::tcp("10.1.0.1", 40000, "10.1.0.100", 80).build();
     let hit6 = Packet::tcp("fd01::1", 40000, "fd01::100", 80).build();
     let l3_fwd = Packet::tcp("10.1.0.1", 40000, "10.1.0.200", 80).build();
-    let (l2_new, l3_new) = (new_flows("10.1.0.100"), new_flows("10.1.0.200"));
+    let (l2_new, l3_new) = (
+        new_flows("10.1.0.100", 0x0b00_0000),
+        new_flows("10.1.0.200", 0x0b00_0000),
+    );
+    let l2_flood = new_flows("10.1.0.100", 0x0c00_0000);
     let (repeat, calls) = counts();
     let many = |f: &Vec<u8>| vec![f.clone(); calls as usize];
 
@@ -195,6 +199,8 @@ fn bench() -> Result<serde_json::Value> {
         c0,
         XDP_PASS,
     )?;
+    // Miss cases measure the insert; the flood case below, the path over the record limit.
+    dp.set_record_limit(0)?;
     let lb = dp.program()?;
     // Prime the tables for the hit cases; learn which backend the L3 flow went to, for its reply.
     measure(lb, Input::Calls(&[hit4.clone(), hit6.clone()]), c0, XDP_TX)?;
@@ -313,6 +319,25 @@ fn bench() -> Result<serde_json::Value> {
         );
         per_packet.push(json!({ "case": case, "method": method, "ns": ns, "net_ns": ns - base, "x_empty": ns / base }));
     }
+    // New flows over the per-CPU record limit (a flood): balanced by the ring, not recorded.
+    dp.set_record_limit(1)?;
+    let case = "L2 miss over record limit";
+    let ns = measure(dp.program()?, Input::Calls(&l2_flood), c0, XDP_TX)?;
+    let unrecorded = dp.stats()?[lb_common::stats::EV_CT_UNRECORDED as usize];
+    if unrecorded + 1 < l2_flood.len() as u64 {
+        bail!(
+            "{case}: only {unrecorded} of {} flows went unrecorded",
+            l2_flood.len()
+        );
+    }
+    println!(
+        "{case:<28} {:>7} {ns:>10.1} {:>10.1} {:>8.2}",
+        "calls",
+        ns - base_calls,
+        ns / base_calls
+    );
+    per_packet.push(json!({ "case": case, "method": "calls", "ns": ns, "net_ns": ns - base_calls, "x_empty": ns / base_calls }));
+    dp.set_record_limit(lb_common::maps::DEFAULT_RECORD_LIMIT)?;
     println!("verifier: {insns} instructions processed (verified_insns)");
 
     let control = control_plane(&mut dp)?;
