@@ -104,7 +104,9 @@ pub struct Hop {
     pub smac: [u8; 6],
     /// The route's MTU: larger packets take the FIB path (which refuses them).
     pub mtu: u16,
-    pub _pad: u16,
+    /// A 16-bit digest of the flow the hop was written for. An LRU entry can be recycled for
+    /// another flow between the lookup and the write; that flow then ignores this hop.
+    pub tag: u16,
 }
 
 /// How long a `Hop` is trusted, in its clock's units (about 1 s): a route or neighbour change

@@ -66,9 +66,10 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STATS_LEN, 0)
 
 /// Whether `addr` may be an address of `kind` (`m::FILTER_*`): false is certain, true is
 /// checked by a map lookup. An array read the verifier inlines, instead of a hash lookup.
-/// A BPF subprogram, and not on the paths of ICMP messages and fragments (rare: they go
-/// straight to the lookup): inlined, or called from more sites, LLVM's register reuse made
-/// the parser do arithmetic on `data_end` on some path, which the verifier refuses.
+/// A BPF subprogram, called from `find_vip` (flows and ICMP errors) and for replies, but not
+/// from `is_vip_address` (ICMP messages and fragments, rare, go straight to the lookup):
+/// inlined, or also called there, LLVM's register reuse made the parser do arithmetic on
+/// `data_end` on some path, which the verifier refuses.
 #[inline(never)]
 pub fn may_be(kind: u32, addr: &[u32; 4]) -> bool {
     let bit = addr_bit(addr);

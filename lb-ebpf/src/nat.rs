@@ -91,10 +91,15 @@ pub fn route(ctx: &XdpContext, key: &FlowKey, off: &Offsets, rw: &Rewrite) -> Re
     // SAFETY: the coarse clock helper has no preconditions.
     let now = ((unsafe { bpf_ktime_get_coarse_ns() } >> 20) as u32).max(1);
     let ingress = ctx.ingress_ifindex() as u32;
+    let tag = hop_tag(key);
     if let Some(hop) = rw.hop {
         // SAFETY: a valid map value; copied at once.
         let h = unsafe { *hop };
-        if h.checked != 0 && now.wrapping_sub(h.checked) < HOP_TTL && tot_len <= h.mtu {
+        if h.tag == tag
+            && h.checked != 0
+            && now.wrapping_sub(h.checked) < HOP_TTL
+            && tot_len <= h.mtu
+        {
             return Ok(Route::Forward {
                 out: Egress {
                     ifindex: h.ifindex,
@@ -139,8 +144,9 @@ pub fn route(ctx: &XdpContext, key: &FlowKey, off: &Offsets, rw: &Rewrite) -> Re
     Ok(match rc as u32 {
         BPF_FIB_LKUP_RET_SUCCESS if attached(p.ifindex) => {
             if let Some(hop) = rw.hop {
-                // SAFETY: a valid map value. A reader on another CPU may see a half-written
-                // refresh of the same route; flows stay on one CPU, so this is very rare.
+                // SAFETY: a valid map value (possibly recycled for another flow since the
+                // lookup: the tag tells that flow not to use it). A reader on another CPU may
+                // see a half-written refresh; a flow's packets stay on one CPU, so rarely.
                 unsafe {
                     *hop = Hop {
                         ifindex: p.ifindex,
@@ -148,7 +154,7 @@ pub fn route(ctx: &XdpContext, key: &FlowKey, off: &Offsets, rw: &Rewrite) -> Re
                         dmac: p.dmac,
                         smac: p.smac,
                         mtu: p.__bindgen_anon_1.mtu_result,
-                        _pad: 0,
+                        tag,
                     }
                 };
             }
@@ -166,6 +172,16 @@ pub fn route(ctx: &XdpContext, key: &FlowKey, off: &Offsets, rw: &Rewrite) -> Re
         BPF_FIB_LKUP_RET_FRAG_NEEDED => Route::TooBig,
         _ => Route::None,
     })
+}
+
+/// The flow's digest in its cached hop (`Hop::tag`).
+#[inline(always)]
+fn hop_tag(key: &FlowKey) -> u16 {
+    let mut x = (key.sport as u32) << 16 | key.dport as u32;
+    for w in key.src.iter().chain(key.dst.iter()) {
+        x = x.rotate_left(5) ^ w;
+    }
+    (x ^ (x >> 16)) as u16
 }
 
 /// Whether frames can be redirected out of `ifindex` (the loader registered it).

@@ -197,18 +197,10 @@ impl DataPath {
             check_pinned_layout(dir, opts)?;
         }
         let mut ebpf = loader.load(OBJECT)?;
-        for name in [
-            m::PROG_LB,
-            m::PROG_PASS,
-            m::PROG_GEN,
-            m::PROG_SINK,
-            m::PROG_FLOOR,
-        ] {
-            let prog = program(&mut ebpf, name)?;
-            prog.load().map_err(|source| DataPathError::Program {
-                what: format!("verifying program {name}"),
-                source,
-            })?;
+        // The balancer and the pass program are verified now; the test and benchmark tools
+        // (generator, sink, floor) only when first used, so the daemon never loads them.
+        for name in [m::PROG_LB, m::PROG_PASS] {
+            program(&mut ebpf, name)?;
         }
         Ok(DataPath {
             ebpf,
@@ -756,14 +748,22 @@ const ALL_MAPS: [&str; 13] = [
     m::STATS,
 ];
 
+/// Program `name` of the object, loaded (verified) on first use.
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp, DataPathError> {
     let prog = ebpf
         .program_mut(name)
         .ok_or_else(|| DataPathError::Option(format!("program {name} is not in the object")))?;
-    prog.try_into().map_err(|source| DataPathError::Program {
+    let xdp: &mut Xdp = prog.try_into().map_err(|source| DataPathError::Program {
         what: format!("program {name}"),
         source,
-    })
+    })?;
+    if xdp.fd().is_err() {
+        xdp.load().map_err(|source| DataPathError::Program {
+            what: format!("verifying program {name}"),
+            source,
+        })?;
+    }
+    Ok(xdp)
 }
 
 fn nr_cpus(map: &'static str) -> Result<usize, MirrorError> {

@@ -616,7 +616,6 @@ impl Mirror {
     }
 }
 
-/// A backend's identity for Maglev: its address bytes.
 /// Address-filter words with the bit of each (kind, address) set.
 fn filter_words(addrs: impl Iterator<Item = (u32, IpAddr)>) -> Vec<u64> {
     let mut words = vec![0u64; (FILTER_KINDS * FILTER_WORDS) as usize];
@@ -627,6 +626,7 @@ fn filter_words(addrs: impl Iterator<Item = (u32, IpAddr)>) -> Vec<u64> {
     words
 }
 
+/// A backend's identity for Maglev: its address bytes.
 fn identity(ip: IpAddr) -> Vec<u8> {
     match ip {
         IpAddr::V4(v4) => v4.octets().to_vec(),

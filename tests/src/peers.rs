@@ -157,23 +157,14 @@ fn udp_loop(sock: UdpSocket, name: String, stop: Arc<AtomicBool>) {
     }
 }
 
-/// A server on every host, named b1, b2, ... in order.
-pub fn serve_all(
-    hosts: &[crate::topology::Host],
+/// A server in every namespace, named b1, b2, ... in order.
+pub fn serve_all<'a>(
+    namespaces: impl IntoIterator<Item = &'a Netns>,
     port: u16,
     udp_addrs: &[IpAddr],
 ) -> Result<Vec<Server>> {
-    hosts
-        .iter()
-        .enumerate()
-        .map(|(i, h)| Server::start(&h.ns, &format!("b{}", i + 1), port, udp_addrs))
-        .collect()
-}
-
-/// A server in every namespace, named b1, b2, ... in order.
-pub fn serve_all_ns(namespaces: &[Netns], port: u16, udp_addrs: &[IpAddr]) -> Result<Vec<Server>> {
     namespaces
-        .iter()
+        .into_iter()
         .enumerate()
         .map(|(i, ns)| Server::start(ns, &format!("b{}", i + 1), port, udp_addrs))
         .collect()

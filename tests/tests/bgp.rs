@@ -11,7 +11,7 @@ use std::{
 
 use lb_tests::{
     bgp::{Cluster, BACKENDS, PORT, VIP},
-    peers::{hold, serve_all_ns, tcp_once, Conn, Server},
+    peers::{hold, serve_all, tcp_once, Conn, Server},
 };
 use serde_json::Value;
 
@@ -27,7 +27,7 @@ fn target() -> SocketAddr {
 }
 
 fn servers(c: &Cluster) -> Vec<Server> {
-    serve_all_ns(&c.backends, PORT, &[]).expect("backend servers")
+    serve_all(&c.backends, PORT, &[]).expect("backend servers")
 }
 
 fn backend_name(addr: &str) -> String {

@@ -1129,7 +1129,14 @@ record_limit = 1000
         .filter(|f| entry(&d, 1024 + f)["conntrack_entry"] == true)
         .count();
     println!("flood with record_limit 1000: {skipped} new flows not recorded, {kept} of 100 established flows kept their entries");
-    assert!(skipped >= 600_000, "the flood went unrecorded ({skipped})");
+    // At most 1000 per CPU per second were recorded.
+    let flooded = balanced(&d) - packets_before;
+    let cpus = std::thread::available_parallelism().map_or(64, |n| n.get()) as u64;
+    let may_record = 1000 * cpus * (started.elapsed().as_secs() + 1);
+    assert!(
+        skipped + may_record >= flooded,
+        "the flood went unrecorded ({skipped} of {flooded})"
+    );
     assert!(
         kept >= 95,
         "established flows keep their entries ({kept} of 100)"

@@ -39,7 +39,7 @@ impl Setup {
             .expect("attach xdplb in the lb namespace");
         let mirror = Mirror::new(opts.ring_size, opts.max_vips, opts.max_backends);
         let servers = serve_all(
-            &topo.backends,
+            topo.backends.iter().map(|h| &h.ns),
             PORT,
             &[VIP4.parse().unwrap(), VIP6.parse().unwrap()],
         )

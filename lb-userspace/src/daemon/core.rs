@@ -172,8 +172,6 @@ impl Core {
         }
         // Health first: the ring is computed with the failed set the new checks imply.
         self.update_health_targets(&new);
-        // A VIP leaves BGP before it leaves the maps, and joins it after it is in them.
-        self.withdraw_ahead(&new);
         let seed = self.mirror.seed();
         self.mirror.set_seed(new.maglev_seed());
         if let Err(e) = self.apply(&new) {
@@ -193,6 +191,9 @@ impl Core {
     fn apply(&mut self, new: &Config) -> Result<(), String> {
         let states = self.resolve(new)?;
         self.mirror.validate(&states).map_err(|e| e.to_string())?;
+        // A VIP leaves BGP before it leaves the maps, and joins it after it is in them; only
+        // once the change passed every check, so a refused change does not flap routes.
+        self.withdraw_ahead(new);
         let mut attached = Vec::new();
         for i in new
             .interfaces

@@ -323,8 +323,9 @@ fn bench() -> Result<serde_json::Value> {
     dp.set_record_limit(1)?;
     let case = "L2 miss over record limit";
     let ns = measure(dp.program()?, Input::Calls(&l2_flood), c0, XDP_TX)?;
+    // One flow per CPU per second is recorded (the thread may move between CPUs).
     let unrecorded = dp.stats()?[lb_common::stats::EV_CT_UNRECORDED as usize];
-    if unrecorded + 1 < l2_flood.len() as u64 {
+    if unrecorded * 10 < l2_flood.len() as u64 * 9 {
         bail!(
             "{case}: only {unrecorded} of {} flows went unrecorded",
             l2_flood.len()

@@ -116,7 +116,7 @@ fn l3_scenario() -> Result<()> {
     section("L3 (NAT): client -- lb -- bridge with b1..b3 on their own subnet, replies routed via the lb");
     let topo = L3Topology::new(3)?;
     let _pass = topo.attach_peer_pass()?;
-    let _servers = serve_all(&topo.backends, PORT, &[])?;
+    let _servers = serve_all(topo.backends.iter().map(|h| &h.ns), PORT, &[])?;
     for (i, b) in topo.backends.iter().enumerate() {
         println!(
             "  b{}  {}  (HTTP server on :{PORT}, no VIP, default route via the lb)",
@@ -170,7 +170,7 @@ fn l2_scenario() -> Result<()> {
     section("L2 (DSR): client, lb and b1..b3 on a bridge, each in its own network namespace");
     let topo = L2Topology::new(3)?;
     let _pass = topo.attach_peer_pass()?;
-    let _servers = serve_all(&topo.backends, PORT, &[])?;
+    let _servers = serve_all(topo.backends.iter().map(|h| &h.ns), PORT, &[])?;
     for (i, b) in topo.backends.iter().enumerate() {
         println!(
             "  b{}  {}  {}  (HTTP server on :{PORT}, VIP on lo)",

@@ -132,7 +132,7 @@ impl Case {
     pub fn label(self) -> &'static str {
         match self {
             Case::L2 => "xdplb L2 (DSR, devmap redirect)",
-            Case::L3 => "xdplb L3 (NAT, FIB, redirect)",
+            Case::L3 => "xdplb L3 (NAT, next hop cached, redirect)",
             Case::Floor => "floor (MAC rewrite + devmap redirect)",
             Case::Nft => "nftables DNAT (kernel)",
             Case::Routing => "plain kernel routing",

@@ -155,6 +155,14 @@ impl Core {
         self.node.drained = drained;
         self.announce();
         self.save()?;
+        // Saying "drained" while a route is still announced would let an operator stop a node
+        // that still attracts traffic. The drain stays in force and is retried every second.
+        if let Some(e) = &self.node.last_error {
+            return Err(format!(
+                "the node is {} but the routes could not be changed yet ({e}); retrying every second, see `xdplb node status`",
+                if drained { "drained" } else { "undrained" }
+            ));
+        }
         Ok(json!({ "drained": drained, "changed": changed }))
     }
 
