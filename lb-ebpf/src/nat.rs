@@ -177,10 +177,17 @@ pub fn route(ctx: &XdpContext, key: &FlowKey, off: &Offsets, rw: &Rewrite) -> Re
 /// The flow's digest in its cached hop (`Hop::tag`).
 #[inline(always)]
 fn hop_tag(key: &FlowKey) -> u16 {
-    let mut x = (key.sport as u32) << 16 | key.dport as u32;
-    for w in key.src.iter().chain(key.dst.iter()) {
-        x = x.rotate_left(5) ^ w;
-    }
+    // Written out: an iterator chain here compiled to a stack read the verifier refused.
+    let (s, d) = (&key.src, &key.dst);
+    let x = s[0]
+        ^ s[1].rotate_left(4)
+        ^ s[2].rotate_left(8)
+        ^ s[3].rotate_left(12)
+        ^ d[0].rotate_left(16)
+        ^ d[1].rotate_left(20)
+        ^ d[2].rotate_left(24)
+        ^ d[3].rotate_left(28)
+        ^ ((key.sport as u32) << 16 | key.dport as u32);
     (x ^ (x >> 16)) as u16
 }
 
