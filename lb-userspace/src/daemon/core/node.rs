@@ -86,16 +86,19 @@ impl Core {
     pub(super) fn announce(&mut self) {
         let target = self.config.announce.as_ref().map(RouteTable::from);
         if let Some(old) = self.node.table.filter(|t| Some(*t) != target) {
-            // The table or protocol changed, or announcing was switched off.
-            if self.change_routes(old, BTreeSet::new()) {
-                self.node.table = None;
+            // The table or protocol changed, or announcing was switched off. Until the old
+            // table is empty it stays the one in use (retried every tick), so its routes are
+            // never forgotten while still announced.
+            if !self.change_routes(old, BTreeSet::new()) {
+                return;
             }
+            self.node.table = None;
         }
         let Some(table) = target else {
             return;
         };
         let wanted = self
-            .plan_for(&self.config.clone())
+            .plan_for(&self.config)
             .into_iter()
             .filter(|p| p.announce)
             .map(|p| p.addr)
