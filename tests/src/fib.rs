@@ -4,7 +4,7 @@
 //! forwarding on, and permanent neighbour entries for the client (10.1.0.1,
 //! fd01::1: `CLIENT_MAC`) and backends 1 and 2 (10.2.0.N, fd02::N: `be_mac(N)`).
 
-use lb_userspace::model::Mac;
+use lb_userspace::model::{BackendTarget, Mac};
 
 use crate::{
     netns::{unique_prefix, Netns},
@@ -14,6 +14,21 @@ use crate::{
 /// The MAC the FIB namespace gives backend `i`.
 pub fn be_mac(i: u8) -> Mac {
     Mac([0x02, 0xbe, 0, 0, 0, i])
+}
+
+/// Backends at these addresses, the n-th (from 1) at `be_mac(n)`, weight 1, no port.
+pub fn backends(addrs: &[&str]) -> Vec<BackendTarget> {
+    addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| BackendTarget {
+            addr: a.parse().expect("backend address"),
+            weight: 1,
+            mac: be_mac(i as u8 + 1),
+            ifindex: 0,
+            port: 0,
+        })
+        .collect()
 }
 
 /// The `xdp_md` context of a BPF_PROG_TEST_RUN call: a frame of `len` bytes received on

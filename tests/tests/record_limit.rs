@@ -5,31 +5,17 @@
 
 use lb_common::stats;
 use lb_tests::{
-    fib::{be_mac, fib_namespace},
+    fib::{backends, be_mac, fib_namespace},
     packet::Packet,
     xdp::{test_run, vip, XDP_REDIRECT, XDP_TX},
 };
 use lb_userspace::{
     datapath::{DataPath, LoadOptions},
     mirror::Mirror,
-    model::{flow_key, BackendTarget, Mode},
+    model::{flow_key, Mode},
 };
 
 const LIMIT: u32 = 3;
-
-fn backends(addrs: &[&str]) -> Vec<BackendTarget> {
-    addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| BackendTarget {
-            addr: a.parse().unwrap(),
-            weight: 1,
-            mac: be_mac(i as u8 + 1),
-            ifindex: 0,
-            port: 0,
-        })
-        .collect()
-}
 
 #[test]
 fn new_flows_beyond_the_record_limit_are_balanced_but_not_recorded() {

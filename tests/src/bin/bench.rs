@@ -29,7 +29,7 @@ use aya::{
     sys::{enable_stats, Stats},
 };
 use lb_tests::{
-    fib::{be_mac, fib_namespace, xdp_md},
+    fib::{backends, fib_namespace, xdp_md},
     packet::Packet,
     xdp::{XDP_PASS, XDP_REDIRECT, XDP_TX},
 };
@@ -37,7 +37,7 @@ use lb_userspace::{
     datapath::{DataPath, LoadOptions},
     maglev::{self, RingMember},
     mirror::Mirror,
-    model::{BackendTarget, Mode, VipState},
+    model::{Mode, VipState},
 };
 use serde_json::json;
 
@@ -93,19 +93,8 @@ fn measure(prog: &mut Xdp, input: Input<'_>, ifindex: u32, want: u32) -> Result<
     Ok((t1 - t0) as f64 / (c1 - c0) as f64)
 }
 
-fn vip(addr: &str, mode: Mode, backends: &[&str]) -> VipState {
-    let backends = backends
-        .iter()
-        .enumerate()
-        .map(|(i, a)| BackendTarget {
-            addr: a.parse().unwrap(),
-            weight: 1,
-            mac: be_mac(i as u8 + 1),
-            ifindex: 0,
-            port: 0,
-        })
-        .collect();
-    lb_tests::xdp::vip(addr, mode, backends)
+fn vip(addr: &str, mode: Mode, addrs: &[&str]) -> VipState {
+    lb_tests::xdp::vip(addr, mode, backends(addrs))
 }
 
 /// New flows to `dst:80` from distinct sources (`first` + i / 16384).
