@@ -87,6 +87,10 @@ pub struct ConnValue {
     pub backend: u32,
     /// `BackendInfo::generation` of the backend when the flow was recorded.
     pub generation: u32,
+    /// The flow's VIP (`VipInfo` id and flags): a hit needs no VIP lookup. Valid while the
+    /// backend is (a VIP that goes, or changes mode, releases its backends).
+    pub vip: u32,
+    pub vip_flags: u32,
     /// L3 flows: where their packets to the backend leave.
     pub hop: Hop,
 }
@@ -173,7 +177,7 @@ const _: () = assert!(core::mem::size_of::<VipKey>() == 20);
 const _: () = assert!(core::mem::size_of::<VipInfo>() == 8);
 const _: () = assert!(core::mem::size_of::<BackendInfo>() == 40);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
-const _: () = assert!(core::mem::size_of::<ConnValue>() == 32);
+const _: () = assert!(core::mem::size_of::<ConnValue>() == 40);
 const _: () = assert!(core::mem::size_of::<Hop>() == 24);
 const _: () = assert!(core::mem::size_of::<IfaceInfo>() == 8);
 const _: () = assert!(core::mem::size_of::<NatValue>() == 44);

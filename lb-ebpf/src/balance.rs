@@ -38,31 +38,58 @@ pub enum Record {
     UnlessFlood,
 }
 
-/// Picks the backend for a flow of `vip`, recording a ring choice as `record` says.
-#[inline(always)]
-pub fn choose(vip: &VipInfo, key: &FlowKey, record: Record) -> Option<Choice> {
-    if let Some(entry) = CONNTRACK.get_ptr_mut(key) {
-        // SAFETY: a valid map value; backend and generation are only written on insert,
-        // which replaces the entry whole.
-        let (id, generation) = unsafe { ((*entry).backend, (*entry).generation) };
-        if let Some(backend) = live_backend(id) {
-            if backend.generation == generation {
-                event(stats::EV_CT_HIT);
-                return Some(Choice {
-                    id,
-                    backend,
-                    new_flow: false,
-                    // SAFETY: a field of the same map value.
-                    hop: Some(unsafe { &raw mut (*entry).hop }),
-                });
-            }
-        }
-        // The backend was removed (or its id reused): re-balance the flow.
-        event(stats::EV_CT_STALE);
-    } else {
-        event(stats::EV_CT_MISS);
-    }
+/// What the connection table knows of a flow.
+pub enum Known {
+    /// Recorded, and its backend is still the one recorded: the flow's VIP comes with it.
+    Hit(VipInfo, Choice),
+    /// Recorded, but the backend was removed (or its id reused): to be placed again.
+    Stale,
+    Unknown,
+}
 
+/// Looks the flow up in the connection table (counts hits; `place` counts the rest).
+#[inline(always)]
+pub fn lookup(key: &FlowKey) -> Known {
+    let Some(entry) = CONNTRACK.get_ptr_mut(key) else {
+        return Known::Unknown;
+    };
+    // SAFETY: a valid map value; backend, generation and VIP are only written on insert,
+    // which fills a fresh element whole.
+    let (id, generation, vip) = unsafe {
+        (
+            (*entry).backend,
+            (*entry).generation,
+            VipInfo {
+                id: (*entry).vip,
+                flags: (*entry).vip_flags,
+            },
+        )
+    };
+    match live_backend(id) {
+        Some(backend) if backend.generation == generation => {
+            event(stats::EV_CT_HIT);
+            let choice = Choice {
+                id,
+                backend,
+                new_flow: false,
+                // SAFETY: a field of the same map value.
+                hop: Some(unsafe { &raw mut (*entry).hop }),
+            };
+            Known::Hit(vip, choice)
+        }
+        _ => Known::Stale,
+    }
+}
+
+/// Places a flow of `vip` the table did not know (`stale`: knew with a gone backend) by the
+/// VIP's Maglev ring, recording the choice as `record` says.
+#[inline(always)]
+pub fn place(vip: &VipInfo, key: &FlowKey, record: Record, stale: bool) -> Option<Choice> {
+    event(if stale {
+        stats::EV_CT_STALE
+    } else {
+        stats::EV_CT_MISS
+    });
     // SAFETY: reading a plain u32 from read-only data.
     let ring_size = unsafe { core::ptr::read_volatile(&RING_SIZE) };
     // checked_rem: a plain `%` would add a divide-by-zero panic path the verifier rejects.
@@ -73,6 +100,8 @@ pub fn choose(vip: &VipInfo, key: &FlowKey, record: Record) -> Option<Choice> {
         let conn = ConnValue {
             backend: id,
             generation: backend.generation,
+            vip: vip.id,
+            vip_flags: vip.flags,
             hop: Hop::default(),
         };
         // Under a flood of new flows the ring alone places them (stable while it does not
@@ -90,6 +119,16 @@ pub fn choose(vip: &VipInfo, key: &FlowKey, record: Record) -> Option<Choice> {
         new_flow: record != Record::Never,
         hop: None,
     })
+}
+
+/// The backend for a flow of `vip`: the table's, else the ring's.
+#[inline(always)]
+pub fn choose(vip: &VipInfo, key: &FlowKey, known: Known, record: Record) -> Option<Choice> {
+    match known {
+        Known::Hit(_, choice) => Some(choice),
+        Known::Stale => place(vip, key, record, true),
+        Known::Unknown => place(vip, key, record, false),
+    }
 }
 
 #[inline(always)]

@@ -17,10 +17,13 @@ mod parse;
 mod sink;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use lb_common::{maps::FILTER_REPLY, stats, FlowKey, VipInfo, VIP_F_MODE_L3};
+use lb_common::{
+    maps::{FILTER_REPLY, FILTER_VIP},
+    stats, FlowKey, VipInfo, VIP_F_MODE_L3,
+};
 
 use crate::{
-    balance::Record,
+    balance::{Known, Record},
     counters::verdict,
     parse::{Class, Parsed},
 };
@@ -44,15 +47,25 @@ pub fn xdplb(ctx: XdpContext) -> u32 {
 fn dispatch(ctx: &XdpContext, class: Class, vlan: bool) -> u32 {
     match class {
         Class::Flow(key, off) => {
+            // A flow the connection table knows brings its VIP along: no VIP lookup. Only
+            // packets to an address that may be a VIP's are looked up at all.
+            let (vip, known) = if maps::may_be(FILTER_VIP, &key.dst) {
+                match balance::lookup(&key) {
+                    Known::Hit(vip, choice) => (Some(vip), Known::Hit(vip, choice)),
+                    other => (maps::vip_lookup(&key), other),
+                }
+            } else {
+                (None, Known::Unknown)
+            };
             // One NAT call site for both directions: the verifier walks the L3 code once per
             // parse path instead of twice.
-            let nat = match maps::find_vip(&key) {
+            let nat = match vip {
                 // The tag would have to follow the FIB's egress: not NATed (docs/datapath.md).
                 Some(vip) if vip.flags & VIP_F_MODE_L3 != 0 && vlan => {
                     return verdict(stats::PASS_L3_VLAN, xdp_action::XDP_PASS)
                 }
-                Some(vip) if vip.flags & VIP_F_MODE_L3 != 0 => to_backend(&vip, &key),
-                Some(vip) => return steer(ctx, &vip, &key, Record::UnlessFlood),
+                Some(vip) if vip.flags & VIP_F_MODE_L3 != 0 => to_backend(&vip, &key, known),
+                Some(vip) => return steer(ctx, &vip, &key, known, Record::UnlessFlood),
                 None => to_client(&key, vlan),
             };
             match nat {
@@ -69,7 +82,7 @@ fn dispatch(ctx: &XdpContext, class: Class, vlan: bool) -> u32 {
             }
             Some(vip) => {
                 counters::event(stats::EV_ICMP_STEERED);
-                steer(ctx, &vip, &flow, Record::Never)
+                steer(ctx, &vip, &flow, balance::lookup(&flow), Record::Never)
             }
             None => pass_unless_vip_address(&outer, stats::PASS_ICMP),
         },
@@ -98,8 +111,8 @@ fn pass_unless_vip_address(dst: &parse::Dest, vip_reason: u32) -> u32 {
 
 /// Sends a VIP packet to its backend; `record` creates a connection-table entry on a miss.
 #[inline(always)]
-fn steer(ctx: &XdpContext, vip: &VipInfo, key: &FlowKey, record: Record) -> u32 {
-    let Some(choice) = balance::choose(vip, key, record) else {
+fn steer(ctx: &XdpContext, vip: &VipInfo, key: &FlowKey, known: Known, record: Record) -> u32 {
+    let Some(choice) = balance::choose(vip, key, known, record) else {
         return verdict(stats::DROP_NO_BACKEND, xdp_action::XDP_DROP);
     };
     // Counted as VIP traffic only once it can be sent.
@@ -117,8 +130,8 @@ type NatPlan = (nat::Rewrite, Option<(u32, u32, bool)>);
 /// L3 mode: the flow's packets get the backend's address; a new flow also gets its
 /// reverse-NAT entry, so the backend's replies can be turned back into the VIP's.
 #[inline(always)]
-fn to_backend(vip: &VipInfo, key: &FlowKey) -> Result<NatPlan, (u32, u32)> {
-    let Some(choice) = balance::choose(vip, key, Record::Always) else {
+fn to_backend(vip: &VipInfo, key: &FlowKey, known: Known) -> Result<NatPlan, (u32, u32)> {
+    let Some(choice) = balance::choose(vip, key, known, Record::Always) else {
         return Err((stats::DROP_NO_BACKEND, xdp_action::XDP_DROP));
     };
     let b = &choice.backend;

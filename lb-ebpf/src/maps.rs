@@ -78,12 +78,18 @@ pub fn may_be(kind: u32, addr: &[u32; 4]) -> bool {
         .is_some_and(|w| *w & (1u64 << (bit & 63)) != 0)
 }
 
-/// The VIP for the flow's destination: the exact port first, then an all-ports VIP.
+/// The VIP for the flow's destination, if its address may be a VIP's (`may_be`).
 #[inline(always)]
 pub fn find_vip(key: &FlowKey) -> Option<VipInfo> {
     if !may_be(m::FILTER_VIP, &key.dst) {
         return None;
     }
+    vip_lookup(key)
+}
+
+/// The VIP for the flow's destination: the exact port first, then an all-ports VIP.
+#[inline(always)]
+pub fn vip_lookup(key: &FlowKey) -> Option<VipInfo> {
     let mut vk = VipKey {
         addr: key.dst,
         port: key.dport,
