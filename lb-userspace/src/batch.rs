@@ -24,38 +24,45 @@ struct BatchAttr {
     flags: u64,
 }
 
-/// Writes `values[i]` at index `keys[i]` of an array map whose values are `u32`.
-pub fn update_u32s(map: &MapData, keys: &[u32], values: &[u32]) -> io::Result<()> {
+/// Writes `values[i]` at index `keys[i]` of an array map whose values are `V`, in one syscall.
+/// Refuses a map whose key or value size differs: the kernel reads that many bytes per element.
+pub fn update<V: aya::Pod>(map: &MapData, keys: &[u32], values: &[V]) -> io::Result<()> {
     assert_eq!(keys.len(), values.len(), "one value per key");
-    let (mut keys, mut values) = (keys, values);
-    while !keys.is_empty() {
-        let mut attr = BatchAttr {
-            keys: keys.as_ptr() as u64,
-            values: values.as_ptr() as u64,
-            count: keys.len() as u32,
-            map_fd: map.fd().as_fd().as_raw_fd() as u32,
-            ..Default::default()
-        };
-        // SAFETY: `attr` is a valid batch request whose pointers reference `count` keys and
-        // values that outlive the call; the kernel writes back only `count`.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_UPDATE_BATCH,
-                &mut attr as *mut BatchAttr,
-                size_of::<BatchAttr>() as u32,
-            )
-        };
-        // The kernel reports in `count` how many it wrote, also when it stopped early.
-        let done = (attr.count as usize).min(keys.len());
-        if rc < 0 || done == 0 {
-            let err = io::Error::last_os_error();
-            if rc == 0 || err.kind() != io::ErrorKind::Interrupted || done == 0 {
-                return Err(err);
-            }
-        }
-        keys = &keys[done..];
-        values = &values[done..];
+    let info = map.info().map_err(io::Error::other)?;
+    if info.key_size() as usize != size_of::<u32>() || info.value_size() as usize != size_of::<V>()
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "batch write of {}-byte values into a map of {}-byte keys and {}-byte values",
+                size_of::<V>(),
+                info.key_size(),
+                info.value_size()
+            ),
+        ));
+    }
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let mut attr = BatchAttr {
+        keys: keys.as_ptr() as u64,
+        values: values.as_ptr() as u64,
+        count: keys.len() as u32,
+        map_fd: map.fd().as_fd().as_raw_fd() as u32,
+        ..Default::default()
+    };
+    // SAFETY: `attr` is a valid batch request whose pointers reference `count` keys and values
+    // of the sizes the map has (checked above), which outlive the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_UPDATE_BATCH,
+            &mut attr as *mut BatchAttr,
+            size_of::<BatchAttr>() as u32,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
     }
     Ok(())
 }

@@ -786,6 +786,22 @@ fn mirror_err(map: &'static str) -> impl Fn(DataPathError) -> MirrorError {
 }
 
 impl KernelMaps<'_> {
+    /// One `BPF_MAP_UPDATE_BATCH` into array `map`.
+    fn batch<V: aya::Pod>(
+        &mut self,
+        map: &'static str,
+        keys: &[u32],
+        values: &[V],
+    ) -> Result<(), MirrorError> {
+        let err = |reason: String| MirrorError::Map { map, reason };
+        match self.dp.ebpf.map(map) {
+            Some(aya::maps::Map::Array(data)) => {
+                crate::batch::update(data, keys, values).map_err(|e| err(e.to_string()))
+            }
+            _ => Err(err("not an array in the object".into())),
+        }
+    }
+
     fn write<'b, T, F>(&'b mut self, map: &'static str, f: F) -> Result<(), MirrorError>
     where
         T: TryFrom<&'b mut aya::maps::Map, Error = aya::maps::MapError>,
@@ -835,22 +851,10 @@ impl MapWriter for KernelMaps<'_> {
         })
     }
 
-    fn put_filter_word(&mut self, index: u32, word: u64) -> Result<(), MirrorError> {
-        self.write(m::ADDR_FILTER, |a: &mut Array<&mut MapData, u64>| {
-            a.set(index, word, 0)
-        })
+    fn put_filter_words(&mut self, indexes: &[u32], words: &[u64]) -> Result<(), MirrorError> {
+        self.batch(m::ADDR_FILTER, indexes, words)
     }
-
     fn put_ring_slots(&mut self, slots: &[u32], backends: &[u32]) -> Result<(), MirrorError> {
-        let err = |reason: String| MirrorError::Map {
-            map: m::RING,
-            reason,
-        };
-        match self.dp.ebpf.map(m::RING) {
-            Some(aya::maps::Map::Array(data)) => {
-                crate::batch::update_u32s(data, slots, backends).map_err(|e| err(e.to_string()))
-            }
-            _ => Err(err("not an array in the object".into())),
-        }
+        self.batch(m::RING, slots, backends)
     }
 }

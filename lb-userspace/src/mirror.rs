@@ -38,8 +38,8 @@ pub trait MapWriter {
     fn put_backend(&mut self, id: u32, info: &BackendInfo) -> Result<(), MirrorError>;
     /// Ring slots: `backends[i]` at index `slots[i]`.
     fn put_ring_slots(&mut self, slots: &[u32], backends: &[u32]) -> Result<(), MirrorError>;
-    /// One word of the address filters (`lb_common::maps::ADDR_FILTER`).
-    fn put_filter_word(&mut self, index: u32, word: u64) -> Result<(), MirrorError>;
+    /// Words of the address filters (`lb_common::maps::ADDR_FILTER`): `words[i]` at `indexes[i]`.
+    fn put_filter_words(&mut self, indexes: &[u32], words: &[u64]) -> Result<(), MirrorError>;
     /// Zeroes the traffic counters of an id handed to a new VIP (`vip`) or backend.
     fn reset_counters(&mut self, vip: bool, id: u32) -> Result<(), MirrorError>;
 }
@@ -319,11 +319,13 @@ impl Mirror {
     fn write_filter(&mut self, w: &mut dyn MapWriter, words: Vec<u64>) -> Result<(), MirrorError> {
         // Unknown until every write succeeded: a failed sync is followed by a full rewrite.
         let known = self.filter.take();
-        for (i, &word) in words.iter().enumerate() {
-            if known.as_ref().is_none_or(|k| k[i] != word) {
-                w.put_filter_word(i as u32, word)?;
-            }
-        }
+        let (indexes, changed): (Vec<u32>, Vec<u64>) = words
+            .iter()
+            .enumerate()
+            .filter(|&(i, w)| known.as_ref().is_none_or(|k| k[i] != *w))
+            .map(|(i, &w)| (i as u32, w))
+            .unzip();
+        w.put_filter_words(&indexes, &changed)?;
         self.filter = Some(words);
         Ok(())
     }
@@ -688,9 +690,11 @@ mod tests {
             self.backends.insert(id, *i);
             Ok(())
         }
-        fn put_filter_word(&mut self, index: u32, word: u64) -> Result<(), MirrorError> {
-            self.log.push(format!("filter {index} {word:x}"));
-            self.filter.insert(index, word);
+        fn put_filter_words(&mut self, indexes: &[u32], words: &[u64]) -> Result<(), MirrorError> {
+            for (&index, &word) in indexes.iter().zip(words) {
+                self.log.push(format!("filter {index} {word:x}"));
+                self.filter.insert(index, word);
+            }
             Ok(())
         }
         fn reset_counters(&mut self, vip: bool, id: u32) -> Result<(), MirrorError> {

@@ -125,6 +125,21 @@ impl Env {
         self.d.ok(&["apply", "-f", path.to_str().unwrap()]).unwrap();
     }
 
+    /// A second `xdplb daemon` on this test's pins, with its own socket and state file and
+    /// `extra` arguments, run until it exits.
+    fn other_daemon(&self, extra: &[&std::ffi::OsStr]) -> std::process::Output {
+        std::process::Command::new(lb_tests::daemon::xdplb_bin().unwrap())
+            .arg("--socket")
+            .arg(self.d.dir.join("other.sock"))
+            .args(["daemon", "--pin-path"])
+            .arg(&self.d.pin_path)
+            .arg("--state-file")
+            .arg(self.d.dir.join("other.json"))
+            .args(extra)
+            .output()
+            .unwrap()
+    }
+
     /// The TCP VIP on eth0 with the three backends and a fast health check of `kind`.
     fn apply_with_health(&self, kind: &str) {
         let backends: String = (0..3)
@@ -441,15 +456,7 @@ fn kill_dash_nine_and_restart_lose_no_packet() {
 
     // A second daemon on the same pins (another state file and socket) is refused before it
     // touches anything, and traffic goes on.
-    let other = std::process::Command::new(lb_tests::daemon::xdplb_bin().unwrap())
-        .args(["--socket"])
-        .arg(e.d.dir.join("other.sock"))
-        .args(["daemon", "--pin-path"])
-        .arg(&e.d.pin_path)
-        .arg("--state-file")
-        .arg(e.d.dir.join("other.json"))
-        .output()
-        .unwrap();
+    let other = e.other_daemon(&[]);
     assert!(!other.status.success());
     assert!(
         String::from_utf8_lossy(&other.stderr).contains("another xdplb daemon holds"),
@@ -869,21 +876,9 @@ fn faults_incompatible_pins_and_a_full_disk() {
     // A daemon that wants other limits refuses the pinned maps instead of misreading them,
     // naming the way out, and the running data path is untouched.
     e.d.stop().unwrap();
-    let other = std::process::Command::new(lb_tests::daemon::xdplb_bin().unwrap())
-        .args(["--socket"])
-        .arg(e.d.dir.join("other.sock"))
-        .args(["daemon", "--pin-path"])
-        .arg(&e.d.pin_path)
-        .arg("--state-file")
-        .arg(e.d.dir.join("other.json"))
-        .arg("--config")
-        .arg({
-            let p = e.d.dir.join("limits.toml");
-            std::fs::write(&p, "[limits]\nring_size = 1009\n").unwrap();
-            p
-        })
-        .output()
-        .unwrap();
+    let limits = e.d.dir.join("limits.toml");
+    std::fs::write(&limits, "[limits]\nring_size = 1009\n").unwrap();
+    let other = e.other_daemon(&["--config".as_ref(), limits.as_os_str()]);
     let err = String::from_utf8_lossy(&other.stderr);
     assert!(
         !other.status.success()
