@@ -61,6 +61,8 @@ pub const GEN: &str = "XDPLB_GEN";
 /// TCP), as `[u64; 6]`.
 pub const GEN_HDR: &str = "XDPLB_GEN_HDR";
 pub const GEN_HDR_LEN: usize = 42;
+/// Generated flow f comes from source address `first + f / GEN_FLOWS_PER_ADDR`.
+pub const GEN_FLOWS_PER_ADDR: u32 = 16384;
 
 /// Benchmark programs (never attached by the daemon): a sink that counts and drops IPv4 UDP,
 /// and the floor forwarder (MAC rewrite + devmap redirect).

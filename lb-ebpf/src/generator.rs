@@ -15,7 +15,7 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray},
     programs::XdpContext,
 };
-use lb_common::csum;
+use lb_common::{csum, maps::GEN_FLOWS_PER_ADDR};
 
 use crate::{maps::GEN_CONFIG, parse::ptr_at};
 
@@ -27,7 +27,6 @@ static SEQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "XDPLB_GEN_HDR")]
 static HDR: Array<[u64; 6]> = Array::with_max_entries(1, 0);
 
-const FLOWS_PER_ADDR: u32 = 16384;
 /// 16-bit word indices in the template: IPv4 checksum, source address (two words), L4 source
 /// port, and the last word (bytes 40..42).
 const IP_CHECK: usize = 12;
@@ -49,12 +48,12 @@ pub fn generate(ctx: &XdpContext) -> u32 {
         n
     };
     let flow = n.checked_rem(flows).unwrap_or(0);
-    let src = (src_base + flow / FLOWS_PER_ADDR).to_be_bytes();
+    let src = (src_base + flow / GEN_FLOWS_PER_ADDR).to_be_bytes();
     let src = [
         u16::from_ne_bytes([src[0], src[1]]),
         u16::from_ne_bytes([src[2], src[3]]),
     ];
-    let sport = ((1024 + flow % FLOWS_PER_ADDR) as u16).to_be();
+    let sport = ((1024 + flow % GEN_FLOWS_PER_ADDR) as u16).to_be();
     // The frame's header, built on the stack (aligned word accesses) and then stored whole.
     let mut h = *hdr;
     let w = h.as_mut_ptr() as *mut u16;
