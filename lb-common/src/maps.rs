@@ -7,8 +7,19 @@
 pub const VIPS: &str = "XDPLB_VIPS";
 /// Backends by id: array of `BackendInfo`.
 pub const BACKENDS: &str = "XDPLB_BACKENDS";
-/// Maglev rings of all VIPs, flattened: slot `vip_id * ring_size + i` holds a backend id.
+/// Maglev rings of all VIPs: array of `RingLine`, `ring_lines(ring_size)` lines per VIP; slot
+/// i of VIP v is `RING[v * ring_lines(ring_size) + i / RING_LINE_SLOTS][i % RING_LINE_SLOTS]`,
+/// a backend id.
 pub const RING: &str = "XDPLB_RING";
+/// Ring slots per `XDPLB_RING` value: one 64-byte cache line. The kernel pads array values to
+/// 8 bytes, so a ring of one `u32` per value would take twice the memory and cache.
+pub const RING_LINE_SLOTS: u32 = 16;
+pub type RingLine = [u32; RING_LINE_SLOTS as usize];
+
+/// `XDPLB_RING` values per VIP (the last line's slots past the ring are unused).
+pub const fn ring_lines(ring_size: u32) -> u32 {
+    ring_size.div_ceil(RING_LINE_SLOTS)
+}
 /// Connection table (LRU): `FlowKey` -> `ConnValue`.
 pub const CONNTRACK: &str = "XDPLB_CONNTRACK";
 /// Reverse NAT of L3 flows (LRU, sized like the connection table): reply `FlowKey` -> `NatValue`.

@@ -3,7 +3,9 @@
 
 use aya_ebpf::bindings::BPF_ANY;
 use lb_common::{
-    hash::flow_hash, maps::DEFAULT_RING_SIZE, stats, BackendInfo, ConnValue, FlowKey, Hop,
+    hash::flow_hash,
+    maps::{self as m, DEFAULT_RING_SIZE},
+    stats, BackendInfo, ConnValue, FlowKey, Hop,
     NatValue, VipInfo, BACKEND_F_VALID,
 };
 
@@ -93,8 +95,9 @@ pub fn place(vip: &VipInfo, key: &FlowKey, record: Record, stale: bool) -> Optio
     // SAFETY: reading a plain u32 from read-only data.
     let ring_size = unsafe { core::ptr::read_volatile(&RING_SIZE) };
     // checked_rem: a plain `%` would add a divide-by-zero panic path the verifier rejects.
-    let slot = vip.id * ring_size + flow_hash(key, vip.flags).checked_rem(ring_size)?;
-    let id = *RING.get(slot)?;
+    let slot = flow_hash(key, vip.flags).checked_rem(ring_size)?;
+    let line = vip.id * m::ring_lines(ring_size) + slot / m::RING_LINE_SLOTS;
+    let id = RING.get(line)?[(slot % m::RING_LINE_SLOTS) as usize];
     let backend = live_backend(id)?;
     if record != Record::Never {
         let conn = ConnValue {

@@ -19,8 +19,8 @@ pub static VIPS: HashMap<VipKey, VipInfo> = HashMap::with_max_entries(2 * m::DEF
 pub static BACKENDS: Array<BackendInfo> = Array::with_max_entries(m::DEFAULT_MAX_BACKENDS, 0);
 
 #[map(name = "XDPLB_RING")]
-pub static RING: Array<u32> =
-    Array::with_max_entries(m::DEFAULT_MAX_VIPS * m::DEFAULT_RING_SIZE, 0);
+pub static RING: Array<m::RingLine> =
+    Array::with_max_entries(m::DEFAULT_MAX_VIPS * m::ring_lines(m::DEFAULT_RING_SIZE), 0);
 
 #[map(name = "XDPLB_CONNTRACK")]
 pub static CONNTRACK: LruHashMap<FlowKey, ConnValue> =

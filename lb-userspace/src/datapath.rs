@@ -179,7 +179,7 @@ impl DataPath {
         let mut loader = EbpfLoader::new();
         loader
             .override_global(m::GLOBAL_RING_SIZE, &opts.ring_size, true)
-            .map_max_entries(m::RING, opts.max_vips * opts.ring_size)
+            .map_max_entries(m::RING, opts.max_vips * m::ring_lines(opts.ring_size))
             .map_max_entries(m::VIPS, 2 * opts.max_vips)
             .map_max_entries(m::VIP_STATS, opts.max_vips)
             .map_max_entries(m::BACKENDS, opts.max_backends)
@@ -689,7 +689,12 @@ fn check_pinned_layout(dir: &std::path::Path, o: &LoadOptions) -> Result<(), Dat
             Some(size_of::<BackendInfo>() as u32),
             o.max_backends,
         ),
-        (m::RING, 4, Some(4), o.max_vips * o.ring_size),
+        (
+            m::RING,
+            4,
+            Some(size_of::<m::RingLine>() as u32),
+            o.max_vips * m::ring_lines(o.ring_size),
+        ),
         (
             m::CONNTRACK,
             size_of::<FlowKey>() as u32,
@@ -854,7 +859,7 @@ impl MapWriter for KernelMaps<'_> {
     fn put_filter_words(&mut self, indexes: &[u32], words: &[u64]) -> Result<(), MirrorError> {
         self.batch(m::ADDR_FILTER, indexes, words)
     }
-    fn put_ring_slots(&mut self, slots: &[u32], backends: &[u32]) -> Result<(), MirrorError> {
-        self.batch(m::RING, slots, backends)
+    fn put_ring_lines(&mut self, lines: &[u32], values: &[m::RingLine]) -> Result<(), MirrorError> {
+        self.batch(m::RING, lines, values)
     }
 }

@@ -20,7 +20,9 @@ use std::{
 use lb_common::{
     addr,
     hash::{addr_bit, flow_hash},
-    maps::{FILTER_KINDS, FILTER_REPLY, FILTER_VIP, FILTER_WORDS},
+    maps::{
+        ring_lines, RingLine, FILTER_KINDS, FILTER_REPLY, FILTER_VIP, FILTER_WORDS, RING_LINE_SLOTS,
+    },
     BackendInfo, FlowKey, VipInfo, VipKey, BACKEND_F_VALID, NO_BACKEND, VIP_F_ADDRESS,
     VIP_F_MODE_L3,
 };
@@ -36,8 +38,8 @@ pub trait MapWriter {
     fn put_vip(&mut self, key: &VipKey, info: &VipInfo) -> Result<(), MirrorError>;
     fn del_vip(&mut self, key: &VipKey) -> Result<(), MirrorError>;
     fn put_backend(&mut self, id: u32, info: &BackendInfo) -> Result<(), MirrorError>;
-    /// Ring slots: `backends[i]` at index `slots[i]`.
-    fn put_ring_slots(&mut self, slots: &[u32], backends: &[u32]) -> Result<(), MirrorError>;
+    /// Ring lines (`lb_common::maps::RING`): `values[i]` at index `lines[i]`.
+    fn put_ring_lines(&mut self, lines: &[u32], values: &[RingLine]) -> Result<(), MirrorError>;
     /// Words of the address filters (`lb_common::maps::ADDR_FILTER`): `words[i]` at `indexes[i]`.
     fn put_filter_words(&mut self, indexes: &[u32], words: &[u64]) -> Result<(), MirrorError>;
     /// Zeroes the traffic counters of an id handed to a new VIP (`vip`) or backend.
@@ -519,7 +521,7 @@ impl Mirror {
             })
             .collect();
         let ring = maglev::build_seeded(&members, self.ring_size, self.seed);
-        let base = vip.id * self.ring_size;
+        let base = vip.id * ring_lines(self.ring_size);
         // A ring of unknown content (new, or restored after a restart) is written whole.
         let writes: Vec<(u32, u32)> = if is_new || vip.ring.len() != ring.len() {
             ring.iter()
@@ -529,9 +531,13 @@ impl Mirror {
         } else {
             maglev::delta(&vip.ring, &ring)
         };
-        let (slots, backends): (Vec<u32>, Vec<u32>) =
-            writes.iter().map(|&(i, b)| (base + i, b)).unzip();
-        w.put_ring_slots(&slots, &backends)?;
+        // Whole lines (a map value holds RING_LINE_SLOTS slots), each line a changed slot is in.
+        let changed: BTreeSet<u32> = writes.iter().map(|&(i, _)| i / RING_LINE_SLOTS).collect();
+        let (lines, values): (Vec<u32>, Vec<RingLine>) = changed
+            .into_iter()
+            .map(|k| (base + k, ring_line(&ring, k)))
+            .unzip();
+        w.put_ring_lines(&lines, &values)?;
         report.ring_slots_written += writes.len();
 
         // 3. The VIP entry (new VIPs appear only now, fully built), flags when they changed.
@@ -628,6 +634,15 @@ fn filter_words(addrs: impl Iterator<Item = (u32, IpAddr)>) -> Vec<u64> {
     words
 }
 
+/// Line `k` of `ring` as the map holds it (slots past the ring's end: `NO_BACKEND`).
+fn ring_line(ring: &[u32], k: u32) -> RingLine {
+    let mut line = [NO_BACKEND; RING_LINE_SLOTS as usize];
+    let start = (k * RING_LINE_SLOTS) as usize;
+    let slots = &ring[start.min(ring.len())..(start + line.len()).min(ring.len())];
+    line[..slots.len()].copy_from_slice(slots);
+    line
+}
+
 /// A backend's identity for Maglev: its address bytes.
 fn identity(ip: IpAddr) -> Vec<u8> {
     match ip {
@@ -704,9 +719,12 @@ mod tests {
             ));
             Ok(())
         }
-        fn put_ring_slots(&mut self, slots: &[u32], backends: &[u32]) -> Result<(), MirrorError> {
-            self.ring
-                .extend(slots.iter().copied().zip(backends.iter().copied()));
+        fn put_ring_lines(&mut self, lines: &[u32], values: &[RingLine]) -> Result<(), MirrorError> {
+            for (line, value) in lines.iter().zip(values) {
+                for (j, b) in value.iter().enumerate() {
+                    self.ring.insert(line * RING_LINE_SLOTS + j as u32, *b);
+                }
+            }
             Ok(())
         }
     }
@@ -752,8 +770,11 @@ mod tests {
                 ring_slots_written: M as usize
             }
         );
-        assert_eq!(maps.ring.len(), M as usize);
-        assert!(maps.ring.values().all(|b| *b < 3));
+        // Whole lines: the ring's slots, then the last line's padding.
+        assert_eq!(maps.ring.len(), (ring_lines(M) * RING_LINE_SLOTS) as usize);
+        let slots: Vec<u32> = maps.ring.values().copied().collect();
+        assert!(slots[..M as usize].iter().all(|b| *b < 3));
+        assert!(slots[M as usize..].iter().all(|b| *b == NO_BACKEND));
         // The filters first (all of them: their state was unknown), counters of the new ids
         // zeroed, backends written, then the VIP and its address entry.
         let filters = (FILTER_KINDS * FILTER_WORDS) as usize;

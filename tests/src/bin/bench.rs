@@ -111,12 +111,29 @@ fn main() -> Result<()> {
     lb_tests::live::stop_on_sigint();
     let mut args = std::env::args().skip(1);
     let (mut out, mut live_only) = (None, false);
+    // Narrowing the live benchmark to some cases and flow counts (to profile one).
+    let (mut cases, mut flows) = (Vec::new(), Vec::new());
     while let Some(a) = args.next() {
         match a.as_str() {
             "--quick" => QUICK.store(true, Ordering::Relaxed),
             "--live-only" => live_only = true,
             "--out" => out = args.next().map(PathBuf::from),
-            _ => bail!("unknown argument {a:?}: expected --quick, --live-only or --out DIR"),
+            "--case" => {
+                let key = args.next().unwrap_or_default();
+                let keys = lb_tests::live::CASES.map(|c| c.key());
+                cases.push(lb_tests::live::Case::by_key(&key).with_context(|| {
+                    format!("--case {key:?}: expected one of {}", keys.join(", "))
+                })?);
+            }
+            "--flows" => {
+                let n = args.next().unwrap_or_default();
+                flows.push(n.parse::<u32>().ok().filter(|n| *n > 0).with_context(|| {
+                    format!("--flows {n:?}: expected a flow count of at least 1")
+                })?);
+            }
+            _ => bail!(
+                "unknown argument {a:?}: expected --quick, --live-only, --out DIR, --case KEY or --flows N"
+            ),
         }
     }
     let mut results = if live_only {
@@ -129,10 +146,16 @@ fn main() -> Result<()> {
         return Ok(()); // XDPLB_BENCH_PROFILE
     }
     lb_tests::live::interrupted()?;
-    let params = match QUICK.load(Ordering::Relaxed) {
+    let mut params = match QUICK.load(Ordering::Relaxed) {
         true => lb_tests::live::Params::quick(),
         false => lb_tests::live::Params::full(),
     };
+    if !cases.is_empty() {
+        params.cases = cases;
+    }
+    if !flows.is_empty() {
+        params.flows = flows;
+    }
     results["quick"] = json!(QUICK.load(Ordering::Relaxed));
     results["live"] = lb_tests::live::run(&params)?;
     let out = out.unwrap_or_else(|| {
@@ -289,7 +312,12 @@ fn bench() -> Result<serde_json::Value> {
         ),
     ];
     if let Ok(only) = std::env::var("XDPLB_BENCH_PROFILE") {
-        // Profiling instead of measuring: main reports nothing (Null).
+        // Profiling instead of measuring: main reports nothing (Null). A record limit (1: the
+        // miss cases take the path over the limit) makes a miss case repeatable.
+        if let Ok(limit) = std::env::var("XDPLB_BENCH_RECORD_LIMIT") {
+            dp.set_record_limit(limit.parse().context("XDPLB_BENCH_RECORD_LIMIT")?)?;
+        }
+        let lb = dp.program()?;
         return profile(lb, &only, cases).map(|()| serde_json::Value::Null);
     }
     println!("xdplb per-packet cost (BPF_PROG_TEST_RUN, kernel run_time_ns/run_cnt; repeat={repeat}, calls={calls})");

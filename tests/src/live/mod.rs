@@ -66,6 +66,8 @@ pub struct Params {
     /// Warm-up packets before a run: twice the flow count, at most this.
     pub warmup_max: u32,
     pub flows: Vec<u32>,
+    /// The cases to run (all of `CASES` unless narrowed, for profiling one).
+    pub cases: Vec<Case>,
 }
 
 impl Params {
@@ -76,6 +78,7 @@ impl Params {
             call: Duration::from_millis(500),
             warmup_max: 2_000_000,
             flows: vec![1, 10_000, 1_000_000],
+            cases: CASES.to_vec(),
         }
     }
 
@@ -87,6 +90,7 @@ impl Params {
             call: Duration::from_millis(150),
             warmup_max: 200_000,
             flows: vec![1, 10_000, 1_000_000],
+            cases: CASES.to_vec(),
         }
     }
 }
@@ -118,6 +122,11 @@ const PORT: u16 = 80;
 const BACKEND_PORT: u16 = 8080;
 
 impl Case {
+    /// The case whose `key()` is `key`.
+    pub fn by_key(key: &str) -> Option<Case> {
+        CASES.into_iter().find(|c| c.key() == key)
+    }
+
     pub fn key(self) -> &'static str {
         match self {
             Case::L2 => "xdplb_l2",
@@ -195,16 +204,16 @@ pub fn run(p: &Params) -> Result<Value> {
     for &flows in &p.flows {
         // Rounds over all cases, so load that comes and goes on the machine hits every case
         // alike; a case's figure is the median of its rounds.
-        let mut runs: Vec<Vec<Run>> = CASES.iter().map(|_| Vec::new()).collect();
+        let mut runs: Vec<Vec<Run>> = p.cases.iter().map(|_| Vec::new()).collect();
         for round in 0..p.rounds {
-            for (i, case) in CASES.into_iter().enumerate() {
+            for (i, &case) in p.cases.iter().enumerate() {
                 let r = b
                     .case(case, flows, round == 0)
                     .with_context(|| format!("live case {} with {flows} flows", case.label()))?;
                 runs[i].push(r);
             }
         }
-        for (case, rs) in CASES.into_iter().zip(&runs) {
+        for (&case, rs) in p.cases.iter().zip(&runs) {
             results.push(summarize(case, flows, rs));
         }
     }
