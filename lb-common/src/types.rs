@@ -63,7 +63,9 @@ pub struct BackendInfo {
     pub generation: u32,
     /// Destination port in network byte order for L3 port rewrite; 0 keeps the port.
     pub port: u16,
-    pub _pad1: u16,
+    /// L2 mode, `ifindex` set: that interface's MAC, the frame's new source (zero: looked up
+    /// in `XDPLB_IFACES` per packet).
+    pub src_mac: [u8; 6],
 }
 
 /// Key of the connection table: the flow as the client sent it.
@@ -175,7 +177,7 @@ mod pod {
 // The sizes are the sums of the fields: any implicit padding would break these.
 const _: () = assert!(core::mem::size_of::<VipKey>() == 20);
 const _: () = assert!(core::mem::size_of::<VipInfo>() == 8);
-const _: () = assert!(core::mem::size_of::<BackendInfo>() == 40);
+const _: () = assert!(core::mem::size_of::<BackendInfo>() == 44);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 const _: () = assert!(core::mem::size_of::<ConnValue>() == 40);
 const _: () = assert!(core::mem::size_of::<Hop>() == 24);

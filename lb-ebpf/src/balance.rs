@@ -5,8 +5,7 @@ use aya_ebpf::bindings::BPF_ANY;
 use lb_common::{
     hash::flow_hash,
     maps::{self as m, DEFAULT_RING_SIZE},
-    stats, BackendInfo, ConnValue, FlowKey, Hop,
-    NatValue, VipInfo, BACKEND_F_VALID,
+    stats, BackendInfo, ConnValue, FlowKey, Hop, NatValue, VipInfo, BACKEND_F_VALID,
 };
 
 use crate::{

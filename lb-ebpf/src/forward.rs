@@ -40,12 +40,18 @@ pub fn egress(ctx: &XdpContext, backend: &BackendInfo) -> Option<Egress> {
             });
         }
     }
-    // SAFETY: the value is copied at once.
-    let iface = unsafe { IFACES.get(ifindex) }.copied()?;
+    // The daemon stores the egress interface's MAC with the backend (no lookup per packet);
+    // a backend written without it (zero) takes it from the interface table.
+    let mac = if backend.src_mac != [0; 6] {
+        backend.src_mac
+    } else {
+        // SAFETY: the value is copied at once.
+        unsafe { IFACES.get(ifindex) }.copied()?.mac
+    };
     Some(Egress {
         ifindex,
         back_out: ifindex == ingress,
-        mac: iface.mac,
+        mac,
     })
 }
 

@@ -305,8 +305,9 @@ impl DataPath {
     }
 
     /// Registers an interface packets may leave by (its MAC and a devmap slot) without
-    /// attaching to it: for backends reached through another interface.
-    pub fn register_egress(&mut self, iface: &str) -> Result<u32, DataPathError> {
+    /// attaching to it: for backends reached through another interface. Returns its index and
+    /// MAC (a `BackendTarget`'s `ifindex` and `src_mac`).
+    pub fn register_egress(&mut self, iface: &str) -> Result<(u32, Mac), DataPathError> {
         let err = |source| DataPathError::Iface {
             iface: iface.into(),
             source,
@@ -314,7 +315,7 @@ impl DataPath {
         let ifindex = iface::index(iface).map_err(err)?;
         let mac = iface::mac(iface).map_err(err)?;
         self.register_iface(ifindex, mac)?;
-        Ok(ifindex)
+        Ok((ifindex, mac))
     }
 
     /// Interfaces the load balancer is attached to: (name, mode if this process attached it,

@@ -184,6 +184,7 @@ impl Mirror {
                         weight: 0,
                         mac: crate::model::Mac([0; 6]),
                         ifindex: u32::MAX,
+                        src_mac: crate::model::Mac([0; 6]),
                         port: 0,
                     };
                     backends.insert(*addr, (*id, unknown));
@@ -601,6 +602,7 @@ impl Mirror {
             mac: t.mac.0,
             family: addr::family(t.addr),
             ifindex: t.ifindex,
+            src_mac: t.src_mac.0,
             flags: BACKEND_F_VALID,
             generation: self.generations[id as usize],
             port: t.port.to_be(),
@@ -719,7 +721,11 @@ mod tests {
             ));
             Ok(())
         }
-        fn put_ring_lines(&mut self, lines: &[u32], values: &[RingLine]) -> Result<(), MirrorError> {
+        fn put_ring_lines(
+            &mut self,
+            lines: &[u32],
+            values: &[RingLine],
+        ) -> Result<(), MirrorError> {
             for (line, value) in lines.iter().zip(values) {
                 for (j, b) in value.iter().enumerate() {
                     self.ring.insert(line * RING_LINE_SLOTS + j as u32, *b);
@@ -752,6 +758,7 @@ mod tests {
             weight,
             mac: Mac([2, 0, 0, 0, 0, i]),
             ifindex: 0,
+            src_mac: Mac::default(),
             port: 0,
         }
     }

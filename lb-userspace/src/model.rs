@@ -268,6 +268,8 @@ pub struct BackendTarget {
     pub mac: Mac,
     /// Interface to send out of; 0 sends back out of the receiving interface (L2 mode).
     pub ifindex: u32,
+    /// That interface's MAC (zero when `ifindex` is 0, or to have the data path look it up).
+    pub src_mac: Mac,
     /// L3 mode: the destination port to rewrite to; 0 keeps the client's.
     pub port: u16,
 }

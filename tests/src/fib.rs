@@ -26,6 +26,7 @@ pub fn backends(addrs: &[&str]) -> Vec<BackendTarget> {
             weight: 1,
             mac: be_mac(i as u8 + 1),
             ifindex: 0,
+            src_mac: Mac::default(),
             port: 0,
         })
         .collect()

@@ -32,6 +32,7 @@ fn backend(addr: &str, last: u8, weight: u32) -> BackendTarget {
         weight,
         mac: Mac([0x02, 0xbe, 0, 0, 0, last]),
         ifindex: 0,
+        src_mac: Mac::default(),
         port: 0,
     }
 }

@@ -59,6 +59,7 @@ fn backends(v6: bool, l3: bool) -> Vec<BackendTarget> {
             weight: 1,
             mac: be_mac(i),
             ifindex: 0,
+            src_mac: Default::default(),
             port: if l3 && i == 2 { 8080 } else { 0 },
         })
         .collect()
@@ -306,7 +307,10 @@ fn fuzz_the_data_path() {
     ns.run(|| {
         let opts = LoadOptions { conntrack_size: 65536, ..LoadOptions::default() };
         let mut dp = DataPath::load(&opts).expect("load xdplb (root?)");
-        let ifaces = [dp.register_egress("c0").unwrap(), dp.register_egress("b0").unwrap()];
+        let ifaces = [
+            dp.register_egress("c0").unwrap().0,
+            dp.register_egress("b0").unwrap().0,
+        ];
         let mut mirror = Mirror::new(opts.ring_size, opts.max_vips, opts.max_backends);
         let desired = [
             vip("10.1.0.100:80/tcp", Mode::L2, backends(false, false)),

@@ -61,6 +61,7 @@ impl Setup {
                         weight,
                         mac: b.mac,
                         ifindex: 0,
+                        src_mac: Default::default(),
                         port: 0,
                     })
                     .collect();

@@ -27,6 +27,11 @@ const NO_NEIGH: &str = "10.1.0.101:80/tcp";
 const NO_ROUTE: &str = "10.1.0.102:80/tcp";
 const L2_WEB: &str = "10.1.0.100:443/tcp";
 const ELSEWHERE: &str = "10.1.0.103:80/tcp";
+/// L2 VIPs whose backend is behind b0: with the egress MAC stored with the backend (here a
+/// marker, so the output shows which was used), and without (looked up per packet).
+const L2_VIA: &str = "10.1.0.104:80/tcp";
+const L2_VIA_LOOKUP: &str = "10.1.0.105:80/tcp";
+const STORED_MAC: Mac = Mac([0x02, 0x5c, 0, 0, 0, 1]);
 
 fn backend(addr: &str, port: u16) -> BackendTarget {
     BackendTarget {
@@ -34,6 +39,7 @@ fn backend(addr: &str, port: u16) -> BackendTarget {
         weight: 1,
         mac: Mac::default(),
         ifindex: 0,
+        src_mac: Mac::default(),
         port,
     }
 }
@@ -125,10 +131,18 @@ fn l3_nat_fixtures() {
         let mut ifindex = HashMap::new();
         let mut mac = HashMap::new();
         for dev in ["c0", "b0"] {
-            ifindex.insert(dev, dp.register_egress(dev).unwrap());
+            ifindex.insert(dev, dp.register_egress(dev).unwrap().0);
             mac.insert(dev, iface::mac(dev).unwrap());
         }
+        let via_b0 = |src_mac| BackendTarget {
+            mac: be_mac(8),
+            ifindex: ifindex["b0"],
+            src_mac,
+            ..backend("10.2.0.8", 0)
+        };
         let desired = vec![
+            vip(L2_VIA, Mode::L2, vec![via_b0(STORED_MAC)]),
+            vip(L2_VIA_LOOKUP, Mode::L2, vec![via_b0(Mac::default())]),
             vip(
                 WEB4,
                 Mode::L3,
@@ -431,6 +445,24 @@ fn l3_nat_fixtures() {
             stats::TX,
             &want,
         );
+
+        // L2 backends behind another interface: redirected there, the source being the MAC
+        // stored with the backend, else the interface's own.
+        for (vip_ip, src) in [("10.1.0.104", STORED_MAC.0), ("10.1.0.105", b0)] {
+            let input = Packet {
+                dst_mac: c0,
+                ..Packet::tcp("10.1.0.1", 41007, vip_ip, 80)
+            }
+            .build();
+            f.check(
+                &format!("L2 VIP {vip_ip} with its backend behind b0"),
+                "c0",
+                &input,
+                XDP_REDIRECT,
+                stats::REDIRECT,
+                &with_macs(&input, be_mac(8).0, src),
+            );
+        }
 
         // Known flows reuse their next hop (no FIB lookup) for about a second: a neighbour
         // change reaches them after that, and the MTU still applies to every packet.

@@ -25,7 +25,7 @@ fn new_flows_beyond_the_record_limit_are_balanced_but_not_recorded() {
         lb_tests::generator::pin_thread(0).unwrap();
         let opts = LoadOptions::default();
         let mut dp = DataPath::load(&opts).expect("load xdplb (root?)");
-        let c0 = dp.register_egress("c0").unwrap();
+        let (c0, _) = dp.register_egress("c0").unwrap();
         dp.register_egress("b0").unwrap();
         let mut mirror = Mirror::new(opts.ring_size, opts.max_vips, opts.max_backends);
         let l2 = "10.1.0.100:80/tcp";

@@ -279,12 +279,12 @@ impl Core {
                 if self.down.contains(&key) {
                     continue;
                 }
-                let ifindex = match &b.via {
+                let (ifindex, src_mac) = match &b.via {
                     Some(via) => self
                         .dp
                         .register_egress(via)
                         .map_err(|e| format!("backend {} of VIP {}: {e}", b.addr, v.addr))?,
-                    None => 0,
+                    None => (0, Mac::default()),
                 };
                 // L3: the FIB picks next hop and MACs per packet; nothing to resolve here.
                 let mac = match (v.mode, b.mac) {
@@ -307,6 +307,12 @@ impl Core {
                     weight: b.weight,
                     mac,
                     ifindex,
+                    // L3 takes its source MAC from the FIB.
+                    src_mac: if v.mode == Mode::L2 {
+                        src_mac
+                    } else {
+                        Mac::default()
+                    },
                     port,
                 });
             }

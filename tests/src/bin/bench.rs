@@ -167,8 +167,8 @@ fn main() -> Result<()> {
 fn bench() -> Result<serde_json::Value> {
     let opts = LoadOptions::default();
     let mut dp = DataPath::load(&opts).context("loading xdplb (root? cargo xtask setup?)")?;
-    let c0 = dp.register_egress("c0")?;
-    let b0 = dp.register_egress("b0")?;
+    let (c0, _) = dp.register_egress("c0")?;
+    let (b0, _) = dp.register_egress("b0")?;
     let mut mirror = Mirror::new(opts.ring_size, opts.max_vips, opts.max_backends);
     mirror.sync(
         &mut dp.writer(),

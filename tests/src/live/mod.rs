@@ -24,7 +24,7 @@ use lb_common::{maps as m, stats};
 use lb_userspace::{
     datapath::{AttachMode, DataPath, LoadOptions},
     mirror::Mirror,
-    model::{BackendTarget, Mode, VipState},
+    model::{BackendTarget, Mac, Mode, VipState},
 };
 pub use report::markdown;
 use report::{machine, print_ratios, ratios_and_goals};
@@ -247,7 +247,9 @@ impl<'t> Bench<'t> {
         lb.set_record_limit(lb_common::maps::DEFAULT_RECORD_LIMIT)?;
         let opts = lb.options().clone();
         let mut mirror = Mirror::new(opts.ring_size, opts.max_vips, opts.max_backends);
-        let backends = |port: u16, ifindex: u32| -> Vec<BackendTarget> {
+        // L2 backends behind out0 carry its MAC (as the daemon configures them).
+        let (out0, out0_mac) = t.lb.run(|| lb.register_egress("out0"))??;
+        let backends = |port: u16, ifindex: u32, src_mac: Mac| -> Vec<BackendTarget> {
             BACKENDS
                 .iter()
                 .map(|a| BackendTarget {
@@ -255,6 +257,7 @@ impl<'t> Bench<'t> {
                     weight: 1,
                     mac: t.s0_mac,
                     ifindex,
+                    src_mac,
                     port,
                 })
                 .collect()
@@ -263,16 +266,15 @@ impl<'t> Bench<'t> {
             crate::xdp::vip(
                 &format!("{VIP_L2}:{PORT}/udp"),
                 Mode::L2,
-                backends(0, t.out0_index),
+                backends(0, out0, out0_mac),
             ),
             crate::xdp::vip(
                 &format!("{VIP_L3}:{PORT}/udp"),
                 Mode::L3,
-                backends(BACKEND_PORT, 0),
+                backends(BACKEND_PORT, 0, Mac::default()),
             ),
         ];
         mirror.sync(&mut lb.writer(), &vips)?;
-        t.lb.run(|| lb.register_egress("out0"))??;
 
         let mut aux = DataPath::load(&LoadOptions::minimal())?;
         t.sink
