@@ -103,6 +103,8 @@ struct MirroredVip {
     /// Backend ids by address.
     backends: BTreeMap<IpAddr, (u32, BackendTarget)>,
     ring: Vec<u32>,
+    /// `ring_digest`, kept from the last sync that wrote the ring (None before).
+    digest: Option<u64>,
 }
 
 /// The control plane's copy of what is in the maps, and the ids it handed out.
@@ -197,6 +199,7 @@ impl Mirror {
                     flags: UNKNOWN_FLAGS,
                     backends,
                     ring: Vec::new(),
+                    digest: None,
                 },
             );
         }
@@ -226,16 +229,10 @@ impl Mirror {
 
     /// A digest of a VIP's ring by backend address (ids differ between nodes, owners must
     /// not): two nodes whose digests match give every new flow the same backend.
+    /// Computed when a sync writes the ring, not on every call (a listing of many VIPs would
+    /// otherwise walk every ring under the daemon's lock).
     pub fn ring_digest(&self, vip: &VipAddr) -> Option<u64> {
-        let v = self.vips.get(vip)?;
-        let owners: BTreeMap<u32, Vec<u8>> = v
-            .backends
-            .iter()
-            .map(|(a, (id, _))| (*id, identity(*a)))
-            .collect();
-        Some(maglev::digest(&v.ring, |id| {
-            owners.get(&id).map(Vec::as_slice)
-        }))
+        self.vips.get(vip)?.digest
     }
 
     /// Data-path id of a VIP.
@@ -457,6 +454,7 @@ impl Mirror {
                     flags: UNKNOWN_FLAGS,
                     backends: BTreeMap::new(),
                     ring: Vec::new(),
+                    digest: None,
                 },
             );
         }
@@ -568,6 +566,7 @@ impl Mirror {
             .map(|(_, v)| v.clone())
             .collect();
         vip.backends.retain(|a, _| desired.contains_key(a));
+        vip.digest = Some(digest_of(&vip.ring, &vip.backends));
         for (id, target) in removed.into_iter().chain(replaced) {
             self.release_backend(w, id, &target)?;
             report.backends_written += 1;
@@ -643,6 +642,15 @@ fn ring_line(ring: &[u32], k: u32) -> RingLine {
     let slots = &ring[start.min(ring.len())..(start + line.len()).min(ring.len())];
     line[..slots.len()].copy_from_slice(slots);
     line
+}
+
+/// A ring's digest by backend address (see `Mirror::ring_digest`).
+fn digest_of(ring: &[u32], backends: &BTreeMap<IpAddr, (u32, BackendTarget)>) -> u64 {
+    let owners: BTreeMap<u32, Vec<u8>> = backends
+        .iter()
+        .map(|(a, (id, _))| (*id, identity(*a)))
+        .collect();
+    maglev::digest(ring, |id| owners.get(&id).map(Vec::as_slice))
 }
 
 /// A backend's identity for Maglev: its address bytes.
@@ -761,6 +769,32 @@ mod tests {
             src_mac: Mac::default(),
             port: 0,
         }
+    }
+
+    #[test]
+    fn ring_digest_follows_addresses_not_ids() {
+        let (mut maps, mut other_maps) = (FakeMaps::default(), FakeMaps::default());
+        let (mut a, mut b) = (Mirror::new(M, 4, 16), Mirror::new(M, 4, 16));
+        let addr = vip(80, 3).spec.addr;
+        assert_eq!(a.ring_digest(&addr), None, "no ring yet");
+        a.sync(&mut maps, &[vip(80, 3)]).unwrap();
+        // Another node that handed out its ids in another order.
+        let mut reversed = vip(80, 3);
+        reversed.backends.reverse();
+        b.sync(&mut other_maps, &[vip(81, 2), reversed]).unwrap();
+        let digest = a.ring_digest(&addr).unwrap();
+        assert_ne!(
+            a.backend_id(&addr, target(1, 1).addr),
+            b.backend_id(&addr, target(1, 1).addr)
+        );
+        assert_eq!(b.ring_digest(&addr), Some(digest));
+        // Kept up to date by every sync.
+        a.sync(&mut maps, &[vip(80, 2)]).unwrap();
+        assert_ne!(a.ring_digest(&addr), Some(digest));
+        a.set_seed(7);
+        let unseeded = a.ring_digest(&addr);
+        a.sync(&mut maps, &[vip(80, 2)]).unwrap();
+        assert_ne!(a.ring_digest(&addr), unseeded);
     }
 
     #[test]
