@@ -46,13 +46,20 @@ pub fn xdplb(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn dispatch(ctx: &XdpContext, class: Class, vlan: bool) -> u32 {
     match class {
-        Class::Flow(key, off) => {
+        Class::Flow(key, off, syn) => {
             // A flow the connection table knows brings its VIP along: no VIP lookup. Only
-            // packets to an address that may be a VIP's are looked up at all.
+            // packets to an address that may be a VIP's are looked up at all. A SYN opens a
+            // new connection: the ring places it and its entry is written afresh, without a
+            // lookup (a SYN flood costs no walk of the table's cold buckets; Katran does the
+            // same). A retransmitted SYN therefore follows a ring change.
             let (vip, known) = if maps::may_be(FILTER_VIP, &key.dst) {
-                match balance::lookup(&key) {
-                    Known::Hit(vip, choice) => (Some(vip), Known::Hit(vip, choice)),
-                    other => (maps::vip_lookup(&key), other),
+                if syn {
+                    (maps::vip_lookup(&key), Known::Unknown)
+                } else {
+                    match balance::lookup(&key) {
+                        Known::Hit(vip, choice) => (Some(vip), Known::Hit(vip, choice)),
+                        other => (maps::vip_lookup(&key), other),
+                    }
                 }
             } else {
                 (None, Known::Unknown)

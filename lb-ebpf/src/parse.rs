@@ -32,6 +32,8 @@ const IPPROTO_DSTOPTS: u8 = 60;
 /// IPv6 extension headers skipped before giving up (counted as malformed).
 const MAX_IPV6_EXT: usize = 6;
 const TCP_HDR_LEN: usize = 20;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
 const UDP_HDR_LEN: usize = 8;
 const ICMP_HDR_LEN: usize = 8;
 /// IPv4 "more fragments" flag and fragment offset mask, in network order.
@@ -52,8 +54,9 @@ pub struct Offsets {
 
 /// What the packet is, as far as balancing cares.
 pub enum Class {
-    /// TCP or UDP (or another protocol, with ports 0): the flow as the sender sent it.
-    Flow(FlowKey, Offsets),
+    /// TCP or UDP (or another protocol, with ports 0): the flow as the sender sent it, and
+    /// whether the packet opens a TCP connection (SYN without ACK).
+    Flow(FlowKey, Offsets, bool),
     /// An ICMP error quoting a packet sent from a VIP; `flow` is that flow turned around
     /// (client -> VIP), `outer` the error's own destination.
     IcmpError { flow: FlowKey, outer: Dest },
@@ -230,27 +233,28 @@ fn skip_ipv6_extensions(ctx: &XdpContext, ip_off: usize) -> Result<(u8, usize), 
 #[inline(always)]
 fn l4(ctx: &XdpContext, offs: Offsets, mut key: FlowKey, icmp: u8) -> Result<Class, u32> {
     let off = offs.l4;
-    match key.proto {
+    let syn = match key.proto {
         IPPROTO_TCP => {
             // Require the whole fixed header, and a sane data offset.
             let tcp = ptr_at::<[u8; TCP_HDR_LEN]>(ctx, off)?;
             // SAFETY: bounds-checked by ptr_at.
-            let doff = unsafe { (*tcp)[12] } >> 4;
+            let (doff, flags) = unsafe { ((*tcp)[12] >> 4, (*tcp)[13]) };
             if (doff as usize) * 4 < TCP_HDR_LEN {
                 return Err(stats::PASS_MALFORMED);
             }
+            flags & (TCP_SYN | TCP_ACK) == TCP_SYN
         }
-        IPPROTO_UDP => {}
+        IPPROTO_UDP => false,
         p if p == icmp => return icmp_message(ctx, off, &key),
-        _ => return Ok(Class::Flow(key, offs)),
-    }
+        _ => return Ok(Class::Flow(key, offs, false)),
+    };
     // TCP and UDP both start with the two ports; UDP's whole header is 8 bytes.
     let udp = ptr_at::<[u16; UDP_HDR_LEN / 2]>(ctx, off)?;
     // SAFETY: bounds-checked by ptr_at.
     let h = unsafe { core::ptr::read_unaligned(udp) };
     key.sport = h[0];
     key.dport = h[1];
-    Ok(Class::Flow(key, offs))
+    Ok(Class::Flow(key, offs, syn))
 }
 
 #[inline(always)]

@@ -436,7 +436,7 @@ fn packet_fixtures() {
         f.check(&tx(
             "flow stays after ring change",
             "",
-            Packet::tcp(c(), sport, "10.0.0.100", 80),
+            Packet::tcp(c(), sport, "10.0.0.100", 80).flags(0x10),
             V4_WEB,
             Pick::Flow(label),
             None,
@@ -446,6 +446,48 @@ fn packet_fixtures() {
         moved_in_ring > 0,
         "the ring change must move some of the 40 flows' slots for this check to mean anything"
     );
+    // A SYN (without ACK) opens a new connection: the ring places it without asking the
+    // table, and the entry is rewritten, so the connection's next packets follow.
+    let moved = *flows
+        .iter()
+        .find(|&&sport| {
+            let k = key(c(), sport, V4_WEB, 80);
+            f.mirror.ring_choice(&V4_WEB.parse().unwrap(), &k).unwrap() != before[&sport]
+        })
+        .unwrap();
+    let lookups = |f: &Fixture| {
+        let st = f.dp.stats().unwrap();
+        st[stats::EV_CT_HIT as usize] + st[stats::EV_CT_STALE as usize]
+    };
+    let (k, looked_up) = (key(c(), moved, V4_WEB, 80), lookups(&f));
+    f.check(&tx(
+        "SYN on a moved slot: the ring's backend",
+        "",
+        Packet::tcp(c(), moved, "10.0.0.100", 80),
+        V4_WEB,
+        Pick::Ring(k),
+        None,
+    ));
+    assert_eq!(lookups(&f), looked_up, "a SYN is not looked up");
+    f.check(&tx(
+        "its ACK follows the new entry",
+        "",
+        Packet::tcp(c(), moved, "10.0.0.100", 80).flags(0x10),
+        V4_WEB,
+        Pick::Ring(k),
+        None,
+    ));
+    assert_eq!(lookups(&f), looked_up + 1, "the ACK was a table hit");
+    // SYN+ACK is no opening SYN: looked up like any other packet.
+    f.check(&tx(
+        "SYN+ACK is looked up",
+        "",
+        Packet::tcp(c(), moved, "10.0.0.100", 80).flags(0x12),
+        V4_WEB,
+        Pick::Ring(k),
+        None,
+    ));
+    assert_eq!(lookups(&f), looked_up + 2);
 
     // Draining the backend of "v4flow": the flow stays, new flows avoid it.
     let drained = f.flows["v4flow"];

@@ -469,11 +469,18 @@ fn l3_nat_fixtures() {
         let (sport, vport) = (41100, 80);
         let b = f.ring(WEB4, "10.1.0.1", sport, vport);
         let (bs, bport) = (b.to_string(), f.port_of(WEB4, b));
-        let input = Packet::tcp("10.1.0.1", sport, "10.1.0.100", vport).build();
-        let out = |mac: [u8; 6]| {
+        // The connection's first packet is a SYN (recorded afresh, no cache); then ACKs.
+        const SYN: u8 = 0x02;
+        const ACK: u8 = 0x10;
+        let input = |flags| {
+            Packet::tcp("10.1.0.1", sport, "10.1.0.100", vport)
+                .flags(flags)
+                .build()
+        };
+        let out = |mac: [u8; 6], flags| {
             let p = Packet {
                 ttl: 63,
-                ..Packet::tcp("10.1.0.1", sport, &bs, bport)
+                ..Packet::tcp("10.1.0.1", sport, &bs, bport).flags(flags)
             };
             with_macs(&p.build(), mac, b0)
         };
@@ -491,14 +498,18 @@ fn l3_nat_fixtures() {
             with_macs(&p.build(), mac, c0)
         };
         // New flow, then the first hits (which fill the caches).
-        for what in ["cache: new flow", "cache: first hit", "cache: cached"] {
+        for (what, flags) in [
+            ("cache: new flow", SYN),
+            ("cache: first hit", ACK),
+            ("cache: cached", ACK),
+        ] {
             f.check(
                 what,
                 "c0",
-                &input,
+                &input(flags),
                 XDP_REDIRECT,
                 stats::REDIRECT,
-                &out(neighbour_mac(b)),
+                &out(neighbour_mac(b), flags),
             );
         }
         for what in ["cache: reply", "cache: cached reply"] {
@@ -511,7 +522,7 @@ fn l3_nat_fixtures() {
                 &back(CLIENT_MAC),
             );
         }
-        let mut big = Packet::tcp("10.1.0.1", sport, "10.1.0.100", vport);
+        let mut big = Packet::tcp("10.1.0.1", sport, "10.1.0.100", vport).flags(ACK);
         big.payload = vec![7; 1600];
         let big = big.build();
         f.check(
@@ -529,10 +540,10 @@ fn l3_nat_fixtures() {
         f.check(
             "cache: still cached",
             "c0",
-            &input,
+            &input(ACK),
             XDP_REDIRECT,
             stats::REDIRECT,
-            &out(neighbour_mac(b)),
+            &out(neighbour_mac(b), ACK),
         );
         f.check(
             "cache: reply still cached",
@@ -546,10 +557,10 @@ fn l3_nat_fixtures() {
         f.check(
             "cache: expired",
             "c0",
-            &input,
+            &input(ACK),
             XDP_REDIRECT,
             stats::REDIRECT,
-            &out(moved_b),
+            &out(moved_b, ACK),
         );
         f.check(
             "cache: reply expired",
