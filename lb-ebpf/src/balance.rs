@@ -1,7 +1,7 @@
 //! Backend choice: the connection table keeps existing flows where they are; a new flow (or one
 //! whose backend is gone) takes the backend in its VIP's Maglev ring slot.
 
-use aya_ebpf::bindings::BPF_ANY;
+use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use lb_common::{
     hash::flow_hash,
     maps::{self as m, DEFAULT_RING_SIZE},
@@ -12,6 +12,9 @@ use crate::{
     counters::event,
     maps::{may_record, BACKENDS, CONNTRACK, NAT, RING},
 };
+
+/// `-EEXIST`, what an insert with BPF_NOEXIST returns for a key that has an entry.
+const EEXIST: i32 = 17;
 
 /// Ring size of every VIP, set by the loader (read-only data, so the verifier sees a constant).
 #[unsafe(no_mangle)]
@@ -46,6 +49,9 @@ pub enum Known {
     /// Recorded, but the backend was removed (or its id reused): to be placed again.
     Stale,
     Unknown,
+    /// Not asked: a TCP SYN, most likely a new connection. Its ring choice is recorded only if
+    /// the flow has no entry; a retransmitted SYN then finds its first SYN's.
+    Opening,
 }
 
 /// Looks the flow up in the connection table (counts hits; `place` counts the rest).
@@ -82,15 +88,11 @@ pub fn lookup(key: &FlowKey) -> Known {
     }
 }
 
-/// Places a flow of `vip` the table did not know (`stale`: knew with a gone backend) by the
-/// VIP's Maglev ring, recording the choice as `record` says.
+/// Places a flow of `vip` by the VIP's Maglev ring, recording the choice as `record` says:
+/// `known` is what the table said (`Stale`, `Unknown`) or `Opening` (not asked: recorded only
+/// if absent, else the entry's choice stands).
 #[inline(always)]
-pub fn place(vip: &VipInfo, key: &FlowKey, record: Record, stale: bool) -> Option<Choice> {
-    event(if stale {
-        stats::EV_CT_STALE
-    } else {
-        stats::EV_CT_MISS
-    });
+fn place(vip: &VipInfo, key: &FlowKey, record: Record, known: &Known) -> Option<Choice> {
     // SAFETY: reading a plain u32 from read-only data.
     let ring_size = unsafe { core::ptr::read_volatile(&RING_SIZE) };
     // checked_rem: a plain `%` would add a divide-by-zero panic path the verifier rejects.
@@ -110,11 +112,25 @@ pub fn place(vip: &VipInfo, key: &FlowKey, record: Record, stale: bool) -> Optio
         // change), so the flood cannot evict the entries of established flows.
         if record == Record::Always || may_record() {
             // A full table evicts the least recently used entry; failure only costs stickiness.
-            let _ = CONNTRACK.insert(key, conn, BPF_ANY as u64);
+            let flags = match known {
+                Known::Opening => BPF_NOEXIST,
+                _ => BPF_ANY,
+            };
+            if CONNTRACK.insert(key, conn, flags as u64) == Err(-EEXIST) {
+                // A retransmitted SYN: it goes where its first one went. (An entry that is
+                // stale, or evicted since, is replaced by the next packet's miss.)
+                if let Known::Hit(_, choice) = lookup(key) {
+                    return Some(choice);
+                }
+            }
         } else {
             event(stats::EV_CT_UNRECORDED);
         }
     }
+    event(match known {
+        Known::Stale => stats::EV_CT_STALE,
+        _ => stats::EV_CT_MISS,
+    });
     Some(Choice {
         id,
         backend,
@@ -128,8 +144,7 @@ pub fn place(vip: &VipInfo, key: &FlowKey, record: Record, stale: bool) -> Optio
 pub fn choose(vip: &VipInfo, key: &FlowKey, known: Known, record: Record) -> Option<Choice> {
     match known {
         Known::Hit(_, choice) => Some(choice),
-        Known::Stale => place(vip, key, record, true),
-        Known::Unknown => place(vip, key, record, false),
+        _ => place(vip, key, record, &known),
     }
 }
 

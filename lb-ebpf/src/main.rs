@@ -54,7 +54,7 @@ fn dispatch(ctx: &XdpContext, class: Class, vlan: bool) -> u32 {
             // same). A retransmitted SYN therefore follows a ring change.
             let (vip, known) = if maps::may_be(FILTER_VIP, &key.dst) {
                 if syn {
-                    (maps::vip_lookup(&key), Known::Unknown)
+                    (maps::vip_lookup(&key), Known::Opening)
                 } else {
                     match balance::lookup(&key) {
                         Known::Hit(vip, choice) => (Some(vip), Known::Hit(vip, choice)),

@@ -446,8 +446,36 @@ fn packet_fixtures() {
         moved_in_ring > 0,
         "the ring change must move some of the 40 flows' slots for this check to mean anything"
     );
-    // A SYN (without ACK) opens a new connection: the ring places it without asking the
-    // table, and the entry is rewritten, so the connection's next packets follow.
+    // A SYN (without ACK) opens a new connection: the ring places it and it is recorded
+    // without a lookup first (an insert that only succeeds for a new key). A retransmitted
+    // SYN finds its flow's entry that way and goes where the first one went.
+    let lookups = |f: &Fixture| {
+        let st = f.dp.stats().unwrap();
+        st[stats::EV_CT_HIT as usize] + st[stats::EV_CT_STALE as usize]
+    };
+    let (fresh, looked_up) = (key(c(), 41999, V4_WEB, 80), lookups(&f));
+    f.check(&tx(
+        "SYN of a new connection",
+        "",
+        Packet::tcp(c(), 41999, "10.0.0.100", 80),
+        V4_WEB,
+        Pick::Ring(fresh),
+        Some("opened"),
+    ));
+    assert_eq!(
+        lookups(&f),
+        looked_up,
+        "a new connection's SYN is not looked up"
+    );
+    f.check(&tx(
+        "its ACK finds the entry",
+        "",
+        Packet::tcp(c(), 41999, "10.0.0.100", 80).flags(0x10),
+        V4_WEB,
+        Pick::Flow("opened"),
+        None,
+    ));
+    assert_eq!(lookups(&f), looked_up + 1, "the ACK was a table hit");
     let moved = *flows
         .iter()
         .find(|&&sport| {
@@ -455,39 +483,24 @@ fn packet_fixtures() {
             f.mirror.ring_choice(&V4_WEB.parse().unwrap(), &k).unwrap() != before[&sport]
         })
         .unwrap();
-    let lookups = |f: &Fixture| {
-        let st = f.dp.stats().unwrap();
-        st[stats::EV_CT_HIT as usize] + st[stats::EV_CT_STALE as usize]
-    };
-    let (k, looked_up) = (key(c(), moved, V4_WEB, 80), lookups(&f));
-    f.check(&tx(
-        "SYN on a moved slot: the ring's backend",
-        "",
-        Packet::tcp(c(), moved, "10.0.0.100", 80),
-        V4_WEB,
-        Pick::Ring(k),
-        None,
-    ));
-    assert_eq!(lookups(&f), looked_up, "a SYN is not looked up");
-    f.check(&tx(
-        "its ACK follows the new entry",
-        "",
-        Packet::tcp(c(), moved, "10.0.0.100", 80).flags(0x10),
-        V4_WEB,
-        Pick::Ring(k),
-        None,
-    ));
-    assert_eq!(lookups(&f), looked_up + 1, "the ACK was a table hit");
-    // SYN+ACK is no opening SYN: looked up like any other packet.
-    f.check(&tx(
-        "SYN+ACK is looked up",
-        "",
-        Packet::tcp(c(), moved, "10.0.0.100", 80).flags(0x12),
-        V4_WEB,
-        Pick::Ring(k),
-        None,
-    ));
-    assert_eq!(lookups(&f), looked_up + 2);
+    let label: &'static str = Box::leak(format!("sticky{moved}").into_boxed_str());
+    for (what, flags) in [
+        (
+            "retransmitted SYN on a moved slot: where its entry says",
+            0x02,
+        ),
+        ("SYN+ACK on a moved slot: looked up like any packet", 0x12),
+    ] {
+        f.check(&tx(
+            what,
+            "",
+            Packet::tcp(c(), moved, "10.0.0.100", 80).flags(flags),
+            V4_WEB,
+            Pick::Flow(label),
+            None,
+        ));
+    }
+    assert_eq!(lookups(&f), looked_up + 3);
 
     // Draining the backend of "v4flow": the flow stays, new flows avoid it.
     let drained = f.flows["v4flow"];
