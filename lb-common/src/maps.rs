@@ -95,7 +95,7 @@ pub const GLOBAL_RING_SIZE: &str = "RING_SIZE";
 /// backend's permutation visits every slot. 65537 keeps each backend's share within about 1%
 /// of its ideal up to a few hundred backends per VIP (see docs/maglev.md), at 256 KiB per VIP.
 pub const DEFAULT_RING_SIZE: u32 = 65_537;
-/// Default number of VIPs (the ring array is `max_vips * ring_size` entries of 4 bytes).
+/// Default number of VIPs (the ring array is `max_vips * ring_lines(ring_size)` lines of 64 B).
 pub const DEFAULT_MAX_VIPS: u32 = 128;
 /// Default number of backend slots over all VIPs.
 pub const DEFAULT_MAX_BACKENDS: u32 = 4096;

@@ -100,6 +100,7 @@ fn place(vip: &VipInfo, key: &FlowKey, record: Record, known: &Known) -> Option<
     let line = vip.id * m::ring_lines(ring_size) + slot / m::RING_LINE_SLOTS;
     let id = RING.get(line)?[(slot % m::RING_LINE_SLOTS) as usize];
     let backend = live_backend(id)?;
+    let mut stale = matches!(known, Known::Stale);
     if record != Record::Never {
         let conn = ConnValue {
             backend: id,
@@ -117,19 +118,22 @@ fn place(vip: &VipInfo, key: &FlowKey, record: Record, known: &Known) -> Option<
                 _ => BPF_ANY,
             };
             if CONNTRACK.insert(key, conn, flags as u64) == Err(-EEXIST) {
-                // A retransmitted SYN: it goes where its first one went. (An entry that is
-                // stale, or evicted since, is replaced by the next packet's miss.)
+                // A retransmitted SYN: it goes where its first one went. An entry that is
+                // stale (or evicted since) is replaced, as a lookup would have had it.
                 if let Known::Hit(_, choice) = lookup(key) {
                     return Some(choice);
                 }
+                stale = true;
+                let _ = CONNTRACK.insert(key, conn, BPF_ANY as u64);
             }
         } else {
             event(stats::EV_CT_UNRECORDED);
         }
     }
-    event(match known {
-        Known::Stale => stats::EV_CT_STALE,
-        _ => stats::EV_CT_MISS,
+    event(if stale {
+        stats::EV_CT_STALE
+    } else {
+        stats::EV_CT_MISS
     });
     Some(Choice {
         id,

@@ -49,9 +49,9 @@ fn dispatch(ctx: &XdpContext, class: Class, vlan: bool) -> u32 {
         Class::Flow(key, off, syn) => {
             // A flow the connection table knows brings its VIP along: no VIP lookup. Only
             // packets to an address that may be a VIP's are looked up at all. A SYN opens a
-            // new connection: the ring places it and its entry is written afresh, without a
-            // lookup (a SYN flood costs no walk of the table's cold buckets; Katran does the
-            // same). A retransmitted SYN therefore follows a ring change.
+            // new connection: not looked up, the ring places it and the insert only succeeds
+            // for a new key (a retransmitted SYN finds its entry that way; `balance::place`).
+            // A new connection pays one walk of the table's cold bucket, not two.
             let (vip, known) = if maps::may_be(FILTER_VIP, &key.dst) {
                 if syn {
                     (maps::vip_lookup(&key), Known::Opening)

@@ -467,10 +467,13 @@ impl Mirror {
             let existing = self.vips[&addr].backends.get(&target.addr).cloned();
             let id = match existing {
                 Some((_, old)) if old == *target => continue,
+                // Every field but the weight compared (written so that a new field counts).
                 Some((id, old))
-                    if old.mac == target.mac
-                        && old.ifindex == target.ifindex
-                        && old.port == target.port =>
+                    if old
+                        == (BackendTarget {
+                            weight: old.weight,
+                            ..target.clone()
+                        }) =>
                 {
                     // Only the weight changed: the ring changes, the backend entry does not.
                     self.vips
@@ -880,6 +883,26 @@ mod tests {
         );
         assert_eq!(maps.backends[&id].flags, BACKEND_F_VALID);
         assert!(maps.ring.values().all(|&b| b != id));
+    }
+
+    #[test]
+    fn a_new_egress_mac_rewrites_the_backend_in_place() {
+        let mut maps = FakeMaps::default();
+        let mut mirror = Mirror::new(M, 4, 16);
+        let mut v = vip(80, 2);
+        v.backends[0].ifindex = 7;
+        v.backends[0].src_mac = Mac([2, 0, 0, 0, 7, 1]);
+        mirror.sync(&mut maps, &[v.clone()]).unwrap();
+        let id = mirror.backend_id(&v.spec.addr, v.backends[0].addr).unwrap();
+        let generation = maps.backends[&id].generation;
+        // The interface got another address (a bond failing over, say).
+        v.backends[0].src_mac = Mac([2, 0, 0, 0, 7, 2]);
+        mirror.sync(&mut maps, &[v.clone()]).unwrap();
+        assert_eq!(maps.backends[&id].src_mac, [2, 0, 0, 0, 7, 2]);
+        assert_eq!(
+            maps.backends[&id].generation, generation,
+            "same backend: its flows stay"
+        );
     }
 
     #[test]

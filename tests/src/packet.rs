@@ -54,6 +54,9 @@ pub struct Packet {
 }
 
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0xc1, 0, 0, 0, 1];
+/// TCP flags: a connection's first packet (SYN alone) and an established one's (ACK).
+pub const SYN: u8 = 0x02;
+pub const ACK: u8 = 0x10;
 pub const LB_MAC: [u8; 6] = [0x02, 0x1b, 0, 0, 0, 1];
 
 impl Packet {

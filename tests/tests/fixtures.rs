@@ -8,7 +8,7 @@ use std::{collections::HashMap, net::IpAddr};
 
 use lb_common::{stats, TrafficCounters};
 use lb_tests::{
-    packet::{with_macs, Packet, ETH_ARP, L4, LB_MAC},
+    packet::{with_macs, Packet, ACK, ETH_ARP, L4, LB_MAC, SYN},
     xdp::{test_run, XDP_DROP, XDP_PASS, XDP_TX},
 };
 use lb_userspace::{
@@ -283,7 +283,7 @@ fn table() -> Vec<Row> {
         tx("v4 TCP SYN to VIP", "Ether()/IP(src='10.0.0.1',dst='10.0.0.100')/TCP(sport=40000,dport=80,flags='S')",
            web(), V4_WEB, Pick::Ring(key(c(), 40000, V4_WEB, 80)), Some("v4flow")),
         tx("v4 TCP ACK same flow stays", "Ether()/IP(src='10.0.0.1',dst='10.0.0.100')/TCP(sport=40000,dport=80,flags='A')",
-           web().flags(0x10), V4_WEB, Pick::Flow("v4flow"), None),
+           web().flags(ACK), V4_WEB, Pick::Flow("v4flow"), None),
         tx("v4 TCP second flow", "Ether()/IP(src='10.0.0.1',dst='10.0.0.100')/TCP(sport=40001,dport=80)",
            Packet::tcp(c(), 40001, "10.0.0.100", 80), V4_WEB, Pick::Ring(key(c(), 40001, V4_WEB, 80)), None),
         tx("v4 UDP all-ports VIP, port 5353", "Ether()/IP(dst='10.0.0.100')/UDP(sport=5000,dport=5353)",
@@ -436,7 +436,7 @@ fn packet_fixtures() {
         f.check(&tx(
             "flow stays after ring change",
             "",
-            Packet::tcp(c(), sport, "10.0.0.100", 80).flags(0x10),
+            Packet::tcp(c(), sport, "10.0.0.100", 80).flags(ACK),
             V4_WEB,
             Pick::Flow(label),
             None,
@@ -470,7 +470,7 @@ fn packet_fixtures() {
     f.check(&tx(
         "its ACK finds the entry",
         "",
-        Packet::tcp(c(), 41999, "10.0.0.100", 80).flags(0x10),
+        Packet::tcp(c(), 41999, "10.0.0.100", 80).flags(ACK),
         V4_WEB,
         Pick::Flow("opened"),
         None,
@@ -487,9 +487,12 @@ fn packet_fixtures() {
     for (what, flags) in [
         (
             "retransmitted SYN on a moved slot: where its entry says",
-            0x02,
+            SYN,
         ),
-        ("SYN+ACK on a moved slot: looked up like any packet", 0x12),
+        (
+            "SYN+ACK on a moved slot: looked up like any packet",
+            SYN | ACK,
+        ),
     ] {
         f.check(&tx(
             what,
@@ -514,7 +517,7 @@ fn packet_fixtures() {
     f.check(&tx(
         "flow on a draining backend stays",
         "",
-        Packet::tcp(c(), 40000, "10.0.0.100", 80).flags(0x10),
+        Packet::tcp(c(), 40000, "10.0.0.100", 80).flags(ACK),
         V4_WEB,
         Pick::Flow("v4flow"),
         None,
@@ -542,7 +545,7 @@ fn packet_fixtures() {
     f.check(&tx(
         "flow of a removed backend moves",
         "",
-        Packet::tcp(c(), 40000, "10.0.0.100", 80).flags(0x10),
+        Packet::tcp(c(), 40000, "10.0.0.100", 80).flags(ACK),
         V4_WEB,
         Pick::Ring(key(c(), 40000, V4_WEB, 80)),
         None,
@@ -551,6 +554,30 @@ fn packet_fixtures() {
         f.dp.stats().unwrap()[stats::EV_CT_STALE as usize],
         stale_before + 1
     );
+    // A SYN of another flow recorded there: the failed insert finds the stale entry, which is
+    // replaced (counted as stale, like a lookup would have), so the ACK that follows hits.
+    let orphan = *flows
+        .iter()
+        .find(|s| before[s] == drained)
+        .expect("one of the 40 flows was on the removed backend");
+    let k = key(c(), orphan, V4_WEB, 80);
+    let hits = f.dp.stats().unwrap()[stats::EV_CT_HIT as usize];
+    for (what, flags) in [
+        ("SYN of a removed backend's flow: placed again", SYN),
+        ("its ACK: the new entry", ACK),
+    ] {
+        f.check(&tx(
+            what,
+            "",
+            Packet::tcp(c(), orphan, "10.0.0.100", 80).flags(flags),
+            V4_WEB,
+            Pick::Ring(k),
+            None,
+        ));
+    }
+    let st = f.dp.stats().unwrap();
+    assert_eq!(st[stats::EV_CT_STALE as usize], stale_before + 2);
+    assert_eq!(st[stats::EV_CT_HIT as usize], hits + 1);
 
     // Counters: every packet counted under exactly one verdict reason, as the table says.
     let st = f.dp.stats().unwrap();

@@ -9,7 +9,7 @@ use std::{collections::HashMap, net::IpAddr};
 use lb_common::stats;
 use lb_tests::{
     fib::{be_mac, fib_namespace, set_neighbour},
-    packet::{with_macs, Packet, CLIENT_MAC},
+    packet::{with_macs, Packet, ACK, CLIENT_MAC, SYN},
     xdp::{test_run, vip, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
 };
 use lb_userspace::{
@@ -470,8 +470,6 @@ fn l3_nat_fixtures() {
         let b = f.ring(WEB4, "10.1.0.1", sport, vport);
         let (bs, bport) = (b.to_string(), f.port_of(WEB4, b));
         // The connection's first packet is a SYN (recorded afresh, no cache); then ACKs.
-        const SYN: u8 = 0x02;
-        const ACK: u8 = 0x10;
         let input = |flags| {
             Packet::tcp("10.1.0.1", sport, "10.1.0.100", vport)
                 .flags(flags)

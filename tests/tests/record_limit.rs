@@ -6,7 +6,7 @@
 use lb_common::stats;
 use lb_tests::{
     fib::{backends, be_mac, fib_namespace},
-    packet::Packet,
+    packet::{Packet, ACK, SYN},
     xdp::{test_run, vip, XDP_REDIRECT, XDP_TX},
 };
 use lb_userspace::{
@@ -56,26 +56,50 @@ fn new_flows_beyond_the_record_limit_are_balanced_but_not_recorded() {
         };
 
         // Within one second (the window opens at the first flow): LIMIT recorded, then none.
+        // New TCP connections (SYN: not looked up) and packets of flows the table does not
+        // know (ACK: looked up, a miss) alike, each kind in a second of its own.
         let n = LIMIT as u16 + 3;
-        for sport in 40000..40000 + n {
-            let frame = Packet::tcp("10.1.0.1", sport, "10.1.0.100", 80).build();
-            let (verdict, _) = test_run(dp.program().unwrap(), &frame, Some(c0));
-            assert_eq!(verdict, XDP_TX, "flow {sport} is balanced either way");
-        }
-        let kept: Vec<bool> = (40000..40000 + n)
-            .map(|p| recorded(&dp, p, "10.1.0.100"))
-            .collect();
-        assert_eq!(
-            kept,
-            (0..n).map(|i| i < LIMIT as u16).collect::<Vec<_>>(),
-            "the first {LIMIT} flows of the second are recorded, the others not"
-        );
-        assert_eq!(
-            stat(&dp, stats::EV_CT_UNRECORDED),
-            (n - LIMIT as u16) as u64
-        );
+        let send = |dp: &mut DataPath, sport: u16, flags: u8| {
+            let frame = Packet::tcp("10.1.0.1", sport, "10.1.0.100", 80)
+                .flags(flags)
+                .build();
+            test_run(dp.program().unwrap(), &frame, Some(c0))
+        };
         let l2_id = mirror.vip_id(&l2.parse().unwrap()).unwrap();
-        assert_eq!(dp.vip_counters(l2_id).unwrap().new_flows, n as u64);
+        for (first, flags) in [(44000, ACK), (40000, SYN)] {
+            let unrecorded = stat(&dp, stats::EV_CT_UNRECORDED);
+            let new_flows = dp.vip_counters(l2_id).unwrap().new_flows;
+            for sport in first..first + n {
+                let (verdict, _) = send(&mut dp, sport, flags);
+                assert_eq!(verdict, XDP_TX, "flow {sport} is balanced either way");
+            }
+            let kept: Vec<bool> = (first..first + n)
+                .map(|p| recorded(&dp, p, "10.1.0.100"))
+                .collect();
+            assert_eq!(
+                kept,
+                (0..n).map(|i| i < LIMIT as u16).collect::<Vec<_>>(),
+                "flags {flags:#x}: the first {LIMIT} flows of the second are recorded, the others not"
+            );
+            assert_eq!(
+                stat(&dp, stats::EV_CT_UNRECORDED) - unrecorded,
+                (n - LIMIT as u16) as u64
+            );
+            assert_eq!(
+                dp.vip_counters(l2_id).unwrap().new_flows - new_flows,
+                n as u64
+            );
+            if flags == ACK {
+                std::thread::sleep(std::time::Duration::from_millis(1100));
+            }
+        }
+        // Over the limit, a SYN is neither looked up nor recorded: a recorded flow's SYN goes
+        // by the ring without touching the table (no hit); its ACK is looked up (a hit).
+        let hits = stat(&dp, stats::EV_CT_HIT);
+        send(&mut dp, 40000, SYN);
+        assert_eq!(stat(&dp, stats::EV_CT_HIT), hits, "a SYN over the limit: no lookup");
+        send(&mut dp, 40000, ACK);
+        assert_eq!(stat(&dp, stats::EV_CT_HIT), hits + 1, "its ACK: a hit");
         // Unrecorded flows go where the ring says, packet after packet.
         for sport in 40000 + LIMIT as u16..40000 + n {
             let key = flow_key("10.1.0.1".parse().unwrap(), sport, &l2.parse().unwrap(), 80);
@@ -103,7 +127,7 @@ fn new_flows_beyond_the_record_limit_are_balanced_but_not_recorded() {
         }
         assert_eq!(
             stat(&dp, stats::EV_CT_UNRECORDED),
-            2 * (n - LIMIT as u16) as u64
+            3 * (n - LIMIT as u16) as u64 + 1
         );
 
         // A new second: recording resumes.

@@ -28,9 +28,10 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp},
     sys::{enable_stats, Stats},
 };
+use lb_common::maps::GEN_FLOWS_PER_ADDR;
 use lb_tests::{
     fib::{backends, fib_namespace, xdp_md},
-    packet::Packet,
+    packet::{Packet, ACK},
     xdp::{XDP_PASS, XDP_REDIRECT, XDP_TX},
 };
 use lb_userspace::{
@@ -42,6 +43,14 @@ use lb_userspace::{
 use serde_json::json;
 
 static QUICK: AtomicBool = AtomicBool::new(false);
+
+/// Interleaved rounds of the per-packet cases (one in quick mode).
+fn rounds() -> u32 {
+    match QUICK.load(Ordering::Relaxed) {
+        false => 3,
+        true => 1,
+    }
+}
 
 /// Iterations of `repeat` cases, and frames of `calls` cases (a tenth in quick mode).
 fn counts() -> (u32, u32) {
@@ -55,6 +64,9 @@ fn stats_of(prog: &Xdp) -> Result<(u64, u64)> {
     let info = prog.info()?;
     Ok((info.run_time().as_nanos() as u64, info.run_count()))
 }
+
+/// One round's figure of a case: (ns per packet, the baseline of its method in that round).
+type Sample = (f64, f64);
 
 /// One input: a single frame repeated, or distinct frames; on which interface.
 #[derive(Clone, Copy)]
@@ -97,13 +109,14 @@ fn vip(addr: &str, mode: Mode, addrs: &[&str]) -> VipState {
     lb_tests::xdp::vip(addr, mode, backends(addrs))
 }
 
-/// New flows to `dst:80` from distinct sources (`first` + i / 16384): TCP connections' SYNs,
+/// New flows to `dst:80` from distinct sources, numbered like the generator's (flow i from
+/// `first + i / GEN_FLOWS_PER_ADDR`): TCP connections' SYNs,
 /// or UDP datagrams (a UDP flow's first packet looks like any other).
 fn new_flows(dst: &str, first: u32, udp: bool) -> Vec<Vec<u8>> {
     (0..counts().1)
         .map(|i| {
-            let src = Ipv4Addr::from(first + (i >> 14)).to_string();
-            let sport = 1024 + (i & 0x3fff) as u16;
+            let src = Ipv4Addr::from(first + i / GEN_FLOWS_PER_ADDR).to_string();
+            let sport = 1024 + (i % GEN_FLOWS_PER_ADDR) as u16;
             match udp {
                 false => Packet::tcp(&src, sport, dst, 80).build(),
                 true => Packet::udp(&src, sport, dst, 80).build(),
@@ -114,7 +127,7 @@ fn new_flows(dst: &str, first: u32, udp: bool) -> Vec<Vec<u8>> {
 
 /// A packet of an established TCP connection (ACK).
 fn established(src: &str, sport: u16, dst: &str, dport: u16) -> Vec<u8> {
-    Packet::tcp(src, sport, dst, dport).flags(0x10).build()
+    Packet::tcp(src, sport, dst, dport).flags(ACK).build()
 }
 
 fn main() -> Result<()> {
@@ -209,29 +222,22 @@ fn bench() -> Result<serde_json::Value> {
     let hit4 = established("10.1.0.1", 40000, "10.1.0.100", 80);
     let hit6 = established("fd01::1", 40000, "fd01::100", 80);
     let l3_fwd = established("10.1.0.1", 40000, "10.1.0.200", 80);
-    let (l2_new, l2_new_udp, l3_new) = (
-        new_flows("10.1.0.100", 0x0b00_0000, false),
-        new_flows("10.1.0.100", 0x0b10_0000, true),
-        new_flows("10.1.0.200", 0x0b00_0000, false),
-    );
-    let (l2_flood, l2_flood_udp) = (
-        new_flows("10.1.0.100", 0x0c00_0000, false),
-        new_flows("10.1.0.100", 0x0c10_0000, true),
-    );
-    let (repeat, calls) = counts();
+    let (_, calls) = counts();
     let many = |f: &Vec<u8>| vec![f.clone(); calls as usize];
+    let (non_vips, hits4, l3_fwds) = (many(&non_vip), many(&hit4), many(&l3_fwd));
 
     let started = Instant::now();
-    // Baseline: the empty XDP_PASS program, both methods.
-    let base_rep = measure(dp.pass_program()?, Input::Repeat(&non_vip), c0, XDP_PASS)?;
-    let base_calls = measure(
-        dp.pass_program()?,
-        Input::Calls(&many(&non_vip)),
-        c0,
-        XDP_PASS,
-    )?;
-    // Miss cases measure the insert; the flood case below, the path over the record limit.
+    // Miss cases measure the insert; the flood cases below, the path over the record limit.
     dp.set_record_limit(0)?;
+    // A running load balancer's LRU tables are full: fill them (with flows no case sends), so
+    // that every round measures new flows that evict, not a first round into empty tables.
+    let fill = opts.conntrack_size.div_ceil(counts().1);
+    for i in 0..fill {
+        let flows = new_flows("10.1.0.200", 0x0d00_0000 + (i << 8), false);
+        measure(dp.program()?, Input::Calls(&flows), c0, XDP_REDIRECT)?;
+        let flows = new_flows("10.1.0.100", 0x0d80_0000 + (i << 8), true);
+        measure(dp.program()?, Input::Calls(&flows), c0, XDP_TX)?;
+    }
     let lb = dp.program()?;
     // Prime the tables for the hit cases; learn which backend the L3 flow went to, for its reply.
     measure(lb, Input::Calls(&[hit4.clone(), hit6.clone()]), c0, XDP_TX)?;
@@ -255,143 +261,157 @@ fn bench() -> Result<serde_json::Value> {
         })
         .context("no backend's reply matched the L3 flow")?;
     let l3_reply = established(l3_backend, 80, "10.1.0.1", 40000);
+    let l3_replies = many(&l3_reply);
 
-    let cases: [(&str, &str, Input<'_>, u32, u32, f64); 10] = [
-        (
-            "non-VIP packet",
-            "repeat",
-            Input::Repeat(&non_vip),
-            c0,
-            XDP_PASS,
-            base_rep,
-        ),
-        (
-            "L2 hit, IPv4",
-            "repeat",
-            Input::Repeat(&hit4),
-            c0,
-            XDP_TX,
-            base_rep,
-        ),
-        (
-            "L2 hit, IPv6",
-            "repeat",
-            Input::Repeat(&hit6),
-            c0,
-            XDP_TX,
-            base_rep,
-        ),
-        (
-            "non-VIP packet",
-            "calls",
-            Input::Calls(&many(&non_vip)),
-            c0,
-            XDP_PASS,
-            base_calls,
-        ),
-        (
-            "L2 hit, IPv4",
-            "calls",
-            Input::Calls(&many(&hit4)),
-            c0,
-            XDP_TX,
-            base_calls,
-        ),
-        (
-            "L2 miss, new TCP conn (SYN)",
-            "calls",
-            Input::Calls(&l2_new),
-            c0,
-            XDP_TX,
-            base_calls,
-        ),
-        (
-            "L2 miss, new UDP flow",
-            "calls",
-            Input::Calls(&l2_new_udp),
-            c0,
-            XDP_TX,
-            base_calls,
-        ),
-        (
-            "L3 forward hit, IPv4",
-            "calls",
-            Input::Calls(&many(&l3_fwd)),
-            c0,
-            XDP_REDIRECT,
-            base_calls,
-        ),
-        (
-            "L3 reverse hit, IPv4",
-            "calls",
-            Input::Calls(&many(&l3_reply)),
-            b0,
-            XDP_REDIRECT,
-            base_calls,
-        ),
-        (
-            "L3 miss, new TCP conn (SYN)",
-            "calls",
-            Input::Calls(&l3_new),
-            c0,
-            XDP_REDIRECT,
-            base_calls,
-        ),
-    ];
-    if let Ok(only) = std::env::var("XDPLB_BENCH_PROFILE") {
-        // Profiling instead of measuring: main reports nothing (Null). A record limit (1: the
-        // miss cases take the path over the limit) makes a miss case repeatable.
-        if let Ok(limit) = std::env::var("XDPLB_BENCH_RECORD_LIMIT") {
-            dp.set_record_limit(limit.parse().context("XDPLB_BENCH_RECORD_LIMIT")?)?;
+    // Every case once per round, rounds interleaved (load that comes and goes on a shared
+    // machine hits every case alike), each against the baselines of its round; the median
+    // round is reported, with the spread.
+    let rounds = rounds();
+    let mut samples: Vec<(&str, &str, Vec<Sample>)> = Vec::new();
+    let mut bases = Vec::new();
+    for round in 0..rounds {
+        // Miss cases get flows of their own in every round.
+        let first = |base: u32| base + (round << 8);
+        let misses = [
+            new_flows("10.1.0.100", first(0x0b00_0000), false),
+            new_flows("10.1.0.100", first(0x0b10_0000), true),
+            new_flows("10.1.0.200", first(0x0b20_0000), false),
+        ];
+        let floods = [
+            new_flows("10.1.0.100", first(0x0c00_0000), false),
+            new_flows("10.1.0.100", first(0x0c10_0000), true),
+        ];
+        // Baseline: the empty XDP_PASS program, both methods.
+        let base_rep = measure(dp.pass_program()?, Input::Repeat(&non_vip), c0, XDP_PASS)?;
+        let base_calls = measure(dp.pass_program()?, Input::Calls(&non_vips), c0, XDP_PASS)?;
+        bases.push((base_rep, base_calls));
+        let (rep, calls) = ("repeat", "calls");
+        let cases: [(&str, &str, Input<'_>, u32, u32); 10] = [
+            ("non-VIP packet", rep, Input::Repeat(&non_vip), c0, XDP_PASS),
+            ("L2 hit, IPv4", rep, Input::Repeat(&hit4), c0, XDP_TX),
+            ("L2 hit, IPv6", rep, Input::Repeat(&hit6), c0, XDP_TX),
+            (
+                "non-VIP packet",
+                calls,
+                Input::Calls(&non_vips),
+                c0,
+                XDP_PASS,
+            ),
+            ("L2 hit, IPv4", calls, Input::Calls(&hits4), c0, XDP_TX),
+            (
+                "L2 miss, new TCP conn (SYN)",
+                calls,
+                Input::Calls(&misses[0]),
+                c0,
+                XDP_TX,
+            ),
+            (
+                "L2 miss, new UDP flow",
+                calls,
+                Input::Calls(&misses[1]),
+                c0,
+                XDP_TX,
+            ),
+            (
+                "L3 forward hit, IPv4",
+                calls,
+                Input::Calls(&l3_fwds),
+                c0,
+                XDP_REDIRECT,
+            ),
+            (
+                "L3 reverse hit, IPv4",
+                calls,
+                Input::Calls(&l3_replies),
+                b0,
+                XDP_REDIRECT,
+            ),
+            (
+                "L3 miss, new TCP conn (SYN)",
+                calls,
+                Input::Calls(&misses[2]),
+                c0,
+                XDP_REDIRECT,
+            ),
+        ];
+        if let Ok(only) = std::env::var("XDPLB_BENCH_PROFILE") {
+            // Profiling instead of measuring: main reports nothing (Null). A record limit (1:
+            // the miss cases take the path over the limit) makes a miss case repeatable.
+            if let Ok(limit) = std::env::var("XDPLB_BENCH_RECORD_LIMIT") {
+                dp.set_record_limit(limit.parse().context("XDPLB_BENCH_RECORD_LIMIT")?)?;
+            }
+            return profile(dp.program()?, &only, cases).map(|()| serde_json::Value::Null);
         }
-        let lb = dp.program()?;
-        return profile(lb, &only, cases).map(|()| serde_json::Value::Null);
-    }
-    println!("xdplb per-packet cost (BPF_PROG_TEST_RUN, kernel run_time_ns/run_cnt; repeat={repeat}, calls={calls})");
-    println!("empty XDP_PASS baseline: {base_rep:.1} ns (repeat), {base_calls:.1} ns (calls)");
-    println!(
-        "{:<28} {:>7} {:>10} {:>10} {:>8}",
-        "case", "method", "total ns", "net ns", "x empty"
-    );
-    let mut per_packet = Vec::new();
-    for (case, method, input, ifindex, want, base) in cases {
-        let ns = measure(lb, input, ifindex, want).with_context(|| format!("case {case}"))?;
-        println!(
-            "{case:<28} {method:>7} {ns:>10.1} {:>10.1} {:>8.2}",
-            ns - base,
-            ns / base
-        );
-        per_packet.push(json!({ "case": case, "method": method, "ns": ns, "net_ns": ns - base, "x_empty": ns / base }));
-    }
-    // New flows over the per-CPU record limit (a flood): balanced by the ring, not recorded.
-    dp.set_record_limit(1)?;
-    for (case, flood) in [
-        ("L2 SYN flood, over limit", &l2_flood),
-        ("L2 UDP flood, over limit", &l2_flood_udp),
-    ] {
-        let unrecorded = |dp: &DataPath| {
-            dp.stats()
-                .map(|s| s[lb_common::stats::EV_CT_UNRECORDED as usize])
-        };
-        let before = unrecorded(&dp)?;
-        let ns = measure(dp.program()?, Input::Calls(flood), c0, XDP_TX)?;
-        // One flow per CPU per second is recorded (the thread may move between CPUs).
-        let skipped = unrecorded(&dp)? - before;
-        if skipped * 10 < flood.len() as u64 * 9 {
-            bail!(
-                "{case}: only {skipped} of {} flows went unrecorded",
-                flood.len()
-            );
+        let mut measured = Vec::new();
+        for (case, method, input, ifindex, want) in cases {
+            let ns = measure(dp.program()?, input, ifindex, want)
+                .with_context(|| format!("case {case}"))?;
+            let base = if method == rep { base_rep } else { base_calls };
+            measured.push((case, method, ns, base));
         }
-        println!(
-            "{case:<28} {:>7} {ns:>10.1} {:>10.1} {:>8.2}",
-            "calls",
-            ns - base_calls,
-            ns / base_calls
-        );
-        per_packet.push(json!({ "case": case, "method": "calls", "ns": ns, "net_ns": ns - base_calls, "x_empty": ns / base_calls }));
+        // New flows over the per-CPU record limit (a flood): balanced by the ring, not recorded.
+        dp.set_record_limit(1)?;
+        for (case, flood) in ["L2 SYN flood, over limit", "L2 UDP flood, over limit"]
+            .into_iter()
+            .zip(&floods)
+        {
+            let unrecorded = |dp: &DataPath| {
+                dp.stats()
+                    .map(|s| s[lb_common::stats::EV_CT_UNRECORDED as usize])
+            };
+            let before = unrecorded(&dp)?;
+            let ns = measure(dp.program()?, Input::Calls(flood), c0, XDP_TX)?;
+            // One flow per CPU per second is recorded (the thread may move between CPUs).
+            let skipped = unrecorded(&dp)? - before;
+            if skipped * 10 < flood.len() as u64 * 9 {
+                bail!(
+                    "{case}: only {skipped} of {} flows went unrecorded",
+                    flood.len()
+                );
+            }
+            measured.push((case, calls, ns, base_calls));
+        }
+        dp.set_record_limit(0)?;
+        for (i, (case, method, ns, base)) in measured.into_iter().enumerate() {
+            if round == 0 {
+                samples.push((case, method, Vec::new()));
+            }
+            samples[i].2.push((ns, base));
+        }
     }
     dp.set_record_limit(lb_common::maps::DEFAULT_RECORD_LIMIT)?;
+
+    let (repeat, calls) = counts();
+    let median_of = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (base_rep, base_calls) = (
+        median_of(&mut bases.iter().map(|b| b.0).collect()),
+        median_of(&mut bases.iter().map(|b| b.1).collect()),
+    );
+    println!("xdplb per-packet cost (BPF_PROG_TEST_RUN, kernel run_time_ns/run_cnt; repeat={repeat}, calls={calls}; median of {rounds} interleaved round(s), LRU tables full)");
+    println!("empty XDP_PASS baseline: {base_rep:.1} ns (repeat), {base_calls:.1} ns (calls)");
+    println!(
+        "{:<28} {:>7} {:>10} {:>10} {:>8} {:>8}",
+        "case", "method", "total ns", "net ns", "x empty", "spread"
+    );
+    let mut per_packet = Vec::new();
+    for (case, method, runs) in samples {
+        let mut nets: Vec<f64> = runs.iter().map(|(ns, base)| ns - base).collect();
+        let net = median_of(&mut nets);
+        let spread = 100.0 * (nets[nets.len() - 1] - nets[0]) / net;
+        let (ns, base) = runs
+            .iter()
+            .copied()
+            .find(|(ns, base)| ns - base == net)
+            .expect("the median is one of the rounds");
+        println!(
+            "{case:<28} {method:>7} {ns:>10.1} {net:>10.1} {:>8.2} {spread:>7.0}%",
+            ns / base
+        );
+        per_packet.push(json!({ "case": case, "method": method, "ns": ns, "net_ns": net, "x_empty": ns / base, "spread_pct": spread, "rounds": runs.len() }));
+    }
     println!("verifier: {insns} instructions processed (verified_insns)");
 
     let control = control_plane(&mut dp)?;
@@ -417,12 +437,8 @@ fn bench() -> Result<serde_json::Value> {
 
 /// Runs one case (named by `XDPLB_BENCH_PROFILE`) over and over for about 5 s, so a profiler
 /// such as `perf record -e cpu-clock -a -g` can sample the program and the helpers it calls.
-fn profile(
-    lb: &mut Xdp,
-    only: &str,
-    cases: [(&str, &str, Input<'_>, u32, u32, f64); 10],
-) -> Result<()> {
-    let (case, _, input, ifindex, want, _) = cases
+fn profile(lb: &mut Xdp, only: &str, cases: [(&str, &str, Input<'_>, u32, u32); 10]) -> Result<()> {
+    let (case, _, input, ifindex, want) = cases
         .into_iter()
         .find(|c| format!("{} {}", c.0, c.1) == only)
         .with_context(|| format!("no case named {only:?} (\"CASE METHOD\", as printed)"))?;
