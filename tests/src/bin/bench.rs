@@ -519,7 +519,7 @@ fn control_plane(dp: &mut DataPath) -> Result<serde_json::Value> {
         max_vips: 1024,
         max_backends: 16384,
         conntrack_size: 1024,
-        pin_dir: None,
+        ..LoadOptions::default()
     };
     let mut big_dp = DataPath::load(&big)?;
     let mut big_mirror = Mirror::new(big.ring_size, big.max_vips, big.max_backends);
