@@ -187,9 +187,12 @@ fn main() -> Result<()> {
     write_results(&results, &out)
 }
 
-fn bench() -> Result<serde_json::Value> {
-    let opts = LoadOptions::default();
-    let mut dp = DataPath::load(&opts).context("loading xdplb (root? cargo xtask setup?)")?;
+/// The benchmark's data path (`opts`), its VIPs configured and its LRU tables filled, as a
+/// running load balancer's are (with flows no case sends), so that every round measures new
+/// flows that evict, not a first round into empty tables. Returns it with the ifindexes of
+/// c0 and b0.
+fn bench_data_path(opts: &LoadOptions) -> Result<(DataPath, u32, u32)> {
+    let mut dp = DataPath::load(opts).context("loading xdplb (root? cargo xtask setup?)")?;
     let (c0, _) = dp.register_egress("c0")?;
     let (b0, _) = dp.register_egress("b0")?;
     let mut mirror = Mirror::new(opts.ring_size, opts.max_vips, opts.max_backends);
@@ -215,9 +218,33 @@ fn bench() -> Result<serde_json::Value> {
             vip("10.1.0.200:80/tcp", Mode::L3, &["10.2.0.1", "10.2.0.2"]),
         ],
     )?;
+    // Miss cases measure the insert; the flood cases, the path over the record limit.
+    dp.set_record_limit(0)?;
+    let fill = opts.conntrack_size.div_ceil(counts().1);
+    for i in 0..fill {
+        let flows = new_flows("10.1.0.200", 0x0d00_0000 + (i << 8), false);
+        measure(dp.program()?, Input::Calls(&flows), c0, XDP_REDIRECT)?;
+        let flows = new_flows("10.1.0.100", 0x0d80_0000 + (i << 8), true);
+        measure(dp.program()?, Input::Calls(&flows), c0, XDP_TX)?;
+    }
+    Ok((dp, c0, b0))
+}
+
+fn bench() -> Result<serde_json::Value> {
+    // One CPU for the whole section: the record limit's window and per-CPU LRU lists are per
+    // CPU, and the tables are filled from the CPU the cases run on.
+    lb_tests::generator::pin_thread(lb_tests::live::core_for_generator())?;
+    let _stats = enable_stats(Stats::RunTime).context("BPF_ENABLE_STATS")?;
+    let opts = LoadOptions::default();
+    let started = Instant::now();
+    let (mut dp, c0, b0) = bench_data_path(&opts)?;
+    // The same with one LRU list per CPU (`limits.conntrack_per_cpu_lru`), for its new flows.
+    let (mut pcpu, _, _) = bench_data_path(&LoadOptions {
+        per_cpu_lru: true,
+        ..opts.clone()
+    })?;
     let insns = dp.verified_insns().unwrap_or(0);
 
-    let _stats = enable_stats(Stats::RunTime).context("BPF_ENABLE_STATS")?;
     let non_vip = established("10.1.0.1", 40000, "10.1.0.7", 80);
     let hit4 = established("10.1.0.1", 40000, "10.1.0.100", 80);
     let hit6 = established("fd01::1", 40000, "fd01::100", 80);
@@ -226,18 +253,6 @@ fn bench() -> Result<serde_json::Value> {
     let many = |f: &Vec<u8>| vec![f.clone(); calls as usize];
     let (non_vips, hits4, l3_fwds) = (many(&non_vip), many(&hit4), many(&l3_fwd));
 
-    let started = Instant::now();
-    // Miss cases measure the insert; the flood cases below, the path over the record limit.
-    dp.set_record_limit(0)?;
-    // A running load balancer's LRU tables are full: fill them (with flows no case sends), so
-    // that every round measures new flows that evict, not a first round into empty tables.
-    let fill = opts.conntrack_size.div_ceil(counts().1);
-    for i in 0..fill {
-        let flows = new_flows("10.1.0.200", 0x0d00_0000 + (i << 8), false);
-        measure(dp.program()?, Input::Calls(&flows), c0, XDP_REDIRECT)?;
-        let flows = new_flows("10.1.0.100", 0x0d80_0000 + (i << 8), true);
-        measure(dp.program()?, Input::Calls(&flows), c0, XDP_TX)?;
-    }
     let lb = dp.program()?;
     // Prime the tables for the hit cases; learn which backend the L3 flow went to, for its reply.
     measure(lb, Input::Calls(&[hit4.clone(), hit6.clone()]), c0, XDP_TX)?;
@@ -280,6 +295,11 @@ fn bench() -> Result<serde_json::Value> {
         let floods = [
             new_flows("10.1.0.100", first(0x0c00_0000), false),
             new_flows("10.1.0.100", first(0x0c10_0000), true),
+        ];
+        let pcpu_misses = [
+            new_flows("10.1.0.100", first(0x0e00_0000), false),
+            new_flows("10.1.0.100", first(0x0e10_0000), true),
+            new_flows("10.1.0.200", first(0x0e20_0000), false),
         ];
         // Baseline: the empty XDP_PASS program, both methods.
         let base_rep = measure(dp.pass_program()?, Input::Repeat(&non_vip), c0, XDP_PASS)?;
@@ -361,7 +381,7 @@ fn bench() -> Result<serde_json::Value> {
             };
             let before = unrecorded(&dp)?;
             let ns = measure(dp.program()?, Input::Calls(flood), c0, XDP_TX)?;
-            // One flow per CPU per second is recorded (the thread may move between CPUs).
+            // One flow per second is recorded.
             let skipped = unrecorded(&dp)? - before;
             if skipped * 10 < flood.len() as u64 * 9 {
                 bail!(
@@ -372,6 +392,20 @@ fn bench() -> Result<serde_json::Value> {
             measured.push((case, calls, ns, base_calls));
         }
         dp.set_record_limit(0)?;
+        let pcpu_cases = [
+            ("L2 new TCP conn, per-CPU LRU", &pcpu_misses[0], XDP_TX),
+            ("L2 new UDP flow, per-CPU LRU", &pcpu_misses[1], XDP_TX),
+            (
+                "L3 new TCP conn, per-CPU LRU",
+                &pcpu_misses[2],
+                XDP_REDIRECT,
+            ),
+        ];
+        for (case, flows, want) in pcpu_cases {
+            let ns = measure(pcpu.program()?, Input::Calls(flows), c0, want)
+                .with_context(|| format!("case {case}"))?;
+            measured.push((case, calls, ns, base_calls));
+        }
         for (i, (case, method, ns, base)) in measured.into_iter().enumerate() {
             if round == 0 {
                 samples.push((case, method, Vec::new()));

@@ -327,7 +327,7 @@ fn summarize(case: Case, flows: u32, rs: &[Run]) -> Value {
 }
 
 /// The last CPU: on a shared machine CPU 0 takes more of everyone else's interrupts.
-fn core_for_generator() -> usize {
+pub fn core_for_generator() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get()) - 1
 }
 
