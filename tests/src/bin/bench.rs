@@ -44,6 +44,10 @@ use serde_json::json;
 
 static QUICK: AtomicBool = AtomicBool::new(false);
 
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// Interleaved rounds of the per-packet cases (one in quick mode).
 fn rounds() -> u32 {
     match QUICK.load(Ordering::Relaxed) {
@@ -78,29 +82,56 @@ enum Input<'a> {
 /// ns per run by the kernel's accounting; every verdict must be `want`.
 fn measure(prog: &mut Xdp, input: Input<'_>, ifindex: u32, want: u32) -> Result<f64> {
     let (t0, c0) = stats_of(prog)?;
-    let mut out = vec![0u8; 256];
-    let mut check = |frame: &[u8], repeat: u32| -> Result<()> {
-        let ctx = xdp_md(ifindex, frame.len());
-        let r = prog.test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
-            repeat,
-            ..Default::default()
-        })?;
-        if r.return_value != want {
-            bail!("verdict {} instead of {want}", r.return_value);
-        }
-        Ok(())
-    };
     match input {
-        Input::Repeat(f) => check(f, counts().0)?,
+        Input::Repeat(f) => run(prog, f, counts().0, ifindex, want)?,
         Input::Calls(frames) => {
             for f in frames {
-                check(f, 1)?;
+                run(prog, f, 1, ifindex, want)?;
             }
         }
     }
+    let (t1, c1) = stats_of(prog)?;
+    Ok((t1 - t0) as f64 / (c1 - c0) as f64)
+}
+
+/// One BPF_PROG_TEST_RUN call; its verdict must be `want`.
+fn run(prog: &Xdp, frame: &[u8], repeat: u32, ifindex: u32, want: u32) -> Result<()> {
+    let ctx = xdp_md(ifindex, frame.len());
+    let mut out = vec![0u8; 256];
+    let r = prog.test_run(TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        ctx_in: Some(&ctx),
+        repeat,
+        ..Default::default()
+    })?;
+    if r.return_value != want {
+        bail!("verdict {} instead of {want}", r.return_value);
+    }
+    Ok(())
+}
+
+/// Like `measure` with calls, but every CPU at once, each with its own frames (threads
+/// pinned one per CPU): ns per run over all of them, contention for shared state included.
+fn measure_all_cpus(prog: &Xdp, frames: &[Vec<Vec<u8>>], ifindex: u32, want: u32) -> Result<f64> {
+    let (t0, c0) = stats_of(prog)?;
+    std::thread::scope(|s| {
+        let threads: Vec<_> = frames
+            .iter()
+            .enumerate()
+            .map(|(cpu, frames)| {
+                s.spawn(move || -> Result<()> {
+                    lb_tests::generator::pin_thread(cpu)?;
+                    frames
+                        .iter()
+                        .try_for_each(|f| run(prog, f, 1, ifindex, want))
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .try_for_each(|t| t.join().expect("no panic"))
+    })?;
     let (t1, c1) = stats_of(prog)?;
     Ok((t1 - t0) as f64 / (c1 - c0) as f64)
 }
@@ -220,12 +251,18 @@ fn bench_data_path(opts: &LoadOptions) -> Result<(DataPath, u32, u32)> {
     )?;
     // Miss cases measure the insert; the flood cases, the path over the record limit.
     dp.set_record_limit(0)?;
+    // From every CPU (with per-CPU LRU lists each CPU has its own share to fill).
     let fill = opts.conntrack_size.div_ceil(counts().1);
     for i in 0..fill {
-        let flows = new_flows("10.1.0.200", 0x0d00_0000 + (i << 8), false);
-        measure(dp.program()?, Input::Calls(&flows), c0, XDP_REDIRECT)?;
-        let flows = new_flows("10.1.0.100", 0x0d80_0000 + (i << 8), true);
-        measure(dp.program()?, Input::Calls(&flows), c0, XDP_TX)?;
+        for (dst, first, udp, want) in [
+            ("10.1.0.200", 0x0d00_0000, false, XDP_REDIRECT),
+            ("10.1.0.100", 0x0d80_0000, true, XDP_TX),
+        ] {
+            let flows: Vec<_> = (0..cpus())
+                .map(|cpu| new_flows(dst, first + (i << 8) + ((cpu as u32) << 16), udp))
+                .collect();
+            measure_all_cpus(dp.program()?, &flows, c0, want)?;
+        }
     }
     Ok((dp, c0, b0))
 }
@@ -403,6 +440,18 @@ fn bench() -> Result<serde_json::Value> {
         ];
         for (case, flows, want) in pcpu_cases {
             let ns = measure(pcpu.program()?, Input::Calls(flows), c0, want)
+                .with_context(|| format!("case {case}"))?;
+            measured.push((case, calls, ns, base_calls));
+        }
+        // New flows from every CPU at once: what the shared LRU list costs when CPUs contend.
+        for (case, path, base) in [
+            ("L2 new UDP flow, all CPUs", &mut dp, 0x0f00_0000),
+            ("same, per-CPU LRU", &mut pcpu, 0x0f80_0000),
+        ] {
+            let flows: Vec<_> = (0..cpus())
+                .map(|cpu| new_flows("10.1.0.100", first(base) + ((cpu as u32) << 4), true))
+                .collect();
+            let ns = measure_all_cpus(path.program()?, &flows, c0, XDP_TX)
                 .with_context(|| format!("case {case}"))?;
             measured.push((case, calls, ns, base_calls));
         }
