@@ -398,17 +398,13 @@ fn print_status(d: &Value) {
     );
     println!("metrics: {}", text(&daemon["metrics"]));
     println!(
-        "program: {} ({} verified instructions, ring size {}, new flows recorded per CPU per second: {}, {})",
+        "program: {} ({} verified instructions, ring size {}, new flows recorded per CPU per second: {})",
         text(&d["program"]["name"]),
         text(&d["program"]["verified_insns"]),
         text(&d["program"]["ring_size"]),
         match d["program"]["record_limit"].as_u64() {
             Some(0) => "no limit".to_string(),
             _ => text(&d["program"]["record_limit"]),
-        },
-        match d["program"]["per_cpu_lru"] == true {
-            true => "an LRU list per CPU",
-            false => "one LRU list",
         }
     );
     for i in d["interfaces"].as_array().into_iter().flatten() {

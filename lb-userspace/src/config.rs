@@ -126,10 +126,6 @@ pub struct Limits {
     pub max_backends: u32,
     #[serde(default = "d_conntrack")]
     pub conntrack_size: u32,
-    /// One LRU list per CPU in the connection and reverse-NAT tables (see
-    /// `LoadOptions::per_cpu_lru`).
-    #[serde(default)]
-    pub conntrack_per_cpu_lru: bool,
 }
 
 fn d_ring() -> u32 {
@@ -152,7 +148,6 @@ impl Default for Limits {
             max_vips: d_vips(),
             max_backends: d_backends(),
             conntrack_size: d_conntrack(),
-            conntrack_per_cpu_lru: false,
         }
     }
 }
@@ -164,7 +159,6 @@ impl Limits {
             max_vips: self.max_vips,
             max_backends: self.max_backends,
             conntrack_size: self.conntrack_size,
-            per_cpu_lru: self.conntrack_per_cpu_lru,
             pin_dir: pin_dir.map(Path::to_path_buf),
         }
     }

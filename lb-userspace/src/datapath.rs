@@ -26,7 +26,6 @@ use crate::{
     model::Mac,
 };
 
-mod elf;
 mod tools;
 
 /// The XDP object built by build.rs.
@@ -75,10 +74,6 @@ pub struct LoadOptions {
     pub max_vips: u32,
     pub max_backends: u32,
     pub conntrack_size: u32,
-    /// One LRU list per CPU in the connection and reverse-NAT tables (`BPF_F_NO_COMMON_LRU`):
-    /// no shared list and lock when a full table evicts, but each CPU evicts among its own
-    /// share of the entries (size / possible CPUs).
-    pub per_cpu_lru: bool,
     /// Pin the maps here (bpffs) so another process can adopt them; `None` keeps them private.
     pub pin_dir: Option<PathBuf>,
 }
@@ -90,7 +85,6 @@ impl Default for LoadOptions {
             max_vips: m::DEFAULT_MAX_VIPS,
             max_backends: m::DEFAULT_MAX_BACKENDS,
             conntrack_size: m::DEFAULT_CONNTRACK_SIZE,
-            per_cpu_lru: false,
             pin_dir: None,
         }
     }
@@ -105,7 +99,6 @@ impl LoadOptions {
             max_vips: 1,
             max_backends: 1,
             conntrack_size: 16,
-            per_cpu_lru: false,
             pin_dir: None,
         }
     }
@@ -120,13 +113,6 @@ impl LoadOptions {
         }
         if self.max_vips == 0 || self.max_backends == 0 || self.conntrack_size == 0 {
             return bad("max_vips, max_backends and conntrack_size must be at least 1".into());
-        }
-        if self.per_cpu_lru && (self.conntrack_size as usize) < possible_cpus()? {
-            return bad(format!(
-                "conntrack_size {} is smaller than the {} possible CPUs its per-CPU LRU lists share it among",
-                self.conntrack_size,
-                possible_cpus()?
-            ));
         }
         if (self.max_vips as u64) * (self.ring_size as u64) > u32::MAX as u64 / 4 {
             return bad(format!(
@@ -210,16 +196,7 @@ impl DataPath {
         if let Some(dir) = &opts.pin_dir {
             check_pinned_layout(dir, opts)?;
         }
-        let patched;
-        let object = match opts.per_cpu_lru {
-            true => {
-                patched = elf::with_map_flags(OBJECT, &[m::CONNTRACK, m::NAT], NO_COMMON_LRU)
-                    .map_err(DataPathError::Option)?;
-                patched.bytes()
-            }
-            false => OBJECT,
-        };
-        let mut ebpf = loader.load(object)?;
+        let mut ebpf = loader.load(OBJECT)?;
         // The balancer and the pass program are verified now; the test and benchmark tools
         // (generator, sink, floor) only when first used, so the daemon never loads them.
         for name in [m::PROG_LB, m::PROG_PASS] {
@@ -742,19 +719,6 @@ fn check_pinned_layout(dir: &std::path::Path, o: &LoadOptions) -> Result<(), Dat
             continue;
         }
         let info = aya::maps::MapInfo::from_pin(&path).map_err(map_err(name))?;
-        if [m::CONNTRACK, m::NAT].contains(&name)
-            && (info.map_flags() & NO_COMMON_LRU != 0) != o.per_cpu_lru
-        {
-            return Err(DataPathError::Map {
-                map: name,
-                reason: format!(
-                    "pinned at {} with per-CPU LRU lists {}, but this daemon is configured {} (limits.conntrack_per_cpu_lru); start it as before, or run `xdplb daemon --cleanup` first",
-                    path.display(),
-                    if o.per_cpu_lru { "off" } else { "on" },
-                    if o.per_cpu_lru { "with them" } else { "without them" },
-                ),
-            });
-        }
         let got = (info.key_size(), info.value_size(), info.max_entries());
         if got.0 != key || value.is_some_and(|v| v != got.1) || got.2 != max {
             return Err(DataPathError::Map {
@@ -806,14 +770,6 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp, DataPathEr
         })?;
     }
     Ok(xdp)
-}
-
-/// `BPF_F_NO_COMMON_LRU`: an LRU hash map with one LRU list per CPU.
-const NO_COMMON_LRU: u32 = 2;
-
-/// CPUs the kernel sizes per-CPU structures for (possible, not only online).
-fn possible_cpus() -> Result<usize, DataPathError> {
-    aya::util::nr_cpus().map_err(|(_, e)| DataPathError::Option(format!("counting CPUs: {e}")))
 }
 
 fn nr_cpus(map: &'static str) -> Result<usize, MirrorError> {

@@ -778,7 +778,6 @@ impl Core {
                 "ring_size": o.ring_size,
                 "debug_logging": self.dp.debug().ok(),
                 "record_limit": self.dp.record_limit().ok(),
-                "per_cpu_lru": o.per_cpu_lru,
             },
             "interfaces": ifaces,
             "maps": maps,

@@ -251,7 +251,7 @@ fn bench_data_path(opts: &LoadOptions) -> Result<(DataPath, u32, u32)> {
     )?;
     // Miss cases measure the insert; the flood cases, the path over the record limit.
     dp.set_record_limit(0)?;
-    // From every CPU (with per-CPU LRU lists each CPU has its own share to fill).
+    // From every CPU, as traffic spread by RSS would (each CPU's local free list emptied too).
     let fill = opts.conntrack_size.div_ceil(counts().1);
     for i in 0..fill {
         for (dst, first, udp, want) in [
@@ -268,18 +268,12 @@ fn bench_data_path(opts: &LoadOptions) -> Result<(DataPath, u32, u32)> {
 }
 
 fn bench() -> Result<serde_json::Value> {
-    // One CPU for the whole section: the record limit's window and per-CPU LRU lists are per
-    // CPU, and the tables are filled from the CPU the cases run on.
+    // One CPU for the whole section: the record limit's window is per CPU.
     lb_tests::generator::pin_thread(lb_tests::live::core_for_generator())?;
     let _stats = enable_stats(Stats::RunTime).context("BPF_ENABLE_STATS")?;
     let opts = LoadOptions::default();
     let started = Instant::now();
     let (mut dp, c0, b0) = bench_data_path(&opts)?;
-    // The same with one LRU list per CPU (`limits.conntrack_per_cpu_lru`), for its new flows.
-    let (mut pcpu, _, _) = bench_data_path(&LoadOptions {
-        per_cpu_lru: true,
-        ..opts.clone()
-    })?;
     let insns = dp.verified_insns().unwrap_or(0);
 
     let non_vip = established("10.1.0.1", 40000, "10.1.0.7", 80);
@@ -332,11 +326,6 @@ fn bench() -> Result<serde_json::Value> {
         let floods = [
             new_flows("10.1.0.100", first(0x0c00_0000), false),
             new_flows("10.1.0.100", first(0x0c10_0000), true),
-        ];
-        let pcpu_misses = [
-            new_flows("10.1.0.100", first(0x0e00_0000), false),
-            new_flows("10.1.0.100", first(0x0e10_0000), true),
-            new_flows("10.1.0.200", first(0x0e20_0000), false),
         ];
         // Baseline: the empty XDP_PASS program, both methods.
         let base_rep = measure(dp.pass_program()?, Input::Repeat(&non_vip), c0, XDP_PASS)?;
@@ -429,29 +418,13 @@ fn bench() -> Result<serde_json::Value> {
             measured.push((case, calls, ns, base_calls));
         }
         dp.set_record_limit(0)?;
-        let pcpu_cases = [
-            ("L2 new TCP conn, per-CPU LRU", &pcpu_misses[0], XDP_TX),
-            ("L2 new UDP flow, per-CPU LRU", &pcpu_misses[1], XDP_TX),
-            (
-                "L3 new TCP conn, per-CPU LRU",
-                &pcpu_misses[2],
-                XDP_REDIRECT,
-            ),
-        ];
-        for (case, flows, want) in pcpu_cases {
-            let ns = measure(pcpu.program()?, Input::Calls(flows), c0, want)
-                .with_context(|| format!("case {case}"))?;
-            measured.push((case, calls, ns, base_calls));
-        }
         // New flows from every CPU at once: what the shared LRU list costs when CPUs contend.
-        for (case, path, base) in [
-            ("L2 new UDP flow, all CPUs", &mut dp, 0x0f00_0000),
-            ("same, per-CPU LRU", &mut pcpu, 0x0f80_0000),
-        ] {
+        {
+            let (case, base) = ("L2 new UDP flow, all CPUs", 0x0f00_0000);
             let flows: Vec<_> = (0..cpus())
                 .map(|cpu| new_flows("10.1.0.100", first(base) + ((cpu as u32) << 4), true))
                 .collect();
-            let ns = measure_all_cpus(path.program()?, &flows, c0, XDP_TX)
+            let ns = measure_all_cpus(dp.program()?, &flows, c0, XDP_TX)
                 .with_context(|| format!("case {case}"))?;
             measured.push((case, calls, ns, base_calls));
         }
@@ -602,7 +575,7 @@ fn control_plane(dp: &mut DataPath) -> Result<serde_json::Value> {
         max_vips: 1024,
         max_backends: 16384,
         conntrack_size: 1024,
-        ..LoadOptions::default()
+        pin_dir: None,
     };
     let mut big_dp = DataPath::load(&big)?;
     let mut big_mirror = Mirror::new(big.ring_size, big.max_vips, big.max_backends);
