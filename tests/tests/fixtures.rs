@@ -119,6 +119,12 @@ impl Fixture {
             .0
     }
 
+    /// A TCP packet from the client's port `sport` to the v4 web VIP, expected to go as `pick`.
+    fn web(&mut self, what: &'static str, sport: u16, flags: u8, pick: Pick) {
+        let p = Packet::tcp(c(), sport, "10.0.0.100", 80).flags(flags);
+        self.check(&tx(what, "", p, V4_WEB, pick, None));
+    }
+
     fn check(&mut self, row: &Row) {
         let frame = row.frame.clone();
         let (action, out) = self.run(&frame);
@@ -433,14 +439,12 @@ fn packet_fixtures() {
         }
         let label: &'static str = Box::leak(format!("sticky{sport}").into_boxed_str());
         f.flows.insert(label, before[&sport]);
-        f.check(&tx(
+        f.web(
             "flow stays after ring change",
-            "",
-            Packet::tcp(c(), sport, "10.0.0.100", 80).flags(ACK),
-            V4_WEB,
+            sport,
+            ACK,
             Pick::Flow(label),
-            None,
-        ));
+        );
     }
     assert!(
         moved_in_ring > 0,
@@ -467,14 +471,7 @@ fn packet_fixtures() {
         looked_up,
         "a new connection's SYN is not looked up"
     );
-    f.check(&tx(
-        "its ACK finds the entry",
-        "",
-        Packet::tcp(c(), 41999, "10.0.0.100", 80).flags(ACK),
-        V4_WEB,
-        Pick::Flow("opened"),
-        None,
-    ));
+    f.web("its ACK finds the entry", 41999, ACK, Pick::Flow("opened"));
     assert_eq!(lookups(&f), looked_up + 1, "the ACK was a table hit");
     let moved = *flows
         .iter()
@@ -494,14 +491,7 @@ fn packet_fixtures() {
             SYN | ACK,
         ),
     ] {
-        f.check(&tx(
-            what,
-            "",
-            Packet::tcp(c(), moved, "10.0.0.100", 80).flags(flags),
-            V4_WEB,
-            Pick::Flow(label),
-            None,
-        ));
+        f.web(what, moved, flags, Pick::Flow(label));
     }
     assert_eq!(lookups(&f), looked_up + 3);
 
@@ -514,14 +504,12 @@ fn packet_fixtures() {
         .unwrap()
         .weight = 0;
     f.apply();
-    f.check(&tx(
+    f.web(
         "flow on a draining backend stays",
-        "",
-        Packet::tcp(c(), 40000, "10.0.0.100", 80).flags(ACK),
-        V4_WEB,
+        40000,
+        ACK,
         Pick::Flow("v4flow"),
-        None,
-    ));
+    );
     for sport in 42000..42050u16 {
         let k = key(c(), sport, V4_WEB, 80);
         assert_ne!(
@@ -542,14 +530,12 @@ fn packet_fixtures() {
     let stale_before = f.dp.stats().unwrap()[stats::EV_CT_STALE as usize];
     f.vip_mut(V4_WEB).backends.retain(|b| b.addr != drained);
     f.apply();
-    f.check(&tx(
+    f.web(
         "flow of a removed backend moves",
-        "",
-        Packet::tcp(c(), 40000, "10.0.0.100", 80).flags(ACK),
-        V4_WEB,
+        40000,
+        ACK,
         Pick::Ring(key(c(), 40000, V4_WEB, 80)),
-        None,
-    ));
+    );
     assert_eq!(
         f.dp.stats().unwrap()[stats::EV_CT_STALE as usize],
         stale_before + 1
@@ -566,14 +552,7 @@ fn packet_fixtures() {
         ("SYN of a removed backend's flow: placed again", SYN),
         ("its ACK: the new entry", ACK),
     ] {
-        f.check(&tx(
-            what,
-            "",
-            Packet::tcp(c(), orphan, "10.0.0.100", 80).flags(flags),
-            V4_WEB,
-            Pick::Ring(k),
-            None,
-        ));
+        f.web(what, orphan, flags, Pick::Ring(k));
     }
     let st = f.dp.stats().unwrap();
     assert_eq!(st[stats::EV_CT_STALE as usize], stale_before + 2);
