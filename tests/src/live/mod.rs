@@ -68,6 +68,10 @@ pub struct Params {
     pub flows: Vec<u32>,
     /// The cases to run (all of `CASES` unless narrowed, for profiling one).
     pub cases: Vec<Case>,
+    /// A run whose frames did not all stay on the generator's CPU fails the benchmark (its
+    /// figure would not be one core's); else it is reported (smoke runs check paths, not
+    /// speed, and a busy machine can pull a veth NAPI poll to another CPU now and then).
+    pub one_core_or_fail: bool,
 }
 
 impl Params {
@@ -79,6 +83,7 @@ impl Params {
             warmup_max: 2_000_000,
             flows: vec![1, 10_000, 1_000_000],
             cases: CASES.to_vec(),
+            one_core_or_fail: true,
         }
     }
 
@@ -91,6 +96,7 @@ impl Params {
             warmup_max: 200_000,
             flows: vec![1, 10_000, 1_000_000],
             cases: CASES.to_vec(),
+            one_core_or_fail: false,
         }
     }
 }
@@ -435,11 +441,15 @@ impl Bench<'_> {
 
         check_path(case, sent, delivered, on_port, forwarded)?;
         if on_cpu * 100 < delivered * 95 {
-            bail!(
+            let why = format!(
                 "only {on_cpu} of {delivered} frames reached the sink on CPU {}: the path did not \
                  stay on the generator's core, so the figure would not be one core's",
                 self.cpu
             );
+            if self.p.one_core_or_fail {
+                bail!(why);
+            }
+            println!("warning ({}, {flows} flows): {why}", case.label());
         }
         if let (Some(n), Some(before)) = (nft, nft0) {
             // The DNAT rule's counter sees the first packet of each new connection only.
