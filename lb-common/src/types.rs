@@ -128,6 +128,9 @@ pub struct NatValue {
     /// Network byte order.
     pub port: u16,
     pub _pad: u16,
+    /// The flow's VIP and backend ids, whose reply counters its replies go to.
+    pub vip: u32,
+    pub backend: u32,
     /// Where the replies leave, towards the client.
     pub hop: Hop,
 }
@@ -148,6 +151,9 @@ pub struct TrafficCounters {
     pub bytes: u64,
     /// Flows that were assigned here from the Maglev ring (connection-table misses).
     pub new_flows: u64,
+    /// L3 mode: the backends' replies, sent back to the clients from the VIP.
+    pub reply_packets: u64,
+    pub reply_bytes: u64,
 }
 
 impl TrafficCounters {
@@ -156,6 +162,8 @@ impl TrafficCounters {
         self.packets += other.packets;
         self.bytes += other.bytes;
         self.new_flows += other.new_flows;
+        self.reply_packets += other.reply_packets;
+        self.reply_bytes += other.reply_bytes;
     }
 }
 
@@ -182,5 +190,5 @@ const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 const _: () = assert!(core::mem::size_of::<ConnValue>() == 40);
 const _: () = assert!(core::mem::size_of::<Hop>() == 24);
 const _: () = assert!(core::mem::size_of::<IfaceInfo>() == 8);
-const _: () = assert!(core::mem::size_of::<NatValue>() == 44);
-const _: () = assert!(core::mem::size_of::<TrafficCounters>() == 24);
+const _: () = assert!(core::mem::size_of::<NatValue>() == 52);
+const _: () = assert!(core::mem::size_of::<TrafficCounters>() == 40);

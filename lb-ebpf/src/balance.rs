@@ -160,10 +160,11 @@ fn live_backend(id: u32) -> Option<BackendInfo> {
         .filter(|b| b.flags & BACKEND_F_VALID != 0)
 }
 
-/// Records how a backend's replies to this flow are turned back into the VIP's: keyed by the
-/// reply's 5-tuple, created together with the connection-table entry.
+/// Records how a backend's replies to this flow (of VIP `vip_id`, to backend `backend_id`) are
+/// turned back into the VIP's: keyed by the reply's 5-tuple, created together with the
+/// connection-table entry.
 #[inline(always)]
-pub fn record_reply(key: &FlowKey, backend: &BackendInfo) {
+pub fn record_reply(key: &FlowKey, backend: &BackendInfo, vip_id: u32, backend_id: u32) {
     let reply = FlowKey {
         src: backend.addr,
         dst: key.src,
@@ -181,6 +182,8 @@ pub fn record_reply(key: &FlowKey, backend: &BackendInfo) {
         addr: key.dst,
         port: key.dport,
         _pad: 0,
+        vip: vip_id,
+        backend: backend_id,
         hop: Hop::default(),
     };
     // A full table evicts the least recently used entry.

@@ -29,19 +29,30 @@ pub fn event(index: u32) {
 /// Adds a forwarded packet to its VIP's and its backend's counters.
 #[inline(always)]
 pub fn traffic(vip: u32, backend: u32, bytes: u64, new_flow: bool) {
-    if let Some(c) = VIP_STATS.get_ptr_mut(vip) {
-        // SAFETY: per-CPU slot, see `event`.
-        unsafe { add(&mut *c, bytes, new_flow) };
-    }
-    if let Some(c) = BACKEND_STATS.get_ptr_mut(backend) {
-        // SAFETY: per-CPU slot, see `event`.
-        unsafe { add(&mut *c, bytes, new_flow) };
-    }
+    both(vip, backend, |c| {
+        c.packets += 1;
+        c.bytes += bytes;
+        c.new_flows += new_flow as u64;
+    });
+}
+
+/// Adds a backend's reply (L3 mode) to the flow's VIP's and backend's counters.
+#[inline(always)]
+pub fn reply(vip: u32, backend: u32, bytes: u64) {
+    both(vip, backend, |c| {
+        c.reply_packets += 1;
+        c.reply_bytes += bytes;
+    });
 }
 
 #[inline(always)]
-fn add(c: &mut TrafficCounters, bytes: u64, new_flow: bool) {
-    c.packets += 1;
-    c.bytes += bytes;
-    c.new_flows += new_flow as u64;
+fn both(vip: u32, backend: u32, add: impl Fn(&mut TrafficCounters)) {
+    if let Some(c) = VIP_STATS.get_ptr_mut(vip) {
+        // SAFETY: per-CPU slot, see `event`.
+        unsafe { add(&mut *c) };
+    }
+    if let Some(c) = BACKEND_STATS.get_ptr_mut(backend) {
+        // SAFETY: per-CPU slot, see `event`.
+        unsafe { add(&mut *c) };
+    }
 }

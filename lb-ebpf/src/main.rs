@@ -131,8 +131,17 @@ fn steer(ctx: &XdpContext, vip: &VipInfo, key: &FlowKey, known: Known, record: R
     forward::send(ctx, choice.backend.mac, &out)
 }
 
-/// What an L3 packet becomes, and what to count it as: (VIP id, backend id, new flow).
-type NatPlan = (nat::Rewrite, Option<(u32, u32, bool)>);
+/// What an L3 packet becomes, and what to count it as.
+type NatPlan = (nat::Rewrite, Count);
+
+/// Whose counters an L3 packet goes to.
+#[derive(Clone, Copy)]
+enum Count {
+    /// A client's packet: VIP id, backend id, whether it placed a new flow.
+    Forward(u32, u32, bool),
+    /// A backend's reply: VIP id, backend id.
+    Reply(u32, u32),
+}
 
 /// L3 mode: the flow's packets get the backend's address; a new flow also gets its
 /// reverse-NAT entry, so the backend's replies can be turned back into the VIP's.
@@ -143,7 +152,7 @@ fn to_backend(vip: &VipInfo, key: &FlowKey, known: Known) -> Result<NatPlan, (u3
     };
     let b = &choice.backend;
     if choice.new_flow {
-        balance::record_reply(key, b);
+        balance::record_reply(key, b, vip.id, choice.id);
     }
     let rw = nat::Rewrite {
         dst: true,
@@ -151,7 +160,7 @@ fn to_backend(vip: &VipInfo, key: &FlowKey, known: Known) -> Result<NatPlan, (u3
         port: b.port,
         hop: choice.hop,
     };
-    Ok((rw, Some((vip.id, choice.id, choice.new_flow))))
+    Ok((rw, Count::Forward(vip.id, choice.id, choice.new_flow)))
 }
 
 /// A packet that is not for a VIP may be a backend's reply to an L3 flow.
@@ -165,9 +174,12 @@ fn to_client(key: &FlowKey, vlan: bool) -> Result<NatPlan, (u32, u32)> {
     if vlan {
         return Err((stats::PASS_L3_VLAN, xdp_action::XDP_PASS));
     }
-    // SAFETY: a valid map value; address and port are only written on insert, which
+    // SAFETY: a valid map value; address, port and ids are only written on insert, which
     // replaces the entry whole.
-    let (addr, port, hop) = unsafe { ((*entry).addr, (*entry).port, &raw mut (*entry).hop) };
+    let (addr, port, hop, vip, backend) = unsafe {
+        let e = &*entry;
+        (e.addr, e.port, &raw mut (*entry).hop, e.vip, e.backend)
+    };
     Ok((
         nat::Rewrite {
             dst: false,
@@ -175,7 +187,7 @@ fn to_client(key: &FlowKey, vlan: bool) -> Result<NatPlan, (u32, u32)> {
             port,
             hop: Some(hop),
         },
-        None,
+        Count::Reply(vip, backend),
     ))
 }
 
@@ -187,7 +199,7 @@ fn nat_send(
     key: &FlowKey,
     off: &parse::Offsets,
     rw: &nat::Rewrite,
-    count: Option<(u32, u32, bool)>,
+    count: Count,
 ) -> u32 {
     // Offsets from every parse path (VLAN tags, IPv6 extension headers) become one bounded
     // unknown here, so the verifier checks the NAT code once instead of once per path.
@@ -206,13 +218,15 @@ fn nat_send(
         nat::Route::Kernel => false,
         nat::Route::Forward { .. } => true,
     };
-    if let Some((vip, backend, new_flow)) = count {
-        counters::traffic(vip, backend, (ctx.data_end() - ctx.data()) as u64, new_flow);
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    match count {
+        Count::Forward(vip, backend, new_flow) => counters::traffic(vip, backend, len, new_flow),
+        Count::Reply(vip, backend) => counters::reply(vip, backend, len),
     }
     if let Err(reason) = nat::rewrite(ctx, key, off, rw, hop) {
         return verdict(reason, xdp_action::XDP_PASS);
     }
-    if count.is_none() {
+    if matches!(count, Count::Reply(..)) {
         counters::event(stats::EV_NAT_REVERSE);
     }
     match route {

@@ -348,15 +348,16 @@ fn human_rate(v: f64, unit: &str) -> String {
 
 fn print_stats(data: &Value) {
     println!(
-        "{:<32} {:>12} {:>14} {:>10} {:>10} {:>12}",
-        "VIP / BACKEND", "PACKETS", "BYTES", "NEW FLOWS", "RATE", "THROUGHPUT"
+        "{:<32} {:>12} {:>14} {:>10} {:>14} {:>10} {:>12}",
+        "VIP / BACKEND", "PACKETS", "BYTES", "NEW FLOWS", "REPLY BYTES", "RATE", "THROUGHPUT"
     );
     let row = |name: String, c: &Value| {
         println!(
-            "{name:<32} {:>12} {:>14} {:>10} {:>10} {:>12}",
+            "{name:<32} {:>12} {:>14} {:>10} {:>14} {:>10} {:>12}",
             text(&c["packets"]),
             text(&c["bytes"]),
             text(&c["new_flows"]),
+            text(&c["reply_bytes"]),
             human_rate(c["pps"].as_f64().unwrap_or(0.0), "pps"),
             human_rate(c["bps"].as_f64().unwrap_or(0.0), "bit/s"),
         )

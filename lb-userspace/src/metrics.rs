@@ -28,6 +28,8 @@ pub struct VipMetrics {
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
+    pub reply_packets: u64,
+    pub reply_bytes: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -40,6 +42,8 @@ pub struct BackendMetrics {
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
+    pub reply_packets: u64,
+    pub reply_bytes: u64,
 }
 
 /// The node's announcements (present when `[announce]` is configured).
@@ -73,7 +77,7 @@ const GAUGE: &str = "gauge";
 /// A per-VIP or per-backend family: name, type, help and the field it shows.
 type Family<T> = (&'static str, &'static str, &'static str, fn(&T) -> u64);
 
-const VIP_FAMILIES: [Family<VipMetrics>; 3] = [
+const VIP_FAMILIES: [Family<VipMetrics>; 5] = [
     (
         "xdplb_vip_packets_total",
         COUNTER,
@@ -92,9 +96,21 @@ const VIP_FAMILIES: [Family<VipMetrics>; 3] = [
         "New flows scheduled for the VIP.",
         |v| v.new_flows,
     ),
+    (
+        "xdplb_vip_reply_packets_total",
+        COUNTER,
+        "Backends' replies sent back from the VIP (L3 mode).",
+        |v| v.reply_packets,
+    ),
+    (
+        "xdplb_vip_reply_bytes_total",
+        COUNTER,
+        "Bytes of backends' replies sent back from the VIP (L3 mode).",
+        |v| v.reply_bytes,
+    ),
 ];
 
-const BACKEND_FAMILIES: [Family<BackendMetrics>; 6] = [
+const BACKEND_FAMILIES: [Family<BackendMetrics>; 8] = [
     (
         "xdplb_backend_packets_total",
         COUNTER,
@@ -112,6 +128,18 @@ const BACKEND_FAMILIES: [Family<BackendMetrics>; 6] = [
         COUNTER,
         "New flows scheduled to the backend.",
         |b| b.new_flows,
+    ),
+    (
+        "xdplb_backend_reply_packets_total",
+        COUNTER,
+        "The backend's replies sent back from the VIP (L3 mode).",
+        |b| b.reply_packets,
+    ),
+    (
+        "xdplb_backend_reply_bytes_total",
+        COUNTER,
+        "Bytes of the backend's replies sent back from the VIP (L3 mode).",
+        |b| b.reply_bytes,
     ),
     (
         "xdplb_backend_up",
@@ -685,6 +713,8 @@ mod tests {
             packets: n,
             bytes: n * 100,
             new_flows: n / 10,
+            reply_packets: n * 2,
+            reply_bytes: n * 300,
         };
         MetricsSnapshot {
             vips: vec![
@@ -694,6 +724,8 @@ mod tests {
                     packets: 10,
                     bytes: 1000,
                     new_flows: 2,
+                    reply_packets: 0,
+                    reply_bytes: 0,
                 },
                 VipMetrics {
                     vip: "[2001:db8::1]:443/tcp".into(),
@@ -701,6 +733,8 @@ mod tests {
                     packets: 20,
                     bytes: 2000,
                     new_flows: 3,
+                    reply_packets: 40,
+                    reply_bytes: 6000,
                 },
             ],
             backends: vec![
@@ -745,12 +779,20 @@ mod tests {
             sample("xdplb_vip_bytes_total", &vip6, 2000.0),
             sample("xdplb_vip_new_flows_total", &vip4, 2.0),
             sample("xdplb_vip_new_flows_total", &vip6, 3.0),
+            sample("xdplb_vip_reply_packets_total", &vip4, 0.0),
+            sample("xdplb_vip_reply_packets_total", &vip6, 40.0),
+            sample("xdplb_vip_reply_bytes_total", &vip4, 0.0),
+            sample("xdplb_vip_reply_bytes_total", &vip6, 6000.0),
             sample("xdplb_backend_packets_total", &be4, 10.0),
             sample("xdplb_backend_packets_total", &be6, 20.0),
             sample("xdplb_backend_bytes_total", &be4, 1000.0),
             sample("xdplb_backend_bytes_total", &be6, 2000.0),
             sample("xdplb_backend_new_flows_total", &be4, 1.0),
             sample("xdplb_backend_new_flows_total", &be6, 2.0),
+            sample("xdplb_backend_reply_packets_total", &be4, 20.0),
+            sample("xdplb_backend_reply_packets_total", &be6, 40.0),
+            sample("xdplb_backend_reply_bytes_total", &be4, 3000.0),
+            sample("xdplb_backend_reply_bytes_total", &be6, 6000.0),
             sample("xdplb_backend_up", &be4, 1.0),
             sample("xdplb_backend_up", &be6, 0.0),
             sample("xdplb_backend_weight", &be4, 100.0),
@@ -780,8 +822,8 @@ mod tests {
                 "{name}"
             );
         }
-        assert_eq!(text.matches("# HELP ").count(), 15);
-        assert_eq!(text.matches("# TYPE ").count(), 15);
+        assert_eq!(text.matches("# HELP ").count(), 19);
+        assert_eq!(text.matches("# TYPE ").count(), 19);
         assert!(text.contains(
             "xdplb_vip_packets_total{vip=\"[2001:db8::1]:443/tcp\",mode=\"tunnel\"} 20\n"
         ));
@@ -996,7 +1038,7 @@ mod tests {
             .head
             .contains(&format!("\r\nContent-Length: {}\r\n", reply.body.len())));
         assert_eq!(reply.body, render(&snapshot()));
-        assert_eq!(parse(&reply.body).unwrap().len(), 26);
+        assert_eq!(parse(&reply.body).unwrap().len(), 34);
 
         // Query parameters are ignored.
         assert_eq!(get(server.addr, "/metrics?target=x").await.status, 200);

@@ -188,6 +188,8 @@ fn snapshot() -> MetricsSnapshot {
         packets,
         bytes: packets * 700,
         new_flows: packets / 20,
+        reply_packets: packets * 2,
+        reply_bytes: packets * 2000,
     };
     let backend = |vip: &str, backend: &str, weight, up, packets: u64| BackendMetrics {
         vip: vip.into(),
@@ -198,6 +200,8 @@ fn snapshot() -> MetricsSnapshot {
         packets,
         bytes: packets * 700,
         new_flows: packets / 20,
+        reply_packets: packets * 2,
+        reply_bytes: packets * 2000,
     };
     let (v4, v6, all) = (
         "10.0.0.100:80/tcp",

@@ -186,6 +186,28 @@ fn l3_serves_tcp_http_and_udp_from_the_vip_only() {
         "{}",
         stats["verdicts"]
     );
+    // Replies are counted for their VIP and backend: every reverse-NATed packet once, each
+    // VIP's the sum of its backends', and the downloads' MiB among the bytes.
+    let n = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap();
+    let vips = stats["vips"].as_array().unwrap();
+    let replies: u64 = vips.iter().map(|v| n(v, "reply_packets")).sum();
+    assert_eq!(replies, n(&stats["events"], "nat_reverse"), "{stats}");
+    for v in vips {
+        let backends = v["backends"].as_array().unwrap();
+        for k in ["reply_packets", "reply_bytes"] {
+            assert_eq!(
+                n(v, k),
+                backends.iter().map(|b| n(b, k)).sum::<u64>(),
+                "{k} of {}",
+                v["vip"]
+            );
+        }
+    }
+    for vip in [v4, v6] {
+        let name = format!("{vip}/tcp");
+        let v = vips.iter().find(|v| v["vip"] == name).unwrap();
+        assert!(n(v, "reply_bytes") > MIB as u64, "{name}: {v}");
+    }
 }
 
 #[test]

@@ -679,7 +679,11 @@ impl Core {
 
     fn counters_json(&self, c: TrafficCounters, key: RateKey) -> Value {
         let r = self.rates.get(&key).copied().unwrap_or_default();
-        json!({ "packets": c.packets, "bytes": c.bytes, "new_flows": c.new_flows, "pps": r.pps, "bps": r.bps })
+        json!({
+            "packets": c.packets, "bytes": c.bytes, "new_flows": c.new_flows,
+            "reply_packets": c.reply_packets, "reply_bytes": c.reply_bytes,
+            "pps": r.pps, "bps": r.bps,
+        })
     }
 
     /// `stats --json`.
@@ -856,6 +860,8 @@ impl Core {
                 packets: num(v, "packets"),
                 bytes: num(v, "bytes"),
                 new_flows: num(v, "new_flows"),
+                reply_packets: num(v, "reply_packets"),
+                reply_bytes: num(v, "reply_bytes"),
             });
             for (b, bc) in v["backends"]
                 .as_array()
@@ -872,6 +878,8 @@ impl Core {
                     packets: num(b, "packets"),
                     bytes: num(b, "bytes"),
                     new_flows: num(b, "new_flows"),
+                    reply_packets: num(b, "reply_packets"),
+                    reply_bytes: num(b, "reply_bytes"),
                 });
             }
         }
