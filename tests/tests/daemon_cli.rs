@@ -12,7 +12,7 @@ use lb_tests::{
     daemon::Daemon,
     packet::Packet,
     peers::{hold, tcp_once, udp_once, Server},
-    topology::{L2Topology, VIP4},
+    topology::{L2Topology, VIP4, VIP6},
 };
 use serde_json::Value;
 
@@ -729,6 +729,67 @@ fn raw_request(socket: &std::path::Path, line: &str) -> String {
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out
+}
+
+#[test]
+fn ipv6_vips_are_announced_and_withdrawn_like_ipv4_ones() {
+    // The announcement table (docs/deploy-bgp.md) with both families, on one node: a VIP's
+    // route is there while the VIP has a backend in its ring and the node is not drained.
+    let e = Env::new(&[]);
+    let backend = |ip: std::net::IpAddr| {
+        format!(
+            "[[vip.backend]]\naddr = \"{ip}\"\nmac = \"{}\"\n",
+            e.topo.backends[0].mac
+        )
+    };
+    let config = |with_v6_backend: bool| {
+        format!(
+            "[announce]\ntable = 4201\n\n[[interface]]\nname = \"eth0\"\n\n[[vip]]\naddr = \"{VIP4}:{PORT}/tcp\"\n{}\n[[vip]]\naddr = \"[{VIP6}]:{PORT}/tcp\"\n{}",
+            backend(e.topo.backends[0].ip4),
+            if with_v6_backend {
+                backend(e.topo.backends[0].ip6)
+            } else {
+                String::new()
+            }
+        )
+    };
+    let routes = |family: &str| {
+        e.topo
+            .lb
+            .ns
+            .exec(&[
+                "ip", family, "route", "show", "table", "4201", "proto", "201",
+            ])
+            .unwrap_or_default()
+    };
+    let announced = |v4: bool, v6: bool, when: &str| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let (r4, r6) = (routes("-4"), routes("-6"));
+            let got = (r4.contains(VIP4), r6.contains(VIP6));
+            if got == (v4, v6) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{when}: IPv4 {r4:?}, IPv6 {r6:?}, want {v4}/{v6}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    e.apply("both.toml", &config(true));
+    announced(true, true, "both VIPs served");
+    assert!(
+        routes("-6").contains(&format!("blackhole {VIP6}")),
+        "{}",
+        routes("-6")
+    );
+    e.d.ok(&["node", "drain"]).unwrap();
+    announced(false, false, "node drained");
+    e.d.ok(&["node", "undrain"]).unwrap();
+    announced(true, true, "node undrained");
+    e.apply("v4-only.toml", &config(false));
+    announced(true, false, "the IPv6 VIP without a backend");
 }
 
 #[test]
