@@ -85,6 +85,16 @@ impl Fix {
         );
     }
 
+    /// A packet larger than the egress MTU, from c0: dropped (counted), unchanged.
+    fn too_big(&mut self, what: &str, packet: Packet) {
+        let input = Packet {
+            payload: vec![7; 1600],
+            ..packet
+        }
+        .build();
+        self.check(what, "c0", &input, XDP_DROP, stats::DROP_TOO_BIG, &input);
+    }
+
     fn ring(&self, vip: &str, src: &str, sport: u16, dport: u16) -> IpAddr {
         let v: VipAddr = vip.parse().unwrap();
         self.mirror
@@ -344,16 +354,9 @@ fn l3_nat_fixtures() {
         );
 
         // Larger than the egress MTU: dropped (counted), not passed to loop.
-        let mut big = Packet::tcp("10.1.0.1", 41012, "10.1.0.100", 80);
-        big.payload = vec![7; 1600];
-        let input = big.build();
-        f.check(
+        f.too_big(
             "too big for the egress",
-            "c0",
-            &input,
-            XDP_DROP,
-            stats::DROP_TOO_BIG,
-            &input.clone(),
+            Packet::tcp("10.1.0.1", 41012, "10.1.0.100", 80),
         );
 
         // A route out of an interface xdplb is not attached to: rewritten, the kernel forwards.
@@ -520,16 +523,9 @@ fn l3_nat_fixtures() {
                 &back(CLIENT_MAC),
             );
         }
-        let mut big = Packet::tcp("10.1.0.1", sport, "10.1.0.100", vport).flags(ACK);
-        big.payload = vec![7; 1600];
-        let big = big.build();
-        f.check(
+        f.too_big(
             "cache: too big",
-            "c0",
-            &big,
-            XDP_DROP,
-            stats::DROP_TOO_BIG,
-            &big.clone(),
+            Packet::tcp("10.1.0.1", sport, "10.1.0.100", vport).flags(ACK),
         );
         let (moved_b, moved_c) = ([0x02, 0xbe, 0, 0, 0, 0x99], [0x02, 0xc1, 0, 0, 0, 0x99]);
         let neigh = |addr: &str, mac: [u8; 6], dev: &str| set_neighbour(&ns, addr, Mac(mac), dev);

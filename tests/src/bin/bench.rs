@@ -14,7 +14,9 @@
 //! Then live throughput through veth (`lb_tests::live`), and a chart of it.
 //!
 //! Flags: `--quick` (small counts: a CI smoke run that checks every section works, not speed),
-//! `--out DIR` (default target/bench), `--live-only`.
+//! `--out DIR` (default target/bench), `--live-only`, `--case KEY` and `--flows N` (narrow the
+//! live section, repeatable). `XDPLB_BENCH_PROFILE="CASE METHOD"` (with
+//! `XDPLB_BENCH_RECORD_LIMIT`) loops one per-packet case for a profiler instead.
 
 use std::{
     net::Ipv4Addr,
@@ -68,6 +70,10 @@ fn stats_of(prog: &Xdp) -> Result<(u64, u64)> {
     let info = prog.info()?;
     Ok((info.run_time().as_nanos() as u64, info.run_count()))
 }
+
+/// The two methods, as printed.
+const REPEAT: &str = "repeat";
+const CALLS: &str = "calls";
 
 /// One round's figure of a case: (ns per packet, the baseline of its method in that round).
 type Sample = (f64, f64);
@@ -280,19 +286,23 @@ fn bench() -> Result<serde_json::Value> {
     let hit4 = established("10.1.0.1", 40000, "10.1.0.100", 80);
     let hit6 = established("fd01::1", 40000, "fd01::100", 80);
     let l3_fwd = established("10.1.0.1", 40000, "10.1.0.200", 80);
-    let (_, calls) = counts();
-    let many = |f: &Vec<u8>| vec![f.clone(); calls as usize];
+    let many = |f: &Vec<u8>| vec![f.clone(); counts().1 as usize];
     let (non_vips, hits4, l3_fwds) = (many(&non_vip), many(&hit4), many(&l3_fwd));
 
     let lb = dp.program()?;
-    // Prime the tables for the hit cases; learn which backend the L3 flow went to, for its reply.
-    measure(lb, Input::Calls(&[hit4.clone(), hit6.clone()]), c0, XDP_TX)?;
-    measure(
-        lb,
-        Input::Calls(std::slice::from_ref(&l3_fwd)),
-        c0,
-        XDP_REDIRECT,
-    )?;
+    // Prime the tables for the hit cases (again at the start of every round: the rounds' new
+    // flows evict), and learn which backend the L3 flow went to, for its reply.
+    let prime = |lb: &mut Xdp| -> Result<()> {
+        measure(lb, Input::Calls(&[hit4.clone(), hit6.clone()]), c0, XDP_TX)?;
+        measure(
+            lb,
+            Input::Calls(std::slice::from_ref(&l3_fwd)),
+            c0,
+            XDP_REDIRECT,
+        )?;
+        Ok(())
+    };
+    prime(lb)?;
     let l3_backend = ["10.2.0.1", "10.2.0.2"]
         .into_iter()
         .find(|b| {
@@ -313,9 +323,11 @@ fn bench() -> Result<serde_json::Value> {
     // machine hits every case alike), each against the baselines of its round; the median
     // round is reported, with the spread.
     let rounds = rounds();
+    let profiling = std::env::var("XDPLB_BENCH_PROFILE").ok();
     let mut samples: Vec<(&str, &str, Vec<Sample>)> = Vec::new();
     let mut bases = Vec::new();
     for round in 0..rounds {
+        prime(dp.program()?)?;
         // Miss cases get flows of their own in every round.
         let first = |base: u32| base + (round << 8);
         let misses = [
@@ -331,7 +343,7 @@ fn bench() -> Result<serde_json::Value> {
         let base_rep = measure(dp.pass_program()?, Input::Repeat(&non_vip), c0, XDP_PASS)?;
         let base_calls = measure(dp.pass_program()?, Input::Calls(&non_vips), c0, XDP_PASS)?;
         bases.push((base_rep, base_calls));
-        let (rep, calls) = ("repeat", "calls");
+        let (rep, calls) = (REPEAT, CALLS);
         let cases: [(&str, &str, Input<'_>, u32, u32); 10] = [
             ("non-VIP packet", rep, Input::Repeat(&non_vip), c0, XDP_PASS),
             ("L2 hit, IPv4", rep, Input::Repeat(&hit4), c0, XDP_TX),
@@ -380,19 +392,23 @@ fn bench() -> Result<serde_json::Value> {
                 XDP_REDIRECT,
             ),
         ];
-        if let Ok(only) = std::env::var("XDPLB_BENCH_PROFILE") {
+        if let Some(only) = &profiling {
             // Profiling instead of measuring: main reports nothing (Null). A record limit (1:
             // the miss cases take the path over the limit) makes a miss case repeatable.
             if let Ok(limit) = std::env::var("XDPLB_BENCH_RECORD_LIMIT") {
                 dp.set_record_limit(limit.parse().context("XDPLB_BENCH_RECORD_LIMIT")?)?;
             }
-            return profile(dp.program()?, &only, cases).map(|()| serde_json::Value::Null);
+            return profile(dp.program()?, only, cases).map(|()| serde_json::Value::Null);
         }
         let mut measured = Vec::new();
         for (case, method, input, ifindex, want) in cases {
             let ns = measure(dp.program()?, input, ifindex, want)
                 .with_context(|| format!("case {case}"))?;
-            let base = if method == rep { base_rep } else { base_calls };
+            let base = if method == REPEAT {
+                base_rep
+            } else {
+                base_calls
+            };
             measured.push((case, method, ns, base));
         }
         // New flows over the per-CPU record limit (a flood): balanced by the ring, not recorded.
