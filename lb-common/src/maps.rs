@@ -22,8 +22,9 @@ pub const fn ring_lines(ring_size: u32) -> u32 {
 }
 /// Connection table (LRU): `FlowKey` -> `ConnValue`.
 pub const CONNTRACK: &str = "XDPLB_CONNTRACK";
-/// Reverse NAT of L3 flows (LRU, sized like the connection table): reply `FlowKey` -> `NatValue`.
-pub const NAT: &str = "XDPLB_NAT";
+/// L3 backend endpoints (hash, `max_backends` entries): `EndpointKey` -> `Endpoint`. A reply is
+/// matched by its source endpoint; its flow's state is the connection-table entry.
+pub const ENDPOINTS: &str = "XDPLB_ENDPOINTS";
 /// Runtime switches the control plane sets: slot `CONFIG_DEBUG` 1 to log every verdict to the
 /// kernel trace pipe (off by default); slot `CONFIG_RECORD_LIMIT` the new flows each CPU
 /// records in the connection table per second (0: no limit).
@@ -31,9 +32,16 @@ pub const CONFIG: &str = "XDPLB_CONFIG";
 pub const CONFIG_DEBUG: u32 = 0;
 pub const CONFIG_RECORD_LIMIT: u32 = 1;
 pub const CONFIG_SLOTS: u32 = 2;
-/// Per-CPU `[u64; 2]`: start of the current one-second window (coarse clock, ns) and the new
-/// flows recorded in it.
+/// Per-CPU `[u64; 2]` rate windows: start of the current one-second window (coarse clock, ns)
+/// and the events counted in it. Slot `WINDOW_RECORD`: new flows recorded; slot
+/// `WINDOW_ICMP`: ICMP errors the data path generated.
 pub const RECORD_WINDOW: &str = "XDPLB_RECWIN";
+pub const WINDOW_RECORD: u32 = 0;
+pub const WINDOW_ICMP: u32 = 1;
+pub const WINDOWS: u32 = 2;
+/// ICMP errors ("fragmentation needed", "packet too big") each CPU generates per second at
+/// most, as the kernel's `icmp_msgs_per_sec`; beyond it the packet is dropped unanswered.
+pub const ICMP_LIMIT: u64 = 1000;
 /// Default of `CONFIG_RECORD_LIMIT`: beyond this many new flows per CPU per second (a flood),
 /// flows are balanced by the ring alone, so the flood cannot evict established flows' entries.
 pub const DEFAULT_RECORD_LIMIT: u32 = 125_000;
@@ -58,8 +66,16 @@ pub const BACKEND_STATS: &str = "XDPLB_BE_STATS";
 /// Per-CPU `u64` per verdict reason and event (see `stats`).
 pub const STATS: &str = "XDPLB_STATS";
 
+/// Programs the load balancer tail-calls (program array, filled by the loader, not pinned: it
+/// belongs to the program instance that uses it). Slot `JUMP_ICMP`: `PROG_ICMP`.
+pub const JUMP: &str = "XDPLB_JUMP";
+pub const JUMP_ICMP: u32 = 0;
+pub const JUMP_SLOTS: u32 = 1;
+
 /// Program names inside the object.
 pub const PROG_LB: &str = "xdplb";
+/// ICMP errors about VIP flows, tail-called by `PROG_LB` (never attached).
+pub const PROG_ICMP: &str = "xdplb_icmp";
 /// An XDP program that passes everything: the peer end of a veth must have one attached for
 /// XDP_TX/XDP_REDIRECT into that veth to deliver, and it is the empty baseline in benchmarks.
 pub const PROG_PASS: &str = "xdplb_pass";

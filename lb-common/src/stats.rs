@@ -18,20 +18,34 @@ pub const PASS_TTL: u32 = 9;
 /// L3: rewritten and handed to the kernel to forward: the next hop's MAC is not known yet, or
 /// the route leaves by an interface xdplb is not attached to.
 pub const PASS_NO_NEIGH: u32 = 10;
-/// L3: the FIB has no usable route (unreachable, blackhole, prohibited): passed unchanged.
-pub const PASS_NO_ROUTE: u32 = 11;
-/// L3: VLAN-tagged frames are not NATed (the tag would have to follow the egress).
-pub const PASS_L3_VLAN: u32 = 12;
-/// L3: the packet is larger than the egress MTU (no ICMP "too big" is generated yet).
+/// L3: the FIB has no usable route (unreachable, blackhole, prohibited, forwarding off):
+/// dropped (handed to the kernel, a VIP packet could loop back through the router).
+pub const DROP_NO_ROUTE: u32 = 11;
+/// L3: a VLAN-tagged frame for an L3 VIP, or a tagged reply: dropped (the tag would have to
+/// follow the FIB's egress; passed, it could loop or leak the backend's address).
+pub const DROP_L3_VLAN: u32 = 12;
+/// L3: larger than the egress MTU and no ICMP error could be sent (over `ICMP_LIMIT`).
 pub const DROP_TOO_BIG: u32 = 13;
-pub const VERDICT_COUNT: u32 = 14;
+/// L3: larger than the egress MTU: answered with ICMP "fragmentation needed" / "packet too
+/// big" (from the VIP to a client, from the LB to a backend), sent back out.
+pub const TX_ICMP_TOO_BIG: u32 = 14;
+/// L3: an IPv4 packet without DF larger than the egress MTU: rewritten and handed to the
+/// kernel, which fragments and forwards it.
+pub const PASS_KERNEL_FRAGMENTS: u32 = 15;
+/// L3: an IPv6 packet with a Routing header or AH: dropped (rewriting the address would break
+/// the upper-layer checksum or the authentication).
+pub const DROP_L3_IPV6_EXT: u32 = 16;
+/// L3: an ICMP error that belongs to an L3 flow but cannot be translated (its quoted packet
+/// is cut short, or has IP options): dropped rather than leak the backend's address.
+pub const DROP_ICMP_UNTRANSLATABLE: u32 = 17;
+pub const VERDICT_COUNT: u32 = 18;
 
-pub const EVENT_BASE: u32 = 16;
+pub const EVENT_BASE: u32 = 24;
 pub const EV_CT_HIT: u32 = EVENT_BASE;
 pub const EV_CT_MISS: u32 = EVENT_BASE + 1;
 /// A connection-table entry pointed at a backend that is gone; the flow was re-balanced.
 pub const EV_CT_STALE: u32 = EVENT_BASE + 2;
-/// An ICMP error about a VIP flow was sent to that flow's backend.
+/// An ICMP error about an L2 VIP flow was sent to that flow's backend.
 pub const EV_ICMP_STEERED: u32 = EVENT_BASE + 3;
 /// The packet carried one or two VLAN tags.
 pub const EV_VLAN: u32 = EVENT_BASE + 4;
@@ -40,7 +54,22 @@ pub const EV_NAT_REVERSE: u32 = EVENT_BASE + 5;
 /// A new flow balanced by the ring without a connection-table entry: over the per-CPU limit of
 /// new flows recorded per second (a flood of new flows).
 pub const EV_CT_UNRECORDED: u32 = EVENT_BASE + 6;
-pub const EVENT_COUNT: u32 = 7;
+/// An L3 reply whose flow has no connection-table entry (evicted, or placed during a flood)
+/// and whose ring slot names its backend: translated, as the flow's next packet would go there.
+pub const EV_REPLY_BY_RING: u32 = EVENT_BASE + 7;
+/// A packet from an L3 backend endpoint that belongs to no flow of its VIP (the flow is on
+/// another backend, or the backend talks to someone directly): passed unchanged.
+pub const EV_REPLY_UNCONFIRMED: u32 = EVENT_BASE + 8;
+/// An ICMP error about an L3 flow's reply (sent to the VIP by a router, say "fragmentation
+/// needed") was translated and sent to the flow's backend.
+pub const EV_ICMP_TO_BACKEND: u32 = EVENT_BASE + 9;
+/// An ICMP error about an L3 flow's packet (from its backend, or a router on the backend's
+/// side) was translated and sent to the client as about the VIP.
+pub const EV_ICMP_TO_CLIENT: u32 = EVENT_BASE + 10;
+/// An ICMP error quoting a VIP flow but not addressed to the quoted packet's sender (forged,
+/// or misrouted): passed unchanged, never steered.
+pub const EV_ICMP_FOREIGN: u32 = EVENT_BASE + 11;
+pub const EVENT_COUNT: u32 = 12;
 
 /// Size of the stats array.
 pub const STATS_LEN: u32 = EVENT_BASE + EVENT_COUNT;
@@ -59,9 +88,13 @@ pub fn name(index: u32) -> Option<&'static str> {
         REDIRECT => "redirect",
         PASS_TTL => "pass_ttl_expired",
         PASS_NO_NEIGH => "pass_kernel_forwards",
-        PASS_NO_ROUTE => "pass_no_route",
-        PASS_L3_VLAN => "pass_l3_vlan",
+        DROP_NO_ROUTE => "drop_no_route",
+        DROP_L3_VLAN => "drop_l3_vlan",
         DROP_TOO_BIG => "drop_too_big",
+        TX_ICMP_TOO_BIG => "tx_icmp_too_big",
+        PASS_KERNEL_FRAGMENTS => "pass_kernel_fragments",
+        DROP_L3_IPV6_EXT => "drop_l3_ipv6_ext",
+        DROP_ICMP_UNTRANSLATABLE => "drop_icmp_untranslatable",
         EV_CT_HIT => "conntrack_hit",
         EV_CT_MISS => "conntrack_miss",
         EV_CT_STALE => "conntrack_stale",
@@ -69,6 +102,11 @@ pub fn name(index: u32) -> Option<&'static str> {
         EV_VLAN => "vlan_tagged",
         EV_NAT_REVERSE => "nat_reverse",
         EV_CT_UNRECORDED => "conntrack_unrecorded",
+        EV_REPLY_BY_RING => "reply_by_ring",
+        EV_REPLY_UNCONFIRMED => "reply_unconfirmed",
+        EV_ICMP_TO_BACKEND => "icmp_error_to_backend",
+        EV_ICMP_TO_CLIENT => "icmp_error_to_client",
+        EV_ICMP_FOREIGN => "icmp_error_foreign",
         _ => return None,
     })
 }

@@ -11,6 +11,11 @@ pub const VIP_F_HASH_SRC_IP: u32 = 1 << 1;
 /// "for a VIP address" from "not ours".
 pub const VIP_F_ADDRESS: u32 = 1 << 2;
 
+/// Set by the data path (never in the VIP map) on a VIP it found through its all-ports entry:
+/// such an L3 VIP's flows are always recorded, since its backends' replies can only be
+/// matched by their connection-table entry (docs/datapath.md, "One flow state").
+pub const VIP_F_ALL_PORTS: u32 = 1 << 3;
+
 /// Key of the VIP map. `port == 0` declares the VIP for all ports of `proto`; `proto == 0`
 /// is an address entry (see `VIP_F_ADDRESS`).
 #[repr(C)]
@@ -95,6 +100,9 @@ pub struct ConnValue {
     pub vip_flags: u32,
     /// L3 flows: where their packets to the backend leave.
     pub hop: Hop,
+    /// L3 flows: where the backend's replies leave, towards the client. Replies find this entry
+    /// through their backend's `Endpoint`, so one entry is the whole state of both directions.
+    pub reply_hop: Hop,
 }
 
 /// An L3 flow's next hop as the FIB gave it, reused until `HOP_TTL_MS` old so that packets of
@@ -119,20 +127,36 @@ pub struct Hop {
 /// reaches flows that are already known within this time.
 pub const HOP_TTL: u32 = 1 << 10;
 
-/// Reverse-NAT entry of an L3 flow, keyed by the reply's `FlowKey` (backend -> client): the
-/// VIP address and port the reply must appear to come from.
+/// Key of the endpoint map: an L3 backend endpoint as its replies show it (source address,
+/// source port, protocol). Port 0: every port (the backend of an all-ports VIP).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct EndpointKey {
+    /// Packet-order address words.
+    pub addr: [u32; 4],
+    /// Network byte order; 0 for every port.
+    pub port: u16,
+    pub proto: u8,
+    pub family: u8,
+}
+
+/// Value of the endpoint map: the one L3 VIP a backend endpoint serves (the control plane
+/// refuses two), from which a reply's flow is derived and its connection-table entry found.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct NatValue {
-    pub addr: [u32; 4],
-    /// Network byte order.
-    pub port: u16,
+pub struct Endpoint {
+    /// The VIP's address words: the source the replies get back.
+    pub vip_addr: [u32; 4],
+    /// The VIP's port in network byte order; 0 (an all-ports VIP): the reply's own port.
+    pub vip_port: u16,
     pub _pad: u16,
-    /// The flow's VIP and backend ids, whose reply counters its replies go to.
+    /// `VipInfo` of the VIP: its id (counters, ring) and flags (hash fields).
     pub vip: u32,
+    pub vip_flags: u32,
+    /// The backend's id and its generation when the endpoint was written: a connection-table
+    /// entry confirms a reply only if it names both.
     pub backend: u32,
-    /// Where the replies leave, towards the client.
-    pub hop: Hop,
+    pub generation: u32,
 }
 
 /// Interface the program forwards out of.
@@ -178,7 +202,8 @@ mod pod {
     unsafe impl aya::Pod for ConnValue {}
     unsafe impl aya::Pod for Hop {}
     unsafe impl aya::Pod for IfaceInfo {}
-    unsafe impl aya::Pod for NatValue {}
+    unsafe impl aya::Pod for EndpointKey {}
+    unsafe impl aya::Pod for Endpoint {}
     unsafe impl aya::Pod for TrafficCounters {}
 }
 
@@ -187,8 +212,9 @@ const _: () = assert!(core::mem::size_of::<VipKey>() == 20);
 const _: () = assert!(core::mem::size_of::<VipInfo>() == 8);
 const _: () = assert!(core::mem::size_of::<BackendInfo>() == 44);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
-const _: () = assert!(core::mem::size_of::<ConnValue>() == 40);
+const _: () = assert!(core::mem::size_of::<ConnValue>() == 64);
 const _: () = assert!(core::mem::size_of::<Hop>() == 24);
 const _: () = assert!(core::mem::size_of::<IfaceInfo>() == 8);
-const _: () = assert!(core::mem::size_of::<NatValue>() == 52);
+const _: () = assert!(core::mem::size_of::<EndpointKey>() == 20);
+const _: () = assert!(core::mem::size_of::<Endpoint>() == 36);
 const _: () = assert!(core::mem::size_of::<TrafficCounters>() == 40);

@@ -5,12 +5,12 @@ use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use lb_common::{
     hash::flow_hash,
     maps::{self as m, DEFAULT_RING_SIZE},
-    stats, BackendInfo, ConnValue, FlowKey, Hop, NatValue, VipInfo, BACKEND_F_VALID,
+    stats, BackendInfo, ConnValue, FlowKey, Hop, VipInfo, BACKEND_F_VALID,
 };
 
 use crate::{
     counters::event,
-    maps::{may_record, BACKENDS, CONNTRACK, NAT, RING},
+    maps::{may_record, BACKENDS, CONNTRACK, RING},
 };
 
 /// `-EEXIST`, what an insert with BPF_NOEXIST returns for a key that has an entry.
@@ -34,11 +34,12 @@ pub struct Choice {
 pub enum Record {
     /// ICMP errors: they must not create flows.
     Never,
-    /// L3 flows: their reverse-NAT entry is made with the connection-table entry, and replies
-    /// need it.
+    /// Flows of all-ports L3 VIPs: their replies are matched by the entry alone (the ring
+    /// cannot vouch for them, see `reply`).
     Always,
-    /// L2 flows: not beyond the per-CPU rate of new flows (`maps::may_record`); the ring
-    /// alone then keeps them in place while it does not change.
+    /// Other flows: not beyond the per-CPU rate of new flows (`maps::may_record`); the ring
+    /// alone then keeps them in place while it does not change (and, in L3, vouches for
+    /// their replies).
     UnlessFlood,
 }
 
@@ -93,12 +94,7 @@ pub fn lookup(key: &FlowKey) -> Known {
 /// if absent, else the entry's choice stands).
 #[inline(always)]
 fn place(vip: &VipInfo, key: &FlowKey, record: Record, known: &Known) -> Option<Choice> {
-    // SAFETY: reading a plain u32 from read-only data.
-    let ring_size = unsafe { core::ptr::read_volatile(&RING_SIZE) };
-    // checked_rem: a plain `%` would add a divide-by-zero panic path the verifier rejects.
-    let slot = flow_hash(key, vip.flags).checked_rem(ring_size)?;
-    let line = vip.id * m::ring_lines(ring_size) + slot / m::RING_LINE_SLOTS;
-    let id = RING.get(line)?[(slot % m::RING_LINE_SLOTS) as usize];
+    let id = ring_owner(vip, key)?;
     let backend = live_backend(id)?;
     let mut stale = matches!(known, Known::Stale);
     if record != Record::Never {
@@ -108,6 +104,7 @@ fn place(vip: &VipInfo, key: &FlowKey, record: Record, known: &Known) -> Option<
             vip: vip.id,
             vip_flags: vip.flags,
             hop: Hop::default(),
+            reply_hop: Hop::default(),
         };
         // Under a flood of new flows the ring alone places them (stable while it does not
         // change), so the flood cannot evict the entries of established flows.
@@ -152,40 +149,21 @@ pub fn choose(vip: &VipInfo, key: &FlowKey, known: Known, record: Record) -> Opt
     }
 }
 
+/// The backend id in the flow's slot of its VIP's Maglev ring.
+#[inline(always)]
+pub fn ring_owner(vip: &VipInfo, key: &FlowKey) -> Option<u32> {
+    // SAFETY: reading a plain u32 from read-only data.
+    let ring_size = unsafe { core::ptr::read_volatile(&RING_SIZE) };
+    // checked_rem: a plain `%` would add a divide-by-zero panic path the verifier rejects.
+    let slot = flow_hash(key, vip.flags).checked_rem(ring_size)?;
+    let line = vip.id * m::ring_lines(ring_size) + slot / m::RING_LINE_SLOTS;
+    Some(RING.get(line)?[(slot % m::RING_LINE_SLOTS) as usize])
+}
+
 #[inline(always)]
 fn live_backend(id: u32) -> Option<BackendInfo> {
     BACKENDS
         .get(id)
         .copied()
         .filter(|b| b.flags & BACKEND_F_VALID != 0)
-}
-
-/// Records how a backend's replies to this flow (of VIP `vip_id`, to backend `backend_id`) are
-/// turned back into the VIP's: keyed by the reply's 5-tuple, created together with the
-/// connection-table entry.
-#[inline(always)]
-pub fn record_reply(key: &FlowKey, backend: &BackendInfo, vip_id: u32, backend_id: u32) {
-    let reply = FlowKey {
-        src: backend.addr,
-        dst: key.src,
-        sport: if backend.port != 0 {
-            backend.port
-        } else {
-            key.dport
-        },
-        dport: key.sport,
-        proto: key.proto,
-        family: key.family,
-        _pad: [0; 2],
-    };
-    let vip = NatValue {
-        addr: key.dst,
-        port: key.dport,
-        _pad: 0,
-        vip: vip_id,
-        backend: backend_id,
-        hop: Hop::default(),
-    };
-    // A full table evicts the least recently used entry.
-    let _ = NAT.insert(reply, vip, BPF_ANY as u64);
 }

@@ -3,11 +3,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, ProgramArray},
 };
 use lb_common::{
-    hash::addr_bit, maps as m, stats::STATS_LEN, BackendInfo, ConnValue, FlowKey, IfaceInfo,
-    NatValue, TrafficCounters, VipInfo, VipKey, VIP_F_ADDRESS,
+    hash::addr_bit, maps as m, stats::STATS_LEN, BackendInfo, ConnValue, Endpoint, EndpointKey,
+    FlowKey, IfaceInfo, TrafficCounters, VipInfo, VipKey, VIP_F_ADDRESS, VIP_F_ALL_PORTS,
 };
 
 use crate::parse::Dest;
@@ -26,9 +26,14 @@ pub static RING: Array<m::RingLine> =
 pub static CONNTRACK: LruHashMap<FlowKey, ConnValue> =
     LruHashMap::with_max_entries(m::DEFAULT_CONNTRACK_SIZE, 0);
 
-#[map(name = "XDPLB_NAT")]
-pub static NAT: LruHashMap<FlowKey, NatValue> =
-    LruHashMap::with_max_entries(m::DEFAULT_CONNTRACK_SIZE, 0);
+#[map(name = "XDPLB_ENDPOINTS")]
+pub static ENDPOINTS: HashMap<EndpointKey, Endpoint> =
+    HashMap::with_max_entries(m::DEFAULT_MAX_BACKENDS, 0);
+
+/// Programs `xdplb` tail-calls, filled by the loader: slot `JUMP_ICMP` is `xdplb_icmp`.
+#[map(name = "XDPLB_JUMP")]
+pub static JUMP: ProgramArray = ProgramArray::with_max_entries(m::JUMP_SLOTS, 0);
+pub const JUMP_ICMP: u32 = m::JUMP_ICMP;
 
 #[map(name = "XDPLB_ADDRS")]
 pub static ADDR_FILTER: Array<u64> = Array::with_max_entries(m::FILTER_KINDS * m::FILTER_WORDS, 0);
@@ -41,7 +46,7 @@ pub static CONFIG: Array<u32> = Array::with_max_entries(m::CONFIG_SLOTS, 0);
 pub static GEN_CONFIG: Array<[u32; 4]> = Array::with_max_entries(1, 0);
 
 #[map(name = "XDPLB_RECWIN")]
-pub static RECORD_WINDOW: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
+pub static RECORD_WINDOW: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(m::WINDOWS, 0);
 
 /// Scratch space for `launder`.
 #[map(name = "XDPLB_SCRATCH")]
@@ -103,7 +108,9 @@ pub fn vip_lookup(key: &FlowKey) -> Option<VipInfo> {
         return Some(v);
     }
     vk.port = 0;
-    unsafe { VIPS.get(vk) }.copied().filter(not_address)
+    let mut v = unsafe { VIPS.get(vk) }.copied().filter(not_address)?;
+    v.flags |= VIP_F_ALL_PORTS;
+    Some(v)
 }
 
 /// Whether any VIP uses this address (user space keeps one address entry per VIP address).
@@ -120,16 +127,20 @@ pub fn is_vip_address(dst: &Dest) -> bool {
 }
 
 /// Whether this CPU may record one more new flow in the connection table in the current
-/// second (`CONFIG_RECORD_LIMIT`). Per CPU, so no atomics: the limit is per CPU.
+/// second (`CONFIG_RECORD_LIMIT`; 0: no limit).
 #[inline(always)]
 pub fn may_record() -> bool {
     let limit = CONFIG.get(m::CONFIG_RECORD_LIMIT).copied().unwrap_or(0);
-    let Some(w) = RECORD_WINDOW.get_ptr_mut(0) else {
+    limit == 0 || within_rate(m::WINDOW_RECORD, limit as u64)
+}
+
+/// Counts one event in this CPU's one-second window `slot` (`m::WINDOW_*`); whether it is
+/// within `limit`. Per CPU, so no atomics: limits are per CPU.
+#[inline(always)]
+pub fn within_rate(slot: u32, limit: u64) -> bool {
+    let Some(w) = RECORD_WINDOW.get_ptr_mut(slot) else {
         return true;
     };
-    if limit == 0 {
-        return true;
-    }
     // SAFETY: the coarse clock helper has no preconditions.
     let now = unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns() };
     // SAFETY: a per-CPU slot only this program run touches.
@@ -138,7 +149,7 @@ pub fn may_record() -> bool {
             *w = [now, 0];
         }
         (*w)[1] += 1;
-        (*w)[1] <= limit as u64
+        (*w)[1] <= limit
     }
 }
 

@@ -7,8 +7,8 @@ use core::mem::size_of;
 
 use aya_ebpf::{
     bindings::{
-        bpf_fib_lookup, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH,
-        BPF_FIB_LKUP_RET_SUCCESS,
+        bpf_fib_lookup, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NOT_FWDED,
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
     },
     helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_ktime_get_coarse_ns},
     programs::XdpContext,
@@ -20,7 +20,7 @@ use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 use crate::{
     forward::Egress,
     maps::IFACES,
-    parse::{ptr_at, Offsets},
+    parse::{ptr_at, words, write_words, Offsets},
 };
 
 const AF_INET: u8 = 2;
@@ -49,8 +49,10 @@ pub enum Route {
     /// A route the kernel must take over: no neighbour entry for the next hop yet, or an
     /// egress xdplb is not attached to (it cannot redirect there).
     Kernel,
-    /// Larger than the egress MTU.
-    TooBig,
+    /// Larger than the egress MTU (the MTU).
+    TooBig(u16),
+    /// The destination is this host (the LB's own traffic, say a health check's reply).
+    Local,
     /// No usable route (unreachable, blackhole, prohibited, forwarding off).
     None,
     /// TTL or hop limit would reach 0.
@@ -169,7 +171,9 @@ pub fn route(ctx: &XdpContext, key: &FlowKey, off: &Offsets, rw: &Rewrite) -> Re
             }
         }
         BPF_FIB_LKUP_RET_SUCCESS | BPF_FIB_LKUP_RET_NO_NEIGH => Route::Kernel,
-        BPF_FIB_LKUP_RET_FRAG_NEEDED => Route::TooBig,
+        // SAFETY: the lookup answered with the MTU in the union.
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => Route::TooBig(unsafe { p.__bindgen_anon_1.mtu_result }),
+        BPF_FIB_LKUP_RET_NOT_FWDED => Route::Local,
         _ => Route::None,
     })
 }
@@ -199,7 +203,8 @@ fn attached(ifindex: u32) -> bool {
 }
 
 /// Rewrites address, port and checksums (and decrements the TTL when `hop`: the kernel does it
-/// itself for packets passed to it).
+/// itself for packets passed to it). Every header is bounds-checked before the first write,
+/// so a packet is rewritten whole or not at all.
 #[inline(always)]
 pub fn rewrite(
     ctx: &XdpContext,
@@ -208,7 +213,34 @@ pub fn rewrite(
     rw: &Rewrite,
     hop: bool,
 ) -> Result<(), u32> {
-    let (old, new, l4_delta_is_128) = if key.family == FAMILY_V4 {
+    match key.proto {
+        IPPROTO_TCP => {
+            let h = ptr_at::<[u8; 20]>(ctx, off.l4)? as *mut [u8; 20];
+            let (old, new) = rewrite_ip(ctx, key, off, rw, hop)?;
+            l4_fix::<20, 16>(h, rw, &old, &new, key.family != FAMILY_V4, false);
+        }
+        IPPROTO_UDP => {
+            let h = ptr_at::<[u8; 8]>(ctx, off.l4)? as *mut [u8; 8];
+            let (old, new) = rewrite_ip(ctx, key, off, rw, hop)?;
+            l4_fix::<8, 6>(h, rw, &old, &new, key.family != FAMILY_V4, true);
+        }
+        _ => {
+            rewrite_ip(ctx, key, off, rw, hop)?;
+        }
+    }
+    Ok(())
+}
+
+/// The IP header's part of `rewrite`; returns the old and new address words.
+#[inline(always)]
+fn rewrite_ip(
+    ctx: &XdpContext,
+    key: &FlowKey,
+    off: &Offsets,
+    rw: &Rewrite,
+    hop: bool,
+) -> Result<([u32; 4], [u32; 4]), u32> {
+    if key.family == FAMILY_V4 {
         let ip = ptr_at::<Ipv4Hdr>(ctx, off.l3)? as *mut Ipv4Hdr;
         // SAFETY: bounds-checked by ptr_at; XDP packet memory is writable.
         unsafe {
@@ -220,14 +252,11 @@ pub fn rewrite(
             let old = u32::from_ne_bytes(*field);
             let mut check = csum::replace32(u16::from_ne_bytes((*ip).check), old, rw.addr[0]);
             if hop {
-                let before = u16::from_ne_bytes([(*ip).ttl, (*ip).proto]);
-                (*ip).ttl -= 1;
-                check =
-                    csum::replace16(check, before, u16::from_ne_bytes([(*ip).ttl, (*ip).proto]));
+                check = decrement_ttl(ip, check);
             }
             (*ip).check = check.to_ne_bytes();
             *field = rw.addr[0].to_ne_bytes();
-            ([old, 0, 0, 0], rw.addr, false)
+            Ok(([old, 0, 0, 0], rw.addr))
         }
     } else {
         let ip = ptr_at::<Ipv6Hdr>(ctx, off.l3)? as *mut Ipv6Hdr;
@@ -238,58 +267,78 @@ pub fn rewrite(
             } else {
                 &raw mut (*ip).src_addr
             };
-            let old = core::ptr::read_unaligned(field as *const [u32; 4]);
-            core::ptr::write_unaligned(field as *mut [u32; 4], rw.addr);
+            let old = words::<4, 16>(field);
+            write_words(field, &rw.addr);
             if hop {
                 (*ip).hop_limit -= 1;
             }
-            (old, rw.addr, true)
+            Ok((old, rw.addr))
         }
-    };
-    match key.proto {
-        IPPROTO_TCP => l4_fix::<20, 16>(ctx, off.l4, rw, &old, &new, l4_delta_is_128, false),
-        IPPROTO_UDP => l4_fix::<8, 6>(ctx, off.l4, rw, &old, &new, l4_delta_is_128, true),
-        _ => Ok(()),
     }
+}
+
+/// Decrements an IPv4 header's TTL; returns the header checksum `check` updated for it.
+///
+/// # Safety
+/// `ip` points to a bounds-checked, writable IPv4 header.
+#[inline(always)]
+pub unsafe fn decrement_ttl(ip: *mut Ipv4Hdr, check: u16) -> u16 {
+    let before = u16::from_ne_bytes([(*ip).ttl, (*ip).proto]);
+    (*ip).ttl -= 1;
+    csum::replace16(check, before, u16::from_ne_bytes([(*ip).ttl, (*ip).proto]))
 }
 
 /// Port and checksum of a transport header of `LEN` bytes with its checksum at `CSUM`. The
 /// pseudo-header holds the addresses, so an address change moves the checksum too.
 #[inline(always)]
 fn l4_fix<const LEN: usize, const CSUM: usize>(
-    ctx: &XdpContext,
-    at: usize,
+    h: *mut [u8; LEN],
     rw: &Rewrite,
     old: &[u32; 4],
     new: &[u32; 4],
     v6: bool,
     udp: bool,
-) -> Result<(), u32> {
-    let h = ptr_at::<[u8; LEN]>(ctx, at)? as *mut [u8; LEN];
-    // SAFETY: bounds-checked by ptr_at; XDP packet memory is writable.
+) {
+    // SAFETY: the caller bounds-checked `h`; XDP packet memory is writable.
     unsafe {
         let port_at = if rw.dst { 2 } else { 0 };
         let old_port = u16::from_ne_bytes([(*h)[port_at], (*h)[port_at + 1]]);
         let port = if rw.port != 0 { rw.port } else { old_port };
-        let mut check = u16::from_ne_bytes([(*h)[CSUM], (*h)[CSUM + 1]]);
-        // IPv4 UDP may carry no checksum (0): it stays so.
-        if !(udp && check == 0 && !v6) {
-            check = if v6 {
-                csum::replace128(check, old, new)
-            } else {
-                csum::replace32(check, old[0], new[0])
-            };
-            check = csum::replace16(check, old_port, port);
-            if udp && check == 0 {
-                check = 0xffff;
-            }
-            let c = check.to_ne_bytes();
-            (*h)[CSUM] = c[0];
-            (*h)[CSUM + 1] = c[1];
-        }
+        let check = u16::from_ne_bytes([(*h)[CSUM], (*h)[CSUM + 1]]);
+        let check = l4_check(check, old, new, old_port, port, v6, udp);
+        let c = check.to_ne_bytes();
+        (*h)[CSUM] = c[0];
+        (*h)[CSUM + 1] = c[1];
         let p = port.to_ne_bytes();
         (*h)[port_at] = p[0];
         (*h)[port_at + 1] = p[1];
     }
-    Ok(())
+}
+
+/// A TCP or UDP checksum after an address (`old` -> `new`) and a port changed. IPv4 UDP may
+/// carry no checksum (0): it stays so; a computed 0 is sent as 0xffff.
+#[inline(always)]
+pub fn l4_check(
+    check: u16,
+    old: &[u32; 4],
+    new: &[u32; 4],
+    old_port: u16,
+    port: u16,
+    v6: bool,
+    udp: bool,
+) -> u16 {
+    if udp && check == 0 && !v6 {
+        return 0;
+    }
+    let c = if v6 {
+        csum::replace128(check, old, new)
+    } else {
+        csum::replace32(check, old[0], new[0])
+    };
+    let c = csum::replace16(c, old_port, port);
+    if udp && c == 0 {
+        0xffff
+    } else {
+        c
+    }
 }

@@ -54,16 +54,33 @@ pub struct Offsets {
 
 /// What the packet is, as far as balancing cares.
 pub enum Class {
-    /// TCP or UDP (or another protocol, with ports 0): the flow as the sender sent it, and
-    /// whether the packet opens a TCP connection (SYN without ACK).
-    Flow(FlowKey, Offsets, bool),
-    /// An ICMP error quoting a packet sent from a VIP; `flow` is that flow turned around
-    /// (client -> VIP), `outer` the error's own destination.
-    IcmpError { flow: FlowKey, outer: Dest },
+    /// TCP or UDP (or another protocol, with ports 0): the flow as the sender sent it.
+    Flow(FlowKey, Offsets, FlowFlags),
+    /// An ICMP error quoting a TCP or UDP packet; `flow` is the quoted flow turned around (the
+    /// direction the error travels: client -> VIP for an error about a VIP's reply, backend ->
+    /// client for one about a client's packet), `outer` the error's own addresses.
+    IcmpError {
+        flow: FlowKey,
+        outer: FlowKey,
+        /// The error has the one layout L3 translation rewrites (constant offsets, see
+        /// `icmp`): no IPv4 options outside or inside, no IPv6 extension headers.
+        plain: bool,
+    },
+    /// An ICMP error, not parsed further (the ICMP program does).
+    IcmpErrorLater,
     /// Any other ICMP message (echo, errors about other traffic).
     Icmp(Dest),
     /// An IPv4 or IPv6 fragment.
     Fragment(Dest),
+}
+
+#[derive(Clone, Copy)]
+pub struct FlowFlags {
+    /// A TCP SYN without ACK: the packet opens a connection.
+    pub syn: bool,
+    /// IPv6 with a Routing header or AH: its addresses must not be rewritten (the upper-layer
+    /// checksum covers the final destination; AH authenticates the addresses).
+    pub no_nat: bool,
 }
 
 pub struct Parsed {
@@ -95,20 +112,54 @@ fn read<T: Copy>(ctx: &XdpContext, offset: usize) -> Result<T, u32> {
 
 /// Address words of a header field, read through the header's checked pointer (a fresh
 /// `ptr_at` at a computed offset can lose the verifier's range on the way).
+///
+/// Read as 16-bit halves: address fields sit 2 bytes off a 4-byte boundary behind Ethernet
+/// (and VLAN tags), and an unaligned 32-bit read compiles to four byte loads, whose spills
+/// alone took a third of the 512-byte stack. The halves are aligned (frames start aligned).
 #[inline(always)]
-fn words<const N: usize, const B: usize>(field: *const [u8; B]) -> [u32; N] {
-    // SAFETY: the caller passes a field of a header checked by ptr_at; N * 4 == B.
-    unsafe { core::ptr::read_unaligned(field as *const [u32; N]) }
+pub fn words<const N: usize, const B: usize>(field: *const [u8; B]) -> [u32; N] {
+    const { assert!(N * 4 == B) };
+    let half = field as *const u16;
+    let mut w = [0u32; N];
+    let mut i = 0;
+    while i < N {
+        // SAFETY: the caller passes a field of a header checked by ptr_at; 2-byte aligned.
+        // Little-endian target: the low half holds the field's first two bytes.
+        w[i] = unsafe { *half.add(2 * i) as u32 | (*half.add(2 * i + 1) as u32) << 16 };
+        i += 1;
+    }
+    w
 }
+
+/// Writes address words into a header field as `words` reads them: in 16-bit halves.
+///
+/// # Safety
+/// `field` is a bounds-checked, writable, 2-byte aligned header field of `N * 4` bytes.
+#[inline(always)]
+pub unsafe fn write_words<const N: usize>(field: *mut [u8; 16], w: &[u32; N]) {
+    const { assert!(N == 4) };
+    let half = field as *mut u16;
+    let mut i = 0;
+    while i < N {
+        *half.add(2 * i) = w[i] as u16;
+        *half.add(2 * i + 1) = (w[i] >> 16) as u16;
+        i += 1;
+    }
+}
+
+#[cfg(not(target_endian = "little"))]
+compile_error!("parse::words assumes a little-endian target (bpfel)");
 
 #[inline(always)]
 fn v4_addr(field: *const [u8; 4]) -> [u32; 4] {
     [words::<1, 4>(field)[0], 0, 0, 0]
 }
 
-/// Parses Ethernet (up to two VLAN tags), IPv4 or IPv6, and the L4 header.
+/// Parses Ethernet (up to two VLAN tags), IPv4 or IPv6, and the L4 header. The quoted packet
+/// of an ICMP error is parsed only with `ICMP` (the ICMP program); without, such an error is
+/// `Class::IcmpErrorLater`.
 #[inline(always)]
-pub fn classify(ctx: &XdpContext) -> Result<Parsed, u32> {
+pub fn classify<const ICMP: bool>(ctx: &XdpContext) -> Result<Parsed, u32> {
     let eth = ptr_at::<EthHdr>(ctx, 0)?;
     // SAFETY: bounds-checked by ptr_at.
     let mut proto = unsafe { (*eth).ether_type };
@@ -125,9 +176,9 @@ pub fn classify(ctx: &XdpContext) -> Result<Parsed, u32> {
         vlan = true;
     }
     let class = if proto == ETH_P_IP {
-        ipv4(ctx, off)?
+        ipv4::<ICMP>(ctx, off)?
     } else if proto == ETH_P_IPV6 {
-        ipv6(ctx, off)?
+        ipv6::<ICMP>(ctx, off)?
     } else {
         return Err(stats::PASS_NOT_IP);
     };
@@ -135,7 +186,7 @@ pub fn classify(ctx: &XdpContext) -> Result<Parsed, u32> {
 }
 
 #[inline(always)]
-fn ipv4(ctx: &XdpContext, off: usize) -> Result<Class, u32> {
+fn ipv4<const ICMP: bool>(ctx: &XdpContext, off: usize) -> Result<Class, u32> {
     let ip = ptr_at::<Ipv4Hdr>(ctx, off)?;
     // SAFETY: bounds-checked by ptr_at.
     let (vihl, frags, proto) = unsafe { ((*ip).vihl, (*ip).frags, (*ip).proto) };
@@ -154,7 +205,7 @@ fn ipv4(ctx: &XdpContext, off: usize) -> Result<Class, u32> {
     if u16::from_ne_bytes(frags) & IPV4_MF_OFFSET != 0 {
         return Ok(Class::Fragment(dest(&key)));
     }
-    l4(
+    l4::<ICMP>(
         ctx,
         Offsets {
             l3: off,
@@ -162,11 +213,12 @@ fn ipv4(ctx: &XdpContext, off: usize) -> Result<Class, u32> {
         },
         key,
         IPPROTO_ICMP,
+        false,
     )
 }
 
 #[inline(always)]
-fn ipv6(ctx: &XdpContext, off: usize) -> Result<Class, u32> {
+fn ipv6<const ICMP: bool>(ctx: &XdpContext, off: usize) -> Result<Class, u32> {
     let ip = ptr_at::<Ipv6Hdr>(ctx, off)?;
     // SAFETY: bounds-checked by ptr_at.
     let vcf0 = unsafe { (*ip).vcf[0] };
@@ -180,12 +232,12 @@ fn ipv6(ctx: &XdpContext, off: usize) -> Result<Class, u32> {
         dst: words::<4, 16>(unsafe { &raw const (*ip).dst_addr }),
         ..FlowKey::default()
     };
-    let (next, l4_off) = skip_ipv6_extensions(ctx, off)?;
+    let (next, l4_off, no_nat) = skip_ipv6_extensions(ctx, off)?;
     if next == IPPROTO_FRAGMENT {
         return Ok(Class::Fragment(dest(&key)));
     }
     key.proto = next;
-    l4(
+    l4::<ICMP>(
         ctx,
         Offsets {
             l3: off,
@@ -193,22 +245,31 @@ fn ipv6(ctx: &XdpContext, off: usize) -> Result<Class, u32> {
         },
         key,
         IPPROTO_ICMPV6,
+        no_nat,
     )
 }
 
-/// Walks the extension-header chain; returns the upper-layer protocol (or the fragment header)
-/// and its offset.
+/// Walks the extension-header chain; returns the upper-layer protocol (or the fragment header),
+/// its offset, and whether a Routing header or AH was on the way.
 #[inline(always)]
-fn skip_ipv6_extensions(ctx: &XdpContext, ip_off: usize) -> Result<(u8, usize), u32> {
+fn skip_ipv6_extensions(ctx: &XdpContext, ip_off: usize) -> Result<(u8, usize, bool), u32> {
     let ip = ptr_at::<Ipv6Hdr>(ctx, ip_off)?;
     // SAFETY: bounds-checked by ptr_at.
     let mut next = unsafe { (*ip).next_hdr };
     let mut off = ip_off + Ipv6Hdr::LEN;
+    let mut no_nat = false;
     for _ in 0..MAX_IPV6_EXT {
         let len_unit = match next {
-            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => 8,
-            IPPROTO_AH => 4,
-            _ => return Ok((next, off)),
+            IPPROTO_HOPOPTS | IPPROTO_DSTOPTS => 8,
+            IPPROTO_ROUTING => {
+                no_nat = true;
+                8
+            }
+            IPPROTO_AH => {
+                no_nat = true;
+                4
+            }
+            _ => return Ok((next, off, no_nat)),
         };
         // Every extension header starts with (next header, length).
         let [following, len] = read::<[u8; 2]>(ctx, off)?;
@@ -224,14 +285,20 @@ fn skip_ipv6_extensions(ctx: &XdpContext, ip_off: usize) -> Result<(u8, usize), 
         IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH => {
             Err(stats::PASS_MALFORMED)
         }
-        _ => Ok((next, off)),
+        _ => Ok((next, off, no_nat)),
     }
 }
 
 /// Reads the ports of TCP and UDP, or classifies ICMP. Other protocols are flows with port 0
 /// (no VIP matches them unless one is declared for that protocol).
 #[inline(always)]
-fn l4(ctx: &XdpContext, offs: Offsets, mut key: FlowKey, icmp: u8) -> Result<Class, u32> {
+fn l4<const ICMP: bool>(
+    ctx: &XdpContext,
+    offs: Offsets,
+    mut key: FlowKey,
+    icmp: u8,
+    no_nat: bool,
+) -> Result<Class, u32> {
     let off = offs.l4;
     let syn = match key.proto {
         IPPROTO_TCP => {
@@ -245,8 +312,8 @@ fn l4(ctx: &XdpContext, offs: Offsets, mut key: FlowKey, icmp: u8) -> Result<Cla
             flags & (TCP_SYN | TCP_ACK) == TCP_SYN
         }
         IPPROTO_UDP => false,
-        p if p == icmp => return icmp_message(ctx, off, &key),
-        _ => return Ok(Class::Flow(key, offs, false)),
+        p if p == icmp => return icmp_message::<ICMP>(ctx, offs, &key),
+        _ => return Ok(Class::Flow(key, offs, FlowFlags { syn: false, no_nat })),
     };
     // TCP and UDP both start with the two ports; UDP's whole header is 8 bytes.
     let udp = ptr_at::<[u16; UDP_HDR_LEN / 2]>(ctx, off)?;
@@ -254,7 +321,7 @@ fn l4(ctx: &XdpContext, offs: Offsets, mut key: FlowKey, icmp: u8) -> Result<Cla
     let h = unsafe { core::ptr::read_unaligned(udp) };
     key.sport = h[0];
     key.dport = h[1];
-    Ok(Class::Flow(key, offs, syn))
+    Ok(Class::Flow(key, offs, FlowFlags { syn, no_nat }))
 }
 
 #[inline(always)]
@@ -265,14 +332,20 @@ fn dest(key: &FlowKey) -> Dest {
     }
 }
 
-/// ICMP errors carry the offending packet's IP header and first 8 bytes: for one sent from a
-/// VIP, return that flow as the client sees it.
+/// ICMP errors carry the offending packet's IP header and at least its first 8 bytes: return
+/// that packet's flow turned around (the direction the error travels).
 #[inline(always)]
-fn icmp_message(ctx: &XdpContext, off: usize, outer: &FlowKey) -> Result<Class, u32> {
+fn icmp_message<const ICMP: bool>(
+    ctx: &XdpContext,
+    offs: Offsets,
+    outer: &FlowKey,
+) -> Result<Class, u32> {
+    let off = offs.l4;
     let icmp = ptr_at::<[u8; ICMP_HDR_LEN]>(ctx, off)?;
     // SAFETY: bounds-checked by ptr_at.
     let icmp_type = unsafe { (*icmp)[0] };
-    let is_error = if outer.family == FAMILY_V4 {
+    let v4 = outer.family == FAMILY_V4;
+    let is_error = if v4 {
         // Destination unreachable (incl. fragmentation needed), time exceeded.
         icmp_type == 3 || icmp_type == 11
     } else {
@@ -282,12 +355,15 @@ fn icmp_message(ctx: &XdpContext, off: usize, outer: &FlowKey) -> Result<Class, 
     if !is_error {
         return Ok(Class::Icmp(dest(outer)));
     }
+    if !ICMP {
+        return Ok(Class::IcmpErrorLater);
+    }
     let inner = off + ICMP_HDR_LEN;
     let mut flow = FlowKey {
         family: outer.family,
         ..FlowKey::default()
     };
-    let inner_l4 = if outer.family == FAMILY_V4 {
+    let (inner_l4, plain_inner) = if v4 {
         let ip = ptr_at::<Ipv4Hdr>(ctx, inner)?;
         // SAFETY: bounds-checked by ptr_at.
         let (vihl, proto) = unsafe { ((*ip).vihl, (*ip).proto) };
@@ -296,11 +372,11 @@ fn icmp_message(ctx: &XdpContext, off: usize, outer: &FlowKey) -> Result<Class, 
             return Ok(Class::Icmp(dest(outer)));
         }
         flow.proto = proto;
-        // Turned around: the quoted packet went VIP -> client.
+        // Turned around: the quoted packet went the other way.
         // SAFETY (both): fields of the header checked above.
         flow.dst = v4_addr(unsafe { &raw const (*ip).src_addr });
         flow.src = v4_addr(unsafe { &raw const (*ip).dst_addr });
-        inner + ihl
+        (inner + ihl, ihl == Ipv4Hdr::LEN)
     } else {
         let ip = ptr_at::<Ipv6Hdr>(ctx, inner)?;
         // SAFETY: bounds-checked by ptr_at.
@@ -312,7 +388,7 @@ fn icmp_message(ctx: &XdpContext, off: usize, outer: &FlowKey) -> Result<Class, 
         // SAFETY (both): fields of the header checked above.
         flow.dst = words::<4, 16>(unsafe { &raw const (*ip).src_addr });
         flow.src = words::<4, 16>(unsafe { &raw const (*ip).dst_addr });
-        inner + Ipv6Hdr::LEN
+        (inner + Ipv6Hdr::LEN, true)
     };
     if flow.proto != IPPROTO_TCP && flow.proto != IPPROTO_UDP {
         return Ok(Class::Icmp(dest(outer)));
@@ -321,8 +397,17 @@ fn icmp_message(ctx: &XdpContext, off: usize, outer: &FlowKey) -> Result<Class, 
     let ports = read::<[u16; 4]>(ctx, inner_l4)?;
     flow.dport = ports[0];
     flow.sport = ports[1];
+    let plain_outer = offs.l3 == EthHdr::LEN
+        && offs.l4
+            == EthHdr::LEN
+                + if v4 {
+                    Ipv4Hdr::LEN
+                } else {
+                    Ipv6Hdr::LEN
+                };
     Ok(Class::IcmpError {
         flow,
-        outer: dest(outer),
+        outer: *outer,
+        plain: plain_outer && plain_inner,
     })
 }
