@@ -88,7 +88,15 @@ pub fn translate(
         (*ports)[at + 1] = p[1];
         if let Some(c) = quoted_check {
             let before = u16::from_ne_bytes(*c);
-            let after = l4_check(before, &old, &new, old_port, port, !v4, proto == IPPROTO_UDP);
+            let after = l4_check(
+                before,
+                &old,
+                &new,
+                old_port,
+                port,
+                !v4,
+                proto == IPPROTO_UDP,
+            );
             ic = csum::replace16(ic, before, after);
             *c = after.to_ne_bytes();
         }

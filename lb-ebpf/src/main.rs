@@ -173,8 +173,7 @@ fn icmp_error(ctx: &XdpContext, flow: &FlowKey, outer: &FlowKey, plain: bool, vl
         if let Some(reason) = l3_checks() {
             return verdict_of(reason);
         }
-        let Some(choice) = balance::choose(&vip, flow, balance::lookup(flow), Record::Never)
-        else {
+        let Some(choice) = balance::choose(&vip, flow, balance::lookup(flow), Record::Never) else {
             return verdict_of(stats::DROP_NO_BACKEND);
         };
         let t = Translation {
@@ -429,7 +428,8 @@ fn too_big(
     }
     // A client hears from the VIP it talks to; a backend from the LB (a router on its path).
     let mut src = key.dst;
-    if !matches!(count, Count::Forward(..)) && !too_big::source_towards(ctx, v4, &key.src, &mut src) {
+    if !matches!(count, Count::Forward(..)) && !too_big::source_towards(ctx, v4, &key.src, &mut src)
+    {
         return verdict_of(stats::DROP_TOO_BIG);
     }
     if too_big::answer(ctx, v4, &src, &key.src, mtu) {

@@ -398,13 +398,7 @@ fn icmp_message<const ICMP: bool>(
     flow.dport = ports[0];
     flow.sport = ports[1];
     let plain_outer = offs.l3 == EthHdr::LEN
-        && offs.l4
-            == EthHdr::LEN
-                + if v4 {
-                    Ipv4Hdr::LEN
-                } else {
-                    Ipv6Hdr::LEN
-                };
+        && offs.l4 == EthHdr::LEN + if v4 { Ipv4Hdr::LEN } else { Ipv6Hdr::LEN };
     Ok(Class::IcmpError {
         flow,
         outer: *outer,

@@ -10,7 +10,9 @@
 use core::mem::size_of;
 
 use aya_ebpf::{
-    bindings::{bpf_fib_lookup, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SKIP_NEIGH, BPF_FIB_LOOKUP_SRC},
+    bindings::{
+        bpf_fib_lookup, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SKIP_NEIGH, BPF_FIB_LOOKUP_SRC,
+    },
     helpers::generated::{
         bpf_csum_diff, bpf_fib_lookup as fib_lookup, bpf_xdp_adjust_head, bpf_xdp_adjust_tail,
     },
@@ -85,13 +87,7 @@ pub fn answer(ctx: &XdpContext, v4: bool, src: &[u32; 4], dst: &[u32; 4], mtu: u
 }
 
 #[inline(always)]
-fn build(
-    ctx: &XdpContext,
-    v4: bool,
-    src: &[u32; 4],
-    dst: &[u32; 4],
-    mtu: u16,
-) -> Result<(), ()> {
+fn build(ctx: &XdpContext, v4: bool, src: &[u32; 4], dst: &[u32; 4], mtu: u16) -> Result<(), ()> {
     let ip_len = if v4 { Ipv4Hdr::LEN } else { Ipv6Hdr::LEN };
     let head = (ip_len + ICMP_HDR) as i32;
     let len = ctx.data_end() - ctx.data();

@@ -20,10 +20,11 @@ pub enum L4 {
         sport: u16,
         dport: u16,
     },
-    /// ICMP or ICMPv6 (by the IP version) with a body after the 4-byte rest-of-header.
+    /// ICMP or ICMPv6 (by the IP version): the 4-byte rest-of-header (an MTU, say), then a body.
     Icmp {
         ty: u8,
         code: u8,
+        rest: [u8; 4],
         body: Vec<u8>,
     },
     Raw {
@@ -43,6 +44,8 @@ pub struct Packet {
     pub src: IpAddr,
     pub dst: IpAddr,
     pub ttl: u8,
+    /// IPv4 identification.
+    pub id: u16,
     /// IPv4 options (padded to 4 bytes).
     pub ip_options: Vec<u8>,
     /// IPv4 flags+offset field (host order), e.g. 0x2000 for MF.
@@ -79,7 +82,34 @@ impl Packet {
     }
 
     pub fn icmp(src: &str, dst: &str, ty: u8, code: u8, body: Vec<u8>) -> Packet {
-        Packet::new(src, dst, L4::Icmp { ty, code, body })
+        Packet::new(
+            src,
+            dst,
+            L4::Icmp {
+                ty,
+                code,
+                rest: [0; 4],
+                body,
+            },
+        )
+    }
+
+    /// An ICMP error reporting `mtu` ("fragmentation needed" with the next-hop MTU in the low
+    /// half of the rest-of-header; ICMPv6 "packet too big" with all four bytes) about `quoted`.
+    pub fn icmp_too_big(src: &str, dst: &str, mtu: u16, quoted: Vec<u8>) -> Packet {
+        let v4 = src.contains('.');
+        let (ty, code) = if v4 { (3, 4) } else { (2, 0) };
+        let m = mtu.to_be_bytes();
+        Packet::new(
+            src,
+            dst,
+            L4::Icmp {
+                ty,
+                code,
+                rest: [0, 0, m[0], m[1]],
+                body: quoted,
+            },
+        )
     }
 
     pub fn new(src: &str, dst: &str, l4: L4) -> Packet {
@@ -91,6 +121,7 @@ impl Packet {
             src: src.parse().expect("source address"),
             dst: dst.parse().expect("destination address"),
             ttl: 64,
+            id: 0x1234,
             ip_options: Vec::new(),
             frag: 0,
             ext: Vec::new(),
@@ -144,7 +175,7 @@ impl Packet {
                 let total = ihl * 4 + l4.len();
                 let mut h = vec![0x40 | ihl as u8, 0];
                 h.extend_from_slice(&(total as u16).to_be_bytes());
-                h.extend_from_slice(&[0x12, 0x34]);
+                h.extend_from_slice(&self.id.to_be_bytes());
                 h.extend_from_slice(&self.frag.to_be_bytes());
                 h.extend_from_slice(&[self.ttl, self.l4_proto(), 0, 0]);
                 h.extend_from_slice(&s.octets());
@@ -229,8 +260,14 @@ impl Packet {
                 u.extend_from_slice(&self.payload);
                 u
             }
-            L4::Icmp { ty, code, body } => {
-                let mut i = vec![*ty, *code, 0, 0, 0, 0, 0, 0];
+            L4::Icmp {
+                ty,
+                code,
+                rest,
+                body,
+            } => {
+                let mut i = vec![*ty, *code, 0, 0];
+                i.extend_from_slice(rest);
                 i.extend_from_slice(body);
                 i
             }

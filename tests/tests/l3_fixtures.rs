@@ -32,6 +32,12 @@ const ELSEWHERE: &str = "10.1.0.103:80/tcp";
 const L2_VIA: &str = "10.1.0.104:80/tcp";
 const L2_VIA_LOOKUP: &str = "10.1.0.105:80/tcp";
 const STORED_MAC: Mac = Mac([0x02, 0x5c, 0, 0, 0, 1]);
+/// An all-ports L3 VIP: its flows are always recorded (only their entry matches replies).
+const ANY4: &str = "10.1.0.106:*/tcp";
+/// The egress MTU of the FIB namespace's interfaces.
+const MTU: u16 = 1500;
+/// Bytes of the offending packet a generated "too big" quotes (lb-ebpf's too_big::QUOTE).
+const QUOTE: usize = 256;
 
 fn backend(addr: &str, port: u16) -> BackendTarget {
     BackendTarget {
@@ -85,14 +91,18 @@ impl Fix {
         );
     }
 
-    /// A packet larger than the egress MTU, from c0: dropped (counted), unchanged.
+    /// A client's packet (with DF) larger than the egress MTU, from c0: answered from the VIP
+    /// with "fragmentation needed" / "packet too big", sent back out.
     fn too_big(&mut self, what: &str, packet: Packet) {
-        let input = Packet {
-            payload: vec![7; 1600],
-            ..packet
-        }
-        .build();
-        self.check(what, "c0", &input, XDP_DROP, stats::DROP_TOO_BIG, &input);
+        let input = oversized(packet).frag(DF);
+        let want = too_big_answer(&input, &input.dst.to_string());
+        let input = input.build();
+        self.check(what, "c0", &input, XDP_TX, stats::TX_ICMP_TOO_BIG, &want);
+    }
+
+    /// The data path's count of `event`.
+    fn event(&self, event: u32) -> u64 {
+        self.dp.stats().unwrap()[event as usize]
     }
 
     fn ring(&self, vip: &str, src: &str, sport: u16, dport: u16) -> IpAddr {
@@ -124,6 +134,31 @@ impl Fix {
 /// `Packet::tcp` or `Packet::udp`.
 type MakePacket = fn(&str, u16, &str, u16) -> Packet;
 
+/// IPv4 "don't fragment".
+const DF: u16 = 0x4000;
+
+/// `packet` with a payload larger than the egress MTU.
+fn oversized(packet: Packet) -> Packet {
+    Packet {
+        payload: vec![7; 1600],
+        ..packet
+    }
+}
+
+/// The ICMP error the data path makes of `input` (too big for the egress): from `from` to the
+/// sender, quoting the first `QUOTE` bytes of its IP packet, sent back to the frame's sender.
+/// Built from scratch here (IPv4 identification 0, TTL 64), checksums by the packet builder.
+fn too_big_answer(input: &Packet, from: &str) -> Vec<u8> {
+    let quote = input.ip_bytes()[..QUOTE].to_vec();
+    Packet {
+        dst_mac: input.src_mac,
+        src_mac: input.dst_mac,
+        id: 0,
+        ..Packet::icmp_too_big(from, &input.src.to_string(), MTU, quote)
+    }
+    .build()
+}
+
 fn neighbour_mac(addr: IpAddr) -> [u8; 6] {
     let last = match addr {
         IpAddr::V4(a) => a.octets()[3],
@@ -138,6 +173,8 @@ fn l3_nat_fixtures() {
     ns.run(|| {
         let opts = LoadOptions::default();
         let mut dp = DataPath::load(&opts).expect("load xdplb (root?)");
+        // The all-ports VIP's backend.
+        set_neighbour(&ns, "10.2.0.4", be_mac(4), "b0");
         let mut ifindex = HashMap::new();
         let mut mac = HashMap::new();
         for dev in ["c0", "b0"] {
@@ -166,6 +203,7 @@ fn l3_nat_fixtures() {
             ),
             vip(DNS6, Mode::L3, vec![backend("fd02::2", 5353)]),
             vip(NO_NEIGH, Mode::L3, vec![backend("10.2.0.3", 0)]),
+            vip(ANY4, Mode::L3, vec![backend("10.2.0.4", 0)]),
             vip(NO_ROUTE, Mode::L3, vec![backend("10.9.9.9", 0)]),
             vip(ELSEWHERE, Mode::L3, vec![backend("10.3.0.1", 0)]),
             vip(
@@ -293,7 +331,8 @@ fn l3_nat_fixtures() {
             &want,
         );
 
-        // VLAN-tagged: not NATed (the tag would have to follow the egress), passed unchanged.
+        // VLAN-tagged: not NATed (the tag would have to follow the egress), dropped: passed,
+        // the kernel would route the VIP packet back where it came from.
         let input = Packet::tcp("10.1.0.1", 41001, "10.1.0.100", 80)
             .vlan(0x8100, 7)
             .build();
@@ -301,10 +340,25 @@ fn l3_nat_fixtures() {
             "VLAN-tagged",
             "c0",
             &input,
-            XDP_PASS,
-            stats::PASS_L3_VLAN,
+            XDP_DROP,
+            stats::DROP_L3_VLAN,
             &input.clone(),
         );
+        // IPv6 Routing header or AH: rewriting the destination would break the transport
+        // checksum (it covers the final destination) or the authentication: dropped.
+        for (what, ext) in [("Routing header", 43), ("AH", 51)] {
+            let input = Packet::tcp("fd01::1", 41014, "fd01::100", 80)
+                .ext(ext, 6)
+                .build();
+            f.check(
+                what,
+                "c0",
+                &input,
+                XDP_DROP,
+                stats::DROP_L3_IPV6_EXT,
+                &input.clone(),
+            );
+        }
 
         // IPv4 options and IPv6 extension headers: the transport header is found after them.
         let b = f.ring(WEB4, "10.1.0.1", 41010, 80);
@@ -353,7 +407,7 @@ fn l3_nat_fixtures() {
             &want,
         );
 
-        // Larger than the egress MTU: dropped (counted), not passed to loop.
+        // Larger than the egress MTU: answered from the VIP (path MTU discovery).
         f.too_big(
             "too big for the egress",
             Packet::tcp("10.1.0.1", 41012, "10.1.0.100", 80),
@@ -398,19 +452,24 @@ fn l3_nat_fixtures() {
             &want,
         );
 
-        // No route to the backend: passed unchanged.
+        // No route to the backend: dropped (passed, the VIP packet could loop via the router).
         let input = Packet::tcp("10.1.0.1", 41004, "10.1.0.102", 80).build();
         f.check(
             "no route",
             "c0",
             &input,
-            XDP_PASS,
-            stats::PASS_NO_ROUTE,
+            XDP_DROP,
+            stats::DROP_NO_ROUTE,
             &input.clone(),
         );
 
-        // A backend's packet that belongs to no NAT flow passes untouched.
-        let input = Packet::tcp("10.2.0.1", 8080, "10.1.0.1", 999).build();
+        // A backend endpoint's packet to a client whose flow goes to another backend (by its
+        // ring slot, no entry): not a reply of ours, passed untouched.
+        let other = (1000..)
+            .find(|p| f.ring(WEB4, "10.1.0.1", *p, 80).to_string() != "10.2.0.1")
+            .unwrap();
+        let input = Packet::tcp("10.2.0.1", 8080, "10.1.0.1", other).build();
+        let unconfirmed = f.event(stats::EV_REPLY_UNCONFIRMED);
         f.check(
             "reply without a flow",
             "b0",
@@ -419,6 +478,7 @@ fn l3_nat_fixtures() {
             stats::PASS_NOT_VIP,
             &input.clone(),
         );
+        assert_eq!(f.event(stats::EV_REPLY_UNCONFIRMED), unconfirmed + 1);
 
         // Truncated inside the TCP header: passed untouched.
         let mut input = Packet::tcp("10.1.0.1", 41005, "10.1.0.100", 80).build();
@@ -567,6 +627,328 @@ fn l3_nat_fixtures() {
         neigh(&bs, neighbour_mac(b), "b0");
         neigh("10.1.0.1", CLIENT_MAC, "c0");
 
+        // ---- One flow state: replies follow the connection table, else the ring. ----
+        let mut replies = 18 + 4;
+        // A reply whose flow has no entry (evicted, or placed during a flood) but whose ring
+        // slot names its backend: translated, as the flow's next packet would go there.
+        let by_ring = f.event(stats::EV_REPLY_BY_RING);
+        let sport = (1000..)
+            .find(|p| f.ring(WEB4, "10.1.0.1", *p, 80).to_string() == "10.2.0.1")
+            .unwrap();
+        let reply = Packet::tcp("10.2.0.1", 8080, "10.1.0.1", sport).flags(ACK);
+        let back = Packet {
+            ttl: 63,
+            ..Packet::tcp("10.1.0.100", 80, "10.1.0.1", sport).flags(ACK)
+        };
+        f.check(
+            "reply vouched for by the ring",
+            "b0",
+            &reply.build(),
+            XDP_REDIRECT,
+            stats::REDIRECT,
+            &with_macs(&back.build(), CLIENT_MAC, c0),
+        );
+        replies += 1;
+        assert_eq!(f.event(stats::EV_REPLY_BY_RING), by_ring + 1);
+
+        // Eviction: the flow's next packet is placed again (same ring slot, same backend) and
+        // recorded afresh; its replies are translated all along.
+        let (sport, vport) = (41200, 80);
+        let b = f.ring(WEB4, "10.1.0.1", sport, vport);
+        let (bs, bport) = (b.to_string(), f.port_of(WEB4, b));
+        let fwd = |flags| Packet::tcp("10.1.0.1", sport, "10.1.0.100", vport).flags(flags);
+        let fwd_out = |flags| {
+            let p = Packet {
+                ttl: 63,
+                ..Packet::tcp("10.1.0.1", sport, &bs, bport).flags(flags)
+            };
+            with_macs(&p.build(), neighbour_mac(b), b0)
+        };
+        let key = flow_key(
+            "10.1.0.1".parse().unwrap(),
+            sport,
+            &WEB4.parse().unwrap(),
+            vport,
+        );
+        f.check(
+            "evicted: first packet",
+            "c0",
+            &fwd(SYN).build(),
+            XDP_REDIRECT,
+            stats::REDIRECT,
+            &fwd_out(SYN),
+        );
+        assert!(f.dp.conntrack(&key).unwrap().is_some(), "recorded");
+        f.dp.forget_flow(&key).unwrap();
+        let misses = f.event(stats::EV_CT_MISS);
+        f.check(
+            "evicted: next packet",
+            "c0",
+            &fwd(ACK).build(),
+            XDP_REDIRECT,
+            stats::REDIRECT,
+            &fwd_out(ACK),
+        );
+        assert_eq!(f.event(stats::EV_CT_MISS), misses + 1, "placed again");
+        assert!(f.dp.conntrack(&key).unwrap().is_some(), "recorded again");
+
+        // A flood of new flows over the record limit: L3 flows are balanced by the ring alone
+        // (no entry, so established flows keep theirs) and their replies still come back from
+        // the VIP. Flows of an all-ports VIP are recorded regardless.
+        f.dp.set_record_limit(1).unwrap();
+        let unrecorded = f.event(stats::EV_CT_UNRECORDED);
+        for sport in 42000..42004u16 {
+            let b = f.ring(DNS4, "10.1.0.1", sport, 53);
+            let bs = b.to_string();
+            let out = Packet {
+                ttl: 63,
+                ..Packet::udp("10.1.0.1", sport, &bs, 53)
+            };
+            f.check(
+                "flood: new flow",
+                "c0",
+                &Packet::udp("10.1.0.1", sport, "10.1.0.100", 53).build(),
+                XDP_REDIRECT,
+                stats::REDIRECT,
+                &with_macs(&out.build(), neighbour_mac(b), b0),
+            );
+            let back = Packet {
+                ttl: 63,
+                ..Packet::udp("10.1.0.100", 53, "10.1.0.1", sport)
+            };
+            f.check(
+                "flood: reply",
+                "b0",
+                &Packet::udp(&bs, 53, "10.1.0.1", sport).build(),
+                XDP_REDIRECT,
+                stats::REDIRECT,
+                &with_macs(&back.build(), CLIENT_MAC, c0),
+            );
+            replies += 1;
+        }
+        // At least the last three went over the limit of one per second.
+        assert!(f.event(stats::EV_CT_UNRECORDED) >= unrecorded + 3);
+        let flood_key = flow_key(
+            "10.1.0.1".parse().unwrap(),
+            42003,
+            &DNS4.parse().unwrap(),
+            53,
+        );
+        assert!(
+            f.dp.conntrack(&flood_key).unwrap().is_none(),
+            "not recorded"
+        );
+        let any = flow_key(
+            "10.1.0.1".parse().unwrap(),
+            42010,
+            &ANY4.parse().unwrap(),
+            4444,
+        );
+        f.check(
+            "flood: all-ports VIP",
+            "c0",
+            &Packet::tcp("10.1.0.1", 42010, "10.1.0.106", 4444).build(),
+            XDP_REDIRECT,
+            stats::REDIRECT,
+            &with_macs(
+                &Packet {
+                    ttl: 63,
+                    ..Packet::tcp("10.1.0.1", 42010, "10.2.0.4", 4444)
+                }
+                .build(),
+                neighbour_mac("10.2.0.4".parse().unwrap()),
+                b0,
+            ),
+        );
+        assert!(
+            f.dp.conntrack(&any).unwrap().is_some(),
+            "all-ports: recorded"
+        );
+        f.dp.set_record_limit(0).unwrap();
+
+        // ---- ICMP errors, translated both ways (RFC 5508), every checksum rebuilt here. ----
+        // About a reply, from a router on the client's side to the VIP: for the backend, with
+        // the quoted source turned into the backend's address and port.
+        // The whole packet quoted (as Linux does), or only its header and 8 bytes (RFC 792):
+        // then the quoted TCP checksum is not there to update.
+        for (vip, client, vip_ip, router, mk, short) in [
+            (
+                WEB4,
+                "10.1.0.1",
+                "10.1.0.100",
+                "10.1.0.253",
+                Packet::tcp as MakePacket,
+                28,
+            ),
+            (WEB6, "fd01::1", "fd01::100", "fd01::fd", Packet::tcp, 48),
+        ] {
+            for quote_len in [None, Some(short)] {
+                let sport = 43000;
+                let b = f.ring(vip, client, sport, 80);
+                let (bs, bport) = (b.to_string(), f.port_of(vip, b));
+                let quoted = |src: &str, sport| {
+                    let p = Packet {
+                        ttl: 63,
+                        ..mk(src, sport, client, 43000).flags(ACK)
+                    };
+                    let mut ip = p.ip_bytes();
+                    ip.truncate(quote_len.unwrap_or(ip.len()));
+                    ip
+                };
+                let input = Packet::icmp_too_big(router, vip_ip, 1400, quoted(vip_ip, 80));
+                let want = Packet {
+                    ttl: 63,
+                    ..Packet::icmp_too_big(router, &bs, 1400, quoted(&bs, bport))
+                };
+                let to_backend = f.event(stats::EV_ICMP_TO_BACKEND);
+                f.check(
+                    &format!("too big about a reply of {vip}, quote {quote_len:?}"),
+                    "c0",
+                    &input.build(),
+                    XDP_REDIRECT,
+                    stats::REDIRECT,
+                    &with_macs(&want.build(), neighbour_mac(b), b0),
+                );
+                assert_eq!(f.event(stats::EV_ICMP_TO_BACKEND), to_backend + 1);
+            }
+        }
+        // About a client's packet, from its backend ("port unreachable"): for the client, from
+        // the VIP and quoting the VIP's address and port. From a router on the backend's side:
+        // the outer source stays the router's.
+        for (vip, client, vip_ip, vport, unreach) in [
+            (DNS4, "10.1.0.1", "10.1.0.100", 53, (3u8, 3u8)),
+            (DNS6, "fd01::1", "fd01::100", 53, (1, 4)),
+        ] {
+            let sport = 43100;
+            let b = f.ring(vip, client, sport, vport);
+            let (bs, bport) = (b.to_string(), f.port_of(vip, b));
+            // The flow is recorded by its first packet.
+            let out = Packet {
+                ttl: 63,
+                ..Packet::udp(client, sport, &bs, bport)
+            };
+            f.check(
+                &format!("{vip}: flow for the error"),
+                "c0",
+                &Packet::udp(client, sport, vip_ip, vport).build(),
+                XDP_REDIRECT,
+                stats::REDIRECT,
+                &with_macs(&out.build(), neighbour_mac(b), b0),
+            );
+            let router = if vip == DNS4 {
+                "10.2.0.253"
+            } else {
+                "fd02::fd"
+            };
+            for from in [bs.as_str(), router] {
+                let quoted = |dst: &str, dport| {
+                    Packet {
+                        ttl: 63,
+                        ..Packet::udp(client, sport, dst, dport)
+                    }
+                    .ip_bytes()
+                };
+                let (ty, code) = unreach;
+                let input = Packet::icmp(from, client, ty, code, quoted(&bs, bport));
+                let outer_src = if from == bs { vip_ip } else { router };
+                let want = Packet {
+                    ttl: 63,
+                    ..Packet::icmp(outer_src, client, ty, code, quoted(vip_ip, vport))
+                };
+                let to_client = f.event(stats::EV_ICMP_TO_CLIENT);
+                f.check(
+                    &format!("unreachable from {from} about {vip}"),
+                    "b0",
+                    &input.build(),
+                    XDP_REDIRECT,
+                    stats::REDIRECT,
+                    &with_macs(&want.build(), CLIENT_MAC, c0),
+                );
+                assert_eq!(f.event(stats::EV_ICMP_TO_CLIENT), to_client + 1);
+            }
+        }
+        // An error quoting a VIP flow but addressed to another host: not ours, passed unchanged.
+        let foreign = f.event(stats::EV_ICMP_FOREIGN);
+        let quoted = Packet::tcp("10.1.0.100", 80, "10.1.0.1", 43000).ip_bytes();
+        let input = Packet::icmp_too_big("10.1.0.253", "10.1.0.200", 1400, quoted).build();
+        f.check(
+            "error sent elsewhere",
+            "c0",
+            &input,
+            XDP_PASS,
+            stats::PASS_NOT_VIP,
+            &input.clone(),
+        );
+        assert_eq!(f.event(stats::EV_ICMP_FOREIGN), foreign + 1);
+
+        // ---- Path MTU: "too big" generated both ways; IPv4 without DF fragmented. ----
+        f.too_big(
+            "IPv6 too big",
+            Packet::tcp("fd01::1", 43200, "fd01::100", 80).flags(ACK),
+        );
+        // Without DF: rewritten and handed to the kernel, which fragments it.
+        let b = f.ring(WEB4, "10.1.0.1", 43201, 80);
+        let input = oversized(Packet::tcp("10.1.0.1", 43201, "10.1.0.100", 80).flags(ACK));
+        let want = oversized(
+            Packet::tcp("10.1.0.1", 43201, &b.to_string(), f.port_of(WEB4, b)).flags(ACK),
+        );
+        f.check(
+            "too big without DF",
+            "c0",
+            &input.build(),
+            XDP_PASS,
+            stats::PASS_KERNEL_FRAGMENTS,
+            &want.build(),
+        );
+        // A backend's reply too big towards the client: answered from the LB's own address on
+        // the backend's side (b0's), quoting the reply as the backend sent it.
+        let sport = 43300;
+        let b = f.ring(WEB4, "10.1.0.1", sport, 80);
+        let (bs, bport) = (b.to_string(), f.port_of(WEB4, b));
+        f.check(
+            "too big reply: its flow",
+            "c0",
+            &Packet::tcp("10.1.0.1", sport, "10.1.0.100", 80).build(),
+            XDP_REDIRECT,
+            stats::REDIRECT,
+            &with_macs(
+                &Packet {
+                    ttl: 63,
+                    ..Packet::tcp("10.1.0.1", sport, &bs, bport)
+                }
+                .build(),
+                neighbour_mac(b),
+                b0,
+            ),
+        );
+        let reply = Packet {
+            dst_mac: b0,
+            src_mac: neighbour_mac(b),
+            ..oversized(Packet::tcp(&bs, bport, "10.1.0.1", sport).flags(ACK)).frag(DF)
+        };
+        f.check(
+            "too big reply",
+            "b0",
+            &reply.build(),
+            XDP_TX,
+            stats::TX_ICMP_TOO_BIG,
+            &too_big_answer(&reply, "10.2.0.254"),
+        );
+
+        // ---- A removed VIP's replies are no longer translated. ----
+        f.desired.retain(|v| v.spec.addr != DNS4.parse().unwrap());
+        let desired = f.desired.clone();
+        f.mirror.sync(&mut f.dp.writer(), &desired).unwrap();
+        let input = Packet::udp("10.2.0.1", 53, "10.1.0.1", 42000).build();
+        f.check(
+            "reply of a removed VIP",
+            "b0",
+            &input,
+            XDP_PASS,
+            stats::PASS_NOT_VIP,
+            &input.clone(),
+        );
+
         // Every packet counted under exactly one reason; replies counted as NAT reverse events.
         let st = f.dp.stats().unwrap();
         let sent: u64 = f.counted.values().sum();
@@ -576,7 +958,7 @@ fn l3_nat_fixtures() {
                 .sum::<u64>(),
             sent
         );
-        assert_eq!(st[stats::EV_NAT_REVERSE as usize], 18 + 4);
+        assert_eq!(st[stats::EV_NAT_REVERSE as usize], replies);
     })
     .unwrap();
 }
