@@ -38,7 +38,10 @@ pub const DROP_L3_IPV6_EXT: u32 = 16;
 /// L3: an ICMP error that belongs to an L3 flow but cannot be translated (its quoted packet
 /// is cut short, or has IP options): dropped rather than leak the backend's address.
 pub const DROP_ICMP_UNTRANSLATABLE: u32 = 17;
-pub const VERDICT_COUNT: u32 = 18;
+/// An ICMP echo request ("ping") to a VIP address, answered from the VIP (passed to a kernel
+/// that does not own the VIP, it would be routed back towards the router that sent it).
+pub const TX_ICMP_ECHO: u32 = 18;
+pub const VERDICT_COUNT: u32 = 19;
 
 pub const EVENT_BASE: u32 = 24;
 pub const EV_CT_HIT: u32 = EVENT_BASE;
@@ -95,6 +98,7 @@ pub fn name(index: u32) -> Option<&'static str> {
         PASS_KERNEL_FRAGMENTS => "pass_kernel_fragments",
         DROP_L3_IPV6_EXT => "drop_l3_ipv6_ext",
         DROP_ICMP_UNTRANSLATABLE => "drop_icmp_untranslatable",
+        TX_ICMP_ECHO => "tx_icmp_echo",
         EV_CT_HIT => "conntrack_hit",
         EV_CT_MISS => "conntrack_miss",
         EV_CT_STALE => "conntrack_stale",

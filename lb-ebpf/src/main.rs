@@ -8,6 +8,7 @@
 
 mod balance;
 mod counters;
+mod echo;
 mod floor;
 mod forward;
 mod generator;
@@ -65,6 +66,13 @@ fn dispatch(ctx: &XdpContext, class: Class, vlan: bool) -> u32 {
         }
         Class::IcmpError { .. } => verdict(stats::PASS_ICMP, xdp_action::XDP_PASS),
         Class::Icmp(dst) => pass_unless_vip_address(&dst, stats::PASS_ICMP),
+        // A ping to a VIP address is answered by the ICMP program too.
+        Class::Echo(dst, _) if maps::is_vip_address(&dst) => {
+            // SAFETY: as above.
+            let _ = unsafe { maps::JUMP.tail_call(ctx, maps::JUMP_ICMP) };
+            verdict(stats::PASS_ICMP, xdp_action::XDP_PASS)
+        }
+        Class::Echo(..) => verdict(stats::PASS_NOT_VIP, xdp_action::XDP_PASS),
         // Non-first fragments carry no ports, so they cannot be steered consistently with the
         // first one: fragments to a VIP address are dropped (counted); see docs/datapath.md.
         Class::Fragment(dst) => {
@@ -450,8 +458,9 @@ fn dont_fragment(ctx: &XdpContext, off: &Offsets) -> bool {
     }
 }
 
-/// ICMP errors, tail-called by `xdplb` (`maps::JUMP`): steered or translated for the flow
-/// they quote (`icmp_error`), with a stack of their own. Never attached by the daemon.
+/// ICMP errors and pings to VIP addresses, tail-called by `xdplb` (`maps::JUMP`): errors are
+/// steered or translated for the flow they quote (`icmp_error`), with a stack of their own;
+/// pings answered (`echo`). Never attached by the daemon.
 #[xdp]
 pub fn xdplb_icmp(ctx: XdpContext) -> u32 {
     match parse::classify::<true>(&ctx) {
@@ -459,6 +468,16 @@ pub fn xdplb_icmp(ctx: XdpContext) -> u32 {
             class: Class::IcmpError { flow, outer, plain },
             vlan,
         }) => icmp_error(&ctx, &flow, &outer, plain, vlan),
+        // `xdplb` checked that it is for a VIP address.
+        Ok(Parsed {
+            class: Class::Echo(dst, off),
+            ..
+        }) => {
+            match maps::launder(&off).map(|off| echo::answer(&ctx, &off, dst.family == FAMILY_V4)) {
+                Some(Ok(())) => verdict(stats::TX_ICMP_ECHO, xdp_action::XDP_TX),
+                _ => verdict(stats::PASS_MALFORMED, xdp_action::XDP_PASS),
+            }
+        }
         // The quoted packet is cut short, say.
         Err(reason) => verdict(reason, xdp_action::XDP_PASS),
         // An error quoting something other than TCP or UDP.

@@ -68,6 +68,8 @@ pub enum Class {
     },
     /// An ICMP error, not parsed further (the ICMP program does).
     IcmpErrorLater,
+    /// An ICMP or ICMPv6 echo request, and where its headers start.
+    Echo(Dest, Offsets),
     /// Any other ICMP message (echo, errors about other traffic).
     Icmp(Dest),
     /// An IPv4 or IPv6 fragment.
@@ -353,6 +355,10 @@ fn icmp_message<const ICMP: bool>(
         (1..=3).contains(&icmp_type)
     };
     if !is_error {
+        let echo_request = if v4 { 8 } else { 128 };
+        if icmp_type == echo_request {
+            return Ok(Class::Echo(dest(outer), offs));
+        }
         return Ok(Class::Icmp(dest(outer)));
     }
     if !ICMP {

@@ -8,7 +8,7 @@ use std::{collections::HashMap, net::IpAddr};
 
 use lb_common::{stats, TrafficCounters};
 use lb_tests::{
-    packet::{with_macs, Packet, ACK, ETH_ARP, L4, LB_MAC, SYN},
+    packet::{with_macs, Packet, ACK, CLIENT_MAC, ETH_ARP, L4, LB_MAC, SYN},
     xdp::{test_run, XDP_DROP, XDP_PASS, XDP_TX},
 };
 use lb_userspace::{
@@ -139,6 +139,10 @@ impl Fixture {
                 );
             }
             Expect::Drop => assert_eq!(action, XDP_DROP, "{ctx}: verdict"),
+            Expect::Answer(want) => {
+                assert_eq!(action, XDP_TX, "{ctx}: verdict");
+                assert_eq!(&out, want, "{ctx}: the answer");
+            }
             Expect::Tx { vip, pick, record } => {
                 let vip: VipAddr = vip.parse().unwrap();
                 let backend = match pick {
@@ -191,6 +195,8 @@ enum Pick {
 enum Expect {
     Pass,
     Drop,
+    /// Answered out of the receiving interface (XDP_TX) with exactly this frame.
+    Answer(Vec<u8>),
     Tx {
         vip: &'static str,
         pick: Pick,
@@ -208,6 +214,25 @@ struct Row {
 
 fn key(src: &str, sport: u16, vip: &str, dport: u16) -> lb_common::FlowKey {
     flow_key(src.parse().unwrap(), sport, &vip.parse().unwrap(), dport)
+}
+
+/// An echo request's body after identifier and sequence (which the rest-of-header holds as 0).
+const PING: [u8; 8] = *b"xdplb-pi";
+
+fn answer(
+    name: &'static str,
+    scapy: &'static str,
+    packet: impl Frame,
+    reason: u32,
+    want: Packet,
+) -> Row {
+    Row {
+        name,
+        scapy,
+        frame: packet.frame(),
+        reason,
+        expect: Expect::Answer(want.build()),
+    }
 }
 
 fn pass(name: &'static str, scapy: &'static str, packet: impl Frame, reason: u32) -> Row {
@@ -347,8 +372,12 @@ fn table() -> Vec<Row> {
              Packet::tcp(c(), 1, "10.0.0.7", 80).frag(0x2000), stats::PASS_NOT_VIP),
         drop("v6 fragment header to VIP", "Ether()/IPv6(dst='2001:db8::100')/IPv6ExtHdrFragment()/TCP(dport=443)",
              Packet::tcp("2001:db8::1", 40000, "2001:db8::100", 443).ext(44, 6), stats::DROP_FRAGMENT),
-        pass("ICMP echo to VIP address", "Ether()/IP(dst='10.0.0.100')/ICMP()",
-             Packet::icmp(c(), "10.0.0.100", 8, 0, vec![0; 8]), stats::PASS_ICMP),
+        answer("ICMP echo to VIP address: answered from the VIP", "Ether()/IP(dst='10.0.0.100')/ICMP()",
+             Packet::icmp(c(), "10.0.0.100", 8, 0, PING.to_vec()), stats::TX_ICMP_ECHO,
+             Packet { dst_mac: CLIENT_MAC, src_mac: LB_MAC, ..Packet::icmp("10.0.0.100", c(), 0, 0, PING.to_vec()) }),
+        answer("ICMPv6 echo to VIP address: answered from the VIP", "Ether()/IPv6(dst='2001:db8::100',hlim=9)/ICMPv6EchoRequest()",
+             Packet { ttl: 9, ..Packet::icmp("2001:db8::1", "2001:db8::100", 128, 0, PING.to_vec()) }, stats::TX_ICMP_ECHO,
+             Packet { dst_mac: CLIENT_MAC, src_mac: LB_MAC, ..Packet::icmp("2001:db8::100", "2001:db8::1", 129, 0, PING.to_vec()) }),
         pass("ICMP echo to another address", "Ether()/IP(dst='10.0.0.7')/ICMP()",
              Packet::icmp(c(), "10.0.0.7", 8, 0, vec![0; 8]), stats::PASS_NOT_VIP),
         tx("ICMP fragmentation-needed about a VIP flow goes to its backend",
