@@ -22,6 +22,10 @@ pub const fn ring_lines(ring_size: u32) -> u32 {
 }
 /// Connection table (LRU): `FlowKey` -> `ConnValue`.
 pub const CONNTRACK: &str = "XDPLB_CONNTRACK";
+/// Per-CPU next hop of each backend (array by backend id, `max_backends`): the FIB's answer
+/// for the backend's last new L3 flow, which new flows start with (`Hop`, tag = the
+/// backend's generation). A cache: not pinned, a restarted daemon's program starts empty.
+pub const BACKEND_HOPS: &str = "XDPLB_BE_HOPS";
 /// L3 backend endpoints (hash, `max_backends` entries): `EndpointKey` -> `Endpoint`. A reply is
 /// matched by its source endpoint; its flow's state is the connection-table entry.
 pub const ENDPOINTS: &str = "XDPLB_ENDPOINTS";

@@ -5,12 +5,13 @@ use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use lb_common::{
     hash::flow_hash,
     maps::{self as m, DEFAULT_RING_SIZE},
-    stats, BackendInfo, ConnValue, FlowKey, Hop, VipInfo, BACKEND_F_VALID,
+    stats, BackendInfo, ConnValue, FlowKey, Hop, VipInfo, BACKEND_F_VALID, VIP_F_MODE_L3,
 };
 
 use crate::{
     counters::event,
-    maps::{may_record, BACKENDS, CONNTRACK, RING},
+    maps::{may_record, BACKENDS, BACKEND_HOPS, CONNTRACK, RING},
+    nat::{hop_tag, HopRef},
 };
 
 /// `-EEXIST`, what an insert with BPF_NOEXIST returns for a key that has an entry.
@@ -103,7 +104,11 @@ fn place(vip: &VipInfo, key: &FlowKey, record: Record, known: &Known) -> Option<
             generation: backend.generation,
             vip: vip.id,
             vip_flags: vip.flags,
-            hop: Hop::default(),
+            hop: if vip.flags & VIP_F_MODE_L3 != 0 {
+                first_hop(id, backend.generation, key)
+            } else {
+                Hop::default()
+            },
             reply_hop: Hop::default(),
         };
         // Under a flood of new flows the ring alone places them (stable while it does not
@@ -146,6 +151,29 @@ pub fn choose(vip: &VipInfo, key: &FlowKey, known: Known, record: Record) -> Opt
     match known {
         Known::Hit(_, choice) => Some(choice),
         _ => place(vip, key, record, &known),
+    }
+}
+
+/// This CPU's next-hop cache of backend `id` (`maps::BACKEND_HOPS`), tagged with the backend's
+/// generation: a reused id does not inherit its previous holder's next hop.
+#[inline(always)]
+pub fn backend_hop(id: u32, generation: u32) -> Option<HopRef> {
+    BACKEND_HOPS.get_ptr_mut(id).map(|at| HopRef {
+        at,
+        tag: generation as u16,
+    })
+}
+
+/// A new L3 flow's own next hop to start with: its backend's, while that is valid (it then
+/// ages with the backend's, and the flow asks the FIB itself within about a second).
+#[inline(always)]
+fn first_hop(id: u32, generation: u32, key: &FlowKey) -> Hop {
+    match BACKEND_HOPS.get(id) {
+        Some(h) if h.checked != 0 && h.tag == generation as u16 => Hop {
+            tag: hop_tag(key),
+            ..*h
+        },
+        _ => Hop::default(),
     }
 }
 

@@ -305,11 +305,19 @@ fn to_backend(vip: &VipInfo, key: &FlowKey, known: Known) -> Result<Plan, u32> {
         return Err(stats::DROP_NO_BACKEND);
     };
     let b = &choice.backend;
+    // A known flow has its own next hop; a new one starts with its backend's.
+    let hop = match choice.hop {
+        Some(at) => Some(nat::HopRef {
+            at,
+            tag: nat::hop_tag(key),
+        }),
+        None => balance::backend_hop(choice.id, b.generation),
+    };
     let rw = nat::Rewrite {
         dst: true,
         addr: b.addr,
         port: b.port,
-        hop: choice.hop,
+        hop,
     };
     Ok(Plan {
         rw,
@@ -341,7 +349,10 @@ fn to_client(key: &FlowKey, vlan: bool, flags: FlowFlags) -> Result<Plan, u32> {
             dst: false,
             addr: o.vip_addr,
             port: o.vip_port,
-            hop: o.hop,
+            hop: o.hop.map(|at| nat::HopRef {
+                at,
+                tag: nat::hop_tag(key),
+            }),
         },
         count: Count::Reply(o.vip, o.backend, o.by_ring),
         icmp: None,

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     hash::addr_bit, maps as m, stats::STATS_LEN, BackendInfo, ConnValue, Endpoint, EndpointKey,
-    FlowKey, IfaceInfo, TrafficCounters, VipInfo, VipKey, VIP_F_ADDRESS, VIP_F_ALL_PORTS,
+    FlowKey, Hop, IfaceInfo, TrafficCounters, VipInfo, VipKey, VIP_F_ADDRESS, VIP_F_ALL_PORTS,
 };
 
 use crate::parse::Dest;
@@ -25,6 +25,10 @@ pub static RING: Array<m::RingLine> =
 #[map(name = "XDPLB_CONNTRACK")]
 pub static CONNTRACK: LruHashMap<FlowKey, ConnValue> =
     LruHashMap::with_max_entries(m::DEFAULT_CONNTRACK_SIZE, 0);
+
+#[map(name = "XDPLB_BE_HOPS")]
+pub static BACKEND_HOPS: PerCpuArray<Hop> =
+    PerCpuArray::with_max_entries(m::DEFAULT_MAX_BACKENDS, 0);
 
 #[map(name = "XDPLB_ENDPOINTS")]
 pub static ENDPOINTS: HashMap<EndpointKey, Endpoint> =

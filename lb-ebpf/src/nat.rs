@@ -35,9 +35,17 @@ pub struct Rewrite {
     pub addr: [u32; 4],
     /// Network byte order; 0 keeps the port.
     pub port: u16,
-    /// The flow's next-hop cache, in its connection-table or reverse-NAT entry (none for the
-    /// first packet of a flow).
-    pub hop: Option<*mut Hop>,
+    /// The next-hop cache to use and refresh: the flow's own (in its connection-table entry)
+    /// or, for a flow's first packet, its backend's (`maps::BACKEND_HOPS`).
+    pub hop: Option<HopRef>,
+}
+
+/// A next-hop cache and the tag that says it was written for this packet's flow or backend
+/// (an LRU entry can be recycled for another flow, a backend id reused for another backend).
+#[derive(Clone, Copy)]
+pub struct HopRef {
+    pub at: *mut Hop,
+    pub tag: u16,
 }
 
 /// Where the rewritten packet goes.
@@ -93,11 +101,10 @@ pub fn route(ctx: &XdpContext, key: &FlowKey, off: &Offsets, rw: &Rewrite) -> Re
     // SAFETY: the coarse clock helper has no preconditions.
     let now = ((unsafe { bpf_ktime_get_coarse_ns() } >> 20) as u32).max(1);
     let ingress = ctx.ingress_ifindex() as u32;
-    let tag = hop_tag(key);
-    if let Some(hop) = rw.hop {
+    if let Some(r) = rw.hop {
         // SAFETY: a valid map value; copied at once.
-        let h = unsafe { *hop };
-        if h.tag == tag
+        let h = unsafe { *r.at };
+        if h.tag == r.tag
             && h.checked != 0
             && now.wrapping_sub(h.checked) < HOP_TTL
             && tot_len <= h.mtu
@@ -145,18 +152,18 @@ pub fn route(ctx: &XdpContext, key: &FlowKey, off: &Offsets, rw: &Rewrite) -> Re
     let rc = unsafe { fib_lookup(ctx.as_ptr(), &mut p, size_of::<bpf_fib_lookup>() as i32, 0) };
     Ok(match rc as u32 {
         BPF_FIB_LKUP_RET_SUCCESS if attached(p.ifindex) => {
-            if let Some(hop) = rw.hop {
+            if let Some(r) = rw.hop {
                 // SAFETY: a valid map value (possibly recycled for another flow since the
                 // lookup: the tag tells that flow not to use it). A reader on another CPU may
                 // see a half-written refresh; a flow's packets stay on one CPU, so rarely.
                 unsafe {
-                    *hop = Hop {
+                    *r.at = Hop {
                         ifindex: p.ifindex,
                         checked: now,
                         dmac: p.dmac,
                         smac: p.smac,
                         mtu: p.__bindgen_anon_1.mtu_result,
-                        tag,
+                        tag: r.tag,
                     }
                 };
             }
@@ -180,7 +187,7 @@ pub fn route(ctx: &XdpContext, key: &FlowKey, off: &Offsets, rw: &Rewrite) -> Re
 
 /// The flow's digest in its cached hop (`Hop::tag`).
 #[inline(always)]
-fn hop_tag(key: &FlowKey) -> u16 {
+pub fn hop_tag(key: &FlowKey) -> u16 {
     // Written out: an iterator chain here compiled to a stack read the verifier refused.
     let (s, d) = (&key.src, &key.dst);
     let x = s[0]

@@ -599,6 +599,30 @@ fn l3_nat_fixtures() {
             stats::REDIRECT,
             &out(neighbour_mac(b), ACK),
         );
+        // A new flow to the same backend starts with the backend's cached next hop (no FIB
+        // lookup for a new flow while it is fresh), and so does the flow's own entry.
+        let sport2 = (41101..)
+            .find(|p| f.ring(WEB4, "10.1.0.1", *p, vport) == b)
+            .unwrap();
+        for (what, flags) in [
+            ("cache: new flow, backend's hop", SYN),
+            ("cache: its hit", ACK),
+        ] {
+            let p = Packet {
+                ttl: 63,
+                ..Packet::tcp("10.1.0.1", sport2, &bs, bport).flags(flags)
+            };
+            f.check(
+                what,
+                "c0",
+                &Packet::tcp("10.1.0.1", sport2, "10.1.0.100", vport)
+                    .flags(flags)
+                    .build(),
+                XDP_REDIRECT,
+                stats::REDIRECT,
+                &with_macs(&p.build(), neighbour_mac(b), b0),
+            );
+        }
         f.check(
             "cache: reply still cached",
             "b0",
