@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     datapath::{AttachMode, LoadOptions},
     health::HealthCheck,
-    model::{HashFields, Mac, Mode, VipAddr},
+    model::{HashFields, Mac, Mode, ReplyEndpoints, VipAddr},
 };
 
 /// Largest backend weight (weights are relative; 0 drains).
@@ -319,9 +319,9 @@ impl Config {
             }
         }
         let mut vips = BTreeSet::new();
-        // L3 replies are matched by (backend, port, protocol, client): two VIPs sharing a
+        // L3 replies are matched by their source (backend, port, protocol): two VIPs sharing a
         // backend endpoint could not tell their replies apart.
-        let mut endpoints = std::collections::BTreeMap::new();
+        let mut endpoints = ReplyEndpoints::default();
         if self.vips.len() > limits.max_vips as usize {
             return Err(format!(
                 "{} VIPs configured but limits.max_vips is {}",
@@ -373,12 +373,9 @@ impl Config {
                     return Err(what("an all-ports VIP keeps each client's port; a backend port would fold them into one"));
                 }
                 if l3 {
-                    let endpoint = (b.addr, b.port.unwrap_or(v.addr.port), v.addr.proto);
-                    if let Some(other) = endpoints.insert(endpoint, v.addr) {
-                        return Err(what(&format!(
-                            "VIP {other} sends to the same backend port; in L3 mode their replies could not be told apart"
-                        )));
-                    }
+                    endpoints
+                        .claim(v.addr, b.addr, b.port)
+                        .map_err(|e| e.to_string())?;
                 }
                 if l3 && b.via.is_some() {
                     return Err(what(
@@ -496,7 +493,7 @@ hash = "src-ip"
             ("[[vip]]\naddr = \"10.0.0.1:80/tcp\"\n[[vip.backend]]\naddr = \"10.0.1.1\"\nport = 8080", "only L3 (NAT) mode can rewrite the port"),
             ("[[vip]]\naddr = \"10.0.0.1:80/tcp\"\nmode = \"l3\"\n[[vip.backend]]\naddr = \"10.0.1.1\"\nvia = \"eth1\"", "drop via"),
             ("[[vip]]\naddr = \"10.0.0.1:*/tcp\"\nmode = \"l3\"\n[[vip.backend]]\naddr = \"10.0.1.1\"\nport = 80", "all-ports VIP"),
-            ("[[vip]]\naddr = \"10.0.0.1:80/tcp\"\nmode = \"l3\"\n[[vip.backend]]\naddr = \"10.0.1.1\"\n[[vip]]\naddr = \"10.0.0.2:80/tcp\"\nmode = \"l3\"\n[[vip.backend]]\naddr = \"10.0.1.1\"", "same backend port"),
+            ("[[vip]]\naddr = \"10.0.0.1:80/tcp\"\nmode = \"l3\"\n[[vip.backend]]\naddr = \"10.0.1.1\"\n[[vip]]\naddr = \"10.0.0.2:80/tcp\"\nmode = \"l3\"\n[[vip.backend]]\naddr = \"10.0.1.1\"", "both send to its port 80"),
             ("[[vip]]\naddr = \"10.0.0.1:80/tcp\"\nhash = \"dst\"", "hash \"dst\""),
             ("[[vip]]\naddr = \"10.0.0.1:80/tcp\"\ncolour = 1", "unknown field `colour`"),
             ("[[vip]]\naddr = \"10.0.0.1:80/tcp\"\n[[vip]]\naddr = \"10.0.0.1:80/tcp\"", "declared twice"),
@@ -536,5 +533,65 @@ hash = "src-ip"
                 "config {text:?}: error {err:?} does not mention {want:?}"
             );
         }
+    }
+
+    /// Two L3 VIPs, `a` then `b`, each with one backend (`ADDR` or `ADDR:PORT`).
+    fn two_l3_vips(a: (&str, &str), b: (&str, &str)) -> Result<(), String> {
+        let vip = |(addr, backend): (&str, &str)| {
+            let (ip, port) = match backend.split_once(':') {
+                Some((ip, port)) => (ip, format!("port = {port}\n")),
+                None => (backend, String::new()),
+            };
+            format!("[[vip]]\naddr = \"{addr}\"\nmode = \"l3\"\n[[vip.backend]]\naddr = \"{ip}\"\n{port}")
+        };
+        Config::from_toml(&format!("{}{}", vip(a), vip(b)))?.validate()
+    }
+
+    #[test]
+    fn an_all_ports_l3_vip_owns_every_port_of_its_backends() {
+        let all = ("10.0.0.1:*/tcp", "10.0.1.1");
+        for other in [
+            ("10.0.0.2:80/tcp", "10.0.1.1"),
+            ("10.0.0.2:80/tcp", "10.0.1.1:8080"),
+            ("10.0.0.2:*/tcp", "10.0.1.1"),
+        ] {
+            for (first, second) in [(all, other), (other, all)] {
+                let err = two_l3_vips(first, second).unwrap_err();
+                // One sentence naming both VIPs and the backend.
+                for name in [first.0, second.0, "backend 10.0.1.1 "] {
+                    assert!(err.contains(name), "{err:?} does not name {name}");
+                }
+                assert!(err.contains("serves all ports"), "{err}");
+                assert_eq!(err.matches(". ").count(), 0, "one sentence: {err}");
+            }
+        }
+        // Another protocol or another backend address does not share its replies.
+        two_l3_vips(all, ("10.0.0.2:80/udp", "10.0.1.1")).unwrap();
+        two_l3_vips(all, ("10.0.0.2:80/tcp", "10.0.1.2")).unwrap();
+        // Nor does an L2 VIP (its backends answer clients directly).
+        Config::from_toml(
+            "[[vip]]\naddr = \"10.0.0.1:*/tcp\"\nmode = \"l3\"\n[[vip.backend]]\naddr = \"10.0.1.1\"\n[[vip]]\naddr = \"10.0.0.2:80/tcp\"\n[[vip.backend]]\naddr = \"10.0.1.1\"",
+        )
+        .unwrap()
+        .validate()
+        .unwrap();
+    }
+
+    #[test]
+    fn l3_vips_may_share_a_backend_on_different_ports() {
+        two_l3_vips(
+            ("10.0.0.1:80/tcp", "10.0.1.1"),
+            ("10.0.0.2:80/tcp", "10.0.1.1:8080"),
+        )
+        .unwrap();
+        let err = two_l3_vips(
+            ("10.0.0.1:443/tcp", "10.0.1.1:8080"),
+            ("10.0.0.2:8080/tcp", "10.0.1.1"),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            "backend 10.0.1.1 cannot serve both L3 VIPs 10.0.0.1:443/tcp and 10.0.0.2:8080/tcp: both send to its port 8080, so their replies could not be told apart"
+        );
     }
 }

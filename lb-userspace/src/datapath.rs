@@ -15,14 +15,14 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    maps as m, stats::STATS_LEN, BackendInfo, ConnValue, FlowKey, IfaceInfo, NatValue,
+    maps as m, stats::STATS_LEN, BackendInfo, ConnValue, Endpoint, EndpointKey, FlowKey, IfaceInfo,
     TrafficCounters, VipInfo, VipKey,
 };
 use thiserror::Error;
 
 use crate::{
     iface, maglev,
-    mirror::{MapWriter, MirrorError},
+    mirror::{AdoptedMaps, MapWriter, MirrorError},
     model::Mac,
 };
 
@@ -185,7 +185,8 @@ impl DataPath {
             .map_max_entries(m::BACKENDS, opts.max_backends)
             .map_max_entries(m::BACKEND_STATS, opts.max_backends)
             .map_max_entries(m::CONNTRACK, opts.conntrack_size)
-            .map_max_entries(m::NAT, opts.conntrack_size);
+            .map_max_entries(m::ENDPOINTS, opts.max_backends)
+            .map_max_entries(m::BACKEND_HOPS, opts.max_backends);
         let pins: Vec<(&'static str, PathBuf)> = match &opts.pin_dir {
             Some(dir) => ALL_MAPS.iter().map(|n| (*n, dir.join(n))).collect(),
             None => Vec::new(),
@@ -202,6 +203,7 @@ impl DataPath {
         for name in [m::PROG_LB, m::PROG_PASS] {
             program(&mut ebpf, name)?;
         }
+        fill_jump_table(&mut ebpf)?;
         Ok(DataPath {
             ebpf,
             opts: opts.clone(),
@@ -409,7 +411,8 @@ impl DataPath {
         for e in entries {
             let path = e?.path();
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            if name.starts_with("link_") || ALL_MAPS.contains(&name) {
+            if name.starts_with("link_") || ALL_MAPS.contains(&name) || RETIRED_MAPS.contains(&name)
+            {
                 std::fs::remove_file(&path)?;
                 removed.push(path);
             }
@@ -489,12 +492,23 @@ impl DataPath {
         Ok(sum)
     }
 
-    /// Generation of every backend slot, as the backend map holds it (for a restarted daemon).
-    pub fn backend_generations(&self) -> Result<Vec<u32>, DataPathError> {
+    /// What a restarted daemon must know of the maps it adopted: every backend slot (its
+    /// generation and port) and every endpoint entry.
+    pub fn adopted_maps(&self) -> Result<AdoptedMaps, DataPathError> {
         let arr: Array<_, BackendInfo> = self.typed_ref(m::BACKENDS)?;
-        arr.iter()
-            .map(|b| b.map(|b| b.generation).map_err(map_err(m::BACKENDS)))
-            .collect()
+        let backends = arr
+            .iter()
+            .map(|b| b.map_err(map_err(m::BACKENDS)))
+            .collect::<Result<_, _>>()?;
+        let h: HashMap<_, EndpointKey, Endpoint> = self.typed_ref(m::ENDPOINTS)?;
+        let endpoints = h
+            .iter()
+            .map(|e| e.map_err(map_err(m::ENDPOINTS)))
+            .collect::<Result<_, _>>()?;
+        Ok(AdoptedMaps {
+            backends,
+            endpoints,
+        })
     }
 
     /// Removes VIP entries and invalidates backend slots that are not in the given sets:
@@ -544,9 +558,9 @@ impl DataPath {
         self.count_keys::<FlowKey, ConnValue>(m::CONNTRACK, self.opts.conntrack_size)
     }
 
-    /// Entries in the reverse-NAT table.
-    pub fn nat_entries(&self) -> Result<usize, DataPathError> {
-        self.count_keys::<FlowKey, NatValue>(m::NAT, self.opts.conntrack_size)
+    /// Entries in the endpoint map (one per backend of an L3 VIP).
+    pub fn endpoint_entries(&self) -> Result<usize, DataPathError> {
+        self.count_keys::<EndpointKey, Endpoint>(m::ENDPOINTS, self.opts.max_backends)
     }
 
     /// Entries in the VIP map (VIPs plus one address entry per VIP address).
@@ -624,6 +638,12 @@ impl DataPath {
         Ok(a.get(&m::CONFIG_DEBUG, 0).map_err(map_err(m::CONFIG))? != 0)
     }
 
+    /// Removes a flow's connection-table entry, as an LRU eviction would (tests).
+    pub fn forget_flow(&mut self, key: &FlowKey) -> Result<(), DataPathError> {
+        let mut ct: HashMap<_, FlowKey, ConnValue> = self.typed(m::CONNTRACK)?;
+        ct.remove(key).map_err(map_err(m::CONNTRACK))
+    }
+
     /// The connection-table entry of a flow, if any.
     pub fn conntrack(&self, key: &FlowKey) -> Result<Option<ConnValue>, DataPathError> {
         let ct: HashMap<_, FlowKey, ConnValue> = self.typed_ref(m::CONNTRACK)?;
@@ -665,13 +685,13 @@ fn check_pinned_layout(dir: &std::path::Path, o: &LoadOptions) -> Result<(), Dat
     // (name, key size, value size (None: not checked), max entries)
     let expected: [(&'static str, u32, Option<u32>, u32); 13] = [
         (
-            m::NAT,
-            size_of::<FlowKey>() as u32,
-            Some(size_of::<NatValue>() as u32),
-            o.conntrack_size,
+            m::ENDPOINTS,
+            size_of::<EndpointKey>() as u32,
+            Some(size_of::<Endpoint>() as u32),
+            o.max_backends,
         ),
         (m::CONFIG, 4, Some(4), m::CONFIG_SLOTS),
-        (m::RECORD_WINDOW, 4, Some(16), 1),
+        (m::RECORD_WINDOW, 4, Some(16), m::WINDOWS),
         (
             m::ADDR_FILTER,
             4,
@@ -739,7 +759,7 @@ fn check_pinned_layout(dir: &std::path::Path, o: &LoadOptions) -> Result<(), Dat
 
 /// Every map, for pinning.
 const ALL_MAPS: [&str; 13] = [
-    m::NAT,
+    m::ENDPOINTS,
     m::CONFIG,
     m::RECORD_WINDOW,
     m::ADDR_FILTER,
@@ -753,6 +773,28 @@ const ALL_MAPS: [&str; 13] = [
     m::BACKEND_STATS,
     m::STATS,
 ];
+
+/// Maps earlier versions pinned that this one no longer has: `--cleanup` removes their pins
+/// too, or they would stay in bpffs for good. `XDPLB_NAT`: the reverse-NAT table, replaced by
+/// the endpoint map and the connection table.
+const RETIRED_MAPS: [&str; 1] = ["XDPLB_NAT"];
+
+/// Loads the programs the balancer tail-calls and puts them in its program array (ICMP
+/// errors run in their own program: their translation needs a stack of its own).
+fn fill_jump_table(ebpf: &mut Ebpf) -> Result<(), DataPathError> {
+    let fd = program(ebpf, m::PROG_ICMP)?
+        .fd()
+        .and_then(|fd| fd.try_clone().map_err(aya::programs::ProgramError::from))
+        .map_err(|source| DataPathError::Program {
+            what: format!("program {}", m::PROG_ICMP),
+            source,
+        })?;
+    let map = ebpf
+        .map_mut(m::JUMP)
+        .ok_or_else(|| DataPathError::Option(format!("map {} is not in the object", m::JUMP)))?;
+    let mut jump = aya::maps::ProgramArray::try_from(map).map_err(map_err(m::JUMP))?;
+    jump.set(m::JUMP_ICMP, &fd, 0).map_err(map_err(m::JUMP))
+}
 
 /// Program `name` of the object, loaded (verified) on first use.
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp, DataPathError> {
@@ -842,6 +884,23 @@ impl MapWriter for KernelMaps<'_> {
         self.write(m::BACKENDS, |a: &mut Array<&mut MapData, BackendInfo>| {
             a.set(id, info, 0)
         })
+    }
+
+    fn put_endpoint(&mut self, key: &EndpointKey, value: &Endpoint) -> Result<(), MirrorError> {
+        self.write(
+            m::ENDPOINTS,
+            |h: &mut HashMap<&mut MapData, EndpointKey, Endpoint>| h.insert(key, value, 0),
+        )
+    }
+
+    fn del_endpoint(&mut self, key: &EndpointKey) -> Result<(), MirrorError> {
+        self.write(
+            m::ENDPOINTS,
+            |h: &mut HashMap<&mut MapData, EndpointKey, Endpoint>| match h.remove(key) {
+                Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+                r => r,
+            },
+        )
     }
 
     fn reset_counters(&mut self, vip: bool, id: u32) -> Result<(), MirrorError> {

@@ -6,6 +6,9 @@
 //!   after no slot does; a changed ring is written slot by slot, and every slot is valid on its
 //!   own (old or new owner), as in Katran;
 //! * a removed VIP disappears from the VIP map first;
+//! * an L3 backend's endpoint (how the data path matches its replies) appears after its backend
+//!   entry, before the ring of an existing VIP names the backend, and goes before the backend
+//!   id is released, so an endpoint never names a backend entry that is invalid;
 //! * the address filters gain an address's bit before its VIP or L3 backend appears and lose
 //!   it only after they are gone.
 //!
@@ -13,7 +16,7 @@
 //! maps exactly as they were.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::IpAddr,
 };
 
@@ -23,14 +26,14 @@ use lb_common::{
     maps::{
         ring_lines, RingLine, FILTER_KINDS, FILTER_REPLY, FILTER_VIP, FILTER_WORDS, RING_LINE_SLOTS,
     },
-    BackendInfo, FlowKey, VipInfo, VipKey, BACKEND_F_VALID, NO_BACKEND, VIP_F_ADDRESS,
-    VIP_F_MODE_L3,
+    BackendInfo, Endpoint, EndpointKey, FlowKey, VipInfo, VipKey, BACKEND_F_VALID, NO_BACKEND,
+    VIP_F_ADDRESS, VIP_F_MODE_L3,
 };
 use thiserror::Error;
 
 use crate::{
     maglev::{self, RingMember},
-    model::{BackendTarget, Mode, VipAddr, VipState},
+    model::{BackendTarget, EndpointConflict, Mode, ReplyEndpoints, VipAddr, VipState},
 };
 
 /// The writes the mirror needs; the kernel maps implement it, and tests record it.
@@ -38,6 +41,10 @@ pub trait MapWriter {
     fn put_vip(&mut self, key: &VipKey, info: &VipInfo) -> Result<(), MirrorError>;
     fn del_vip(&mut self, key: &VipKey) -> Result<(), MirrorError>;
     fn put_backend(&mut self, id: u32, info: &BackendInfo) -> Result<(), MirrorError>;
+    /// Endpoints of L3 backends (`lb_common::maps::ENDPOINTS`).
+    fn put_endpoint(&mut self, key: &EndpointKey, value: &Endpoint) -> Result<(), MirrorError>;
+    /// Removes an endpoint; one that is not there is no error.
+    fn del_endpoint(&mut self, key: &EndpointKey) -> Result<(), MirrorError>;
     /// Ring lines (`lb_common::maps::RING`): `values[i]` at index `lines[i]`.
     fn put_ring_lines(&mut self, lines: &[u32], values: &[RingLine]) -> Result<(), MirrorError>;
     /// Words of the address filters (`lb_common::maps::ADDR_FILTER`): `words[i]` at `indexes[i]`.
@@ -67,6 +74,8 @@ pub enum MirrorError {
     },
     #[error("backend {backend} of VIP {vip} has a port, but only L3 (NAT) mode can rewrite ports")]
     PortNeedsL3 { vip: VipAddr, backend: IpAddr },
+    #[error(transparent)]
+    SharedEndpoint(#[from] EndpointConflict),
     #[error("writing map {map} failed: {reason}")]
     Map { map: &'static str, reason: String },
 }
@@ -97,6 +106,27 @@ pub struct SnapshotVip {
     pub backends: Vec<(IpAddr, u32)>,
 }
 
+/// What a restarted daemon reads from the maps it adopted: they, not the saved ids, say what
+/// the data path holds.
+#[derive(Clone, Debug, Default)]
+pub struct AdoptedMaps {
+    /// The backend array, by id.
+    pub backends: Vec<BackendInfo>,
+    /// Every entry of the endpoint map.
+    pub endpoints: Vec<(EndpointKey, Endpoint)>,
+}
+
+impl AdoptedMaps {
+    /// The port (host order, 0 for none) of the backend `addr` holding id `id`, or 0 when the
+    /// entry is another backend's: then the id is not known to be this backend's endpoint.
+    fn port_of(&self, id: u32, addr: IpAddr) -> u16 {
+        self.backends
+            .get(id as usize)
+            .filter(|b| b.addr == addr::to_words(addr) && b.family == addr::family(addr))
+            .map_or(0, |b| u16::from_be(b.port))
+    }
+}
+
 struct MirroredVip {
     id: u32,
     flags: u32,
@@ -121,6 +151,11 @@ pub struct Mirror {
     generations: Vec<u32>,
     /// Address-filter words last written (None: unknown, all written on the next sync).
     filter: Option<Vec<u64>>,
+    /// Endpoint entries this mirror wrote, as the map holds them.
+    endpoints: HashMap<EndpointKey, Endpoint>,
+    /// Endpoint entries found in adopted maps and not rewritten yet: removed before the
+    /// backend they name is released, and at the end of a sync if no wanted backend has them.
+    adopted_endpoints: HashMap<EndpointKey, Endpoint>,
 }
 
 impl Mirror {
@@ -135,6 +170,8 @@ impl Mirror {
             free_backend_ids: (0..max_backends).collect(),
             generations: vec![0; max_backends as usize],
             filter: None,
+            endpoints: HashMap::new(),
+            adopted_endpoints: HashMap::new(),
         }
     }
 
@@ -154,25 +191,23 @@ impl Mirror {
     }
 
     /// The mirror of maps adopted from an earlier daemon: ids from its snapshot, generations
-    /// as read from the backend map. Contents are treated as unknown, so the next `sync`
-    /// rewrites every entry and every ring slot of the kept VIPs (each write is valid on its
-    /// own) and removes what is no longer wanted. Snapshot entries that do not fit the limits
-    /// are ignored.
+    /// and backend ports as read from the backend map (an L3 backend whose port differed
+    /// would get a new id, and its flows would be placed again). Contents are treated as
+    /// unknown, so the next `sync` rewrites every entry and every ring slot of the kept VIPs
+    /// (each write is valid on its own) and removes what is no longer wanted, endpoints
+    /// included. Snapshot entries that do not fit the limits are ignored.
     pub fn restore(
         ring_size: u32,
         max_vips: u32,
         max_backends: u32,
         snap: &MirrorSnapshot,
-        generations: Vec<u32>,
+        maps: &AdoptedMaps,
     ) -> Self {
         let mut m = Mirror::new(ring_size, max_vips, max_backends);
-        for (i, g) in generations
-            .into_iter()
-            .enumerate()
-            .take(max_backends as usize)
-        {
-            m.generations[i] = g;
+        for (i, b) in maps.backends.iter().enumerate().take(max_backends as usize) {
+            m.generations[i] = b.generation;
         }
+        m.adopted_endpoints = maps.endpoints.iter().copied().collect();
         for v in &snap.vips {
             if !m.free_vip_ids.remove(&v.id) {
                 continue;
@@ -187,7 +222,7 @@ impl Mirror {
                         mac: crate::model::Mac([0; 6]),
                         ifindex: u32::MAX,
                         src_mac: crate::model::Mac([0; 6]),
-                        port: 0,
+                        port: maps.port_of(*id, *addr),
                     };
                     backends.insert(*addr, (*id, unknown));
                 }
@@ -301,8 +336,22 @@ impl Mirror {
         for state in desired {
             self.apply_vip(w, state, &mut report)?;
         }
+        self.remove_adopted_endpoints(w)?;
         self.write_filter(w, wanted_filter)?;
         Ok(report)
+    }
+
+    /// Removes the endpoints of adopted maps that no wanted backend rewrote (every wanted one
+    /// was by now): leftovers of VIPs, modes or ports the earlier daemon had. Before the
+    /// address filters lose their bits, and before `DataPath::sweep` invalidates the backends
+    /// no VIP holds.
+    fn remove_adopted_endpoints(&mut self, w: &mut dyn MapWriter) -> Result<(), MirrorError> {
+        let left: Vec<EndpointKey> = self.adopted_endpoints.keys().copied().collect();
+        for key in left {
+            w.del_endpoint(&key)?;
+            self.adopted_endpoints.remove(&key);
+        }
+        Ok(())
     }
 
     /// Filter words for what the maps hold now. A VIP restored with unknown flags counts as
@@ -333,10 +382,18 @@ impl Mirror {
     /// Checks `desired` against the limits and itself without writing (`sync` does it first).
     pub fn validate(&self, desired: &[VipState]) -> Result<(), MirrorError> {
         let mut seen = BTreeSet::new();
+        // One owner per endpoint key: the mirror would otherwise overwrite one VIP's endpoint
+        // with another's.
+        let mut endpoints = ReplyEndpoints::default();
         for state in desired {
             let vip = state.spec.addr;
             if !seen.insert(vip) {
                 return Err(MirrorError::DuplicateVip(vip));
+            }
+            if state.spec.mode == Mode::L3 {
+                for b in &state.backends {
+                    endpoints.claim(vip, b.addr, Some(b.port).filter(|p| *p != 0))?;
+                }
             }
             if let Some(b) = state
                 .backends
@@ -419,7 +476,7 @@ impl Mirror {
             w.del_vip(&addr.address_key())?;
         }
         for (id, target) in vip.backends.values() {
-            self.release_backend(w, *id, target)?;
+            self.release_backend(w, addr, *id, target)?;
             report.backends_written += 1;
         }
         self.free_vip_ids.insert(vip.id);
@@ -438,7 +495,8 @@ impl Mirror {
         if let Some(v) = self.vips.get(&addr) {
             if v.flags != UNKNOWN_FLAGS && (v.flags ^ flags) & VIP_F_MODE_L3 != 0 {
                 // A mode change re-places every flow: connection-table entries made in the
-                // other mode have no reverse-NAT entries (or do not need them).
+                // other mode were not recorded for replies (or do not need them), and an L3
+                // VIP's endpoints go before its backends leave.
                 self.remove_vip(w, &addr, &BTreeSet::from([addr]), report)?;
             }
         }
@@ -484,22 +542,14 @@ impl Mirror {
                     continue;
                 }
                 // A new port is a new endpoint: a new id makes the flows' connection-table
-                // entries stale, so they are placed again and get reverse-NAT entries that
-                // match the replies.
+                // entries stale, so they are placed again on the endpoint their replies come
+                // from.
                 Some((old_id, old)) if old.port != target.port => {
                     replaced.push((old_id, old));
-                    let id = self.take_id(false)?;
-                    self.generations[id as usize] = self.generations[id as usize].wrapping_add(1);
-                    w.reset_counters(false, id)?;
-                    id
+                    self.new_backend_id(w)?
                 }
                 Some((id, _)) => id,
-                None => {
-                    let id = self.take_id(false)?;
-                    self.generations[id as usize] = self.generations[id as usize].wrapping_add(1);
-                    w.reset_counters(false, id)?;
-                    id
-                }
+                None => self.new_backend_id(w)?,
             };
             w.put_backend(id, &self.backend_info(id, target))?;
             report.backends_written += 1;
@@ -508,6 +558,12 @@ impl Mirror {
                 .unwrap()
                 .backends
                 .insert(target.addr, (id, target.clone()));
+        }
+
+        // 1b. Endpoints of an existing VIP before its ring names a new backend: the replies
+        // of its first flows must be recognised.
+        if !is_new {
+            self.write_endpoints(w, state)?;
         }
 
         // 2. The ring, slot by slot where it changed (every slot of a new VIP).
@@ -542,7 +598,14 @@ impl Mirror {
         w.put_ring_lines(&lines, &values)?;
         report.ring_slots_written += writes.len();
 
+        // 2b. A new VIP's endpoints once its ring is whole: none of its flows exists before
+        // its entry appears, and until now its ring lines may hold a removed VIP's slots.
+        if is_new {
+            self.write_endpoints(w, state)?;
+        }
+
         // 3. The VIP entry (new VIPs appear only now, fully built), flags when they changed.
+        let vip = &self.vips[&addr];
         let vip_id = vip.id;
         if is_new || vip.flags != flags {
             w.put_vip(&addr.key(), &VipInfo { id: vip_id, flags })?;
@@ -571,8 +634,87 @@ impl Mirror {
         vip.backends.retain(|a, _| desired.contains_key(a));
         vip.digest = Some(digest_of(&vip.ring, &vip.backends));
         for (id, target) in removed.into_iter().chain(replaced) {
-            self.release_backend(w, id, &target)?;
+            self.release_backend(w, &addr, id, &target)?;
             report.backends_written += 1;
+        }
+        Ok(())
+    }
+
+    /// Writes the endpoint of each backend of an L3 VIP where the map holds another value
+    /// (new backend, new port or generation, new flags, or an entry adopted from an earlier
+    /// daemon). Every backend of `state` holds its id and a valid entry by now.
+    fn write_endpoints(
+        &mut self,
+        w: &mut dyn MapWriter,
+        state: &VipState,
+    ) -> Result<(), MirrorError> {
+        if state.spec.mode != Mode::L3 {
+            return Ok(());
+        }
+        let addr = state.spec.addr;
+        let vip = &self.vips[&addr];
+        let wanted: Vec<(EndpointKey, Endpoint)> = state
+            .backends
+            .iter()
+            .map(|t| {
+                let id = vip.backends[&t.addr].0;
+                let value = Endpoint {
+                    vip_addr: addr::to_words(addr.ip),
+                    vip_port: addr.port.to_be(),
+                    _pad: 0,
+                    vip: vip.id,
+                    vip_flags: state.spec.flags(),
+                    backend: id,
+                    generation: self.generations[id as usize],
+                };
+                (endpoint_key(&addr, t), value)
+            })
+            .collect();
+        for (key, value) in wanted {
+            if self.endpoints.get(&key) == Some(&value) {
+                continue;
+            }
+            w.put_endpoint(&key, &value)?;
+            self.adopted_endpoints.remove(&key);
+            self.endpoints.insert(key, value);
+        }
+        Ok(())
+    }
+
+    /// Removes the endpoints that name backend `id` of `vip` (its own, and any an adopted map
+    /// had), so none names it once it is released. An endpoint another backend took over in
+    /// this sync (a port moved between VIPs) is that backend's and stays.
+    fn remove_endpoints(
+        &mut self,
+        w: &mut dyn MapWriter,
+        vip: &VipAddr,
+        id: u32,
+        t: &BackendTarget,
+    ) -> Result<(), MirrorError> {
+        let own = endpoint_key(vip, t);
+        if self.endpoints.get(&own).is_some_and(|e| e.backend == id) {
+            w.del_endpoint(&own)?;
+            self.endpoints.remove(&own);
+        }
+        self.remove_adopted_endpoints_of(w, id)
+    }
+
+    /// Removes the entries of adopted maps that name backend `id` (only right after a
+    /// restart are there any).
+    fn remove_adopted_endpoints_of(
+        &mut self,
+        w: &mut dyn MapWriter,
+        id: u32,
+    ) -> Result<(), MirrorError> {
+        let naming: Vec<EndpointKey> = self
+            .adopted_endpoints
+            .iter()
+            .filter(|(_, e)| e.backend == id)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in naming {
+            w.del_endpoint(&key)?;
+            self.adopted_endpoints.remove(&key);
         }
         Ok(())
     }
@@ -598,6 +740,16 @@ impl Mirror {
         set.pop_first().ok_or(err)
     }
 
+    /// Hands out a backend id for a new holder: a new generation (flows recorded for the last
+    /// holder become stale), zeroed counters, and no adopted endpoint left naming it.
+    fn new_backend_id(&mut self, w: &mut dyn MapWriter) -> Result<u32, MirrorError> {
+        let id = self.take_id(false)?;
+        self.generations[id as usize] = self.generations[id as usize].wrapping_add(1);
+        w.reset_counters(false, id)?;
+        self.remove_adopted_endpoints_of(w, id)?;
+        Ok(id)
+    }
+
     fn backend_info(&self, id: u32, t: &BackendTarget) -> BackendInfo {
         BackendInfo {
             addr: addr::to_words(t.addr),
@@ -612,19 +764,33 @@ impl Mirror {
         }
     }
 
-    /// Marks a backend id free: connection-table entries that still name it become stale and
-    /// their flows are re-balanced by the data path.
+    /// Marks a backend id free, after removing its endpoint: connection-table entries that
+    /// still name it become stale and their flows are re-balanced by the data path.
     fn release_backend(
         &mut self,
         w: &mut dyn MapWriter,
+        vip: &VipAddr,
         id: u32,
         t: &BackendTarget,
     ) -> Result<(), MirrorError> {
+        self.remove_endpoints(w, vip, id, t)?;
         let mut info = self.backend_info(id, t);
         info.flags = 0;
         w.put_backend(id, &info)?;
         self.free_backend_ids.insert(id);
         Ok(())
+    }
+}
+
+/// Where the replies of backend `t` of L3 VIP `vip` come from: its address, its port (the
+/// VIP's when it has none; 0 for an all-ports VIP), the VIP's protocol and family.
+fn endpoint_key(vip: &VipAddr, t: &BackendTarget) -> EndpointKey {
+    let port = if t.port != 0 { t.port } else { vip.port };
+    EndpointKey {
+        addr: addr::to_words(t.addr),
+        port: port.to_be(),
+        proto: vip.proto.number(),
+        family: addr::family(vip.ip),
     }
 }
 
@@ -669,14 +835,19 @@ mod tests {
     use super::*;
     use crate::model::{HashFields, Mac, VipSpec};
 
-    /// Records writes and keeps a copy of the maps, like the kernel would.
-    #[derive(Default)]
+    /// Records writes and keeps a copy of the maps, like the kernel would. It also checks the
+    /// endpoints' invariant on every write: an endpoint names a valid backend entry of the
+    /// same generation.
+    #[derive(Clone, Default)]
     struct FakeMaps {
         vips: BTreeMap<(Vec<u32>, u16, u8), VipInfo>,
         backends: BTreeMap<u32, BackendInfo>,
         ring: BTreeMap<u32, u32>,
         filter: BTreeMap<u32, u64>,
+        endpoints: HashMap<EndpointKey, Endpoint>,
         log: Vec<String>,
+        /// Log length at each ring write (ring writes are not logged).
+        ring_writes: Vec<usize>,
     }
 
     impl FakeMaps {
@@ -715,7 +886,33 @@ mod tests {
         }
         fn put_backend(&mut self, id: u32, i: &BackendInfo) -> Result<(), MirrorError> {
             self.log.push(format!("backend {id} valid={}", i.flags));
+            for e in self.endpoints.values().filter(|e| e.backend == id) {
+                assert!(
+                    i.flags & BACKEND_F_VALID != 0 && i.generation == e.generation,
+                    "backend {id} written as {i:?} while endpoint {e:?} names it: {:?}",
+                    self.writes()
+                );
+            }
             self.backends.insert(id, *i);
+            Ok(())
+        }
+        fn put_endpoint(&mut self, k: &EndpointKey, e: &Endpoint) -> Result<(), MirrorError> {
+            self.log.push(format!("endpoint+ {}", e.backend));
+            let b = self.backends.get(&e.backend);
+            assert!(
+                b.is_some_and(|b| b.flags & BACKEND_F_VALID != 0 && b.generation == e.generation),
+                "endpoint {e:?} names backend entry {b:?}: {:?}",
+                self.writes()
+            );
+            self.endpoints.insert(*k, *e);
+            Ok(())
+        }
+        fn del_endpoint(&mut self, k: &EndpointKey) -> Result<(), MirrorError> {
+            let gone = self.endpoints.remove(k);
+            self.log.push(format!(
+                "endpoint- {}",
+                gone.map_or("absent".into(), |e| e.backend.to_string())
+            ));
             Ok(())
         }
         fn put_filter_words(&mut self, indexes: &[u32], words: &[u64]) -> Result<(), MirrorError> {
@@ -737,6 +934,7 @@ mod tests {
             lines: &[u32],
             values: &[RingLine],
         ) -> Result<(), MirrorError> {
+            self.ring_writes.push(self.log.len());
             for (line, value) in lines.iter().zip(values) {
                 for (j, b) in value.iter().enumerate() {
                     self.ring.insert(line * RING_LINE_SLOTS + j as u32, *b);
@@ -1060,6 +1258,335 @@ mod tests {
                 maps.log.len(),
                 log,
                 "a refused request wrote something: {err}"
+            );
+        }
+    }
+
+    impl FakeMaps {
+        /// What a restarted daemon would read from these maps.
+        fn adopted(&self, max_backends: u32) -> AdoptedMaps {
+            AdoptedMaps {
+                backends: (0..max_backends)
+                    .map(|i| self.backends.get(&i).copied().unwrap_or_default())
+                    .collect(),
+                endpoints: self.endpoints.iter().map(|(k, v)| (*k, *v)).collect(),
+            }
+        }
+
+        fn position(&self, line: &str) -> usize {
+            self.log
+                .iter()
+                .position(|l| l == line)
+                .unwrap_or_else(|| panic!("no {line:?} in {:?}", self.writes()))
+        }
+
+        fn count(&self, prefix: &str) -> usize {
+            self.log.iter().filter(|l| l.starts_with(prefix)).count()
+        }
+
+        /// The log without the (many) filter writes, for failure messages.
+        fn writes(&self) -> Vec<&str> {
+            let not_filter = |l: &&String| !l.starts_with("filter");
+            self.log
+                .iter()
+                .filter(not_filter)
+                .map(String::as_str)
+                .collect()
+        }
+    }
+
+    /// L3 VIP 10.0.0.200:`port`/tcp (IPv6: [fd00::200]) with backends 10.0.2.1..=n
+    /// (fd00:2::1..), each with port `backend_port` (0: none).
+    fn l3(port: u16, n: u8, backend_port: u16, v6: bool) -> VipState {
+        let ip: IpAddr = if v6 {
+            "fd00::200".parse().unwrap()
+        } else {
+            "10.0.0.200".parse().unwrap()
+        };
+        let backend = |i: u8| BackendTarget {
+            addr: if v6 {
+                IpAddr::from([0xfd00, 2, 0, 0, 0, 0, 0, u16::from(i)])
+            } else {
+                IpAddr::from([10, 0, 2, i])
+            },
+            mac: Mac::default(),
+            port: backend_port,
+            ..target(i, 1)
+        };
+        VipState {
+            spec: VipSpec {
+                addr: VipAddr {
+                    ip,
+                    port,
+                    proto: crate::model::Proto::Tcp,
+                },
+                mode: Mode::L3,
+                hash: HashFields::FiveTuple,
+            },
+            backends: (1..=n).map(backend).collect(),
+        }
+    }
+
+    fn key_of(v: &VipState, b: usize) -> EndpointKey {
+        endpoint_key(&v.spec.addr, &v.backends[b])
+    }
+
+    fn id_of(m: &Mirror, v: &VipState, b: usize) -> u32 {
+        m.backend_id(&v.spec.addr, v.backends[b].addr).unwrap()
+    }
+
+    #[test]
+    fn l3_backends_have_endpoints_that_follow_them() {
+        let mut maps = FakeMaps::default();
+        let mut mirror = Mirror::new(M, 4, 16);
+        let mut v = l3(80, 3, 8080, false);
+        mirror.sync(&mut maps, &[v.clone()]).unwrap();
+        let vip_id = mirror.vip_id(&v.spec.addr).unwrap();
+        assert_eq!(maps.endpoints.len(), 3);
+        for (i, b) in v.backends.iter().enumerate() {
+            let id = id_of(&mirror, &v, i);
+            let key = EndpointKey {
+                addr: addr::to_words(b.addr),
+                port: 8080u16.to_be(),
+                proto: 6,
+                family: addr::FAMILY_V4,
+            };
+            let want = Endpoint {
+                vip_addr: addr::to_words(v.spec.addr.ip),
+                vip_port: 80u16.to_be(),
+                _pad: 0,
+                vip: vip_id,
+                vip_flags: VIP_F_MODE_L3,
+                backend: id,
+                generation: maps.backends[&id].generation,
+            };
+            assert_eq!(maps.endpoints.get(&key), Some(&want));
+        }
+        // A new VIP's endpoints: after its ring, before its entry.
+        let first = maps.log.iter().position(|l| l.starts_with("endpoint+"));
+        assert!(first.unwrap() >= maps.ring_writes[0]);
+        assert!(first.unwrap() < maps.position("vip+ 6"));
+
+        // A hash change rewrites them in place: same ids, new flags.
+        v.spec.hash = HashFields::SrcIp;
+        maps.log.clear();
+        mirror.sync(&mut maps, &[v.clone()]).unwrap();
+        assert_eq!(maps.count("endpoint+"), 3, "{:?}", maps.writes());
+        assert_eq!(maps.count("backend"), 0, "{:?}", maps.writes());
+        assert!(maps
+            .endpoints
+            .values()
+            .all(|e| e.vip_flags == VIP_F_MODE_L3 | lb_common::VIP_F_HASH_SRC_IP));
+
+        // Draining keeps the endpoint (the backend's flows go on) and writes none.
+        v.backends[0].weight = 0;
+        maps.log.clear();
+        mirror.sync(&mut maps, &[v.clone()]).unwrap();
+        assert_eq!(maps.count("endpoint"), 0, "{:?}", maps.writes());
+        assert!(maps.endpoints.contains_key(&key_of(&v, 0)));
+
+        // A new backend's endpoint is there before the ring names it.
+        v.backends.push(BackendTarget {
+            port: 8080,
+            ..l3(80, 4, 8080, false).backends[3].clone()
+        });
+        maps.log.clear();
+        maps.ring_writes.clear();
+        mirror.sync(&mut maps, &[v.clone()]).unwrap();
+        let added = id_of(&mirror, &v, 3);
+        assert!(maps.position(&format!("endpoint+ {added}")) <= maps.ring_writes[0]);
+
+        // A port change: the old endpoint goes before the old id is released, the new one
+        // names the new id.
+        let (old_key, old_id) = (key_of(&v, 1), id_of(&mirror, &v, 1));
+        v.backends[1].port = 9090;
+        maps.log.clear();
+        mirror.sync(&mut maps, &[v.clone()]).unwrap();
+        assert!(
+            maps.position(&format!("endpoint- {old_id}"))
+                < maps.position(&format!("backend {old_id} valid=0"))
+        );
+        assert!(!maps.endpoints.contains_key(&old_key));
+        assert_eq!(
+            maps.endpoints[&key_of(&v, 1)].backend,
+            id_of(&mirror, &v, 1)
+        );
+
+        // A removed backend: its endpoint goes before its entry is invalidated.
+        let gone = id_of(&mirror, &v, 2);
+        v.backends.remove(2);
+        maps.log.clear();
+        mirror.sync(&mut maps, &[v.clone()]).unwrap();
+        assert!(
+            maps.position(&format!("endpoint- {gone}"))
+                < maps.position(&format!("backend {gone} valid=0"))
+        );
+        assert_eq!(maps.endpoints.len(), v.backends.len());
+    }
+
+    #[test]
+    fn endpoints_go_with_their_vip_and_its_l3_mode() {
+        let mut maps = FakeMaps::default();
+        let mut mirror = Mirror::new(M, 4, 16);
+        // Backends without a port are reached on the VIP's; an all-ports VIP's on every port.
+        let v = l3(80, 2, 0, false);
+        let all = l3(0, 1, 0, true);
+        mirror.sync(&mut maps, &[v.clone(), all.clone()]).unwrap();
+        assert_eq!(key_of(&v, 0).port, 80u16.to_be());
+        let all_key = key_of(&all, 0);
+        assert_eq!((all_key.port, all_key.family), (0, addr::FAMILY_V6));
+        assert_eq!(maps.endpoints[&all_key].vip_port, 0);
+        assert_eq!(maps.endpoints.len(), 3);
+
+        // L3 -> L2: the endpoints go (before the ids are released: FakeMaps checks), none come.
+        let mut l2 = v.clone();
+        l2.spec.mode = Mode::L2;
+        mirror.sync(&mut maps, &[l2.clone(), all.clone()]).unwrap();
+        assert_eq!(maps.endpoints.len(), 1);
+        // And back: new ids, new endpoints.
+        mirror.sync(&mut maps, &[v.clone(), all.clone()]).unwrap();
+        assert_eq!(
+            maps.endpoints[&key_of(&v, 1)].backend,
+            id_of(&mirror, &v, 1)
+        );
+
+        // A removed VIP: its entry first, then its endpoints, then its backends.
+        maps.log.clear();
+        let gone = id_of(&mirror, &all, 0);
+        mirror.sync(&mut maps, std::slice::from_ref(&v)).unwrap();
+        let endpoint_out = maps.position(&format!("endpoint- {gone}"));
+        assert!(maps.position("vip- 6") < endpoint_out);
+        assert!(endpoint_out < maps.position(&format!("backend {gone} valid=0")));
+        mirror.sync(&mut maps, &[]).unwrap();
+        assert!(maps.endpoints.is_empty());
+    }
+
+    #[test]
+    fn a_restored_mirror_keeps_every_id_and_rewrites_every_endpoint() {
+        let l2_v6 = VipState {
+            spec: VipSpec {
+                addr: "[fd00::100]:80/tcp".parse().unwrap(),
+                ..vip(80, 0).spec
+            },
+            backends: (1..=2)
+                .map(|i| BackendTarget {
+                    addr: IpAddr::from([0xfd00, 1, 0, 0, 0, 0, 0, u16::from(i)]),
+                    ..target(i, 1)
+                })
+                .collect(),
+        };
+        // Every backend form: ADDR:PORT (IPv4, IPv6), ADDR in L3, L2 (IPv4, IPv6).
+        let mut desired = vec![
+            l3(80, 3, 8080, false),
+            l3(443, 3, 8443, true),
+            l3(81, 2, 0, false),
+            vip(80, 3),
+            l2_v6,
+        ];
+        let mut maps = FakeMaps::default();
+        let mut first = Mirror::new(M, 8, 32);
+        first.sync(&mut maps, &desired).unwrap();
+        // Some history, so generations differ from the first ones.
+        desired[0].backends[0].port = 9090;
+        first.sync(&mut maps, &desired).unwrap();
+        // Every VIP's id and ring digest, every backend's id, in order.
+        let ids = |m: &Mirror| -> Vec<Option<u64>> {
+            desired
+                .iter()
+                .flat_map(|v| {
+                    let a = v.spec.addr;
+                    let backends = v.backends.iter().map(move |b| m.backend_id(&a, b.addr));
+                    std::iter::once(m.vip_id(&a))
+                        .chain(backends)
+                        .map(|id| id.map(u64::from))
+                        .chain([m.ring_digest(&a)])
+                })
+                .collect()
+        };
+        let before = (ids(&first), maps.backends.clone(), maps.endpoints.clone());
+
+        let mut second = Mirror::restore(M, 8, 32, &first.snapshot(), &maps.adopted(32));
+        maps.log.clear();
+        second.sync(&mut maps, &desired).unwrap();
+        assert_eq!(
+            maps.count("reset"),
+            0,
+            "no id handed out anew: {:?}",
+            maps.writes()
+        );
+        let after = (ids(&second), maps.backends.clone(), maps.endpoints.clone());
+        assert_eq!(after, before, "ids, generations, endpoints as before");
+        assert_eq!(maps.count("endpoint+"), 8, "every endpoint rewritten");
+        assert_eq!(maps.count("endpoint-"), 0, "{:?}", maps.writes());
+    }
+
+    #[test]
+    fn endpoints_left_in_adopted_maps_are_removed_in_order() {
+        let (a, b) = (l3(80, 3, 8080, false), l3(81, 3, 8081, false));
+        let mut maps = FakeMaps::default();
+        let mut first = Mirror::new(M, 4, 16);
+        first.sync(&mut maps, &[a.clone(), b.clone()]).unwrap();
+        // A change the earlier daemon wrote but did not live to save: id 6 and its endpoint.
+        let valid = BackendInfo {
+            flags: BACKEND_F_VALID,
+            generation: 5,
+            ..BackendInfo::default()
+        };
+        maps.backends.insert(6, valid);
+        let stray = EndpointKey {
+            addr: addr::to_words(IpAddr::from([10, 0, 2, 9])),
+            port: 9999u16.to_be(),
+            proto: 6,
+            family: addr::FAMILY_V4,
+        };
+        let named = Endpoint {
+            backend: 6,
+            generation: 5,
+            ..Endpoint::default()
+        };
+        maps.endpoints.insert(stray, named);
+        let snap = first.snapshot();
+
+        // Both VIPs kept and a backend added: it takes id 6 (new generation) once the stray
+        // endpoint naming 6 is gone (FakeMaps checks).
+        let mut more = a.clone();
+        more.backends
+            .push(l3(80, 4, 8080, false).backends[3].clone());
+        let mut kept = maps.clone();
+        let mut second = Mirror::restore(M, 4, 16, &snap, &kept.adopted(16));
+        second.sync(&mut kept, &[more.clone(), b.clone()]).unwrap();
+        assert_eq!(id_of(&second, &more, 3), 6);
+        assert!(!kept.endpoints.contains_key(&stray));
+        assert_eq!(kept.endpoints.len(), 7);
+
+        // A VIP removed while no daemon ran: its endpoints go before its ids are released,
+        // the stray one at the end of the sync.
+        let mut third = Mirror::restore(M, 4, 16, &snap, &maps.adopted(16));
+        third.sync(&mut maps, std::slice::from_ref(&a)).unwrap();
+        assert!(!maps.endpoints.contains_key(&stray));
+        let vip_a = third.vip_id(&a.spec.addr).unwrap();
+        assert_eq!(maps.endpoints.len(), 3);
+        assert!(maps.endpoints.values().all(|e| e.vip == vip_a));
+    }
+
+    #[test]
+    fn two_l3_vips_on_one_endpoint_are_refused() {
+        let mut maps = FakeMaps::default();
+        let mut mirror = Mirror::new(M, 4, 16);
+        let all = l3(0, 1, 0, false);
+        let one = l3(80, 1, 8080, false);
+        let same_port = l3(81, 1, 8080, false);
+        for req in [
+            vec![all.clone(), one.clone()],
+            vec![one.clone(), all.clone()],
+            vec![one.clone(), same_port],
+        ] {
+            let err = mirror.sync(&mut maps, &req).unwrap_err().to_string();
+            assert!(err.contains("cannot serve both L3 VIPs"), "{err}");
+            assert!(
+                maps.log.is_empty(),
+                "a refused request wrote {:?}",
+                maps.writes()
             );
         }
     }

@@ -1,7 +1,7 @@
 //! The typed model of what the data path should do: VIPs, their mode and hash fields, and
 //! their backends. It knows nothing of maps; `mirror` turns it into map writes.
 
-use std::{fmt, net::IpAddr, str::FromStr};
+use std::{collections::BTreeMap, fmt, net::IpAddr, str::FromStr};
 
 use lb_common::{
     addr::{self, FAMILY_V4, FAMILY_V6},
@@ -110,11 +110,7 @@ impl fmt::Display for VipAddr {
             0 => write!(f, "*")?,
             p => write!(f, "{p}")?,
         }
-        let proto = match self.proto {
-            Proto::Tcp => "tcp",
-            Proto::Udp => "udp",
-        };
-        write!(f, "/{proto}")
+        write!(f, "/{}", proto_name(self.proto))
     }
 }
 
@@ -154,6 +150,76 @@ pub fn flow_key(src: IpAddr, sport: u16, vip: &VipAddr, dport: u16) -> FlowKey {
         proto: vip.proto.number(),
         family: addr::family(vip.ip),
         _pad: [0; 2],
+    }
+}
+
+/// Two L3 VIPs that would take the replies of one backend endpoint: the data path finds a
+/// reply's VIP by its source (address, port, protocol), so it could not tell them apart.
+#[derive(Clone, Copy, Debug, Error, PartialEq, Eq)]
+#[error("{}", describe_conflict(self))]
+pub struct EndpointConflict {
+    pub backend: IpAddr,
+    /// The VIP that claimed the endpoint first, and the one refused.
+    pub first: VipAddr,
+    pub second: VipAddr,
+    /// The port both claim (0 when one of them serves all ports).
+    pub port: u16,
+}
+
+fn describe_conflict(c: &EndpointConflict) -> String {
+    let (backend, first, second) = (c.backend, c.first, c.second);
+    match [first, second].into_iter().find(|v| v.port == 0) {
+        Some(all) => format!(
+            "backend {backend} cannot serve both L3 VIPs {first} and {second}: {all} serves all ports, so every {} reply from that address belongs to it",
+            proto_name(all.proto)
+        ),
+        None => format!(
+            "backend {backend} cannot serve both L3 VIPs {first} and {second}: both send to its port {}, so their replies could not be told apart",
+            c.port
+        ),
+    }
+}
+
+fn proto_name(p: Proto) -> &'static str {
+    match p {
+        Proto::Tcp => "tcp",
+        Proto::Udp => "udp",
+    }
+}
+
+/// The backend endpoints L3 VIPs take replies from, to refuse two VIPs on one endpoint. An
+/// all-ports VIP (port 0) rewrites no port, so it takes every port of its backends' addresses
+/// for its protocol and conflicts with any other L3 VIP on such an address.
+#[derive(Debug, Default)]
+pub struct ReplyEndpoints {
+    /// (backend address, protocol) -> (port replies come from, 0 for all; the VIP).
+    claims: BTreeMap<(IpAddr, Proto), Vec<(u16, VipAddr)>>,
+}
+
+impl ReplyEndpoints {
+    /// Records that L3 VIP `vip` sends to `backend`, port `backend_port` (None: the VIP's own
+    /// port), unless another VIP already takes replies from there.
+    pub fn claim(
+        &mut self,
+        vip: VipAddr,
+        backend: IpAddr,
+        backend_port: Option<u16>,
+    ) -> Result<(), EndpointConflict> {
+        let port = backend_port.unwrap_or(vip.port);
+        let claims = self.claims.entry((backend, vip.proto)).or_default();
+        let taken = claims
+            .iter()
+            .find(|(p, other)| *other != vip && (*p == port || *p == 0 || port == 0));
+        if let Some(&(p, first)) = taken {
+            return Err(EndpointConflict {
+                backend,
+                first,
+                second: vip,
+                port: p.min(port),
+            });
+        }
+        claims.push((port, vip));
+        Ok(())
     }
 }
 

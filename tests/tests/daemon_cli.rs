@@ -552,6 +552,18 @@ fn invalid_input_is_refused_and_changes_nothing() {
         &e.topo.backends[0].mac.to_string(),
     ])
     .unwrap();
+    // L3 VIPs sharing backend hosts: an all-ports VIP takes every port of its backends.
+    let (all, web, api) = (
+        "10.99.0.200:*/tcp",
+        "10.99.0.201:80/tcp",
+        "10.99.0.202:80/tcp",
+    );
+    for v in [all, web, api] {
+        e.d.ok(&["vip", "add", v, "--mode", "l3"]).unwrap();
+    }
+    e.d.ok(&["backend", "add", all, "10.99.0.30"]).unwrap();
+    e.d.ok(&["backend", "add", web, "10.99.0.31:8080"]).unwrap();
+    e.d.ok(&["backend", "add", api, "10.99.0.31:9090"]).unwrap();
     let dir = e.d.dir.clone();
     let write = |name: &str, body: &str| {
         let p = dir.join(name);
@@ -635,6 +647,18 @@ fn invalid_input_is_refused_and_changes_nothing() {
             "has no backend",
         ),
         (vec!["backend", "set", &vip, &b], "at least one of"),
+        (
+            vec!["backend", "add", web, "10.99.0.30"],
+            "backend 10.99.0.30 cannot serve both L3 VIPs 10.99.0.200:*/tcp and 10.99.0.201:80/tcp",
+        ),
+        (
+            vec!["backend", "add", all, "10.99.0.31"],
+            "backend 10.99.0.31 cannot serve both L3 VIPs 10.99.0.200:*/tcp and 10.99.0.201:80/tcp",
+        ),
+        (
+            vec!["backend", "set", web, "10.99.0.31:9090"],
+            "backend 10.99.0.31 cannot serve both L3 VIPs 10.99.0.201:80/tcp and 10.99.0.202:80/tcp",
+        ),
         (
             vec!["attach", "nosuch0"],
             "interface nosuch0 does not exist",

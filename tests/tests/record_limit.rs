@@ -1,7 +1,9 @@
 //! The per-CPU limit of new flows recorded per second (`conntrack.record_limit`), through
-//! BPF_PROG_TEST_RUN (needs root): beyond it, new L2 flows are still sent to their ring
-//! backend but get no connection-table entry (counted as `conntrack_unrecorded`); L3 flows are
-//! always recorded; the next second records again.
+//! BPF_PROG_TEST_RUN (needs root): beyond it, new flows are still sent to their ring backend
+//! but get no connection-table entry (counted as `conntrack_unrecorded`), L2 and L3 alike
+//! (an L3 reply without an entry is vouched for by the ring); flows of an all-ports L3 VIP
+//! are always recorded (only their entry can match their replies); the next second records
+//! again.
 
 use lb_common::stats;
 use lb_tests::{
@@ -40,19 +42,23 @@ fn new_flows_beyond_the_record_limit_are_balanced_but_not_recorded() {
                         Mode::L3,
                         backends(&["10.2.0.1", "10.2.0.2"]),
                     ),
+                    // UDP: an all-ports TCP VIP could not share the TCP VIP's backends.
+                    vip(
+                        "10.1.0.201:*/udp",
+                        Mode::L3,
+                        backends(&["10.2.0.1", "10.2.0.2"]),
+                    ),
                 ],
             )
             .unwrap();
         dp.set_record_limit(LIMIT).unwrap();
         let stat = |dp: &DataPath, i: u32| dp.stats().unwrap()[i as usize];
-        let recorded = |dp: &DataPath, sport: u16, dst: &str| {
-            let key = flow_key(
-                "10.1.0.1".parse().unwrap(),
-                sport,
-                &format!("{dst}:80/tcp").parse().unwrap(),
-                80,
-            );
+        let recorded_as = |dp: &DataPath, sport: u16, vip: &str| {
+            let key = flow_key("10.1.0.1".parse().unwrap(), sport, &vip.parse().unwrap(), 80);
             dp.conntrack(&key).unwrap().is_some()
+        };
+        let recorded = |dp: &DataPath, sport: u16, dst: &str| {
+            recorded_as(dp, sport, &format!("{dst}:80/tcp"))
         };
 
         // Within one second (the window opens at the first flow): LIMIT recorded, then none.
@@ -115,19 +121,31 @@ fn new_flows_beyond_the_record_limit_are_balanced_but_not_recorded() {
             assert_eq!(out[..6], mac.0, "flow {sport} to its ring backend {want}");
         }
 
-        // L3 flows are recorded whatever the rate: their replies need the reverse-NAT entry.
+        // L3 flows of a VIP with a port are limited the same way (forwarded, not recorded):
+        // their replies' endpoint and ring slot vouch for them.
         for sport in 41000..41003 {
             let frame = Packet::tcp("10.1.0.1", sport, "10.1.0.200", 80).build();
             let (verdict, _) = test_run(dp.program().unwrap(), &frame, Some(c0));
             assert_eq!(verdict, XDP_REDIRECT);
             assert!(
-                recorded(&dp, sport, "10.1.0.200"),
-                "L3 flow {sport} recorded"
+                !recorded(&dp, sport, "10.1.0.200"),
+                "L3 flow {sport} over the limit recorded"
+            );
+        }
+        // An all-ports L3 VIP's flows are recorded whatever the rate: a reply's source port
+        // names no VIP port, only the entry can match it.
+        for sport in 41000..41003 {
+            let frame = Packet::udp("10.1.0.1", sport, "10.1.0.201", 80).build();
+            let (verdict, _) = test_run(dp.program().unwrap(), &frame, Some(c0));
+            assert_eq!(verdict, XDP_REDIRECT);
+            assert!(
+                recorded_as(&dp, sport, "10.1.0.201:*/udp"),
+                "all-ports L3 flow {sport} recorded"
             );
         }
         assert_eq!(
             stat(&dp, stats::EV_CT_UNRECORDED),
-            3 * (n - LIMIT as u16) as u64 + 1
+            3 * (n - LIMIT as u16) as u64 + 1 + 3
         );
 
         // A new second: recording resumes.

@@ -95,6 +95,112 @@ fn backend_mut<'a>(
         .ok_or_else(|| not_found_backend(vip, addr))
 }
 
+/// The configuration a change request asks for, not yet checked (`Core::commit` does).
+fn edited(running: &Config, req: Request) -> Result<Config, String> {
+    let mut new = running.clone();
+    match req {
+        Request::VipAdd { vip, mode, hash } => {
+            if new.vip(&vip).is_some() {
+                return Err(format!(
+                    "VIP {vip} already exists; delete it first to change its mode or hash"
+                ));
+            }
+            new.vips.push(VipConfig {
+                addr: vip,
+                mode,
+                hash,
+                health: None,
+                backends: Vec::new(),
+            });
+        }
+        Request::VipDel { vip } => {
+            let before = new.vips.len();
+            new.vips.retain(|v| v.addr != vip);
+            if new.vips.len() == before {
+                return Err(not_found_vip(&vip));
+            }
+        }
+        Request::BackendAdd(BackendChange {
+            vip,
+            addr,
+            weight,
+            mac,
+            via,
+        }) => {
+            let v = new.vip_mut(&vip).ok_or_else(|| not_found_vip(&vip))?;
+            if v.backend(addr.ip).is_some() {
+                return Err(format!(
+                    "backend {} is already in VIP {vip}; `xdplb backend set` changes it",
+                    addr.ip
+                ));
+            }
+            v.backends.push(BackendConfig {
+                addr: addr.ip,
+                port: addr.port,
+                weight: weight.unwrap_or(1),
+                mac,
+                via,
+                health: None,
+            });
+        }
+        Request::BackendSet(change) => {
+            let BackendChange {
+                vip,
+                addr,
+                weight,
+                mac,
+                via,
+            } = change;
+            if weight.is_none() && mac.is_none() && via.is_none() && addr.port.is_none() {
+                return Err(
+                    "backend set needs at least one of ADDR:PORT, --weight, --mac, --via".into(),
+                );
+            }
+            let b = backend_mut(&mut new, &vip, addr.ip)?;
+            b.weight = weight.unwrap_or(b.weight);
+            b.port = addr.port.or(b.port);
+            b.mac = mac.or(b.mac);
+            b.via = via.or(b.via.take());
+        }
+        Request::BackendDel { vip, addr } => {
+            backend_mut(&mut new, &vip, addr)?;
+            new.vip_mut(&vip)
+                .expect("checked above")
+                .backends
+                .retain(|b| b.addr != addr);
+        }
+        Request::BackendDrain { vip, addr } => backend_mut(&mut new, &vip, addr)?.weight = 0,
+        Request::Attach { iface, xdp_mode } => {
+            if new.interfaces.iter().any(|i| i.name == iface) {
+                return Err(format!("xdplb is already attached to {iface}"));
+            }
+            new.interfaces.push(InterfaceConfig {
+                name: iface,
+                xdp_mode,
+            });
+        }
+        Request::Detach { iface } => {
+            let before = new.interfaces.len();
+            new.interfaces.retain(|i| i.name != iface);
+            if new.interfaces.len() == before {
+                return Err(format!("xdplb is not attached to {iface}"));
+            }
+        }
+        Request::Apply { config } => {
+            new = config;
+            // Fixed at start: a file that leaves them out keeps the running ones.
+            if new.limits.is_none() {
+                new.limits = running.limits.clone();
+            }
+            if new.metrics.is_none() {
+                new.metrics = running.metrics.clone();
+            }
+        }
+        query => return Err(format!("{query:?} is a query, not a change")),
+    }
+    Ok(new)
+}
+
 impl Core {
     pub fn new(dp: DataPath, mirror: Mirror, paths: Paths, health: Checker<BackendKey>) -> Core {
         Core {
@@ -461,125 +567,29 @@ impl Core {
         }
     }
 
-    /// Handles one API request.
+    /// Handles one API request. A change becomes a whole new configuration, which `commit`
+    /// checks in full (`Config::validate`, the same rules as a configuration file) before
+    /// anything is written.
     pub fn handle(&mut self, req: Request) -> Result<Value, String> {
-        let mut new = self.config.clone();
         match req {
-            Request::VipList => return Ok(self.vip_list()),
-            Request::Config => {
-                return serde_json::to_value(&self.config).map_err(|e| e.to_string())
-            }
-            Request::Stats => return Ok(self.stats()),
-            Request::Status => return Ok(self.status()),
+            Request::VipList => Ok(self.vip_list()),
+            Request::Config => serde_json::to_value(&self.config).map_err(|e| e.to_string()),
+            Request::Stats => Ok(self.stats()),
+            Request::Status => Ok(self.status()),
             Request::Debug { on } => {
                 self.dp.set_debug(on).map_err(|e| e.to_string())?;
-                return Ok(json!({ "debug": on }));
+                Ok(json!({ "debug": on }))
             }
-            Request::Simulate { src, sport, vip } => return self.simulate(src, sport, vip),
-            Request::NodeDrain => return self.set_drained(true),
-            Request::NodeUndrain => return self.set_drained(false),
-            Request::NodeStatus => return Ok(self.node_status()),
-            Request::VipAdd { vip, mode, hash } => {
-                if new.vip(&vip).is_some() {
-                    return Err(format!(
-                        "VIP {vip} already exists; delete it first to change its mode or hash"
-                    ));
-                }
-                new.vips.push(VipConfig {
-                    addr: vip,
-                    mode,
-                    hash,
-                    health: None,
-                    backends: Vec::new(),
-                });
-            }
-            Request::VipDel { vip } => {
-                let before = new.vips.len();
-                new.vips.retain(|v| v.addr != vip);
-                if new.vips.len() == before {
-                    return Err(not_found_vip(&vip));
-                }
-            }
-            Request::BackendAdd(BackendChange {
-                vip,
-                addr,
-                weight,
-                mac,
-                via,
-            }) => {
-                let v = new.vip_mut(&vip).ok_or_else(|| not_found_vip(&vip))?;
-                if v.backend(addr.ip).is_some() {
-                    return Err(format!(
-                        "backend {} is already in VIP {vip}; `xdplb backend set` changes it",
-                        addr.ip
-                    ));
-                }
-                v.backends.push(BackendConfig {
-                    addr: addr.ip,
-                    port: addr.port,
-                    weight: weight.unwrap_or(1),
-                    mac,
-                    via,
-                    health: None,
-                });
-            }
-            Request::BackendSet(change) => {
-                let BackendChange {
-                    vip,
-                    addr,
-                    weight,
-                    mac,
-                    via,
-                } = change;
-                if weight.is_none() && mac.is_none() && via.is_none() && addr.port.is_none() {
-                    return Err(
-                        "backend set needs at least one of ADDR:PORT, --weight, --mac, --via"
-                            .into(),
-                    );
-                }
-                let b = backend_mut(&mut new, &vip, addr.ip)?;
-                b.weight = weight.unwrap_or(b.weight);
-                b.port = addr.port.or(b.port);
-                b.mac = mac.or(b.mac);
-                b.via = via.or(b.via.take());
-            }
-            Request::BackendDel { vip, addr } => {
-                backend_mut(&mut new, &vip, addr)?;
-                new.vip_mut(&vip)
-                    .expect("checked above")
-                    .backends
-                    .retain(|b| b.addr != addr);
-            }
-            Request::BackendDrain { vip, addr } => backend_mut(&mut new, &vip, addr)?.weight = 0,
-            Request::Attach { iface, xdp_mode } => {
-                if new.interfaces.iter().any(|i| i.name == iface) {
-                    return Err(format!("xdplb is already attached to {iface}"));
-                }
-                new.interfaces.push(InterfaceConfig {
-                    name: iface,
-                    xdp_mode,
-                });
-            }
-            Request::Detach { iface } => {
-                let before = new.interfaces.len();
-                new.interfaces.retain(|i| i.name != iface);
-                if new.interfaces.len() == before {
-                    return Err(format!("xdplb is not attached to {iface}"));
-                }
-            }
-            Request::Apply { config } => {
-                new = config;
-                // Fixed at start: a file that leaves them out keeps the running ones.
-                if new.limits.is_none() {
-                    new.limits = self.config.limits.clone();
-                }
-                if new.metrics.is_none() {
-                    new.metrics = self.config.metrics.clone();
-                }
+            Request::Simulate { src, sport, vip } => self.simulate(src, sport, vip),
+            Request::NodeDrain => self.set_drained(true),
+            Request::NodeUndrain => self.set_drained(false),
+            Request::NodeStatus => Ok(self.node_status()),
+            change => {
+                let new = edited(&self.config, change)?;
+                self.commit(new)?;
+                Ok(Value::Null)
             }
         }
-        self.commit(new)?;
-        Ok(Value::Null)
     }
 
     fn backend_state(&self, vip: &VipAddr, b: &BackendConfig) -> &'static str {
@@ -744,7 +754,7 @@ impl Core {
             { "name": lb_common::maps::BACKENDS, "used": backends_used, "max": o.max_backends },
             { "name": lb_common::maps::RING, "used": self.config.vips.len() as u64 * ring_lines, "max": o.max_vips as u64 * ring_lines },
             { "name": lb_common::maps::CONNTRACK, "used": self.dp.conntrack_entries().ok(), "max": o.conntrack_size },
-            { "name": lb_common::maps::NAT, "used": self.dp.nat_entries().ok(), "max": o.conntrack_size },
+            { "name": lb_common::maps::ENDPOINTS, "used": self.dp.endpoint_entries().ok(), "max": o.max_backends },
         ]);
         let ifaces: Vec<Value> = self
             .dp
@@ -892,5 +902,90 @@ impl Core {
             }
         }
         snap
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::HashFields;
+
+    fn l3_vip(vip: &str) -> Request {
+        Request::VipAdd {
+            vip: vip.parse().unwrap(),
+            mode: Mode::L3,
+            hash: HashFields::FiveTuple,
+        }
+    }
+
+    fn backend(vip: &str, addr: &str) -> BackendChange {
+        BackendChange {
+            vip: vip.parse().unwrap(),
+            addr: addr.parse().unwrap(),
+            weight: None,
+            mac: None,
+            via: None,
+        }
+    }
+
+    /// Runs CLI requests as the daemon does (each edit checked in full before it counts, see
+    /// `Core::commit`): the configuration they leave, and the errors of the refused ones.
+    fn run(requests: Vec<Request>) -> (Config, Vec<String>) {
+        let mut running = Config::default();
+        let mut errors = Vec::new();
+        for r in requests {
+            match edited(&running, r).and_then(|c| c.validate().map(|()| c)) {
+                Ok(c) => running = c,
+                Err(e) => errors.push(e),
+            }
+        }
+        (running, errors)
+    }
+
+    const ALL: &str = "10.0.0.1:*/tcp";
+    const WEB: &str = "10.0.0.2:80/tcp";
+
+    #[test]
+    fn cli_changes_cannot_put_an_all_ports_l3_vip_on_another_vips_backend() {
+        let all_first = vec![
+            l3_vip(ALL),
+            Request::BackendAdd(backend(ALL, "10.0.1.1")),
+            l3_vip(WEB),
+            Request::BackendAdd(backend(WEB, "10.0.1.1:8080")),
+        ];
+        let web_first = vec![
+            l3_vip(WEB),
+            Request::BackendAdd(backend(WEB, "10.0.1.1:8080")),
+            l3_vip(ALL),
+            Request::BackendAdd(backend(ALL, "10.0.1.1")),
+        ];
+        for requests in [all_first, web_first] {
+            let (running, errors) = run(requests);
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            for name in [ALL, WEB, "backend 10.0.1.1 "] {
+                assert!(errors[0].contains(name), "{:?} names {name}", errors[0]);
+            }
+            // The refused backend is not there; the rest is.
+            let backends: usize = running.vips.iter().map(|v| v.backends.len()).sum();
+            assert_eq!((running.vips.len(), backends), (2, 1));
+        }
+    }
+
+    #[test]
+    fn backend_set_cannot_move_an_l3_backend_onto_another_vips_port() {
+        let other = "10.0.0.3:80/tcp";
+        let (running, errors) = run(vec![
+            l3_vip(WEB),
+            Request::BackendAdd(backend(WEB, "10.0.1.1:8080")),
+            l3_vip(other),
+            Request::BackendAdd(backend(other, "10.0.1.1:9090")),
+            Request::BackendSet(backend(WEB, "10.0.1.1:9090")),
+        ]);
+        assert_eq!(
+            errors,
+            ["backend 10.0.1.1 cannot serve both L3 VIPs 10.0.0.2:80/tcp and 10.0.0.3:80/tcp: both send to its port 9090, so their replies could not be told apart"]
+        );
+        let web = running.vip(&WEB.parse().unwrap()).unwrap();
+        assert_eq!(web.backends[0].port, Some(8080), "unchanged");
     }
 }

@@ -193,13 +193,13 @@ async fn start(socket: &Path, args: &DaemonArgs, listener: UnixListener) -> Resu
             args.state_file.display()
         ));
     }
-    let generations = dp.backend_generations().map_err(|e| e.to_string())?;
+    let adopted = dp.adopted_maps().map_err(|e| e.to_string())?;
     let mirror = Mirror::restore(
         limits.ring_size,
         limits.max_vips,
         limits.max_backends,
         &saved.as_ref().map(|s| s.ids.clone()).unwrap_or_default(),
-        generations,
+        &adopted,
     );
 
     let (health_tx, mut health_rx) = tokio::sync::mpsc::unbounded_channel();
