@@ -1,14 +1,16 @@
 //! A packet capture on a test interface (AF_PACKET), counting the source addresses of the IP
-//! packets it receives: how a test proves a client never saw a backend's address.
+//! packets it receives, and the addresses quoted inside the ICMP errors among them: how a test
+//! proves a client never saw a backend's address, neither as a sender nor inside an error.
 
 use std::{
     collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
     },
     thread::JoinHandle,
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Result};
@@ -16,10 +18,23 @@ use anyhow::{bail, Result};
 use crate::netns::Netns;
 
 const PACKET_OUTGOING: u8 = 4;
+/// How long a stopped capture goes on reading what was queued before the stop.
+const DRAIN: Duration = Duration::from_secs(1);
 
 pub struct Capture {
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<Result<BTreeMap<IpAddr, u64>>>>,
+    thread: Option<JoinHandle<Result<Seen>>>,
+}
+
+/// What a capture received.
+#[derive(Clone, Debug, Default)]
+pub struct Seen {
+    /// Packets per (outer) source address.
+    pub sources: BTreeMap<IpAddr, u64>,
+    /// Addresses quoted inside ICMP errors (the quoted packet's source and destination, each
+    /// counted), with their ports when the quoted packet is TCP or UDP and long enough (0
+    /// otherwise).
+    pub quoted: BTreeMap<SocketAddr, u64>,
 }
 
 impl Capture {
@@ -28,7 +43,7 @@ impl Capture {
         let stop = Arc::new(AtomicBool::new(false));
         let (ns_name, iface, flag) = (ns.name.clone(), iface.to_string(), stop.clone());
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || -> Result<BTreeMap<IpAddr, u64>> {
+        let thread = std::thread::spawn(move || -> Result<Seen> {
             let ns = Netns { name: ns_name };
             let entered = ns.enter();
             std::mem::forget(ns); // not ours to delete
@@ -36,9 +51,20 @@ impl Capture {
             let fd = open(&iface);
             let _ = ready_tx.send(fd.is_ok());
             let fd = fd?;
-            let mut seen = BTreeMap::new();
+            let mut seen = Seen::default();
             let mut buf = [0u8; 2048];
-            while !flag.load(Ordering::Relaxed) {
+            // Once stopped, what is still queued is read without waiting: frames that arrived
+            // just before the stop (an answer the test already saw, say) count too. For a
+            // second at most, in case traffic never pauses.
+            let mut drain_until = None;
+            loop {
+                let stopping = flag.load(Ordering::Relaxed);
+                if stopping {
+                    let until = *drain_until.get_or_insert_with(|| Instant::now() + DRAIN);
+                    if Instant::now() > until {
+                        break;
+                    }
+                }
                 // SAFETY: recvfrom into owned buffers of the sizes given.
                 let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
                 let mut len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
@@ -47,16 +73,23 @@ impl Capture {
                         fd,
                         buf.as_mut_ptr().cast(),
                         buf.len(),
-                        0,
+                        if stopping { libc::MSG_DONTWAIT } else { 0 },
                         (&raw mut sll).cast(),
                         &mut len,
                     )
                 };
+                if n <= 0 && stopping {
+                    break;
+                }
                 if n <= 0 || sll.sll_pkttype == PACKET_OUTGOING {
                     continue;
                 }
-                if let Some(src) = source(&buf[..n as usize]) {
-                    *seen.entry(src).or_default() += 1;
+                let frame = &buf[..n as usize];
+                if let Some(src) = source(frame) {
+                    *seen.sources.entry(src).or_default() += 1;
+                }
+                for addr in quoted(frame).into_iter().flatten() {
+                    *seen.quoted.entry(addr).or_default() += 1;
                 }
             }
             // The kernel's own count of frames the capture missed: it must be 0.
@@ -99,7 +132,12 @@ impl Capture {
     }
 
     /// Stops and returns the packets received per source address.
-    pub fn finish(mut self) -> Result<BTreeMap<IpAddr, u64>> {
+    pub fn finish(self) -> Result<BTreeMap<IpAddr, u64>> {
+        Ok(self.finish_all()?.sources)
+    }
+
+    /// Stops and returns the source addresses and the addresses quoted in ICMP errors.
+    pub fn finish_all(mut self) -> Result<Seen> {
         self.stop.store(true, Ordering::Relaxed);
         match self.thread.take().expect("finished once").join() {
             Ok(r) => r,
@@ -179,4 +217,48 @@ fn source(frame: &[u8]) -> Option<IpAddr> {
         ))),
         _ => None,
     }
+}
+
+/// The quoted packet's source and destination of an ICMP or ICMPv6 error in an Ethernet frame
+/// (the outer IPv6 header without extension headers, as the kernel sends errors).
+fn quoted(frame: &[u8]) -> Option<[SocketAddr; 2]> {
+    let (inner, v6) = match u16::from_be_bytes(frame.get(12..14)?.try_into().ok()?) {
+        0x0800 => {
+            let ihl = usize::from(frame.get(14)? & 0x0f) * 4;
+            let icmp = frame.get(14 + ihl..)?;
+            // Destination unreachable, source quench, redirect, time exceeded, parameter
+            // problem: the errors that quote a packet (RFC 792).
+            if *frame.get(23)? != 1 || !matches!(icmp.first()?, 3 | 4 | 5 | 11 | 12) {
+                return None;
+            }
+            (icmp.get(8..)?, false)
+        }
+        // Destination unreachable, packet too big, time exceeded, parameter problem (RFC 4443).
+        0x86dd if *frame.get(20)? == 58 && matches!(frame.get(54)?, 1..=4) => {
+            (frame.get(62..)?, true)
+        }
+        _ => return None,
+    };
+    let (src, dst, proto, l4): (IpAddr, IpAddr, u8, usize) = if v6 {
+        (
+            Ipv6Addr::from(<[u8; 16]>::try_from(inner.get(8..24)?).ok()?).into(),
+            Ipv6Addr::from(<[u8; 16]>::try_from(inner.get(24..40)?).ok()?).into(),
+            inner[6],
+            40,
+        )
+    } else {
+        (
+            Ipv4Addr::from(<[u8; 4]>::try_from(inner.get(12..16)?).ok()?).into(),
+            Ipv4Addr::from(<[u8; 4]>::try_from(inner.get(16..20)?).ok()?).into(),
+            inner[9],
+            usize::from(inner[0] & 0x0f) * 4,
+        )
+    };
+    let port = |at: usize| -> u16 {
+        match inner.get(l4 + at..l4 + at + 2) {
+            Some(p) if matches!(proto, 6 | 17) => u16::from_be_bytes([p[0], p[1]]),
+            _ => 0,
+        }
+    };
+    Some([SocketAddr::new(src, port(0)), SocketAddr::new(dst, port(2))])
 }

@@ -9,5 +9,6 @@ pub mod live;
 pub mod netns;
 pub mod packet;
 pub mod peers;
+pub mod pmtu;
 pub mod topology;
 pub mod xdp;

@@ -370,3 +370,52 @@ pub fn udp_once(vip: SocketAddr, src_port: u16) -> Result<String> {
     }
     bail!("no UDP answer from {vip} to source port {src_port}")
 }
+
+/// One datagram to `vip` from each of `src_ports` (a connected UDP socket each), all sent
+/// before any is waited for, then up to `wait` in all for what comes back. Per port: `true`
+/// when the socket reports ECONNREFUSED (the kernel matched an ICMP "port unreachable" quoting
+/// exactly this socket's packet, client -> `vip`), `false` on silence. An answer or any other
+/// error fails. Call inside the client namespace.
+pub fn udp_refused(
+    vip: SocketAddr,
+    src_ports: impl IntoIterator<Item = u16>,
+    wait: Duration,
+) -> Result<Vec<bool>> {
+    let sockets = src_ports
+        .into_iter()
+        .map(|port| {
+            let s = UdpSocket::bind(SocketAddr::new(unspecified(vip), port))
+                .with_context(|| format!("bind UDP port {port}"))?;
+            s.connect(vip)?;
+            s.send(b"who")?;
+            Ok((port, s))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let deadline = std::time::Instant::now() + wait;
+    let mut buf = [0u8; 64];
+    sockets
+        .iter()
+        .map(|(port, s)| {
+            // An error that arrived while the others were read is reported at once; a zero
+            // timeout would mean "block for ever".
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            s.set_read_timeout(Some(left.max(Duration::from_millis(1))))?;
+            match s.recv(&mut buf) {
+                Ok(n) => bail!(
+                    "{vip} answered {:?} to source port {port}",
+                    String::from_utf8_lossy(&buf[..n])
+                ),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Ok(true),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    Ok(false)
+                }
+                Err(e) => Err(e).context(format!("receiving from {vip} on port {port}")),
+            }
+        })
+        .collect()
+}
