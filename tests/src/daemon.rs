@@ -127,6 +127,13 @@ impl Daemon {
             .output()?)
     }
 
+    /// Writes `toml` to `name` in the test's directory and applies it (`xdplb apply -f`).
+    pub fn apply_text(&self, name: &str, toml: &str) -> Result<String> {
+        let path = self.dir.join(name);
+        std::fs::write(&path, toml)?;
+        self.ok(&["apply", "-f", &path.to_string_lossy()])
+    }
+
     /// Runs the CLI and fails with its stderr unless it succeeds; returns stdout.
     pub fn ok(&self, args: &[&str]) -> Result<String> {
         let out = self.cli(args)?;

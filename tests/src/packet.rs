@@ -82,32 +82,33 @@ impl Packet {
     }
 
     pub fn icmp(src: &str, dst: &str, ty: u8, code: u8, body: Vec<u8>) -> Packet {
-        Packet::new(
-            src,
-            dst,
-            L4::Icmp {
-                ty,
-                code,
-                rest: [0; 4],
-                body,
-            },
-        )
+        Packet::icmp_with_rest(src, dst, ty, code, [0; 4], body)
     }
 
     /// An ICMP error reporting `mtu` ("fragmentation needed" with the next-hop MTU in the low
     /// half of the rest-of-header; ICMPv6 "packet too big" with all four bytes) about `quoted`.
     pub fn icmp_too_big(src: &str, dst: &str, mtu: u16, quoted: Vec<u8>) -> Packet {
-        let v4 = src.contains('.');
-        let (ty, code) = if v4 { (3, 4) } else { (2, 0) };
+        let (ty, code) = if src.contains('.') { (3, 4) } else { (2, 0) };
         let m = mtu.to_be_bytes();
+        Packet::icmp_with_rest(src, dst, ty, code, [0, 0, m[0], m[1]], quoted)
+    }
+
+    fn icmp_with_rest(
+        src: &str,
+        dst: &str,
+        ty: u8,
+        code: u8,
+        rest: [u8; 4],
+        body: Vec<u8>,
+    ) -> Packet {
         Packet::new(
             src,
             dst,
             L4::Icmp {
                 ty,
                 code,
-                rest: [0, 0, m[0], m[1]],
-                body: quoted,
+                rest,
+                body,
             },
         )
     }

@@ -120,9 +120,7 @@ impl Env {
 
     /// Applies a TOML configuration through `xdplb apply -f`.
     fn apply(&self, name: &str, toml: &str) {
-        let path = self.d.dir.join(name);
-        std::fs::write(&path, toml).unwrap();
-        self.d.ok(&["apply", "-f", path.to_str().unwrap()]).unwrap();
+        self.d.apply_text(name, toml).unwrap();
     }
 
     /// A second `xdplb daemon` on this test's pins, with its own socket and state file and

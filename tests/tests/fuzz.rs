@@ -222,12 +222,16 @@ fn checksums_valid(f: &[u8]) -> Option<bool> {
     if l.proto == 17 && !l.v6 && seg.get(6..8)? == [0, 0] {
         return Some(true);
     }
-    let mut data = src.to_vec();
-    data.extend_from_slice(dst);
+    // The pseudo-header; ICMP for IPv4 has none.
+    let mut data = Vec::new();
     if l.v6 {
+        data.extend_from_slice(src);
+        data.extend_from_slice(dst);
         data.extend_from_slice(&(l4_len as u32).to_be_bytes());
         data.extend_from_slice(&[0, 0, 0, l.proto]);
-    } else {
+    } else if l.proto != 1 {
+        data.extend_from_slice(src);
+        data.extend_from_slice(dst);
         data.extend_from_slice(&[0, l.proto]);
         data.extend_from_slice(&(l4_len as u16).to_be_bytes());
     }
@@ -236,7 +240,7 @@ fn checksums_valid(f: &[u8]) -> Option<bool> {
 }
 
 /// Byte ranges a rewrite may change: MACs always; for L3 also TTL/hop limit, addresses, ports
-/// and checksums.
+/// and checksums, and in an ICMP error the quoted packet's (RFC 5508 translation).
 fn allowed(f: &[u8], l3_mode: bool) -> Vec<std::ops::Range<usize>> {
     // The MACs are always fair game.
     let mut r = Vec::new();
@@ -245,18 +249,36 @@ fn allowed(f: &[u8], l3_mode: bool) -> Vec<std::ops::Range<usize>> {
         return r;
     }
     if let Some(l) = layout(f) {
-        if l.v6 {
-            r.extend([l.l3 + 7..l.l3 + 8, l.l3 + 8..l.l3 + 40]);
-        } else {
-            r.extend([l.l3 + 8..l.l3 + 9, l.l3 + 10..l.l3 + 20]);
+        r.extend(header_fields(l.v6, l.l3, l.l4, l.proto));
+        if matches!(l.proto, 1 | 58) {
+            // The quoted packet after the 8-byte ICMP header: its header, then TCP or UDP.
+            let inner = l.l4 + 8;
+            let (v6, ihl) = if l.v6 {
+                (true, 40)
+            } else {
+                (false, (f.get(inner).map_or(5, |b| b & 0x0f) as usize) * 4)
+            };
+            let proto = f.get(inner + if v6 { 6 } else { 9 }).copied().unwrap_or(0);
+            r.extend(header_fields(v6, inner, inner + ihl, proto));
         }
-        r.push(l.l4..l.l4 + 4);
-        r.push(if l.proto == 6 {
-            l.l4 + 16..l.l4 + 18
-        } else {
-            l.l4 + 6..l.l4 + 8
-        });
     }
+    r
+}
+
+/// TTL/hop limit, addresses (and IPv4 header checksum), ports and the transport checksum of
+/// an IP header at `l3` whose transport header is at `l4`.
+fn header_fields(v6: bool, l3: usize, l4: usize, proto: u8) -> Vec<std::ops::Range<usize>> {
+    let mut r = if v6 {
+        vec![l3 + 7..l3 + 8, l3 + 8..l3 + 40]
+    } else {
+        vec![l3 + 8..l3 + 9, l3 + 10..l3 + 20]
+    };
+    r.push(l4..l4 + 4);
+    r.push(if proto == 6 {
+        l4 + 16..l4 + 18
+    } else {
+        l4 + 6..l4 + 8
+    });
     r
 }
 
@@ -264,9 +286,19 @@ fn check(input: &[u8], action: u32, out: &[u8], reason: u32) -> Result<(), Strin
     if ![XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT].contains(&action) {
         return Err(format!("verdict {action}"));
     }
-    let rewritten = matches!(action, XDP_TX | XDP_REDIRECT) || reason == stats::PASS_NO_NEIGH;
+    let rewritten = matches!(action, XDP_TX | XDP_REDIRECT)
+        || reason == stats::PASS_NO_NEIGH
+        || reason == stats::PASS_KERNEL_FRAGMENTS;
     if action == XDP_DROP {
         return Ok(());
+    }
+    if reason == stats::TX_ICMP_TOO_BIG {
+        // A new packet: an ICMP error quoting the input's start, its checksums right.
+        return if checksums_valid(out) == Some(true) {
+            Ok(())
+        } else {
+            Err("an ICMP \"too big\" with wrong checksums".into())
+        };
     }
     if !rewritten {
         return if out == input {

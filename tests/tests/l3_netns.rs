@@ -63,9 +63,7 @@ impl Env {
                 backends(v6, port)
             ));
         }
-        let path = d.dir.join("l3.toml");
-        std::fs::write(&path, cfg).unwrap();
-        d.ok(&["apply", "-f", path.to_str().unwrap()]).unwrap();
+        d.apply_text("l3.toml", &cfg).unwrap();
         Env {
             d,
             _servers: servers,
