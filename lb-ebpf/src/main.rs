@@ -60,7 +60,7 @@ fn dispatch(ctx: &XdpContext, class: Class, vlan: bool) -> u32 {
         // Rare, and the translation needs a stack of its own: the ICMP program takes over.
         Class::IcmpErrorLater => {
             // SAFETY: the program array holds XDP programs of this object only.
-            let _ = unsafe { maps::JUMP.tail_call(ctx, maps::JUMP_ICMP) };
+            unsafe { maps::JUMP.tail_call(ctx, maps::JUMP_ICMP) };
             // Only without the ICMP program (never after a load): passed as before.
             verdict(stats::PASS_ICMP, xdp_action::XDP_PASS)
         }
@@ -69,7 +69,7 @@ fn dispatch(ctx: &XdpContext, class: Class, vlan: bool) -> u32 {
         // A ping to a VIP address is answered by the ICMP program too.
         Class::Echo(dst, _) if maps::is_vip_address(&dst) => {
             // SAFETY: as above.
-            let _ = unsafe { maps::JUMP.tail_call(ctx, maps::JUMP_ICMP) };
+            unsafe { maps::JUMP.tail_call(ctx, maps::JUMP_ICMP) };
             verdict(stats::PASS_ICMP, xdp_action::XDP_PASS)
         }
         Class::Echo(..) => verdict(stats::PASS_NOT_VIP, xdp_action::XDP_PASS),

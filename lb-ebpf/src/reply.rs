@@ -68,7 +68,7 @@ pub fn resolve(reply: &FlowKey, out: &mut Owner) -> u32 {
         };
         OURS
     };
-    match CONNTRACK.get_ptr_mut(&flow) {
+    match CONNTRACK.get_ptr_mut(flow) {
         Some(entry) => {
             // SAFETY: a valid map value; backend and generation are only written on insert.
             let (backend, generation) = unsafe { ((*entry).backend, (*entry).generation) };
