@@ -57,22 +57,14 @@ pub fn xdplb(ctx: XdpContext) -> u32 {
 fn dispatch(ctx: &XdpContext, class: Class, vlan: bool) -> u32 {
     match class {
         Class::Flow(key, off, flags) => flow(ctx, &key, &off, flags, vlan),
-        // Rare, and the translation needs a stack of its own: the ICMP program takes over.
-        Class::IcmpErrorLater => {
-            // SAFETY: the program array holds XDP programs of this object only.
-            unsafe { maps::JUMP.tail_call(ctx, maps::JUMP_ICMP) };
-            // Only without the ICMP program (never after a load): passed as before.
-            verdict(stats::PASS_ICMP, xdp_action::XDP_PASS)
-        }
+        // Rare, and the translation needs a stack of its own: the ICMP program takes over, as
+        // it does for pings to a VIP address.
+        Class::IcmpErrorLater => to_icmp_program(ctx),
+        Class::Echo(dst, _) if maps::is_vip_address(&dst) => to_icmp_program(ctx),
+        Class::Echo(..) => verdict(stats::PASS_NOT_VIP, xdp_action::XDP_PASS),
+        // Not from `classify::<false>`: only the ICMP program parses quoted packets.
         Class::IcmpError { .. } => verdict(stats::PASS_ICMP, xdp_action::XDP_PASS),
         Class::Icmp(dst) => pass_unless_vip_address(&dst, stats::PASS_ICMP),
-        // A ping to a VIP address is answered by the ICMP program too.
-        Class::Echo(dst, _) if maps::is_vip_address(&dst) => {
-            // SAFETY: as above.
-            unsafe { maps::JUMP.tail_call(ctx, maps::JUMP_ICMP) };
-            verdict(stats::PASS_ICMP, xdp_action::XDP_PASS)
-        }
-        Class::Echo(..) => verdict(stats::PASS_NOT_VIP, xdp_action::XDP_PASS),
         // Non-first fragments carry no ports, so they cannot be steered consistently with the
         // first one: fragments to a VIP address are dropped (counted); see docs/datapath.md.
         Class::Fragment(dst) => {
@@ -83,6 +75,15 @@ fn dispatch(ctx: &XdpContext, class: Class, vlan: bool) -> u32 {
             }
         }
     }
+}
+
+/// Tail-calls `xdplb_icmp` (`maps::JUMP`); returns only if that fails, which happens only
+/// without the ICMP program (never after a load): the packet is then passed, as before.
+#[inline(always)]
+fn to_icmp_program(ctx: &XdpContext) -> u32 {
+    // SAFETY: the program array holds XDP programs of this object only.
+    unsafe { maps::JUMP.tail_call(ctx, maps::JUMP_ICMP) };
+    verdict(stats::PASS_ICMP, xdp_action::XDP_PASS)
 }
 
 /// A TCP or UDP packet (or another protocol's): for a VIP, or maybe an L3 backend's reply.
