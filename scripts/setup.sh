@@ -9,8 +9,9 @@ fail() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
 
 # Debian packages the tests, the demo and the benchmark use. bird2: the BGP cluster tests run
 # their own BIRD in each namespace; a bird.service the package may start in the root namespace
-# is left alone (it is independent of the tests). nftables: the live benchmark's DNAT case.
-PACKAGES=(iproute2 ethtool procps systemd bird2 nftables)
+# is left alone (it is independent of the tests). nftables: the live benchmark's DNAT case and
+# the L3 ICMP tests' oracle. iputils-ping: pings to VIPs, answered by the data path.
+PACKAGES=(iproute2 ethtool procps systemd bird2 nftables iputils-ping)
 # Where bpf-linker finds the nightly's libLLVM (must persist across sessions, so not /tmp).
 TOOLS_PREFIX="${XDPLB_TOOLS_PREFIX:-/opt/xdplb-tools}"
 BPFFS="${XDPLB_BPFFS:-/sys/fs/bpf}"

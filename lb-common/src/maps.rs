@@ -56,7 +56,7 @@ pub const ADDR_FILTER: &str = "XDPLB_ADDRS";
 pub const FILTER_WORDS: u32 = 1024;
 /// Kind: VIP addresses (destinations worth a VIP lookup).
 pub const FILTER_VIP: u32 = 0;
-/// Kind: addresses of L3 backends (sources worth a reverse-NAT lookup).
+/// Kind: addresses of L3 backends (sources worth an endpoint lookup: maybe a reply).
 pub const FILTER_REPLY: u32 = 1;
 pub const FILTER_KINDS: u32 = 2;
 /// Interfaces the program forwards out of: ifindex -> `IfaceInfo` (their MAC).
@@ -70,8 +70,10 @@ pub const BACKEND_STATS: &str = "XDPLB_BE_STATS";
 /// Per-CPU `u64` per verdict reason and event (see `stats`).
 pub const STATS: &str = "XDPLB_STATS";
 
-/// Programs the load balancer tail-calls (program array, filled by the loader, not pinned: it
-/// belongs to the program instance that uses it). Slot `JUMP_ICMP`: `PROG_ICMP`.
+/// Programs the load balancer tail-calls (program array, filled by the loader at every load,
+/// pinned like the other maps: the kernel empties a program array when its last user-space
+/// reference goes, and the attached program must keep its ICMP program while no daemon runs).
+/// Slot `JUMP_ICMP`: `PROG_ICMP`.
 pub const JUMP: &str = "XDPLB_JUMP";
 pub const JUMP_ICMP: u32 = 0;
 pub const JUMP_SLOTS: u32 = 1;

@@ -77,8 +77,8 @@ fn dispatch(ctx: &XdpContext, class: Class, vlan: bool) -> u32 {
     }
 }
 
-/// Tail-calls `xdplb_icmp` (`maps::JUMP`); returns only if that fails, which happens only
-/// without the ICMP program (never after a load): the packet is then passed, as before.
+/// Tail-calls `xdplb_icmp` (`maps::JUMP`, pinned, so it stays filled while no daemon runs);
+/// returns only if that fails (an empty table: never after a load), and the packet is passed.
 #[inline(always)]
 fn to_icmp_program(ctx: &XdpContext) -> u32 {
     // SAFETY: the program array holds XDP programs of this object only.

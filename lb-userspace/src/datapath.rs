@@ -683,7 +683,7 @@ fn check_pinned_layout(dir: &std::path::Path, o: &LoadOptions) -> Result<(), Dat
     use std::mem::size_of;
     let counters = size_of::<TrafficCounters>() as u32;
     // (name, key size, value size (None: not checked), max entries)
-    let expected: [(&'static str, u32, Option<u32>, u32); 13] = [
+    let expected: [(&'static str, u32, Option<u32>, u32); 14] = [
         (
             m::ENDPOINTS,
             size_of::<EndpointKey>() as u32,
@@ -691,6 +691,7 @@ fn check_pinned_layout(dir: &std::path::Path, o: &LoadOptions) -> Result<(), Dat
             o.max_backends,
         ),
         (m::CONFIG, 4, Some(4), m::CONFIG_SLOTS),
+        (m::JUMP, 4, Some(4), m::JUMP_SLOTS),
         (m::RECORD_WINDOW, 4, Some(16), m::WINDOWS),
         (
             m::ADDR_FILTER,
@@ -757,8 +758,10 @@ fn check_pinned_layout(dir: &std::path::Path, o: &LoadOptions) -> Result<(), Dat
     Ok(())
 }
 
-/// Every map, for pinning.
-const ALL_MAPS: [&str; 13] = [
+/// Every map, for pinning. `XDPLB_JUMP` too: the kernel empties a program array when its last
+/// user-space reference goes, so unpinned it would lose the ICMP program while no daemon runs.
+const ALL_MAPS: [&str; 14] = [
+    m::JUMP,
     m::ENDPOINTS,
     m::CONFIG,
     m::RECORD_WINDOW,
@@ -780,7 +783,9 @@ const ALL_MAPS: [&str; 13] = [
 const RETIRED_MAPS: [&str; 1] = ["XDPLB_NAT"];
 
 /// Loads the programs the balancer tail-calls and puts them in its program array (ICMP
-/// errors run in their own program: their translation needs a stack of its own).
+/// errors run in their own program: their translation needs a stack of its own). A pinned
+/// array adopted from an earlier daemon gets this load's program: the earlier program, still
+/// attached until it is swapped, then tail-calls this one, which uses the same pinned maps.
 fn fill_jump_table(ebpf: &mut Ebpf) -> Result<(), DataPathError> {
     let fd = program(ebpf, m::PROG_ICMP)?
         .fd()

@@ -151,6 +151,18 @@ fn l3_connections_survive_a_new_backend_and_restarts() {
     ];
     for (how, end) in restarts {
         end(&mut e.d).unwrap();
+        // No daemon: the pinned program balances and translates on its own, and its ICMP
+        // program (in the pinned jump table) still answers pings to the VIPs.
+        assert_all_answer(&mut held, &format!("{how}: while no daemon runs"));
+        for vip in [L3_VIP4, L3_VIP6] {
+            e.topo
+                .client
+                .ns
+                .exec(&["ping", "-c", "1", "-W", "2", vip])
+                .unwrap_or_else(|err| {
+                    panic!("{how}: no answer to a ping of {vip} while no daemon runs: {err}")
+                });
+        }
         e.d.spawn().unwrap();
         assert_eq!(e.vip_list(), list, "{how}: vip list --json changed");
         let status = e.d.json(&["status"]).unwrap();
