@@ -35,8 +35,9 @@ pub const PASS_KERNEL_FRAGMENTS: u32 = 15;
 /// L3: an IPv6 packet with a Routing header or AH: dropped (rewriting the address would break
 /// the upper-layer checksum or the authentication).
 pub const DROP_L3_IPV6_EXT: u32 = 16;
-/// L3: an ICMP error that belongs to an L3 flow but cannot be translated (its quoted packet
-/// is cut short, or has IP options): dropped rather than leak the backend's address.
+/// L3: an ICMP error that belongs to an L3 flow but cannot be translated (IPv4 options outside
+/// or in the quote, IPv6 extension headers outside): dropped rather than leak the backend's
+/// address.
 pub const DROP_ICMP_UNTRANSLATABLE: u32 = 17;
 /// An ICMP echo request ("ping") to a VIP address, answered from the VIP (passed to a kernel
 /// that does not own the VIP, it would be routed back towards the router that sent it).

@@ -188,6 +188,12 @@ pub fn ring_owner(vip: &VipInfo, key: &FlowKey) -> Option<u32> {
     Some(RING.get(line)?[(slot % m::RING_LINE_SLOTS) as usize])
 }
 
+/// Whether a connection-table entry naming backend `id` of `generation` is still valid.
+#[inline(always)]
+pub fn is_live(id: u32, generation: u32) -> bool {
+    live_backend(id).is_some_and(|b| b.generation == generation)
+}
+
 #[inline(always)]
 fn live_backend(id: u32) -> Option<BackendInfo> {
     BACKENDS

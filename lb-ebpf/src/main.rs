@@ -160,10 +160,11 @@ fn icmp_error(ctx: &XdpContext, flow: &FlowKey, outer: &FlowKey, plain: bool, vl
         addr: outer.dst,
         family: outer.family,
     };
-    if outer.dst != flow.dst {
+    let foreign = || {
         counters::event(stats::EV_ICMP_FOREIGN);
-        return pass_unless_vip_address(&pass, stats::PASS_ICMP);
-    }
+        pass_unless_vip_address(&pass, stats::PASS_ICMP)
+    };
+    let addressed = outer.dst == flow.dst;
     let l3_checks = || {
         if vlan {
             Some(stats::DROP_L3_VLAN)
@@ -175,6 +176,9 @@ fn icmp_error(ctx: &XdpContext, flow: &FlowKey, outer: &FlowKey, plain: bool, vl
     };
     // About a VIP's packet (a reply), sent to the VIP: for the flow's backend.
     if let Some(vip) = maps::find_vip(flow) {
+        if !addressed {
+            return foreign();
+        }
         if vip.flags & VIP_F_MODE_L3 == 0 {
             counters::event(stats::EV_ICMP_STEERED);
             return steer(ctx, &vip, flow, balance::lookup(flow), Record::Never);
@@ -197,6 +201,7 @@ fn icmp_error(ctx: &XdpContext, flow: &FlowKey, outer: &FlowKey, plain: bool, vl
     if maps::may_be(FILTER_REPLY, &flow.src) {
         let mut o = reply::Owner::default();
         match reply::resolve(flow, &mut o) {
+            reply::OURS if !addressed => return foreign(),
             reply::OURS => {
                 if let Some(reason) = l3_checks() {
                     return verdict_of(reason);
@@ -294,7 +299,9 @@ enum Count {
 }
 
 /// L3 mode: the flow's packets get the backend's address (and port). Flows of all-ports VIPs
-/// are always recorded: only their entry can match their replies (`reply`).
+/// are always recorded: only their entry can match their replies (`reply`). (Dropping them
+/// over the record limit instead was tried: every variant made LLVM spill an undefined
+/// register the verifier refuses; see docs/datapath.md.)
 #[inline(always)]
 fn to_backend(vip: &VipInfo, key: &FlowKey, known: Known) -> Result<Plan, u32> {
     let record = if vip.flags & VIP_F_ALL_PORTS != 0 {

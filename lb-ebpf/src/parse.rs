@@ -348,11 +348,12 @@ fn icmp_message<const ICMP: bool>(
     let icmp_type = unsafe { (*icmp)[0] };
     let v4 = outer.family == FAMILY_V4;
     let is_error = if v4 {
-        // Destination unreachable (incl. fragmentation needed), time exceeded.
-        icmp_type == 3 || icmp_type == 11
+        // Destination unreachable (incl. fragmentation needed), time exceeded, parameter
+        // problem.
+        icmp_type == 3 || icmp_type == 11 || icmp_type == 12
     } else {
-        // Destination unreachable, packet too big, time exceeded.
-        (1..=3).contains(&icmp_type)
+        // Destination unreachable, packet too big, time exceeded, parameter problem.
+        (1..=4).contains(&icmp_type)
     };
     if !is_error {
         let echo_request = if v4 { 8 } else { 128 };

@@ -8,7 +8,7 @@ use aya_ebpf::maps::HashMap;
 use lb_common::{Endpoint, EndpointKey, FlowKey, Hop, VipInfo};
 
 use crate::{
-    balance::ring_owner,
+    balance::{is_live, ring_owner},
     maps::{CONNTRACK, ENDPOINTS},
 };
 
@@ -75,8 +75,12 @@ pub fn resolve(reply: &FlowKey, out: &mut Owner) -> u32 {
             if backend == ep.backend && generation == ep.generation {
                 // SAFETY: a field of the same map value.
                 owner(Some(unsafe { &raw mut (*entry).reply_hop }), false)
-            } else {
+            } else if is_live(backend, generation) {
                 UNCONFIRMED
+            } else {
+                // A stale entry (its backend gone): the flow's packets are placed by the ring,
+                // and left so during a flood (over the record limit it is not rewritten).
+                by_ring(&ep, &flow, &mut owner)
             }
         }
         // No entry: evicted, or placed by the ring alone during a flood. The flow's next
@@ -84,18 +88,26 @@ pub fn resolve(reply: &FlowKey, out: &mut Owner) -> u32 {
         // all-ports VIPs: any packet of their backends' protocol looks like a reply, and the
         // backends' own connections would be translated by chance (their flows are always
         // recorded instead).
-        None if ep.vip_port != 0 => {
-            let vip = VipInfo {
-                id: ep.vip,
-                flags: ep.vip_flags,
-            };
-            if ring_owner(&vip, &flow) == Some(ep.backend) {
-                owner(None, true)
-            } else {
-                UNCONFIRMED
-            }
-        }
-        None => UNCONFIRMED,
+        None => by_ring(&ep, &flow, &mut owner),
+    }
+}
+
+/// A flow without a live entry is vouched for by its ring slot (fixed-port VIPs only; see
+/// `resolve`).
+#[inline(always)]
+fn by_ring(
+    ep: &Endpoint,
+    flow: &FlowKey,
+    owner: &mut impl FnMut(Option<*mut Hop>, bool) -> u32,
+) -> u32 {
+    let vip = VipInfo {
+        id: ep.vip,
+        flags: ep.vip_flags,
+    };
+    if ep.vip_port != 0 && ring_owner(&vip, flow) == Some(ep.backend) {
+        owner(None, true)
+    } else {
+        UNCONFIRMED
     }
 }
 

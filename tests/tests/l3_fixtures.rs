@@ -718,7 +718,28 @@ fn l3_nat_fixtures() {
 
         // A flood of new flows over the record limit: L3 flows are balanced by the ring alone
         // (no entry, so established flows keep theirs) and their replies still come back from
-        // the VIP. Flows of an all-ports VIP are recorded regardless.
+        // the VIP. An all-ports VIP's flows are recorded regardless (only an entry can match
+        // their replies).
+        let any_in = |sport: u16, flags: u8| {
+            Packet::tcp("10.1.0.1", sport, "10.1.0.106", 4444)
+                .flags(flags)
+                .build()
+        };
+        let any_out = |sport: u16, flags: u8| {
+            let p = Packet {
+                ttl: 63,
+                ..Packet::tcp("10.1.0.1", sport, "10.2.0.4", 4444).flags(flags)
+            };
+            with_macs(&p.build(), neighbour_mac("10.2.0.4".parse().unwrap()), b0)
+        };
+        f.check(
+            "all-ports VIP: a flow before the flood",
+            "c0",
+            &any_in(42009, SYN),
+            XDP_REDIRECT,
+            stats::REDIRECT,
+            &any_out(42009, SYN),
+        );
         f.dp.set_record_limit(1).unwrap();
         let unrecorded = f.event(stats::EV_CT_UNRECORDED);
         for sport in 42000..42004u16 {
@@ -769,24 +790,24 @@ fn l3_nat_fixtures() {
             4444,
         );
         f.check(
-            "flood: all-ports VIP",
+            "flood: a new all-ports flow, recorded regardless",
             "c0",
-            &Packet::tcp("10.1.0.1", 42010, "10.1.0.106", 4444).build(),
+            &any_in(42010, SYN),
             XDP_REDIRECT,
             stats::REDIRECT,
-            &with_macs(
-                &Packet {
-                    ttl: 63,
-                    ..Packet::tcp("10.1.0.1", 42010, "10.2.0.4", 4444)
-                }
-                .build(),
-                neighbour_mac("10.2.0.4".parse().unwrap()),
-                b0,
-            ),
+            &any_out(42010, SYN),
         );
         assert!(
             f.dp.conntrack(&any).unwrap().is_some(),
             "all-ports: recorded"
+        );
+        f.check(
+            "flood: the established all-ports flow",
+            "c0",
+            &any_in(42009, ACK),
+            XDP_REDIRECT,
+            stats::REDIRECT,
+            &any_out(42009, ACK),
         );
         f.dp.set_record_limit(0).unwrap();
 
@@ -958,6 +979,81 @@ fn l3_nat_fixtures() {
             stats::TX_ICMP_TOO_BIG,
             &too_big_answer(&reply, "10.2.0.254"),
         );
+
+        // ---- A stale entry during a flood: the flow's backend was removed; its packets go
+        // where the ring says (the entry is not rewritten over the limit), and so do its
+        // replies, vouched for by the ring. ----
+        let sport = (44000..)
+            .find(|p| f.ring(WEB4, "10.1.0.1", *p, 80).to_string() == "10.2.0.2")
+            .unwrap();
+        let key = flow_key(
+            "10.1.0.1".parse().unwrap(),
+            sport,
+            &WEB4.parse().unwrap(),
+            80,
+        );
+        let web = |src: &str, sport: u16, dst: &str, dport: u16, flags: u8| {
+            Packet::tcp(src, sport, dst, dport).flags(flags)
+        };
+        let routed = |p: Packet| Packet { ttl: 63, ..p }.build();
+        f.check(
+            "stale: the flow on 10.2.0.2",
+            "c0",
+            &web("10.1.0.1", sport, "10.1.0.100", 80, SYN).build(),
+            XDP_REDIRECT,
+            stats::REDIRECT,
+            &with_macs(
+                &routed(web("10.1.0.1", sport, "10.2.0.2", 80, SYN)),
+                neighbour_mac("10.2.0.2".parse().unwrap()),
+                b0,
+            ),
+        );
+        let web4: VipAddr = WEB4.parse().unwrap();
+        f.desired
+            .iter_mut()
+            .find(|v| v.spec.addr == web4)
+            .unwrap()
+            .backends
+            .retain(|b| b.addr.to_string() != "10.2.0.2");
+        let desired = f.desired.clone();
+        f.mirror.sync(&mut f.dp.writer(), &desired).unwrap();
+        f.dp.set_record_limit(1).unwrap();
+        // New flows use up this second's allowance of one.
+        for p in 44100..44103u16 {
+            let (action, _) = f.run("c0", &Packet::udp("10.1.0.1", p, "10.1.0.100", 53).build());
+            assert_eq!(action, XDP_REDIRECT);
+            *f.counted.entry(stats::REDIRECT).or_default() += 1;
+        }
+        f.check(
+            "stale: the flow's next packet, placed again by the ring",
+            "c0",
+            &web("10.1.0.1", sport, "10.1.0.100", 80, ACK).build(),
+            XDP_REDIRECT,
+            stats::REDIRECT,
+            &with_macs(
+                &routed(web("10.1.0.1", sport, "10.2.0.1", 8080, ACK)),
+                neighbour_mac("10.2.0.1".parse().unwrap()),
+                b0,
+            ),
+        );
+        assert!(
+            f.dp.conntrack(&key).unwrap().is_some(),
+            "the stale entry stays (over the limit it is not rewritten)"
+        );
+        f.check(
+            "stale: the new backend's reply, vouched for by the ring",
+            "b0",
+            &web("10.2.0.1", 8080, "10.1.0.1", sport, ACK).build(),
+            XDP_REDIRECT,
+            stats::REDIRECT,
+            &with_macs(
+                &routed(web("10.1.0.100", 80, "10.1.0.1", sport, ACK)),
+                CLIENT_MAC,
+                c0,
+            ),
+        );
+        replies += 1;
+        f.dp.set_record_limit(0).unwrap();
 
         // ---- A removed VIP's replies are no longer translated. ----
         f.desired.retain(|v| v.spec.addr != DNS4.parse().unwrap());
