@@ -10,10 +10,10 @@ use network_types::{
     ip::{Ipv4Hdr, Ipv6Hdr},
 };
 
-use crate::parse::{ptr_at, words, write_words, Offsets};
-
-/// TTL / hop limit of the reply.
-const TTL: u8 = 64;
+use crate::{
+    parse::{ptr_at, words, write_words, Offsets},
+    proto::TTL,
+};
 
 /// Turns the echo request (headers at `off`, IPv4 or not) into its reply.
 #[inline(always)]

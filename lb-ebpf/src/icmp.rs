@@ -19,10 +19,10 @@ use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 use crate::{
     nat::{decrement_ttl, l4_check},
     parse::{ptr_at, words, write_words},
+    proto::{ICMP_HDR_LEN as ICMP_HDR, IPPROTO_TCP, IPPROTO_UDP},
 };
 
 const ETH: usize = 14;
-const ICMP_HDR: usize = 8;
 /// IPv4: outer IP header, ICMP header, quoted IP header, quoted transport header.
 const V4_ICMP: usize = ETH + Ipv4Hdr::LEN;
 const V4_INNER: usize = V4_ICMP + ICMP_HDR;
@@ -31,9 +31,6 @@ const V4_INNER_L4: usize = V4_INNER + Ipv4Hdr::LEN;
 const V6_ICMP: usize = ETH + Ipv6Hdr::LEN;
 const V6_INNER: usize = V6_ICMP + ICMP_HDR;
 const V6_INNER_L4: usize = V6_INNER + Ipv6Hdr::LEN;
-
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
 
 /// What an ICMP error of an L3 flow becomes.
 pub struct Translation {

@@ -16,6 +16,7 @@ mod icmp;
 mod maps;
 mod nat;
 mod parse;
+mod proto;
 mod reply;
 mod sink;
 mod too_big;

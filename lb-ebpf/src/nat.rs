@@ -21,12 +21,8 @@ use crate::{
     forward::Egress,
     maps::IFACES,
     parse::{ptr_at, words, write_words, Offsets},
+    proto::{AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP},
 };
-
-const AF_INET: u8 = 2;
-const AF_INET6: u8 = 10;
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
 
 /// The address (and port) a packet gets.
 pub struct Rewrite {

@@ -14,20 +14,13 @@ use network_types::{
     vlan::VlanHdr,
 };
 
-const ETH_P_IP: u16 = 0x0800u16.to_be();
-const ETH_P_IPV6: u16 = 0x86ddu16.to_be();
+use crate::proto::{
+    ETH_P_IP, ETH_P_IPV6, ICMP_HDR_LEN, IPPROTO_AH, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT,
+    IPPROTO_HOPOPTS, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_ROUTING, IPPROTO_TCP, IPPROTO_UDP,
+};
+
 const ETH_P_8021Q: u16 = 0x8100u16.to_be();
 const ETH_P_8021AD: u16 = 0x88a8u16.to_be();
-
-const IPPROTO_HOPOPTS: u8 = 0;
-const IPPROTO_ICMP: u8 = 1;
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
-const IPPROTO_ROUTING: u8 = 43;
-const IPPROTO_FRAGMENT: u8 = 44;
-const IPPROTO_AH: u8 = 51;
-const IPPROTO_ICMPV6: u8 = 58;
-const IPPROTO_DSTOPTS: u8 = 60;
 
 /// IPv6 extension headers skipped before giving up (counted as malformed).
 const MAX_IPV6_EXT: usize = 6;
@@ -35,7 +28,6 @@ const TCP_HDR_LEN: usize = 20;
 const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
 const UDP_HDR_LEN: usize = 8;
-const ICMP_HDR_LEN: usize = 8;
 /// IPv4 "more fragments" flag and fragment offset mask, in network order.
 const IPV4_MF_OFFSET: u16 = 0x3fffu16.to_be();
 

@@ -12,10 +12,10 @@ use aya_ebpf::{
 use lb_common::maps::{SINK_ALL, SINK_PORT};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
-use crate::parse::ptr_at;
-
-const ETH_P_IP: u16 = 0x0800u16.to_be();
-const IPPROTO_UDP: u8 = 17;
+use crate::{
+    parse::ptr_at,
+    proto::{ETH_P_IP, IPPROTO_UDP},
+};
 
 /// Per-CPU counts: `SINK_ALL` every IPv4 UDP frame, `SINK_PORT` those to the expected port.
 #[map(name = "XDPLB_SINK")]

@@ -25,21 +25,16 @@ use network_types::{
     ip::{Ipv4Hdr, Ipv6Hdr},
 };
 
-use crate::parse::ptr_at;
+use crate::{
+    parse::ptr_at,
+    proto::{AF_INET, AF_INET6, ICMP_HDR_LEN as ICMP_HDR, IPPROTO_ICMP, IPPROTO_ICMPV6, TTL},
+};
 
 const ETH: usize = EthHdr::LEN;
-const ICMP_HDR: usize = 8;
 /// Bytes of the offending packet quoted, from its IP header on: enough for any IPv4 header
 /// with options and the transport ports (RFC 792 asks for the header and 8 bytes), and within
 /// `bpf_csum_diff`'s 512 bytes with the ICMP header.
 const QUOTE: usize = 256;
-const AF_INET: u8 = 2;
-const AF_INET6: u8 = 10;
-const IPPROTO_ICMP: u8 = 1;
-const IPPROTO_ICMPV6: u8 = 58;
-/// TTL / hop limit of the answer.
-const TTL: u8 = 64;
-
 /// The LB's address towards `dst` (what the kernel would send from), by the FIB, into `src`.
 /// A BPF subprogram (rare; its lookup request would grow the main program's stack).
 #[inline(never)]
