@@ -91,6 +91,11 @@ impl Fix {
         );
     }
 
+    /// A row forwarded out of another interface (XDP_REDIRECT) as exactly `want`.
+    fn redirect(&mut self, what: &str, ingress: &str, input: &[u8], want: &[u8]) {
+        self.check(what, ingress, input, XDP_REDIRECT, stats::REDIRECT, want);
+    }
+
     /// A client's packet (with DF) larger than the egress MTU, from c0: answered from the VIP
     /// with "fragmentation needed" / "packet too big", sent back out.
     fn too_big(&mut self, what: &str, packet: Packet) {
@@ -256,23 +261,14 @@ fn l3_nat_fixtures() {
                     neighbour_mac(b),
                     b0,
                 );
-                f.check(
+                f.redirect(
                     &format!("{vip} from {client}:{sport} -> {bs}:{bport}"),
                     "c0",
                     &input,
-                    XDP_REDIRECT,
-                    stats::REDIRECT,
                     &want,
                 );
                 // The flow's next packet hits the connection table: same output.
-                f.check(
-                    &format!("{vip} again"),
-                    "c0",
-                    &input,
-                    XDP_REDIRECT,
-                    stats::REDIRECT,
-                    &want,
-                );
+                f.redirect(&format!("{vip} again"), "c0", &input, &want);
                 // The backend's reply comes back from the VIP.
                 let reply = Packet {
                     dst_mac: b0,
@@ -289,12 +285,10 @@ fn l3_nat_fixtures() {
                     CLIENT_MAC,
                     c0,
                 );
-                f.check(
+                f.redirect(
                     &format!("reply of {vip} from {bs}:{bport}"),
                     "b0",
                     &reply,
-                    XDP_REDIRECT,
-                    stats::REDIRECT,
                     &want,
                 );
             }
@@ -322,14 +316,7 @@ fn l3_nat_fixtures() {
             neighbour_mac(b),
             b0,
         );
-        f.check(
-            "UDP checksum 0",
-            "c0",
-            &input,
-            XDP_REDIRECT,
-            stats::REDIRECT,
-            &want,
-        );
+        f.redirect("UDP checksum 0", "c0", &input, &want);
 
         // VLAN-tagged: not NATed (the tag would have to follow the egress), dropped: passed,
         // the kernel would route the VIP packet back where it came from.
@@ -376,14 +363,7 @@ fn l3_nat_fixtures() {
             neighbour_mac(b),
             b0,
         );
-        f.check(
-            "IPv4 options",
-            "c0",
-            &input,
-            XDP_REDIRECT,
-            stats::REDIRECT,
-            &want,
-        );
+        f.redirect("IPv4 options", "c0", &input, &want);
         let b = f.ring(WEB6, "fd01::1", 41011, 80);
         let bport = f.port_of(WEB6, b);
         let input = Packet::tcp("fd01::1", 41011, "fd01::100", 80)
@@ -398,14 +378,7 @@ fn l3_nat_fixtures() {
             neighbour_mac(b),
             b0,
         );
-        f.check(
-            "IPv6 destination options",
-            "c0",
-            &input,
-            XDP_REDIRECT,
-            stats::REDIRECT,
-            &want,
-        );
+        f.redirect("IPv6 destination options", "c0", &input, &want);
 
         // Larger than the egress MTU: answered from the VIP (path MTU discovery).
         f.too_big(
@@ -517,12 +490,10 @@ fn l3_nat_fixtures() {
                 ..Packet::tcp("10.1.0.1", 41007, vip_ip, 80)
             }
             .build();
-            f.check(
+            f.redirect(
                 &format!("L2 VIP {vip_ip} with its backend behind b0"),
                 "c0",
                 &input,
-                XDP_REDIRECT,
-                stats::REDIRECT,
                 &with_macs(&input, be_mac(8).0, src),
             );
         }
@@ -564,24 +535,10 @@ fn l3_nat_fixtures() {
             ("cache: first hit", ACK),
             ("cache: cached", ACK),
         ] {
-            f.check(
-                what,
-                "c0",
-                &input(flags),
-                XDP_REDIRECT,
-                stats::REDIRECT,
-                &out(neighbour_mac(b), flags),
-            );
+            f.redirect(what, "c0", &input(flags), &out(neighbour_mac(b), flags));
         }
         for what in ["cache: reply", "cache: cached reply"] {
-            f.check(
-                what,
-                "b0",
-                &reply,
-                XDP_REDIRECT,
-                stats::REDIRECT,
-                &back(CLIENT_MAC),
-            );
+            f.redirect(what, "b0", &reply, &back(CLIENT_MAC));
         }
         f.too_big(
             "cache: too big",
@@ -591,12 +548,10 @@ fn l3_nat_fixtures() {
         let neigh = |addr: &str, mac: [u8; 6], dev: &str| set_neighbour(&ns, addr, Mac(mac), dev);
         neigh(&bs, moved_b, "b0");
         neigh("10.1.0.1", moved_c, "c0");
-        f.check(
+        f.redirect(
             "cache: still cached",
             "c0",
             &input(ACK),
-            XDP_REDIRECT,
-            stats::REDIRECT,
             &out(neighbour_mac(b), ACK),
         );
         // A new flow to the same backend starts with the backend's cached next hop (no FIB
@@ -612,42 +567,19 @@ fn l3_nat_fixtures() {
                 ttl: 63,
                 ..Packet::tcp("10.1.0.1", sport2, &bs, bport).flags(flags)
             };
-            f.check(
+            f.redirect(
                 what,
                 "c0",
                 &Packet::tcp("10.1.0.1", sport2, "10.1.0.100", vport)
                     .flags(flags)
                     .build(),
-                XDP_REDIRECT,
-                stats::REDIRECT,
                 &with_macs(&p.build(), neighbour_mac(b), b0),
             );
         }
-        f.check(
-            "cache: reply still cached",
-            "b0",
-            &reply,
-            XDP_REDIRECT,
-            stats::REDIRECT,
-            &back(CLIENT_MAC),
-        );
+        f.redirect("cache: reply still cached", "b0", &reply, &back(CLIENT_MAC));
         std::thread::sleep(std::time::Duration::from_millis(1300));
-        f.check(
-            "cache: expired",
-            "c0",
-            &input(ACK),
-            XDP_REDIRECT,
-            stats::REDIRECT,
-            &out(moved_b, ACK),
-        );
-        f.check(
-            "cache: reply expired",
-            "b0",
-            &reply,
-            XDP_REDIRECT,
-            stats::REDIRECT,
-            &back(moved_c),
-        );
+        f.redirect("cache: expired", "c0", &input(ACK), &out(moved_b, ACK));
+        f.redirect("cache: reply expired", "b0", &reply, &back(moved_c));
         neigh(&bs, neighbour_mac(b), "b0");
         neigh("10.1.0.1", CLIENT_MAC, "c0");
 
@@ -664,12 +596,10 @@ fn l3_nat_fixtures() {
             ttl: 63,
             ..Packet::tcp("10.1.0.100", 80, "10.1.0.1", sport).flags(ACK)
         };
-        f.check(
+        f.redirect(
             "reply vouched for by the ring",
             "b0",
             &reply.build(),
-            XDP_REDIRECT,
-            stats::REDIRECT,
             &with_macs(&back.build(), CLIENT_MAC, c0),
         );
         replies += 1;
@@ -694,23 +624,19 @@ fn l3_nat_fixtures() {
             &WEB4.parse().unwrap(),
             vport,
         );
-        f.check(
+        f.redirect(
             "evicted: first packet",
             "c0",
             &fwd(SYN).build(),
-            XDP_REDIRECT,
-            stats::REDIRECT,
             &fwd_out(SYN),
         );
         assert!(f.dp.conntrack(&key).unwrap().is_some(), "recorded");
         f.dp.forget_flow(&key).unwrap();
         let misses = f.event(stats::EV_CT_MISS);
-        f.check(
+        f.redirect(
             "evicted: next packet",
             "c0",
             &fwd(ACK).build(),
-            XDP_REDIRECT,
-            stats::REDIRECT,
             &fwd_out(ACK),
         );
         assert_eq!(f.event(stats::EV_CT_MISS), misses + 1, "placed again");
@@ -732,12 +658,10 @@ fn l3_nat_fixtures() {
             };
             with_macs(&p.build(), neighbour_mac("10.2.0.4".parse().unwrap()), b0)
         };
-        f.check(
+        f.redirect(
             "all-ports VIP: a flow before the flood",
             "c0",
             &any_in(42009, SYN),
-            XDP_REDIRECT,
-            stats::REDIRECT,
             &any_out(42009, SYN),
         );
         f.dp.set_record_limit(1).unwrap();
@@ -749,24 +673,20 @@ fn l3_nat_fixtures() {
                 ttl: 63,
                 ..Packet::udp("10.1.0.1", sport, &bs, 53)
             };
-            f.check(
+            f.redirect(
                 "flood: new flow",
                 "c0",
                 &Packet::udp("10.1.0.1", sport, "10.1.0.100", 53).build(),
-                XDP_REDIRECT,
-                stats::REDIRECT,
                 &with_macs(&out.build(), neighbour_mac(b), b0),
             );
             let back = Packet {
                 ttl: 63,
                 ..Packet::udp("10.1.0.100", 53, "10.1.0.1", sport)
             };
-            f.check(
+            f.redirect(
                 "flood: reply",
                 "b0",
                 &Packet::udp(&bs, 53, "10.1.0.1", sport).build(),
-                XDP_REDIRECT,
-                stats::REDIRECT,
                 &with_macs(&back.build(), CLIENT_MAC, c0),
             );
             replies += 1;
@@ -789,24 +709,20 @@ fn l3_nat_fixtures() {
             &ANY4.parse().unwrap(),
             4444,
         );
-        f.check(
+        f.redirect(
             "flood: a new all-ports flow, recorded regardless",
             "c0",
             &any_in(42010, SYN),
-            XDP_REDIRECT,
-            stats::REDIRECT,
             &any_out(42010, SYN),
         );
         assert!(
             f.dp.conntrack(&any).unwrap().is_some(),
             "all-ports: recorded"
         );
-        f.check(
+        f.redirect(
             "flood: the established all-ports flow",
             "c0",
             &any_in(42009, ACK),
-            XDP_REDIRECT,
-            stats::REDIRECT,
             &any_out(42009, ACK),
         );
         f.dp.set_record_limit(0).unwrap();
@@ -846,12 +762,10 @@ fn l3_nat_fixtures() {
                     ..Packet::icmp_too_big(router, &bs, 1400, quoted(&bs, bport))
                 };
                 let to_backend = f.event(stats::EV_ICMP_TO_BACKEND);
-                f.check(
+                f.redirect(
                     &format!("too big about a reply of {vip}, quote {quote_len:?}"),
                     "c0",
                     &input.build(),
-                    XDP_REDIRECT,
-                    stats::REDIRECT,
                     &with_macs(&want.build(), neighbour_mac(b), b0),
                 );
                 assert_eq!(f.event(stats::EV_ICMP_TO_BACKEND), to_backend + 1);
@@ -872,12 +786,10 @@ fn l3_nat_fixtures() {
                 ttl: 63,
                 ..Packet::udp(client, sport, &bs, bport)
             };
-            f.check(
+            f.redirect(
                 &format!("{vip}: flow for the error"),
                 "c0",
                 &Packet::udp(client, sport, vip_ip, vport).build(),
-                XDP_REDIRECT,
-                stats::REDIRECT,
                 &with_macs(&out.build(), neighbour_mac(b), b0),
             );
             let router = if vip == DNS4 {
@@ -901,12 +813,10 @@ fn l3_nat_fixtures() {
                     ..Packet::icmp(outer_src, client, ty, code, quoted(vip_ip, vport))
                 };
                 let to_client = f.event(stats::EV_ICMP_TO_CLIENT);
-                f.check(
+                f.redirect(
                     &format!("unreachable from {from} about {vip}"),
                     "b0",
                     &input.build(),
-                    XDP_REDIRECT,
-                    stats::REDIRECT,
                     &with_macs(&want.build(), CLIENT_MAC, c0),
                 );
                 assert_eq!(f.event(stats::EV_ICMP_TO_CLIENT), to_client + 1);
@@ -950,12 +860,10 @@ fn l3_nat_fixtures() {
         let sport = 43300;
         let b = f.ring(WEB4, "10.1.0.1", sport, 80);
         let (bs, bport) = (b.to_string(), f.port_of(WEB4, b));
-        f.check(
+        f.redirect(
             "too big reply: its flow",
             "c0",
             &Packet::tcp("10.1.0.1", sport, "10.1.0.100", 80).build(),
-            XDP_REDIRECT,
-            stats::REDIRECT,
             &with_macs(
                 &Packet {
                     ttl: 63,
@@ -996,12 +904,10 @@ fn l3_nat_fixtures() {
             Packet::tcp(src, sport, dst, dport).flags(flags)
         };
         let routed = |p: Packet| Packet { ttl: 63, ..p }.build();
-        f.check(
+        f.redirect(
             "stale: the flow on 10.2.0.2",
             "c0",
             &web("10.1.0.1", sport, "10.1.0.100", 80, SYN).build(),
-            XDP_REDIRECT,
-            stats::REDIRECT,
             &with_macs(
                 &routed(web("10.1.0.1", sport, "10.2.0.2", 80, SYN)),
                 neighbour_mac("10.2.0.2".parse().unwrap()),
@@ -1024,12 +930,10 @@ fn l3_nat_fixtures() {
             assert_eq!(action, XDP_REDIRECT);
             *f.counted.entry(stats::REDIRECT).or_default() += 1;
         }
-        f.check(
+        f.redirect(
             "stale: the flow's next packet, placed again by the ring",
             "c0",
             &web("10.1.0.1", sport, "10.1.0.100", 80, ACK).build(),
-            XDP_REDIRECT,
-            stats::REDIRECT,
             &with_macs(
                 &routed(web("10.1.0.1", sport, "10.2.0.1", 8080, ACK)),
                 neighbour_mac("10.2.0.1".parse().unwrap()),
@@ -1040,12 +944,10 @@ fn l3_nat_fixtures() {
             f.dp.conntrack(&key).unwrap().is_some(),
             "the stale entry stays (over the limit it is not rewritten)"
         );
-        f.check(
+        f.redirect(
             "stale: the new backend's reply, vouched for by the ring",
             "b0",
             &web("10.2.0.1", 8080, "10.1.0.1", sport, ACK).build(),
-            XDP_REDIRECT,
-            stats::REDIRECT,
             &with_macs(
                 &routed(web("10.1.0.100", 80, "10.1.0.1", sport, ACK)),
                 CLIENT_MAC,
