@@ -42,7 +42,11 @@ pub const DROP_ICMP_UNTRANSLATABLE: u32 = 17;
 /// An ICMP echo request ("ping") to a VIP address, answered from the VIP (passed to a kernel
 /// that does not own the VIP, it would be routed back towards the router that sent it).
 pub const TX_ICMP_ECHO: u32 = 18;
-pub const VERDICT_COUNT: u32 = 19;
+/// L3: a new flow of an all-ports VIP over the per-CPU record limit (a flood): dropped. Its
+/// replies can only be matched by its connection-table entry, and recording it would let the
+/// flood evict established flows.
+pub const DROP_ALL_PORTS_FLOOD: u32 = 19;
+pub const VERDICT_COUNT: u32 = 20;
 
 pub const EVENT_BASE: u32 = 24;
 pub const EV_CT_HIT: u32 = EVENT_BASE;
@@ -100,6 +104,7 @@ pub fn name(index: u32) -> Option<&'static str> {
         DROP_L3_IPV6_EXT => "drop_l3_ipv6_ext",
         DROP_ICMP_UNTRANSLATABLE => "drop_icmp_untranslatable",
         TX_ICMP_ECHO => "tx_icmp_echo",
+        DROP_ALL_PORTS_FLOOD => "drop_all_ports_flood",
         EV_CT_HIT => "conntrack_hit",
         EV_CT_MISS => "conntrack_miss",
         EV_CT_STALE => "conntrack_stale",

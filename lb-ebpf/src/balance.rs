@@ -157,11 +157,13 @@ pub fn choose(vip: &VipInfo, key: &FlowKey, known: Known, record: Record) -> Opt
 /// This CPU's next-hop cache of backend `id` (`maps::BACKEND_HOPS`), tagged with the backend's
 /// generation: a reused id does not inherit its previous holder's next hop.
 #[inline(always)]
-pub fn backend_hop(id: u32, generation: u32) -> Option<HopRef> {
-    BACKEND_HOPS.get_ptr_mut(id).map(|at| HopRef {
-        at,
-        tag: generation as u16,
-    })
+pub fn backend_hop(id: u32, generation: u32) -> HopRef {
+    BACKEND_HOPS
+        .get_ptr_mut(id)
+        .map_or(HopRef::NONE, |at| HopRef {
+            at,
+            tag: generation as u16,
+        })
 }
 
 /// A new L3 flow's own next hop to start with: its backend's, while that is valid (it then

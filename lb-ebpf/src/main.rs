@@ -112,6 +112,15 @@ fn flow(ctx: &XdpContext, key: &FlowKey, off: &Offsets, flags: FlowFlags, vlan: 
     let plan = match vip {
         Some(vip) if vip.flags & VIP_F_MODE_L3 != 0 => match untranslatable(vlan, flags) {
             Some(reason) => Err(reason),
+            // Over the record limit (this flow counted, as recording it would), a new flow of
+            // an all-ports VIP can be neither recorded (the flood would evict established
+            // flows) nor placed without an entry (only an entry can match its replies).
+            None if vip.flags & VIP_F_ALL_PORTS != 0
+                && !matches!(known, Known::Hit(..))
+                && !maps::may_record() =>
+            {
+                Err(stats::DROP_ALL_PORTS_FLOOD)
+            }
             None => to_backend(&vip, key, known),
         },
         Some(vip) => return steer(ctx, &vip, key, known, Record::UnlessFlood),
@@ -146,7 +155,8 @@ fn verdict_of(reason: u32) -> u32 {
         | stats::DROP_L3_IPV6_EXT
         | stats::DROP_ICMP_UNTRANSLATABLE
         | stats::DROP_NO_ROUTE
-        | stats::DROP_TOO_BIG => xdp_action::XDP_DROP,
+        | stats::DROP_TOO_BIG
+        | stats::DROP_ALL_PORTS_FLOOD => xdp_action::XDP_DROP,
         _ => xdp_action::XDP_PASS,
     };
     verdict(reason, action)
@@ -244,7 +254,7 @@ fn icmp_send(ctx: &XdpContext, outer: &FlowKey, proto: u8, t: Translation, event
             outer.src
         },
         port: 0,
-        hop: None,
+        hop: nat::HopRef::NONE,
     };
     let plan = Plan {
         rw,
@@ -300,9 +310,8 @@ enum Count {
 }
 
 /// L3 mode: the flow's packets get the backend's address (and port). Flows of all-ports VIPs
-/// are always recorded: only their entry can match their replies (`reply`). (Dropping them
-/// over the record limit instead was tried: every variant made LLVM spill an undefined
-/// register the verifier refuses; see docs/datapath.md.)
+/// are always recorded: only their entry can match their replies (`reply`; over the record
+/// limit they are dropped before, in `flow`).
 #[inline(always)]
 fn to_backend(vip: &VipInfo, key: &FlowKey, known: Known) -> Result<Plan, u32> {
     let record = if vip.flags & VIP_F_ALL_PORTS != 0 {
@@ -316,10 +325,10 @@ fn to_backend(vip: &VipInfo, key: &FlowKey, known: Known) -> Result<Plan, u32> {
     let b = &choice.backend;
     // A known flow has its own next hop; a new one starts with its backend's.
     let hop = match choice.hop {
-        Some(at) => Some(nat::HopRef {
+        Some(at) => nat::HopRef {
             at,
             tag: nat::hop_tag(key),
-        }),
+        },
         None => balance::backend_hop(choice.id, b.generation),
     };
     let rw = nat::Rewrite {
@@ -358,7 +367,7 @@ fn to_client(key: &FlowKey, vlan: bool, flags: FlowFlags) -> Result<Plan, u32> {
             dst: false,
             addr: o.vip_addr,
             port: o.vip_port,
-            hop: o.hop.map(|at| nat::HopRef {
+            hop: o.hop.map_or(nat::HopRef::NONE, |at| nat::HopRef {
                 at,
                 tag: nat::hop_tag(key),
             }),

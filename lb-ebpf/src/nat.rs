@@ -33,15 +33,29 @@ pub struct Rewrite {
     pub port: u16,
     /// The next-hop cache to use and refresh: the flow's own (in its connection-table entry)
     /// or, for a flow's first packet, its backend's (`maps::BACKEND_HOPS`).
-    pub hop: Option<HopRef>,
+    pub hop: HopRef,
 }
 
 /// A next-hop cache and the tag that says it was written for this packet's flow or backend
 /// (an LRU entry can be recycled for another flow, a backend id reused for another backend).
+/// `at` is null for none: an `Option` here left its payload undefined when `None`, and LLVM
+/// then spilled an undefined register, which the verifier refuses.
 #[derive(Clone, Copy)]
 pub struct HopRef {
     pub at: *mut Hop,
     pub tag: u16,
+}
+
+impl HopRef {
+    pub const NONE: HopRef = HopRef {
+        at: core::ptr::null_mut(),
+        tag: 0,
+    };
+
+    #[inline(always)]
+    fn get(&self) -> Option<&HopRef> {
+        (!self.at.is_null()).then_some(self)
+    }
 }
 
 /// Where the rewritten packet goes.
@@ -97,7 +111,7 @@ pub fn route(ctx: &XdpContext, key: &FlowKey, off: &Offsets, rw: &Rewrite) -> Re
     // SAFETY: the coarse clock helper has no preconditions.
     let now = ((unsafe { bpf_ktime_get_coarse_ns() } >> 20) as u32).max(1);
     let ingress = ctx.ingress_ifindex() as u32;
-    if let Some(r) = rw.hop {
+    if let Some(r) = rw.hop.get() {
         // SAFETY: a valid map value; copied at once.
         let h = unsafe { *r.at };
         if h.tag == r.tag
@@ -148,7 +162,7 @@ pub fn route(ctx: &XdpContext, key: &FlowKey, off: &Offsets, rw: &Rewrite) -> Re
     let rc = unsafe { fib_lookup(ctx.as_ptr(), &mut p, size_of::<bpf_fib_lookup>() as i32, 0) };
     Ok(match rc as u32 {
         BPF_FIB_LKUP_RET_SUCCESS if attached(p.ifindex) => {
-            if let Some(r) = rw.hop {
+            if let Some(r) = rw.hop.get() {
                 // SAFETY: a valid map value (possibly recycled for another flow since the
                 // lookup: the tag tells that flow not to use it). A reader on another CPU may
                 // see a half-written refresh; a flow's packets stay on one CPU, so rarely.

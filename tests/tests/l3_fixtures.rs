@@ -644,8 +644,9 @@ fn l3_nat_fixtures() {
 
         // A flood of new flows over the record limit: L3 flows are balanced by the ring alone
         // (no entry, so established flows keep theirs) and their replies still come back from
-        // the VIP. An all-ports VIP's flows are recorded regardless (only an entry can match
-        // their replies).
+        // the VIP. An all-ports VIP's new flows are dropped instead (only an entry could match
+        // their replies, and recording them would let the flood evict established flows); its
+        // established flows go on.
         let any_in = |sport: u16, flags: u8| {
             Packet::tcp("10.1.0.1", sport, "10.1.0.106", 4444)
                 .flags(flags)
@@ -709,15 +710,18 @@ fn l3_nat_fixtures() {
             &ANY4.parse().unwrap(),
             4444,
         );
-        f.redirect(
-            "flood: a new all-ports flow, recorded regardless",
+        let input = any_in(42010, SYN);
+        f.check(
+            "flood: a new all-ports flow, dropped",
             "c0",
-            &any_in(42010, SYN),
-            &any_out(42010, SYN),
+            &input,
+            XDP_DROP,
+            stats::DROP_ALL_PORTS_FLOOD,
+            &input.clone(),
         );
         assert!(
-            f.dp.conntrack(&any).unwrap().is_some(),
-            "all-ports: recorded"
+            f.dp.conntrack(&any).unwrap().is_none(),
+            "all-ports: not recorded"
         );
         f.redirect(
             "flood: the established all-ports flow",

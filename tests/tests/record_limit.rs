@@ -1,15 +1,15 @@
 //! The per-CPU limit of new flows recorded per second (`conntrack.record_limit`), through
 //! BPF_PROG_TEST_RUN (needs root): beyond it, new flows are still sent to their ring backend
 //! but get no connection-table entry (counted as `conntrack_unrecorded`), L2 and L3 alike
-//! (an L3 reply without an entry is vouched for by the ring); flows of an all-ports L3 VIP
-//! are always recorded (only their entry can match their replies); the next second records
+//! (an L3 reply without an entry is vouched for by the ring); new flows of an all-ports L3
+//! VIP are dropped instead (only an entry could match their replies); the next second records
 //! again.
 
 use lb_common::stats;
 use lb_tests::{
     fib::{backends, be_mac, fib_namespace},
     packet::{Packet, ACK, SYN},
-    xdp::{test_run, vip, XDP_REDIRECT, XDP_TX},
+    xdp::{test_run, vip, XDP_DROP, XDP_REDIRECT, XDP_TX},
 };
 use lb_userspace::{
     datapath::{DataPath, LoadOptions},
@@ -132,17 +132,19 @@ fn new_flows_beyond_the_record_limit_are_balanced_but_not_recorded() {
                 "L3 flow {sport} over the limit recorded"
             );
         }
-        // An all-ports L3 VIP's flows are recorded whatever the rate: a reply's source port
-        // names no VIP port, only the entry can match it.
+        // An all-ports L3 VIP's new flows are dropped over the limit: a reply's source port
+        // names no VIP port, only an entry could match it, and recording them would let the
+        // flood evict established flows.
         for sport in 41000..41003 {
             let frame = Packet::udp("10.1.0.1", sport, "10.1.0.201", 80).build();
             let (verdict, _) = test_run(dp.program().unwrap(), &frame, Some(c0));
-            assert_eq!(verdict, XDP_REDIRECT);
+            assert_eq!(verdict, XDP_DROP);
             assert!(
-                recorded_as(&dp, sport, "10.1.0.201:*/udp"),
-                "all-ports L3 flow {sport} recorded"
+                !recorded_as(&dp, sport, "10.1.0.201:*/udp"),
+                "all-ports L3 flow {sport} over the limit recorded"
             );
         }
+        assert_eq!(stat(&dp, stats::DROP_ALL_PORTS_FLOOD), 3);
         assert_eq!(
             stat(&dp, stats::EV_CT_UNRECORDED),
             3 * (n - LIMIT as u16) as u64 + 1 + 3
