@@ -29,10 +29,12 @@ struct Cli {
 enum Cmd {
     /// Install what building and testing need (idempotent).
     Setup,
-    /// Run setup, then every test (needs root for the data-path tests).
+    /// Run setup, then every test (needs root for the data-path tests). Every test binary runs
+    /// even after a failure; the failed tests are listed at the end.
     Test {
-        /// Extra arguments for `cargo test` (e.g. a test name filter).
-        #[arg(trailing_var_arg = true)]
+        /// Extra arguments for `cargo test`: a test name filter (`cargo xtask test l3_`), or
+        /// `--test NAME` for one test binary.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
     /// Run setup, then the demo: traffic balanced over three backends in namespaces.
@@ -85,17 +87,25 @@ fn run(cmd: &mut Command) -> Result<()> {
 fn test(args: &[String]) -> Result<()> {
     let mut child = Command::new("cargo")
         .current_dir(root())
-        .args(["test", "--release"])
+        // Every test binary runs even after one fails; the failures are listed at the end.
+        .args(["test", "--release", "--no-fail-fast"])
         .args(args)
         .args(["--", "--test-threads=1"])
         .stdout(Stdio::piped())
         .spawn()
         .context("starting cargo test")?;
     let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    let mut failures = Vec::new();
     let stdout = child.stdout.take().context("cargo test stdout")?;
     for line in BufReader::new(stdout).lines() {
         let line = line?;
         println!("{line}");
+        if let Some(name) = line
+            .strip_prefix("test ")
+            .and_then(|l| l.strip_suffix(" ... FAILED"))
+        {
+            failures.push(name.to_string());
+        }
         if let Some(rest) = line.strip_prefix("test result: ") {
             let count = |what: &str| -> u64 {
                 rest.split(';')
@@ -117,6 +127,9 @@ fn test(args: &[String]) -> Result<()> {
     }
     let status = child.wait()?;
     println!("tests: {passed} passed, {failed} failed, {ignored} skipped");
+    for name in &failures {
+        println!("failed: {name}");
+    }
     if !status.success() {
         bail!("cargo test failed ({status})");
     }
