@@ -31,6 +31,39 @@ pub fn xdplb_bin() -> Result<PathBuf> {
     }
 }
 
+/// A copy of the `xdplb` binary that any user can run, for tests that run the CLI as another
+/// user: the build's own may sit where only root can enter (a clone under a 0700 `/root`).
+/// Removed on drop.
+pub struct SharedBin {
+    dir: PathBuf,
+    pub path: PathBuf,
+}
+
+impl SharedBin {
+    pub fn new() -> Result<SharedBin> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!(
+            "xdplb-shared-bin-{}",
+            crate::netns::unique_prefix()
+        ));
+        std::fs::create_dir_all(&dir)?;
+        let shared = SharedBin {
+            path: dir.join("xdplb"),
+            dir,
+        };
+        std::fs::set_permissions(&shared.dir, std::fs::Permissions::from_mode(0o755))?;
+        std::fs::copy(xdplb_bin()?, &shared.path)?;
+        std::fs::set_permissions(&shared.path, std::fs::Permissions::from_mode(0o755))?;
+        Ok(shared)
+    }
+}
+
+impl Drop for SharedBin {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 pub struct Daemon {
     pub dir: PathBuf,
     pub socket: PathBuf,

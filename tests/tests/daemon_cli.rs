@@ -858,9 +858,10 @@ fn metrics_are_served_and_the_socket_refuses_non_root() {
         .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
         .unwrap();
     assert_eq!(mode, 0o600);
+    let shared = lb_tests::daemon::SharedBin::new().unwrap();
     let nobody = |args: &[&str]| {
         use std::os::unix::process::CommandExt;
-        std::process::Command::new(lb_tests::daemon::xdplb_bin().unwrap())
+        std::process::Command::new(&shared.path)
             .arg("--socket")
             .arg(&e.d.socket)
             .args(args)
