@@ -9,7 +9,7 @@ use std::{
 
 use lb_tests::{
     capture::Capture,
-    daemon::Daemon,
+    l3env::L3Env,
     peers::{hold, http_download, http_get, http_upload, tcp_once, udp_once, Server},
     topology::{L3Topology, L3_VIP4, L3_VIP6},
 };
@@ -18,28 +18,20 @@ const PORT: u16 = 8080;
 const REWRITTEN: u16 = 9090;
 const MIB: usize = 1 << 20;
 
-struct Env {
-    d: Daemon,
-    _servers: Vec<Server>,
-    _pass: lb_userspace::datapath::DataPath,
-    topo: L3Topology,
-}
-
-impl Env {
-    fn new() -> Env {
-        let topo = L3Topology::new(3).expect("L3 topology");
-        let pass = topo
-            .attach_peer_pass()
-            .expect("pass programs on the LB's peers");
-        // Each backend serves 8080 (TCP and UDP) and 9090 (the port-rewrite VIP's target: one
-        // backend port may serve only one L3 VIP).
+/// Each backend serves 8080 (TCP and UDP) and 9090 (the port-rewrite VIP's target: one
+/// backend port may serve only one L3 VIP); the VIPs of both families and protocols, one with
+/// a port rewrite.
+fn env() -> L3Env {
+    let serve = |topo: &L3Topology| {
         let mut servers = Vec::new();
         for (i, b) in topo.backends.iter().enumerate() {
             let name = format!("b{}", i + 1);
-            servers.push(Server::start(&b.ns, &name, PORT, &["::".parse().unwrap()]).unwrap());
-            servers.push(Server::start(&b.ns, &name, REWRITTEN, &[]).unwrap());
+            servers.push(Server::start(&b.ns, &name, PORT, &["::".parse().unwrap()])?);
+            servers.push(Server::start(&b.ns, &name, REWRITTEN, &[])?);
         }
-        let d = Daemon::start(&topo.lb, &[]).expect("daemon");
+        Ok(servers)
+    };
+    let vips = |topo: &L3Topology| {
         let backends = |v6: bool, port: Option<u16>| -> String {
             topo.backends
                 .iter()
@@ -48,9 +40,9 @@ impl Env {
                     let port = port.map(|p| format!("port = {p}\n")).unwrap_or_default();
                     format!("[[vip.backend]]\naddr = \"{addr}\"\n{port}")
                 })
-                .collect()
+                .collect::<String>()
         };
-        let mut cfg = String::from("[[interface]]\nname = \"eth0\"\nxdp_mode = \"native\"\n[[interface]]\nname = \"eth1\"\nxdp_mode = \"native\"\n");
+        let mut cfg = String::new();
         for (vip, v6, port) in [
             (format!("{L3_VIP4}:{PORT}/tcp"), false, None),
             (format!("{L3_VIP4}:80/tcp"), false, Some(REWRITTEN)),
@@ -63,18 +55,9 @@ impl Env {
                 backends(v6, port)
             ));
         }
-        d.apply_text("l3.toml", &cfg).unwrap();
-        Env {
-            d,
-            _servers: servers,
-            _pass: pass,
-            topo,
-        }
-    }
-
-    fn in_client<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        self.topo.client.ns.run(f).unwrap()
-    }
+        cfg
+    };
+    L3Env::start(3, serve, vips).expect("L3 environment")
 }
 
 fn count(names: Vec<String>) -> BTreeMap<String, u32> {
@@ -97,7 +80,7 @@ fn assert_equal_shares(c: &BTreeMap<String, u32>, names: &[&str], what: &str) {
 
 #[test]
 fn l3_serves_tcp_http_and_udp_from_the_vip_only() {
-    let e = Env::new();
+    let e = env();
     let capture = Capture::start(&e.topo.client.ns, "eth0").unwrap();
     let v4 = SocketAddr::new(L3_VIP4.parse().unwrap(), PORT);
     let v6 = SocketAddr::new(L3_VIP6.parse().unwrap(), PORT);
@@ -210,7 +193,7 @@ fn l3_serves_tcp_http_and_udp_from_the_vip_only() {
 
 #[test]
 fn l3_drain_and_removal_under_traffic() {
-    let e = Env::new();
+    let e = env();
     let vip = format!("{L3_VIP4}:{PORT}/tcp");
     let target = SocketAddr::new(L3_VIP4.parse().unwrap(), PORT);
     let mut held = e.in_client(|| hold(target, 30, 32000)).unwrap();

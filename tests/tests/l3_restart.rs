@@ -9,6 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use lb_tests::{
     daemon::Daemon,
+    l3env::L3Env,
     peers::{hold, tcp_once, Conn, Server},
     topology::{L3Topology, L3_VIP4, L3_VIP6},
 };
@@ -18,13 +19,6 @@ const VIP_PORT: u16 = 80;
 const BACKEND_PORT: u16 = 8080;
 /// Connections held per family.
 const HELD: u16 = 24;
-
-struct Env {
-    d: Daemon,
-    _servers: Vec<Server>,
-    _pass: lb_userspace::datapath::DataPath,
-    topo: L3Topology,
-}
 
 /// A backend as the CLI and configuration write it with a port: `ADDR:PORT`, `[ADDR]:PORT`.
 fn with_port(ip: IpAddr) -> String {
@@ -38,21 +32,17 @@ fn vip(v6: bool) -> (String, SocketAddr) {
     (format!("{addr}/tcp"), addr)
 }
 
-impl Env {
-    /// Both families' VIPs with backends b1 and b2 (b3 serves too, but is added later).
-    fn new() -> Env {
-        let topo = L3Topology::new(3).expect("L3 topology");
-        let pass = topo
-            .attach_peer_pass()
-            .expect("pass programs on the LB's peers");
-        let servers = topo
-            .backends
+/// Both families' VIPs with backends b1 and b2 (b3 serves too, but is added later).
+fn env() -> L3Env {
+    let serve = |topo: &L3Topology| {
+        topo.backends
             .iter()
             .enumerate()
-            .map(|(i, b)| Server::start(&b.ns, &format!("b{}", i + 1), BACKEND_PORT, &[]).unwrap())
-            .collect();
-        let d = Daemon::start(&topo.lb, &[]).expect("daemon");
-        let mut cfg = String::from("[[interface]]\nname = \"eth0\"\nxdp_mode = \"native\"\n[[interface]]\nname = \"eth1\"\nxdp_mode = \"native\"\n");
+            .map(|(i, b)| Server::start(&b.ns, &format!("b{}", i + 1), BACKEND_PORT, &[]))
+            .collect()
+    };
+    let vips = |topo: &L3Topology| {
+        let mut cfg = String::new();
         for v6 in [false, true] {
             cfg.push_str(&format!(
                 "\n[[vip]]\naddr = \"{}\"\nmode = \"l3\"\n",
@@ -65,28 +55,19 @@ impl Env {
                 ));
             }
         }
-        d.apply_text("l3.toml", &cfg).unwrap();
-        Env {
-            d,
-            _servers: servers,
-            _pass: pass,
-            topo,
-        }
-    }
+        cfg
+    };
+    L3Env::start(3, serve, vips).expect("L3 environment")
+}
 
-    fn in_client<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        self.topo.client.ns.run(f).unwrap()
-    }
+fn vip_list(e: &L3Env) -> String {
+    e.d.ok(&["vip", "list", "--json"]).unwrap()
+}
 
-    fn vip_list(&self) -> String {
-        self.d.ok(&["vip", "list", "--json"]).unwrap()
-    }
-
-    fn event(&self, name: &str) -> u64 {
-        self.d.json(&["stats"]).unwrap()["events"][name]
-            .as_u64()
-            .unwrap_or_else(|| panic!("no event {name}"))
-    }
+fn event(e: &L3Env, name: &str) -> u64 {
+    e.d.json(&["stats"]).unwrap()["events"][name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no event {name}"))
 }
 
 /// How a daemon process ends before the next one starts.
@@ -107,7 +88,7 @@ fn assert_all_answer(held: &mut [(Conn, String)], step: &str) {
 
 #[test]
 fn l3_connections_survive_a_new_backend_and_restarts() {
-    let mut e = Env::new();
+    let mut e = env();
     let mut held: Vec<(Conn, String)> = Vec::new();
     for (v6, first_port) in [(false, 41000), (true, 42000)] {
         let target = vip(v6).1;
@@ -143,8 +124,8 @@ fn l3_connections_survive_a_new_backend_and_restarts() {
         );
     }
 
-    let list = e.vip_list();
-    let stale = e.event("conntrack_stale");
+    let list = vip_list(&e);
+    let stale = event(&e, "conntrack_stale");
     let restarts: [(&str, Ending); 2] = [
         ("SIGTERM and start", Daemon::stop),
         ("kill -9 and start", Daemon::kill9),
@@ -164,7 +145,7 @@ fn l3_connections_survive_a_new_backend_and_restarts() {
                 });
         }
         e.d.spawn().unwrap();
-        assert_eq!(e.vip_list(), list, "{how}: vip list --json changed");
+        assert_eq!(vip_list(&e), list, "{how}: vip list --json changed");
         let status = e.d.json(&["status"]).unwrap();
         let adopted: Vec<&Value> = status["interfaces"]
             .as_array()
@@ -179,7 +160,7 @@ fn l3_connections_survive_a_new_backend_and_restarts() {
         );
         assert_all_answer(&mut held, how);
         assert_eq!(
-            e.event("conntrack_stale"),
+            event(&e, "conntrack_stale"),
             stale,
             "{how}: a connection-table entry went stale (a backend id or generation changed)"
         );
