@@ -30,6 +30,10 @@ fn main() -> anyhow::Result<()> {
             fs::write(out, [])?;
         }
     }
+    // aya-build passes the nested cargo's stderr through as `cargo:warning` lines, so every
+    // build printed ~35 "Compiling ..." warnings. Quiet cargo prints no status lines; the
+    // eBPF crate's real warnings and errors still arrive as compiler messages.
+    env::set_var("CARGO_TERM_QUIET", "true");
     aya_build::build_ebpf(
         [aya_build::Package {
             name: "lb-ebpf",
