@@ -46,7 +46,11 @@ pub const TX_ICMP_ECHO: u32 = 18;
 /// replies can only be matched by its connection-table entry, and recording it would let the
 /// flood evict established flows.
 pub const DROP_ALL_PORTS_FLOOD: u32 = 19;
-pub const VERDICT_COUNT: u32 = 20;
+/// A VIP packet (or an L3 reply) in a frame not sent to this host: to a group address, or to
+/// a unicast MAC other than the receiving interface's (promiscuous mode, a bridge flooding
+/// frames). Another host's to answer: passed unchanged, never steered or recorded.
+pub const PASS_NOT_FOR_US: u32 = 20;
+pub const VERDICT_COUNT: u32 = 21;
 
 pub const EVENT_BASE: u32 = 24;
 pub const EV_CT_HIT: u32 = EVENT_BASE;
@@ -105,6 +109,7 @@ pub fn name(index: u32) -> Option<&'static str> {
         DROP_ICMP_UNTRANSLATABLE => "drop_icmp_untranslatable",
         TX_ICMP_ECHO => "tx_icmp_echo",
         DROP_ALL_PORTS_FLOOD => "drop_all_ports_flood",
+        PASS_NOT_FOR_US => "pass_not_for_us",
         EV_CT_HIT => "conntrack_hit",
         EV_CT_MISS => "conntrack_miss",
         EV_CT_STALE => "conntrack_stale",

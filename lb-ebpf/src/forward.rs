@@ -30,8 +30,8 @@ pub fn egress(ctx: &XdpContext, backend: &BackendInfo) -> Option<Egress> {
         backend.ifindex
     };
     if ifindex == ingress {
-        // The frame was sent to this interface's address, so that address is the new source:
-        // no interface lookup on the common path. Group addresses are not a valid source.
+        // The frame was sent to this interface's MAC (`maps::sent_to_us` checked it), so that
+        // address is the new source: no second interface lookup.
         if let Some(mac) = unicast_destination(ctx) {
             return Some(Egress {
                 ifindex,

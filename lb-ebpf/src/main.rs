@@ -61,7 +61,12 @@ fn dispatch(ctx: &XdpContext, class: Class, vlan: bool) -> u32 {
         // Rare, and the translation needs a stack of its own: the ICMP program takes over, as
         // it does for pings to a VIP address.
         Class::IcmpErrorLater => to_icmp_program(ctx),
-        Class::Echo(dst, _) if maps::is_vip_address(&dst) => to_icmp_program(ctx),
+        Class::Echo(dst, _) if maps::is_vip_address(&dst) => {
+            if !maps::sent_to_us(ctx) {
+                return not_for_us();
+            }
+            to_icmp_program(ctx)
+        }
         Class::Echo(..) => verdict(stats::PASS_NOT_VIP, xdp_action::XDP_PASS),
         // Not from `classify::<false>`: only the ICMP program parses quoted packets.
         Class::IcmpError { .. } => verdict(stats::PASS_ICMP, xdp_action::XDP_PASS),
@@ -70,6 +75,9 @@ fn dispatch(ctx: &XdpContext, class: Class, vlan: bool) -> u32 {
         // first one: fragments to a VIP address are dropped (counted); see docs/datapath.md.
         Class::Fragment(dst) => {
             if maps::is_vip_address(&dst) {
+                if !maps::sent_to_us(ctx) {
+                    return not_for_us();
+                }
                 verdict(stats::DROP_FRAGMENT, xdp_action::XDP_DROP)
             } else {
                 verdict(stats::PASS_NOT_VIP, xdp_action::XDP_PASS)
@@ -107,6 +115,10 @@ fn flow(ctx: &XdpContext, key: &FlowKey, off: &Offsets, flags: FlowFlags, vlan: 
     } else {
         (None, Known::Unknown)
     };
+    // Before anything is recorded: another host's frame must leave no trace here.
+    if vip.is_some() && !maps::sent_to_us(ctx) {
+        return not_for_us();
+    }
     // One NAT call site for both directions: the verifier walks the L3 code once per parse
     // path instead of twice.
     let plan = match vip {
@@ -124,7 +136,7 @@ fn flow(ctx: &XdpContext, key: &FlowKey, off: &Offsets, flags: FlowFlags, vlan: 
             None => to_backend(&vip, key, known),
         },
         Some(vip) => return steer(ctx, &vip, key, known, Record::UnlessFlood),
-        None => to_client(key, vlan, flags),
+        None => to_client(ctx, key, vlan, flags),
     };
     match plan {
         Ok(plan) => nat_send(ctx, key, off, &plan),
@@ -190,6 +202,9 @@ fn icmp_error(ctx: &XdpContext, flow: &FlowKey, outer: &FlowKey, plain: bool, vl
         if !addressed {
             return foreign();
         }
+        if !maps::sent_to_us(ctx) {
+            return not_for_us();
+        }
         if vip.flags & VIP_F_MODE_L3 == 0 {
             counters::event(stats::EV_ICMP_STEERED);
             return steer(ctx, &vip, flow, balance::lookup(flow), Record::Never);
@@ -213,6 +228,7 @@ fn icmp_error(ctx: &XdpContext, flow: &FlowKey, outer: &FlowKey, plain: bool, vl
         let mut o = reply::Owner::default();
         match reply::resolve(flow, &mut o) {
             reply::OURS if !addressed => return foreign(),
+            reply::OURS if !maps::sent_to_us(ctx) => return not_for_us(),
             reply::OURS => {
                 if let Some(reason) = l3_checks() {
                     return verdict_of(reason);
@@ -262,6 +278,12 @@ fn icmp_send(ctx: &XdpContext, outer: &FlowKey, proto: u8, t: Translation, event
         icmp: Some((proto, t)),
     };
     nat_send(ctx, outer, &off, &plan)
+}
+
+/// A frame for another host (`maps::sent_to_us`): passed, untouched.
+#[inline(always)]
+fn not_for_us() -> u32 {
+    verdict(stats::PASS_NOT_FOR_US, xdp_action::XDP_PASS)
 }
 
 #[inline(always)]
@@ -346,12 +368,13 @@ fn to_backend(vip: &VipInfo, key: &FlowKey, known: Known) -> Result<Plan, u32> {
 
 /// A packet that is not for a VIP may be a backend's reply to an L3 flow.
 #[inline(always)]
-fn to_client(key: &FlowKey, vlan: bool, flags: FlowFlags) -> Result<Plan, u32> {
+fn to_client(ctx: &XdpContext, key: &FlowKey, vlan: bool, flags: FlowFlags) -> Result<Plan, u32> {
     if !maps::may_be(FILTER_REPLY, &key.src) {
         return Err(stats::PASS_NOT_VIP);
     }
     let mut o = reply::Owner::default();
     match reply::resolve(key, &mut o) {
+        reply::OURS if !maps::sent_to_us(ctx) => return Err(stats::PASS_NOT_FOR_US),
         reply::OURS => {}
         reply::UNCONFIRMED => {
             counters::event(stats::EV_REPLY_UNCONFIRMED);

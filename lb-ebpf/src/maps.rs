@@ -4,13 +4,15 @@
 use aya_ebpf::{
     macros::map,
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, ProgramArray},
+    programs::XdpContext,
 };
 use lb_common::{
     hash::addr_bit, maps as m, stats::STATS_LEN, BackendInfo, ConnValue, Endpoint, EndpointKey,
     FlowKey, Hop, IfaceInfo, TrafficCounters, VipInfo, VipKey, VIP_F_ADDRESS, VIP_F_ALL_PORTS,
 };
+use network_types::eth::EthHdr;
 
-use crate::parse::Dest;
+use crate::parse::{ptr_at, Dest};
 
 #[map(name = "XDPLB_VIPS")]
 pub static VIPS: HashMap<VipKey, VipInfo> = HashMap::with_max_entries(2 * m::DEFAULT_MAX_VIPS, 0);
@@ -115,6 +117,22 @@ pub fn vip_lookup(key: &FlowKey) -> Option<VipInfo> {
     let mut v = unsafe { VIPS.get(vk) }.copied().filter(not_address)?;
     v.flags |= VIP_F_ALL_PORTS;
     Some(v)
+}
+
+/// Whether the frame was sent to this host: unicast, to the MAC of the interface it arrived
+/// on (`IFACES`, written when the daemon attaches). In promiscuous mode, or when a bridge
+/// floods, VIP frames meant for another host arrive too: steering them would serve the flow
+/// twice. Asked only of frames that would be steered, so other traffic pays nothing.
+#[inline(always)]
+pub fn sent_to_us(ctx: &XdpContext) -> bool {
+    let Ok(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return false;
+    };
+    // SAFETY: bounds-checked by ptr_at.
+    let dst = unsafe { (*eth).dst_addr };
+    let ingress = ctx.ingress_ifindex() as u32;
+    // SAFETY: the value is only compared. A group address never equals an interface's MAC.
+    unsafe { IFACES.get(ingress) }.is_some_and(|i| i.mac == dst)
 }
 
 /// Whether any VIP uses this address (user space keeps one address entry per VIP address).

@@ -8,7 +8,7 @@ use lb_userspace::model::{BackendTarget, Mac};
 
 use crate::{
     netns::{unique_prefix, Netns},
-    packet::CLIENT_MAC,
+    packet::{CLIENT_MAC, LB_MAC},
 };
 
 /// The MAC the FIB namespace gives backend `i`.
@@ -46,14 +46,17 @@ pub fn xdp_md(ifindex: u32, len: usize) -> Vec<u8> {
 pub fn fib_namespace() -> Netns {
     let ns = Netns::new(&format!("{}-fib", unique_prefix())).unwrap();
     let x = |args: &[&str]| ns.exec(args).unwrap();
+    let lb_mac = Mac(LB_MAC).to_string();
     for (dev, peer, v4, v6) in [
         ("c0", "c0p", "10.1.0.254/24", "fd01::fe/64"),
         ("b0", "b0p", "10.2.0.254/24", "fd02::fe/64"),
         // An interface the tests never register with xdplb.
         ("x0", "x0p", "10.3.0.254/24", "fd03::fe/64"),
     ] {
+        // Every interface has the LB's MAC, so frames built with the default destination
+        // (`LB_MAC`) are sent to this host (`pass_not_for_us` otherwise).
         x(&[
-            "ip", "link", "add", dev, "type", "veth", "peer", "name", peer,
+            "ip", "link", "add", dev, "address", &lb_mac, "type", "veth", "peer", "name", peer,
         ]);
         x(&["ip", "addr", "add", v4, "dev", dev]);
         x(&["ip", "addr", "add", v6, "dev", dev, "nodad"]);

@@ -153,13 +153,8 @@ impl Fixture {
                     Pick::Flow(label) => self.flows[label],
                 };
                 assert_eq!(action, XDP_TX, "{ctx}: verdict");
-                // Sent back out: from the address the frame was sent to, or from the
-                // interface's own when that was a group address.
-                let src: [u8; 6] = if frame[0] & 1 == 0 {
-                    frame[..6].try_into().unwrap()
-                } else {
-                    LB_MAC
-                };
+                // Sent back out from the interface's MAC, which the frame was sent to.
+                let src = LB_MAC;
                 let want = with_macs(&frame, self.backend_mac(&vip, backend), src);
                 assert_eq!(
                     out, want,
@@ -218,6 +213,8 @@ fn key(src: &str, sport: u16, vip: &str, dport: u16) -> lb_common::FlowKey {
 
 /// An echo request's body after identifier and sequence (which the rest-of-header holds as 0).
 const PING: [u8; 8] = *b"xdplb-pi";
+/// Another host's MAC on the same segment.
+const OTHER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x99];
 
 fn answer(
     name: &'static str,
@@ -321,10 +318,22 @@ fn table() -> Vec<Row> {
            Packet::udp(c(), 5000, "10.0.0.100", 5353), V4_UDP_ALL, Pick::Ring(key(c(), 5000, V4_UDP_ALL, 5353)), None),
         tx("v4 UDP all-ports VIP, port 9", "Ether()/IP(dst='10.0.0.100')/UDP(sport=5001,dport=9)",
            Packet::udp(c(), 5001, "10.0.0.100", 9), V4_UDP_ALL, Pick::Ring(key(c(), 5001, V4_UDP_ALL, 9)), None),
-        tx("v4 to VIP, broadcast Ethernet destination: sent from the interface's MAC", "Ether(dst='ff:ff:ff:ff:ff:ff')/IP(dst='10.0.0.100')/TCP(sport=40002,dport=80)",
-           Packet { dst_mac: [0xff; 6], ..Packet::tcp(c(), 40002, "10.0.0.100", 80) }, V4_WEB, Pick::Ring(key(c(), 40002, V4_WEB, 80)), None),
-        tx("v4 to VIP, another unicast Ethernet destination: sent from it", "Ether(dst='02:00:00:00:00:99')/IP(dst='10.0.0.100')/TCP(sport=40003,dport=80)",
-           Packet { dst_mac: [2, 0, 0, 0, 0, 0x99], ..Packet::tcp(c(), 40003, "10.0.0.100", 80) }, V4_WEB, Pick::Ring(key(c(), 40003, V4_WEB, 80)), None),
+        // Frames for another host (a bridge flooding, promiscuous mode) are never steered.
+        pass("v4 to VIP, broadcast Ethernet destination: not for this host", "Ether(dst='ff:ff:ff:ff:ff:ff')/IP(dst='10.0.0.100')/TCP(sport=40102,dport=80,flags='S')",
+             Packet { dst_mac: [0xff; 6], ..Packet::tcp(c(), 40102, "10.0.0.100", 80).flags(SYN) }, stats::PASS_NOT_FOR_US),
+        pass("v4 to VIP, another host's unicast MAC", "Ether(dst='02:00:00:00:00:99')/IP(dst='10.0.0.100')/TCP(sport=40103,dport=80,flags='S')",
+             Packet { dst_mac: OTHER_MAC, ..Packet::tcp(c(), 40103, "10.0.0.100", 80).flags(SYN) }, stats::PASS_NOT_FOR_US),
+        pass("v4 known flow, another host's unicast MAC", "Ether(dst='02:00:00:00:00:99')/IP(dst='10.0.0.100')/TCP(sport=40000,dport=80)",
+             Packet { dst_mac: OTHER_MAC, ..Packet::tcp(c(), 40000, "10.0.0.100", 80) }, stats::PASS_NOT_FOR_US),
+        pass("v6 to VIP, multicast MAC", "Ether(dst='33:33:00:00:00:01')/IPv6(dst='2001:db8::100')/TCP(sport=40009,dport=443)",
+             Packet { dst_mac: [0x33, 0x33, 0, 0, 0, 1], ..Packet::tcp("2001:db8::1", 40009, "2001:db8::100", 443) }, stats::PASS_NOT_FOR_US),
+        pass("ICMP echo to VIP address, another host's MAC", "Ether(dst='02:00:00:00:00:99')/IP(dst='10.0.0.100')/ICMP()",
+             Packet { dst_mac: OTHER_MAC, ..Packet::icmp(c(), "10.0.0.100", 8, 0, PING.to_vec()) }, stats::PASS_NOT_FOR_US),
+        pass("v4 fragment to VIP, another host's MAC: passed, not dropped", "Ether(dst='02:00:00:00:00:99')/IP(dst='10.0.0.100',frag=100)/Raw()",
+             Packet { dst_mac: OTHER_MAC, ..web().frag(100) }, stats::PASS_NOT_FOR_US),
+        pass("ICMP error about a VIP flow, another host's MAC", "Ether(dst='02:00:00:00:00:99')/IP(src='10.9.9.9',dst='10.0.0.100')/ICMP(type=3,code=4)/IP(src='10.0.0.100',dst='10.0.0.1')/TCP(sport=80,dport=40000)",
+             Packet { dst_mac: OTHER_MAC, ..Packet::icmp("10.9.9.9", "10.0.0.100", 3, 4, Packet::tcp("10.0.0.100", 80, c(), 40000).ip_bytes()[..28].to_vec()) },
+             stats::PASS_NOT_FOR_US),
         pass("v4 TCP to VIP address, other port", "Ether()/IP(dst='10.0.0.100')/TCP(dport=81)",
              Packet::tcp(c(), 40000, "10.0.0.100", 81), stats::PASS_NOT_VIP),
         pass("v4 TCP to another address", "Ether()/IP(dst='10.0.0.7')/TCP(dport=80)",
@@ -432,6 +441,13 @@ fn packet_fixtures() {
         None,
         "an ICMP error created a connection-table entry"
     );
+    for sport in [40102, 40103] {
+        assert_eq!(
+            f.dp.conntrack(&key(c(), sport, V4_WEB, 80)).unwrap(),
+            None,
+            "another host's SYN (port {sport}) created a connection-table entry"
+        );
+    }
     assert!(
         f.dp.conntrack(&key(c(), 40000, V4_WEB, 80))
             .unwrap()

@@ -318,6 +318,39 @@ fn l3_nat_fixtures() {
         );
         f.redirect("UDP checksum 0", "c0", &input, &want);
 
+        // Frames for another host (a bridge flooding, promiscuous mode): neither translated nor
+        // recorded, in either direction.
+        let other = [2, 0, 0, 0, 0, 0x99];
+        let input = Packet {
+            dst_mac: other,
+            ..Packet::tcp("10.1.0.1", 41020, "10.1.0.100", 80).flags(SYN)
+        }
+        .build();
+        f.check(
+            "client packet to another host's MAC",
+            "c0",
+            &input,
+            XDP_PASS,
+            stats::PASS_NOT_FOR_US,
+            &input.clone(),
+        );
+        let key = flow_key("10.1.0.1".parse().unwrap(), 41020, &WEB4.parse().unwrap(), 80);
+        assert_eq!(f.dp.conntrack(&key).unwrap(), None, "another host's SYN was recorded");
+        let reply = Packet {
+            dst_mac: other,
+            src_mac: neighbour_mac(b),
+            ..Packet::udp(&b.to_string(), 53, "10.1.0.1", 41000)
+        }
+        .build();
+        f.check(
+            "reply to another host's MAC",
+            "b0",
+            &reply,
+            XDP_PASS,
+            stats::PASS_NOT_FOR_US,
+            &reply.clone(),
+        );
+
         // VLAN-tagged: not NATed (the tag would have to follow the egress), dropped: passed,
         // the kernel would route the VIP packet back where it came from.
         let input = Packet::tcp("10.1.0.1", 41001, "10.1.0.100", 80)
