@@ -33,14 +33,14 @@ use aya::{
 use lb_common::maps::GEN_FLOWS_PER_ADDR;
 use lb_tests::{
     fib::{backends, fib_namespace, xdp_md},
-    packet::{Packet, ACK},
+    packet::{Packet, ACK, LB_MAC},
     xdp::{XDP_PASS, XDP_REDIRECT, XDP_TX},
 };
 use lb_userspace::{
     datapath::{DataPath, LoadOptions},
     maglev::{self, RingMember},
     mirror::Mirror,
-    model::{Mode, VipState},
+    model::{Mac, Mode, VipState},
 };
 use serde_json::json;
 
@@ -143,7 +143,16 @@ fn measure_all_cpus(prog: &Xdp, frames: &[Vec<Vec<u8>>], ifindex: u32, want: u32
 }
 
 fn vip(addr: &str, mode: Mode, addrs: &[&str]) -> VipState {
-    lb_tests::xdp::vip(addr, mode, backends(addrs))
+    let mut backends = backends(addrs);
+    // `repeat` runs the program again on its own output: an L2 frame rewritten to its
+    // backend must still be sent to this host (`pass_not_for_us` otherwise), so the bench's
+    // L2 backends share the interfaces' MAC. L3 backends' MACs come from the FIB.
+    if mode == Mode::L2 {
+        for b in &mut backends {
+            b.mac = Mac(LB_MAC);
+        }
+    }
+    lb_tests::xdp::vip(addr, mode, backends)
 }
 
 /// New flows to `dst:80` from distinct sources, numbered like the generator's (flow i from
