@@ -203,12 +203,14 @@ pub fn run(cli: Cli) -> Result<(), String> {
     let s = cli.socket.as_path();
     match cli.cmd {
         Cmd::Daemon(args) => daemon::run(s, &args),
-        Cmd::Attach { iface, xdp_mode } => {
-            warn(api::call(s, &Request::Attach { iface, xdp_mode }))
-        }
+        Cmd::Attach { iface, xdp_mode } => warn(api::call(s, &Request::Attach { iface, xdp_mode })),
         Cmd::Detach { iface } => done(api::call(s, &Request::Detach { iface })),
         Cmd::Pass { iface, off } => {
-            let what = if off { pass_off(&iface) } else { pass_on(&iface) }?;
+            let what = if off {
+                pass_off(&iface)
+            } else {
+                pass_on(&iface)
+            }?;
             println!("{what}");
             Ok(())
         }

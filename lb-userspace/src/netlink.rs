@@ -161,3 +161,29 @@ pub fn xdp_features(ifindex: u32) -> io::Result<Option<u64>> {
         .find(|(k, v)| *k == NETDEV_A_DEV_XDP_FEATURES && v.len() == 8)
         .map(|(_, v)| u64::from_ne_bytes(v.try_into().expect("8 bytes"))))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nested_attributes_are_padded_and_parse_back() {
+        let mut m = Msg::new(RTM_SETLINK, NLM_F_ACK, &[0u8; 16]);
+        let start = m.0.len();
+        m.attr(IFLA_XDP_FD, &(-1i32).to_ne_bytes())
+            .attr(CTRL_ATTR_FAMILY_NAME, b"netdev\0");
+        m.nest(start, IFLA_XDP);
+        let msg = m.finish();
+        assert_eq!(msg.len() % 4, 0);
+        assert_eq!(
+            u32::from_ne_bytes(msg[..4].try_into().unwrap()) as usize,
+            msg.len()
+        );
+        let outer = attrs(&msg[HDR..], 16);
+        assert_eq!(outer.len(), 1);
+        assert_eq!(outer[0].0, IFLA_XDP, "the nested flag is masked off");
+        let inner = attrs(outer[0].1, 0);
+        assert_eq!(inner[0], (IFLA_XDP_FD, &(-1i32).to_ne_bytes()[..]));
+        assert_eq!(inner[1], (CTRL_ATTR_FAMILY_NAME, &b"netdev\0"[..]));
+    }
+}

@@ -81,7 +81,10 @@ pub fn xdp_program(iface: &str) -> Result<Option<(u64, u64, String)>, String> {
 
 /// The named namespace that has id `nsid` here (`ip netns list-id`).
 fn netns_name(nsid: i64) -> Option<String> {
-    let out = Command::new("ip").args(["netns", "list-id"]).output().ok()?;
+    let out = Command::new("ip")
+        .args(["netns", "list-id"])
+        .output()
+        .ok()?;
     // "nsid 3 (iproute2 netns name: lb)"
     String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
         let rest = l.strip_prefix(&format!("nsid {nsid} "))?;
@@ -230,5 +233,74 @@ pub fn status(iface: &str) -> Value {
         }
         Ok(None) => Value::Null,
         Err(e) => serde_json::json!({ "error": e }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(
+        name: Option<&str>,
+        netns: Option<&str>,
+        nsid: Option<i64>,
+        takes: Option<bool>,
+    ) -> VethPeer {
+        VethPeer {
+            peer: name.map(str::to_string),
+            peer_netns: netns.map(str::to_string),
+            peer_netnsid: nsid,
+            peer_program: None,
+            takes_xdp_frames: takes,
+            xdp_frames_dropped: Some(0),
+        }
+    }
+
+    #[test]
+    fn the_sentence_names_the_fix_where_the_peer_is() {
+        let here = peer(Some("veth1"), None, None, Some(false))
+            .problem("eth0")
+            .unwrap();
+        assert!(
+            here.contains("whose peer veth1 has no XDP program")
+                && here.contains("`xdplb pass veth1`"),
+            "{here}"
+        );
+        let named = peer(Some("p2"), Some("net"), Some(0), Some(false))
+            .problem("eth0")
+            .unwrap();
+        assert!(
+            named.contains("`ip netns exec net xdplb pass p2`"),
+            "{named}"
+        );
+        let unnamed = peer(None, None, Some(3), Some(false))
+            .problem("eth0")
+            .unwrap();
+        assert!(
+            unnamed.contains("in the peer's network namespace (namespace id 3 here)"),
+            "{unnamed}"
+        );
+        for e in [here, named, unnamed] {
+            assert!(
+                e.contains("--xdp-mode generic") && e.contains("veth test beds"),
+                "{e}"
+            );
+        }
+        // Frames delivered, or nothing known: no claim.
+        assert_eq!(
+            peer(Some("veth1"), None, None, Some(true)).problem("eth0"),
+            None
+        );
+        assert_eq!(peer(None, None, Some(3), None).problem("eth0"), None);
+    }
+
+    #[test]
+    fn ip_link_descriptions_give_the_program_and_its_mode() {
+        let l: Value = serde_json::from_str(
+            r#"{"ifname":"p","xdp":{"mode":1,"prog":{"id":7,"name":"xdplb_pass"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(program_of(&l), Some((DRIVER, 7, "xdplb_pass".into())));
+        assert_eq!(program_of(&serde_json::json!({"ifname": "p"})), None);
     }
 }

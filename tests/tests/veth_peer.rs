@@ -65,7 +65,8 @@ fn answered(topo: &L2Topology, n: u16, first_port: u16) -> usize {
 #[test]
 fn a_peer_without_xdp_is_reported_and_xdplb_pass_fixes_it() {
     let topo = L2Topology::new(1).unwrap();
-    let _server = Server::start(&topo.backends[0].ns, "b1", PORT, &[VIP4.parse().unwrap()]).unwrap();
+    let _server =
+        Server::start(&topo.backends[0].ns, "b1", PORT, &[VIP4.parse().unwrap()]).unwrap();
     let d = Daemon::start(&topo.lb.ns, &[]).unwrap();
     let (net, port) = (topo.net.name.as_str(), topo.lb.port.as_str());
     let fix = format!("ip netns exec {net} xdplb pass {port}");
@@ -84,7 +85,10 @@ fn a_peer_without_xdp_is_reported_and_xdplb_pass_fixes_it() {
     assert_eq!(peer["peer_netns"], net);
     assert_eq!(peer["takes_xdp_frames"], false);
     assert!(peer["problem"].as_str().unwrap().contains(&fix), "{peer}");
-    assert!(d.ok(&["status"]).unwrap().contains("problem: eth0 is a veth"));
+    assert!(d
+        .ok(&["status"])
+        .unwrap()
+        .contains("problem: eth0 is a veth"));
     assert!(d.log().contains(&fix), "the log says it too");
 
     // The symptom: XDP_TX'd frames dropped, counted on the LB's side.
@@ -99,7 +103,12 @@ fn a_peer_without_xdp_is_reported_and_xdplb_pass_fixes_it() {
     let target = SocketAddr::new(VIP4.parse().unwrap(), PORT);
     let lost = topo.client.ns.run(|| udp_once(target, 41000)).unwrap();
     assert!(lost.is_err(), "no answer while the peer drops: {lost:?}");
-    assert!(eth0(&d)["veth_peer"]["xdp_frames_dropped"].as_u64().unwrap() >= 1);
+    assert!(
+        eth0(&d)["veth_peer"]["xdp_frames_dropped"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
 
     // The fix, in the peer's namespace, with no daemon there; it outlives the command.
     let said = stdout(&xdplb_in(net, &["pass", port]));
@@ -119,7 +128,10 @@ fn a_peer_without_xdp_is_reported_and_xdplb_pass_fixes_it() {
     let lost = topo.client.ns.run(|| udp_once(target, 43000)).unwrap();
     assert!(lost.is_err(), "dropped again after --off: {lost:?}");
     let none = stdout(&xdplb_in(net, &["pass", port, "--off"]));
-    assert!(none.contains("has no XDP program; nothing changed"), "{none}");
+    assert!(
+        none.contains("has no XDP program; nothing changed"),
+        "{none}"
+    );
 
     // The alternative: generic mode needs no program on the peer, and nothing is reported.
     d.ok(&["detach", "eth0"]).unwrap();
