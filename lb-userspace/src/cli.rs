@@ -14,6 +14,7 @@ use crate::{
     api::{self, BackendChange, Request, DEFAULT_SOCKET},
     config::{Config, XdpModeName},
     daemon::{self, DaemonArgs},
+    datapath::{pass_off, pass_on},
     model::{HashFields, Mode, VipAddr},
 };
 
@@ -52,6 +53,16 @@ pub enum Cmd {
     /// Detach from an interface: its traffic is no longer balanced.
     #[command(after_help = "Example:\n  xdplb detach eth0")]
     Detach { iface: String },
+    /// Put the pass-everything XDP program on a veth peer (no daemon needed; stays attached).
+    #[command(
+        after_help = "Examples:\n  xdplb pass veth1                       # the peer of the LB's veth, in this namespace\n  ip netns exec peer-ns xdplb pass veth1  # the peer in another namespace\n  xdplb pass veth1 --off\n\nWhy: docs/troubleshooting.md, \"veth test beds\"."
+    )]
+    Pass {
+        iface: String,
+        /// Remove it again (only xdplb's own pass program is removed).
+        #[arg(long)]
+        off: bool,
+    },
     /// Manage VIPs.
     #[command(subcommand)]
     Vip(VipCmd),
@@ -192,8 +203,17 @@ pub fn run(cli: Cli) -> Result<(), String> {
     let s = cli.socket.as_path();
     match cli.cmd {
         Cmd::Daemon(args) => daemon::run(s, &args),
-        Cmd::Attach { iface, xdp_mode } => done(api::call(s, &Request::Attach { iface, xdp_mode })),
+        Cmd::Attach { iface, xdp_mode } => warn(api::call(s, &Request::Attach { iface, xdp_mode })),
         Cmd::Detach { iface } => done(api::call(s, &Request::Detach { iface })),
+        Cmd::Pass { iface, off } => {
+            let what = if off {
+                pass_off(&iface)
+            } else {
+                pass_on(&iface)
+            }?;
+            println!("{what}");
+            Ok(())
+        }
         Cmd::Vip(VipCmd::Add { vip, mode, hash }) => {
             done(api::call(s, &Request::VipAdd { vip, mode, hash }))
         }
@@ -272,6 +292,14 @@ pub fn run(cli: Cli) -> Result<(), String> {
 
 fn done(r: Result<Value, String>) -> Result<(), String> {
     r.map(|_| ())
+}
+
+/// Prints the warnings a change reports (`warnings` in its answer) on stderr.
+fn warn(r: Result<Value, String>) -> Result<(), String> {
+    for w in r?["warnings"].as_array().into_iter().flatten() {
+        eprintln!("xdplb: warning: {}", text(w));
+    }
+    Ok(())
 }
 
 fn show(data: Value, json: bool, human: fn(&Value)) -> Result<(), String> {
@@ -419,6 +447,20 @@ fn print_status(d: &Value) {
                 ""
             }
         );
+        let peer = &i["veth_peer"];
+        if let Some(p) = peer["problem"].as_str() {
+            println!("  problem: {p}");
+        } else if !peer.is_null() {
+            println!(
+                "  veth peer {}: {}",
+                text(&peer["peer"]),
+                match peer["takes_xdp_frames"].as_bool() {
+                    Some(true) => "takes XDP frames",
+                    Some(false) => "drops XDP frames (matters in native mode only)",
+                    None => "in a namespace xdplb cannot inspect; whether it takes XDP frames is unknown",
+                }
+            );
+        }
     }
     if d["interfaces"].as_array().is_none_or(|a| a.is_empty()) {
         println!("interfaces: none attached (xdplb attach IFACE)");

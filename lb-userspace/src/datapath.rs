@@ -26,7 +26,10 @@ use crate::{
     model::Mac,
 };
 
+mod pass;
 mod tools;
+
+pub use pass::{pass_off, pass_on};
 
 /// The XDP object built by build.rs.
 static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
@@ -172,6 +175,19 @@ fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> DataPathError {
 impl DataPath {
     /// Loads and verifies both programs and creates the maps (not attached anywhere yet).
     pub fn load(opts: &LoadOptions) -> Result<DataPath, DataPathError> {
+        let mut dp = Self::load_unverified(opts)?;
+        // The balancer and the pass program are verified now; the test and benchmark tools
+        // (generator, sink, floor) only when first used, so the daemon never loads them.
+        for name in [m::PROG_LB, m::PROG_PASS] {
+            program(&mut dp.ebpf, name)?;
+        }
+        fill_jump_table(&mut dp.ebpf)?;
+        Ok(dp)
+    }
+
+    /// Creates the maps and verifies no program until it is used: for the object's helper
+    /// programs alone (`xdplb pass`), which need not pay for verifying the balancer.
+    pub fn load_unverified(opts: &LoadOptions) -> Result<DataPath, DataPathError> {
         if OBJECT.is_empty() {
             return Err(DataPathError::NotBuilt);
         }
@@ -197,13 +213,7 @@ impl DataPath {
         if let Some(dir) = &opts.pin_dir {
             check_pinned_layout(dir, opts)?;
         }
-        let mut ebpf = loader.load(OBJECT)?;
-        // The balancer and the pass program are verified now; the test and benchmark tools
-        // (generator, sink, floor) only when first used, so the daemon never loads them.
-        for name in [m::PROG_LB, m::PROG_PASS] {
-            program(&mut ebpf, name)?;
-        }
-        fill_jump_table(&mut ebpf)?;
+        let ebpf = loader.load(OBJECT)?;
         Ok(DataPath {
             ebpf,
             opts: opts.clone(),

@@ -15,3 +15,5 @@ pub mod metrics;
 pub mod mirror;
 pub mod model;
 pub mod neigh;
+mod netlink;
+pub mod veth;

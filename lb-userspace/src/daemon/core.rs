@@ -24,7 +24,7 @@ use crate::{
     metrics::{BackendMetrics, MetricsSnapshot, NodeMetrics, VipMetrics},
     mirror::Mirror,
     model::{flow_key, BackendTarget, Mac, Mode, VipAddr, VipSpec, VipState},
-    neigh,
+    neigh, veth,
 };
 
 /// A backend of a VIP.
@@ -313,6 +313,9 @@ impl Core {
                 }
                 Ok(how) => {
                     log::info!("interface {}: {how:?}", i.name);
+                    if let Some(p) = veth::attach_problem(&i.name) {
+                        log::warn!("{p}");
+                    }
                     attached.push(i.name.clone());
                 }
                 Err(e) => {
@@ -584,6 +587,12 @@ impl Core {
             Request::NodeDrain => self.set_drained(true),
             Request::NodeUndrain => self.set_drained(false),
             Request::NodeStatus => Ok(self.node_status()),
+            Request::Attach { ref iface, .. } => {
+                let iface = iface.clone();
+                self.commit(edited(&self.config, req)?)?;
+                let warnings: Vec<String> = veth::attach_problem(&iface).into_iter().collect();
+                Ok(json!({ "warnings": warnings }))
+            }
             change => {
                 let new = edited(&self.config, change)?;
                 self.commit(new)?;
@@ -767,6 +776,7 @@ impl Core {
                     "mode": mode.map(|m| format!("{m:?}").to_lowercase()).unwrap_or_else(|| "adopted".into()),
                     "configured_mode": configured,
                     "adopted": adopted,
+                    "veth_peer": veth::status(&name),
                 })
             })
             .collect();

@@ -122,16 +122,21 @@ fn initial_config(args: &DaemonArgs, saved: Option<&state::SavedState>) -> Resul
 
 /// The pin directory must be on a bpffs, or pins would fail (or vanish with a tmpfs).
 fn ensure_bpffs(dir: &Path) -> Result<(), String> {
+    // `ip netns exec` mounts a fresh sysfs for the command, without the bpffs on /sys/fs/bpf:
+    // mkdir there fails (ENOENT), and a bpffs mounted inside the command goes with it.
+    let fix = format!(
+        "the daemon keeps its maps and attachments in a bpf filesystem: mount one (mkdir -p {d} && mount -t bpf bpf {d}) or pass --pin-path DIR on a mounted one; under `ip netns exec`, which hides /sys/fs/bpf, mount it outside /sys in the host's mount namespace (mkdir -p /run/xdplb/bpf && mount -t bpf bpf /run/xdplb/bpf) and pass --pin-path /run/xdplb/bpf",
+        d = dir.display()
+    );
     std::fs::create_dir_all(dir)
-        .map_err(|e| format!("creating pin path {}: {e}", dir.display()))?;
+        .map_err(|e| format!("creating pin path {}: {e}; {fix}", dir.display()))?;
     let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
         .map_err(|_| "pin path contains NUL".to_string())?;
     // SAFETY: statfs on a valid path into a zeroed struct.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 || st.f_type as i64 != BPF_FS_MAGIC {
         return Err(format!(
-            "pin path {} is not on a bpf filesystem; mount one (mount -t bpf bpf {}) or choose another --pin-path",
-            dir.display(),
+            "pin path {} is not on a bpf filesystem; {fix}",
             dir.display()
         ));
     }
