@@ -61,6 +61,9 @@ pub static SCRATCH: PerCpuArray<[u32; 2]> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "XDPLB_IFACES")]
 pub static IFACES: HashMap<u32, IfaceInfo> = HashMap::with_max_entries(m::MAX_IFACES, 0);
 
+#[map(name = "XDPLB_IFACE_MACS")]
+pub static IFACE_MACS: Array<IfaceInfo> = Array::with_max_entries(m::IFACE_MAC_SLOTS, 0);
+
 #[map(name = "XDPLB_TX_PORTS")]
 pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(m::MAX_IFACES, 0);
 
@@ -131,8 +134,15 @@ pub fn sent_to_us(ctx: &XdpContext) -> bool {
     // SAFETY: bounds-checked by ptr_at.
     let dst = unsafe { (*eth).dst_addr };
     let ingress = ctx.ingress_ifindex() as u32;
-    // SAFETY: the value is only compared. A group address never equals an interface's MAC.
-    unsafe { IFACES.get(ingress) }.is_some_and(|i| i.mac == dst)
+    // A group address never equals an interface's MAC; an unregistered slot is all zeros,
+    // which no frame that reached here is sent to (zero is not a station address).
+    let mac = if ingress < m::IFACE_MAC_SLOTS {
+        IFACE_MACS.get(ingress).map(|i| i.mac)
+    } else {
+        // SAFETY: the value is copied at once.
+        unsafe { IFACES.get(ingress) }.map(|i| i.mac)
+    };
+    mac.is_some_and(|mac| mac == dst && mac != [0; 6])
 }
 
 /// Whether any VIP uses this address (user space keeps one address entry per VIP address).

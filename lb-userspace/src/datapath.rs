@@ -431,19 +431,22 @@ impl DataPath {
     }
 
     /// Declares an interface packets may leave by: its MAC becomes the source of rewritten
-    /// frames, and it becomes a redirect target.
+    /// frames, and it becomes a redirect target. Frames count as sent to this host only when addressed to the MAC registered for the
+    /// interface they arrive on (`pass_not_for_us` otherwise).
     pub fn register_iface(&mut self, ifindex: u32, mac: Mac) -> Result<(), DataPathError> {
+        let info = IfaceInfo {
+            mac: mac.0,
+            _pad: [0; 2],
+        };
         let mut ifaces: HashMap<_, u32, IfaceInfo> = self.typed(m::IFACES)?;
         ifaces
-            .insert(
-                ifindex,
-                IfaceInfo {
-                    mac: mac.0,
-                    _pad: [0; 2],
-                },
-                0,
-            )
+            .insert(ifindex, info, 0)
             .map_err(map_err(m::IFACES))?;
+        if ifindex < m::IFACE_MAC_SLOTS {
+            let mut macs: Array<_, IfaceInfo> = self.typed(m::IFACE_MACS)?;
+            macs.set(ifindex, info, 0)
+                .map_err(map_err(m::IFACE_MACS))?;
+        }
         let map = self.ebpf.map_mut(m::TX_PORTS).ok_or(DataPathError::Map {
             map: m::TX_PORTS,
             reason: "missing".into(),
@@ -693,7 +696,7 @@ fn check_pinned_layout(dir: &std::path::Path, o: &LoadOptions) -> Result<(), Dat
     use std::mem::size_of;
     let counters = size_of::<TrafficCounters>() as u32;
     // (name, key size, value size (None: not checked), max entries)
-    let expected: [(&'static str, u32, Option<u32>, u32); 14] = [
+    let expected: [(&'static str, u32, Option<u32>, u32); 15] = [
         (
             m::ENDPOINTS,
             size_of::<EndpointKey>() as u32,
@@ -739,6 +742,12 @@ fn check_pinned_layout(dir: &std::path::Path, o: &LoadOptions) -> Result<(), Dat
             Some(size_of::<IfaceInfo>() as u32),
             m::MAX_IFACES,
         ),
+        (
+            m::IFACE_MACS,
+            4,
+            Some(size_of::<IfaceInfo>() as u32),
+            m::IFACE_MAC_SLOTS,
+        ),
         (m::TX_PORTS, 4, None, m::MAX_IFACES),
         (m::VIP_STATS, 4, Some(counters), o.max_vips),
         (m::BACKEND_STATS, 4, Some(counters), o.max_backends),
@@ -770,7 +779,7 @@ fn check_pinned_layout(dir: &std::path::Path, o: &LoadOptions) -> Result<(), Dat
 
 /// Every map, for pinning. `XDPLB_JUMP` too: the kernel empties a program array when its last
 /// user-space reference goes, so unpinned it would lose the ICMP program while no daemon runs.
-const ALL_MAPS: [&str; 14] = [
+const ALL_MAPS: [&str; 15] = [
     m::JUMP,
     m::ENDPOINTS,
     m::CONFIG,
@@ -781,6 +790,7 @@ const ALL_MAPS: [&str; 14] = [
     m::RING,
     m::CONNTRACK,
     m::IFACES,
+    m::IFACE_MACS,
     m::TX_PORTS,
     m::VIP_STATS,
     m::BACKEND_STATS,
