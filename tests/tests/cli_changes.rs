@@ -108,6 +108,11 @@ impl Env {
         counts
     }
 
+    /// Backends the node counts as serving the VIP's address (`node status`).
+    fn serving(&self) -> Value {
+        self.d.json(&["node", "status"]).unwrap()["prefixes"][0]["serving_backends"].clone()
+    }
+
     /// Writes a configuration file in the test's directory: its path.
     fn file(&self, name: &str, toml: &str) -> String {
         let p = self.d.dir.join(name);
@@ -168,7 +173,11 @@ fn apply_dry_run_lists_the_changes_and_changes_nothing() {
     assert_eq!(dry, want);
     assert_eq!(e.state(), before, "a dry run changes nothing");
     let checks = e.d.json(&["status"]).unwrap()["health"].clone();
-    assert_eq!(checks, serde_json::json!([]), "a dry run starts no health check");
+    assert_eq!(
+        checks,
+        serde_json::json!([]),
+        "a dry run starts no health check"
+    );
     // Nor the ring: new flows from the same ports go where they went (b3 is not in it).
     assert_eq!(e.spread(30, 30000), flows, "the ring is unchanged");
 
@@ -176,9 +185,15 @@ fn apply_dry_run_lists_the_changes_and_changes_nothing() {
     // behind an interface that does not exist is refused, naming it.
     let bad = e.file(
         "bad.toml",
-        &format!("[[vip]]\naddr = \"{vip}\"\n\n[[vip.backend]]\naddr = \"{}\"\nvia = \"nosuch1\"\n", e.b(0)),
+        &format!(
+            "[[vip]]\naddr = \"{vip}\"\n\n[[vip.backend]]\naddr = \"{}\"\nvia = \"nosuch1\"\n",
+            e.b(0)
+        ),
     );
-    for args in [vec!["apply", "-f", &bad, "--dry-run"], vec!["apply", "-f", &bad]] {
+    for args in [
+        vec!["apply", "-f", &bad, "--dry-run"],
+        vec!["apply", "-f", &bad],
+    ] {
         let err = e.refused(&args);
         assert!(err.contains("interface nosuch1"), "{args:?}: {err}");
     }
@@ -190,7 +205,10 @@ fn apply_dry_run_lists_the_changes_and_changes_nothing() {
     let c = e.spread(60, 31000);
     assert!(c.contains_key("b3") && !c.contains_key("b2"), "{c:?}");
     assert_eq!(e.lines(&["apply", "-f", &next]), ["no change"]);
-    assert_eq!(e.lines(&["apply", "-f", &next, "--dry-run"]), ["no change", "(dry run: nothing was changed)"]);
+    assert_eq!(
+        e.lines(&["apply", "-f", &next, "--dry-run"]),
+        ["no change", "(dry run: nothing was changed)"]
+    );
 
     // The API answers with the same changes, with their fields.
     let sock = e.d.socket.clone();
@@ -199,7 +217,10 @@ fn apply_dry_run_lists_the_changes_and_changes_nothing() {
     edited["vip"][0]["backend"][0]["weight"] = 2.into();
     let data = lb_userspace::api::call(
         &sock,
-        &serde_json::from_value(serde_json::json!({ "cmd": "apply", "config": edited, "dry_run": true })).unwrap(),
+        &serde_json::from_value(
+            serde_json::json!({ "cmd": "apply", "config": edited, "dry_run": true }),
+        )
+        .unwrap(),
     )
     .unwrap();
     assert_eq!(data["dry_run"], true);
@@ -232,10 +253,18 @@ fn drain_keeps_the_weight_and_undrain_restores_it() {
         [format!("changed backend {vip} {b1}: drained no -> yes")]
     );
     let b = e.backend(0);
-    assert_eq!((&b["weight"], &b["drained"], &b["state"]), (&2.into(), &true.into(), &"draining".into()));
+    assert_eq!(
+        (&b["weight"], &b["drained"], &b["state"]),
+        (&2.into(), &true.into(), &"draining".into())
+    );
     let c = e.spread(40, 30000);
-    assert!(!c.contains_key("b1"), "no new flow reaches a drained backend: {c:?}");
+    assert!(
+        !c.contains_key("b1"),
+        "no new flow reaches a drained backend: {c:?}"
+    );
     assert_eq!(e.lines(&["backend", "drain", &vip, &b1]), ["no change"]);
+    // A drained backend does not count as serving for the VIP's announcement.
+    assert_eq!(e.serving(), 2);
 
     // A new weight while drained is kept for the undrain; the backend stays drained.
     assert_eq!(
@@ -259,12 +288,19 @@ fn drain_keeps_the_weight_and_undrain_restores_it() {
         [format!("changed backend {vip} {b1}: drained yes -> no")]
     );
     let b = e.backend(0);
-    assert_eq!((&b["weight"], &b["drained"], &b["state"]), (&4.into(), &false.into(), &"active".into()));
+    assert_eq!(
+        (&b["weight"], &b["drained"], &b["state"]),
+        (&4.into(), &false.into(), &"active".into())
+    );
     // Weights 4:1:1: b1 takes about two thirds of the new flows again.
     let c = e.spread(120, 31000);
     let b1_share = c.get("b1").copied().unwrap_or(0);
-    assert!((60..=100).contains(&b1_share), "b1 has its weight back: {c:?}");
+    assert!(
+        (60..=100).contains(&b1_share),
+        "b1 has its weight back: {c:?}"
+    );
     assert_eq!(e.lines(&["backend", "undrain", &vip, &b1]), ["no change"]);
+    assert_eq!(e.serving(), 3);
 
     // Weight 0 (how configurations drained before) still drains, and has nothing to restore.
     e.d.ok(&["backend", "set", &vip, &e.b(1), "--weight", "0"])
@@ -286,22 +322,30 @@ fn health_checks_are_set_from_the_cli() {
     let check = "http:/healthz,interval_ms=200,timeout_ms=200,fall=2";
     assert_eq!(
         e.lines(&["backend", "add", &vip, &b1, "--check", check]),
-        [format!("added backend {vip} {b1} (weight 1, check {check})")]
+        [format!(
+            "added backend {vip} {b1} (weight 1, check {check})"
+        )]
     );
     e.d.ok(&["backend", "add", &vip, &b2]).unwrap();
     let b = e.backend(0);
-    assert_eq!((&b["health_check"], &b["state"]), (&true.into(), &"active".into()));
+    assert_eq!(
+        (&b["health_check"], &b["state"]),
+        (&true.into(), &"active".into())
+    );
     assert_eq!(e.backend(1)["health_check"], false);
     wait_for("b1's check to pass", Duration::from_secs(10), || {
         let s = e.d.json(&["status"]).unwrap();
-        s["health"][0]["status"]["healthy"] == true && s["health"][0]["status"]["probes"].as_u64() > Some(1)
+        s["health"][0]["status"]["healthy"] == true
+            && s["health"][0]["status"]["probes"].as_u64() > Some(1)
     });
 
     // The server answers 200; a check that wants 204 fails and takes b1 out of the ring.
     let strict = format!("{check},expect_status=204");
     assert_eq!(
         e.lines(&["backend", "set", &vip, &b1, "--check", &strict]),
-        [format!("changed backend {vip} {b1}: check {check} -> {strict}")]
+        [format!(
+            "changed backend {vip} {b1}: check {check} -> {strict}"
+        )]
     );
     wait_for("b1 to be marked down", Duration::from_secs(10), || {
         e.backend(0)["state"] == "down"
@@ -309,7 +353,8 @@ fn health_checks_are_set_from_the_cli() {
     let c = e.spread(30, 30000);
     assert_eq!(c.keys().collect::<Vec<_>>(), ["b2"], "{c:?}");
     // Back to a check it passes: it returns.
-    e.d.ok(&["backend", "set", &vip, &b1, "--check", check]).unwrap();
+    e.d.ok(&["backend", "set", &vip, &b1, "--check", check])
+        .unwrap();
     wait_for("b1 to be active again", Duration::from_secs(10), || {
         e.backend(0)["state"] == "active"
     });
@@ -317,30 +362,65 @@ fn health_checks_are_set_from_the_cli() {
     // Refused flags: a sentence naming the problem, nothing changed.
     let before = e.state();
     for (args, want) in [
-        (vec!["backend", "set", &vip, &b2, "--check", "udp"], "kind \"udp\" is not tcp or http"),
-        (vec!["backend", "set", &vip, &b2, "--check", "http:/a,rise=0"], "rise 0 is out of range"),
-        (vec!["backend", "add", &vip, "10.99.0.77", "--check", "tcp:/x"], "a tcp check has no path"),
-        (vec!["vip", "set", &vip, "--check", "http:/a,timeout_ms=5000"], "timeout_ms 5000 is out of range"),
-        (vec!["vip", "set", "10.99.0.99:80/tcp", "--check", "tcp"], "no VIP 10.99.0.99:80/tcp"),
+        (
+            vec!["backend", "set", &vip, &b2, "--check", "udp"],
+            "kind \"udp\" is not tcp or http",
+        ),
+        (
+            vec!["backend", "set", &vip, &b2, "--check", "http:/a,rise=0"],
+            "rise 0 is out of range",
+        ),
+        (
+            vec!["backend", "add", &vip, "10.99.0.77", "--check", "tcp:/x"],
+            "a tcp check has no path",
+        ),
+        (
+            vec!["vip", "set", &vip, "--check", "http:/a,timeout_ms=5000"],
+            "timeout_ms 5000 is out of range",
+        ),
+        (
+            vec!["vip", "set", "10.99.0.99:80/tcp", "--check", "tcp"],
+            "no VIP 10.99.0.99:80/tcp",
+        ),
     ] {
         let err = e.refused(&args);
-        assert!(err.contains(want), "{args:?}: {err:?} does not say {want:?}");
+        assert!(
+            err.contains(want),
+            "{args:?}: {err:?} does not say {want:?}"
+        );
     }
     assert_eq!(e.state(), before, "refused flags change nothing");
 
     // The VIP-wide check covers b2; `none` removes checks again.
     assert_eq!(
-        e.lines(&["vip", "set", &vip, "--check", "tcp,interval_ms=200,timeout_ms=200"]),
-        [format!("changed VIP {vip}: check none -> tcp,interval_ms=200,timeout_ms=200")]
+        e.lines(&[
+            "vip",
+            "set",
+            &vip,
+            "--check",
+            "tcp,interval_ms=200,timeout_ms=200"
+        ]),
+        [format!(
+            "changed VIP {vip}: check none -> tcp,interval_ms=200,timeout_ms=200"
+        )]
     );
     assert_eq!(e.backend(1)["health_check"], true);
-    assert_eq!(e.d.json(&["status"]).unwrap()["health"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        e.d.json(&["status"]).unwrap()["health"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
     e.d.ok(&["vip", "set", &vip, "--check", "none"]).unwrap();
     assert_eq!(
         e.lines(&["backend", "set", &vip, &b1, "--check", "none"]),
         [format!("changed backend {vip} {b1}: check {check} -> none")]
     );
-    assert!(e.d.json(&["status"]).unwrap()["health"].as_array().unwrap().is_empty());
+    assert!(e.d.json(&["status"]).unwrap()["health"]
+        .as_array()
+        .unwrap()
+        .is_empty());
     let config = e.d.ok(&["config"]).unwrap();
     assert!(!config.contains("health"), "{config}");
 }

@@ -65,7 +65,9 @@ impl FromStr for CheckSpec {
                 .ok_or_else(|| bad(format!("{option:?} is not KEY=VALUE")))?;
             let number = |what: &str| bad(format!("{key} {value:?} is not {what}"));
             match key {
-                "interval_ms" => check.interval_ms = value.parse().map_err(|_| number("a number"))?,
+                "interval_ms" => {
+                    check.interval_ms = value.parse().map_err(|_| number("a number"))?
+                }
                 "timeout_ms" => check.timeout_ms = value.parse().map_err(|_| number("a number"))?,
                 "rise" => check.rise = value.parse().map_err(|_| number("a number"))?,
                 "fall" => check.fall = value.parse().map_err(|_| number("a number"))?,
@@ -115,7 +117,11 @@ fn fmt_check(c: &HealthCheck, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         ("timeout_ms", c.timeout_ms, d.timeout_ms),
         ("rise", c.rise.into(), d.rise.into()),
         ("fall", c.fall.into(), d.fall.into()),
-        ("expect_status", c.expect_status.into(), d.expect_status.into()),
+        (
+            "expect_status",
+            c.expect_status.into(),
+            d.expect_status.into(),
+        ),
     ] {
         if value != default {
             write!(f, ",{key}={value}")?;
@@ -168,7 +174,10 @@ mod tests {
         let CheckSpec::Check(c) = "http:/healthz".parse().unwrap() else {
             panic!("a check")
         };
-        assert_eq!((c.kind, c.path.as_str(), c.port, c.interval_ms), (CheckKind::Http, "/healthz", None, 1000));
+        assert_eq!(
+            (c.kind, c.path.as_str(), c.port, c.interval_ms),
+            (CheckKind::Http, "/healthz", None, 1000)
+        );
     }
 
     #[test]
@@ -185,7 +194,10 @@ mod tests {
             ("http:/a,timeout_ms=5000", "timeout_ms 5000 is out of range"),
         ] {
             let err = text.parse::<CheckSpec>().unwrap_err();
-            assert!(err.contains(want), "{text:?}: {err:?} does not say {want:?}");
+            assert!(
+                err.contains(want),
+                "{text:?}: {err:?} does not say {want:?}"
+            );
             assert!(err.contains("http:/healthz"), "{err:?} shows the format");
         }
     }

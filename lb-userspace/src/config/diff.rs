@@ -94,15 +94,27 @@ pub fn diff(old: &Config, new: &Config) -> Vec<Change> {
     }
     for i in &old.interfaces {
         if !new.interfaces.iter().any(|n| n.name == i.name) {
-            out.push(Change::removed(format!("interface {}", i.name), String::new()));
+            out.push(Change::removed(
+                format!("interface {}", i.name),
+                String::new(),
+            ));
         }
     }
     for i in &new.interfaces {
         let subject = format!("interface {}", i.name);
         let mode = |m| text(&json!(m));
         match old.interfaces.iter().find(|o| o.name == i.name) {
-            None => out.push(Change::added(subject, format!("xdp_mode {}", mode(i.xdp_mode)))),
-            Some(o) => field(&mut out, &subject, "xdp_mode", mode(o.xdp_mode), mode(i.xdp_mode)),
+            None => out.push(Change::added(
+                subject,
+                format!("xdp_mode {}", mode(i.xdp_mode)),
+            )),
+            Some(o) => field(
+                &mut out,
+                &subject,
+                "xdp_mode",
+                mode(o.xdp_mode),
+                mode(i.xdp_mode),
+            ),
         }
     }
     for v in &old.vips {
@@ -128,8 +140,20 @@ pub fn diff(old: &Config, new: &Config) -> Vec<Change> {
 
 fn vip(out: &mut Vec<Change>, old: &VipConfig, new: &VipConfig) {
     let subject = format!("VIP {}", new.addr);
-    field(out, &subject, "mode", old.mode.to_string(), new.mode.to_string());
-    field(out, &subject, "hash", old.hash.to_string(), new.hash.to_string());
+    field(
+        out,
+        &subject,
+        "mode",
+        old.mode.to_string(),
+        new.mode.to_string(),
+    );
+    field(
+        out,
+        &subject,
+        "hash",
+        old.hash.to_string(),
+        new.hash.to_string(),
+    );
     let check = |v: &VipConfig| check_text(v.health.as_ref());
     field(out, &subject, "check", check(old), check(new));
     for b in &old.backends {
@@ -145,10 +169,34 @@ fn vip(out: &mut Vec<Change>, old: &VipConfig, new: &VipConfig) {
         };
         let opt = |v: Option<String>| v.unwrap_or_else(|| "none".into());
         let yes_no = |d: bool| if d { "yes" } else { "no" }.to_string();
-        field(out, &subject, "port", opt(o.port.map(|p| p.to_string())), opt(b.port.map(|p| p.to_string())));
-        field(out, &subject, "weight", o.weight.to_string(), b.weight.to_string());
-        field(out, &subject, "drained", yes_no(o.drained), yes_no(b.drained));
-        field(out, &subject, "mac", opt(o.mac.map(|m| m.to_string())), opt(b.mac.map(|m| m.to_string())));
+        field(
+            out,
+            &subject,
+            "port",
+            opt(o.port.map(|p| p.to_string())),
+            opt(b.port.map(|p| p.to_string())),
+        );
+        field(
+            out,
+            &subject,
+            "weight",
+            o.weight.to_string(),
+            b.weight.to_string(),
+        );
+        field(
+            out,
+            &subject,
+            "drained",
+            yes_no(o.drained),
+            yes_no(b.drained),
+        );
+        field(
+            out,
+            &subject,
+            "mac",
+            opt(o.mac.map(|m| m.to_string())),
+            opt(b.mac.map(|m| m.to_string())),
+        );
         field(out, &subject, "via", opt(o.via.clone()), opt(b.via.clone()));
         let check = |b: &BackendConfig| check_text(b.health.as_ref());
         field(out, &subject, "check", check(o), check(b));
@@ -216,7 +264,8 @@ fn section(out: &mut Vec<Change>, subject: &str, old: &Value, new: &Value) {
         (Some(o), Some(n)) => {
             let keys = o.keys().chain(n.keys().filter(|k| !o.contains_key(*k)));
             for k in keys {
-                let get = |m: &serde_json::Map<String, Value>| text(m.get(k).unwrap_or(&Value::Null));
+                let get =
+                    |m: &serde_json::Map<String, Value>| text(m.get(k).unwrap_or(&Value::Null));
                 field(out, subject, k, get(o), get(n));
             }
         }
@@ -329,7 +378,10 @@ port = 8443
         );
         assert_eq!(
             lines(new, "")[3..],
-            ["removed VIP 10.0.0.100:80/tcp (2 backends)", "removed VIP 10.0.0.200:443/tcp (1 backend)"]
+            [
+                "removed VIP 10.0.0.100:80/tcp (2 backends)",
+                "removed VIP 10.0.0.200:443/tcp (1 backend)"
+            ]
         );
     }
 

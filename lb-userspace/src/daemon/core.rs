@@ -311,11 +311,9 @@ impl Core {
         self.preflight(new)?;
         let (macs, unresolved) = (self.macs.clone(), self.unresolved.clone());
         self.checking = true;
-        let result = self.resolve(new).and_then(|states| {
-            self.mirror
-                .validate(&states)
-                .map_err(|e| e.to_string())
-        });
+        let result = self
+            .resolve(new)
+            .and_then(|states| self.mirror.validate(&states).map_err(|e| e.to_string()));
         self.checking = false;
         (self.macs, self.unresolved) = (macs, unresolved);
         result
@@ -439,7 +437,9 @@ impl Core {
                 let (ifindex, src_mac) = match &b.via {
                     Some(via) if self.checking => iface::index(via)
                         .and_then(|i| Ok((i, iface::mac(via)?)))
-                        .map_err(|e| format!("backend {} of VIP {}: interface {via}: {e}", b.addr, v.addr))?,
+                        .map_err(|e| {
+                            format!("backend {} of VIP {}: interface {via}: {e}", b.addr, v.addr)
+                        })?,
                     Some(via) => self
                         .dp
                         .register_egress(via)
@@ -1060,17 +1060,27 @@ mod tests {
             drain(),
         ]);
         assert!(errors.is_empty(), "{errors:?}");
-        assert_eq!((b(&c).weight, b(&c).drained, b(&c).ring_weight()), (3, true, 0));
+        assert_eq!(
+            (b(&c).weight, b(&c).drained, b(&c).ring_weight()),
+            (3, true, 0)
+        );
         // A new weight while drained is the one undrain restores.
         let after = |more: Vec<Request>| {
-            let mut all = vec![l3_vip(WEB), Request::BackendAdd(backend(WEB, "10.0.1.1")), drain()];
+            let mut all = vec![
+                l3_vip(WEB),
+                Request::BackendAdd(backend(WEB, "10.0.1.1")),
+                drain(),
+            ];
             all.extend(more);
             run(all)
         };
         let (c, _) = after(vec![weight(5)]);
         assert_eq!((b(&c).weight, b(&c).ring_weight()), (5, 0));
         let (c, _) = after(vec![weight(5), undrain()]);
-        assert_eq!((b(&c).weight, b(&c).drained, b(&c).ring_weight()), (5, false, 5));
+        assert_eq!(
+            (b(&c).weight, b(&c).drained, b(&c).ring_weight()),
+            (5, false, 5)
+        );
         // Weight 0 (the old way to drain) has nothing to restore.
         let (c, errors) = after(vec![undrain(), weight(0), undrain()]);
         assert_eq!(b(&c).weight, 0);
@@ -1118,7 +1128,10 @@ mod tests {
                 check: check("tcp").unwrap(),
             },
         ]);
-        assert_eq!(errors, ["VIP 10.0.0.1:*/tcp serves all ports: its health check needs an explicit port"]);
+        assert_eq!(
+            errors,
+            ["VIP 10.0.0.1:*/tcp serves all ports: its health check needs an explicit port"]
+        );
         assert_eq!(c.vips[0].health, None);
     }
 

@@ -286,8 +286,13 @@ fn describe(req: &Request) -> Option<String> {
         Request::VipSet { vip, check } => format!("vip set {vip} check {check}"),
         Request::BackendAdd(b) => format!("backend add {} {} weight {:?}", b.vip, b.addr, b.weight),
         Request::BackendSet(b) => format!(
-            "backend set {} {} weight {:?} mac {:?} via {:?}",
-            b.vip, b.addr, b.weight, b.mac, b.via
+            "backend set {} {} weight {:?} mac {:?} via {:?} check {:?}",
+            b.vip,
+            b.addr,
+            b.weight,
+            b.mac,
+            b.via,
+            b.check.as_ref().map(ToString::to_string)
         ),
         Request::BackendDel { vip, addr } => format!("backend del {vip} {addr}"),
         Request::BackendDrain { vip, addr } => format!("backend drain {vip} {addr}"),
