@@ -15,7 +15,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    config::{Config, XdpModeName},
+    config::{CheckSpec, Config, XdpModeName},
     model::{BackendAddr, HashFields, Mac, Mode, VipAddr},
 };
 
@@ -37,16 +37,27 @@ pub enum Request {
     VipDel {
         vip: VipAddr,
     },
+    /// Changes a VIP's settings: its health check (`none` removes it).
+    VipSet {
+        vip: VipAddr,
+        check: CheckSpec,
+    },
     VipList,
     BackendAdd(BackendChange),
-    /// Changes a backend's weight, MAC or interface (only the fields given).
+    /// Changes a backend's weight, MAC, interface, port or check (only the fields given).
     BackendSet(BackendChange),
     BackendDel {
         vip: VipAddr,
         addr: IpAddr,
     },
-    /// Weight 0: existing flows stay, new flows go to the other backends.
+    /// No new flows (weight 0 in the data path, the configured weight kept): existing flows
+    /// stay, new flows go to the other backends.
     BackendDrain {
+        vip: VipAddr,
+        addr: IpAddr,
+    },
+    /// Ends a drain: the backend takes new flows again with its kept weight.
+    BackendUndrain {
         vip: VipAddr,
         addr: IpAddr,
     },
@@ -58,9 +69,12 @@ pub enum Request {
     Detach {
         iface: String,
     },
-    /// Moves the running state to this configuration.
+    /// Moves the running state to this configuration (with `dry_run`: checks it and lists
+    /// the changes, and changes nothing).
     Apply {
         config: Config,
+        #[serde(default)]
+        dry_run: bool,
     },
     /// The running configuration.
     Config,
@@ -103,6 +117,11 @@ pub struct BackendChange {
     #[arg(long)]
     #[serde(default)]
     pub via: Option<String>,
+    /// Health check of this backend, e.g. tcp, http:/healthz, http:8081/ready,interval_ms=200
+    /// (keys as in the config file); none removes it (the VIP's check, if any, applies).
+    #[arg(long, value_name = "KIND[:PORT][PATH][,KEY=VALUE...]|none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<CheckSpec>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -182,6 +201,7 @@ mod tests {
             weight: Some(3),
             mac: None,
             via: None,
+            check: Some("http:/healthz,fall=1".parse().unwrap()),
         });
         let json = serde_json::to_string(&r).unwrap();
         assert!(json.contains(r#""cmd":"backend_add""#), "{json}");

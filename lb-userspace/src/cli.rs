@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::{
     api::{self, BackendChange, Request, DEFAULT_SOCKET},
-    config::{Config, XdpModeName},
+    config::{CheckSpec, Config, XdpModeName},
     daemon::{self, DaemonArgs},
     datapath::{pass_off, pass_on},
     model::{HashFields, Mode, VipAddr},
@@ -89,13 +89,17 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Move the running state to a configuration file (TOML) with the fewest changes.
+    /// Move the running state to a configuration file (TOML) with the fewest changes, and
+    /// print them.
     #[command(
-        after_help = "Example:\n  xdplb apply -f /etc/xdplb/xdplb.toml      # keys: docs/config.md"
+        after_help = "Examples:\n  xdplb apply -f /etc/xdplb/xdplb.toml --dry-run   # what would change\n  xdplb apply -f /etc/xdplb/xdplb.toml      # keys: docs/config.md"
     )]
     Apply {
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
+        /// Check the file as applying it would, print the changes, change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Print the running configuration (TOML, as `apply -f` takes it).
     #[command(after_help = "Example:\n  xdplb config > /etc/xdplb/xdplb.toml")]
@@ -150,6 +154,16 @@ pub enum VipCmd {
     /// Delete a VIP and its backends.
     #[command(after_help = "Example:\n  xdplb vip del 10.0.0.100:80/tcp")]
     Del { vip: VipAddr },
+    /// Change a VIP's health check (for every backend without a check of its own).
+    #[command(
+        after_help = "Examples:\n  xdplb vip set 10.0.0.100:80/tcp --check http:/healthz\n  xdplb vip set 10.0.0.100:80/tcp --check tcp:8081,interval_ms=500,fall=2\n  xdplb vip set 10.0.0.100:80/tcp --check none"
+    )]
+    Set {
+        vip: VipAddr,
+        /// KIND[:PORT][PATH][,KEY=VALUE...] (keys as in the config file), or none.
+        #[arg(long, value_name = "KIND[:PORT][PATH][,KEY=VALUE...]|none")]
+        check: CheckSpec,
+    },
     /// List VIPs and their backends.
     #[command(after_help = "Example:\n  xdplb vip list --json")]
     List {
@@ -180,10 +194,10 @@ pub enum NodeCmd {
 pub enum BackendCmd {
     /// Add a backend (L2: its MAC is looked up in the neighbour table unless --mac is given).
     #[command(
-        after_help = "Examples:\n  xdplb backend add 10.0.0.100:80/tcp 10.0.1.1\n  xdplb backend add 10.0.0.100:80/tcp 10.0.1.2 --weight 2 --mac 02:00:00:00:00:02\n  xdplb backend add 10.0.0.200:443/tcp 10.0.2.1:8443     # L3 VIP, port rewrite"
+        after_help = "Examples:\n  xdplb backend add 10.0.0.100:80/tcp 10.0.1.1\n  xdplb backend add 10.0.0.100:80/tcp 10.0.1.2 --weight 2 --mac 02:00:00:00:00:02\n  xdplb backend add 10.0.0.100:80/tcp 10.0.1.3 --check http:/healthz\n  xdplb backend add 10.0.0.200:443/tcp 10.0.2.1:8443     # L3 VIP, port rewrite"
     )]
     Add(BackendChange),
-    /// Change a backend's weight, MAC, interface or (L3) port.
+    /// Change a backend's weight, MAC, interface, (L3) port or health check.
     #[command(
         after_help = "Examples:\n  xdplb backend set 10.0.0.100:80/tcp 10.0.1.1 --weight 3\n  xdplb backend set 10.0.0.200:443/tcp 10.0.2.1:9443"
     )]
@@ -191,11 +205,14 @@ pub enum BackendCmd {
     /// Remove a backend: its flows move to the others.
     #[command(after_help = "Example:\n  xdplb backend del 10.0.0.100:80/tcp 10.0.1.1")]
     Del { vip: VipAddr, addr: IpAddr },
-    /// Weight 0: existing flows stay, new flows go to the others.
+    /// No new flows (existing flows stay); its weight is kept for `backend undrain`.
     #[command(
         after_help = "Example:\n  xdplb backend drain 10.0.0.100:80/tcp 10.0.1.1   # then watch its rate fall in `xdplb stats --watch`"
     )]
     Drain { vip: VipAddr, addr: IpAddr },
+    /// End a drain: new flows again, with the weight it had.
+    #[command(after_help = "Example:\n  xdplb backend undrain 10.0.0.100:80/tcp 10.0.1.1")]
+    Undrain { vip: VipAddr, addr: IpAddr },
 }
 
 /// Runs a parsed command line; errors are sentences for the user.
@@ -203,8 +220,10 @@ pub fn run(cli: Cli) -> Result<(), String> {
     let s = cli.socket.as_path();
     match cli.cmd {
         Cmd::Daemon(args) => daemon::run(s, &args),
-        Cmd::Attach { iface, xdp_mode } => warn(api::call(s, &Request::Attach { iface, xdp_mode })),
-        Cmd::Detach { iface } => done(api::call(s, &Request::Detach { iface })),
+        Cmd::Attach { iface, xdp_mode } => {
+            changed(api::call(s, &Request::Attach { iface, xdp_mode }))
+        }
+        Cmd::Detach { iface } => changed(api::call(s, &Request::Detach { iface })),
         Cmd::Pass { iface, off } => {
             let what = if off {
                 pass_off(&iface)
@@ -215,17 +234,23 @@ pub fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Cmd::Vip(VipCmd::Add { vip, mode, hash }) => {
-            done(api::call(s, &Request::VipAdd { vip, mode, hash }))
+            changed(api::call(s, &Request::VipAdd { vip, mode, hash }))
         }
-        Cmd::Vip(VipCmd::Del { vip }) => done(api::call(s, &Request::VipDel { vip })),
+        Cmd::Vip(VipCmd::Del { vip }) => changed(api::call(s, &Request::VipDel { vip })),
+        Cmd::Vip(VipCmd::Set { vip, check }) => {
+            changed(api::call(s, &Request::VipSet { vip, check }))
+        }
         Cmd::Vip(VipCmd::List { json }) => show(api::call(s, &Request::VipList)?, json, print_vips),
-        Cmd::Backend(BackendCmd::Add(b)) => done(api::call(s, &Request::BackendAdd(b))),
-        Cmd::Backend(BackendCmd::Set(b)) => done(api::call(s, &Request::BackendSet(b))),
+        Cmd::Backend(BackendCmd::Add(b)) => changed(api::call(s, &Request::BackendAdd(b))),
+        Cmd::Backend(BackendCmd::Set(b)) => changed(api::call(s, &Request::BackendSet(b))),
         Cmd::Backend(BackendCmd::Del { vip, addr }) => {
-            done(api::call(s, &Request::BackendDel { vip, addr }))
+            changed(api::call(s, &Request::BackendDel { vip, addr }))
         }
         Cmd::Backend(BackendCmd::Drain { vip, addr }) => {
-            done(api::call(s, &Request::BackendDrain { vip, addr }))
+            changed(api::call(s, &Request::BackendDrain { vip, addr }))
+        }
+        Cmd::Backend(BackendCmd::Undrain { vip, addr }) => {
+            changed(api::call(s, &Request::BackendUndrain { vip, addr }))
         }
         Cmd::Node(NodeCmd::Drain) => done(api::call(s, &Request::NodeDrain)),
         Cmd::Node(NodeCmd::Undrain) => done(api::call(s, &Request::NodeUndrain)),
@@ -251,14 +276,14 @@ pub fn run(cli: Cli) -> Result<(), String> {
             .render(&mut std::io::stdout())
             .map_err(|e| format!("writing the man page: {e}")),
         Cmd::Status { json } => show(api::call(s, &Request::Status)?, json, print_status),
-        Cmd::Apply { file } => {
+        Cmd::Apply { file, dry_run } => {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| format!("reading {}: {e}", file.display()))?;
             let config =
                 Config::from_toml(&text).map_err(|e| format!("{}: {e}", file.display()))?;
             // Validated by the daemon, against its running limits.
-            done(
-                api::call(s, &Request::Apply { config })
+            changed(
+                api::call(s, &Request::Apply { config, dry_run })
                     .map_err(|e| format!("{}: {e}", file.display())),
             )
         }
@@ -294,10 +319,27 @@ fn done(r: Result<Value, String>) -> Result<(), String> {
     r.map(|_| ())
 }
 
-/// Prints the warnings a change reports (`warnings` in its answer) on stderr.
-fn warn(r: Result<Value, String>) -> Result<(), String> {
-    for w in r?["warnings"].as_array().into_iter().flatten() {
+/// Prints what a change request did (or, for a dry run, would do), one line each, and the
+/// warnings it reports (a veth peer that drops frames, say) on stderr.
+fn changed(r: Result<Value, String>) -> Result<(), String> {
+    let data = r?;
+    let lines: Vec<&str> = data["changes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["text"].as_str())
+        .collect();
+    if lines.is_empty() {
+        println!("no change");
+    }
+    for line in lines {
+        println!("{line}");
+    }
+    for w in data["warnings"].as_array().into_iter().flatten() {
         eprintln!("xdplb: warning: {}", text(w));
+    }
+    if data["dry_run"] == true {
+        println!("(dry run: nothing was changed)");
     }
     Ok(())
 }

@@ -11,13 +11,19 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+mod check_spec;
+mod diff;
+
+pub use check_spec::{check_text, CheckSpec};
+pub use diff::{diff, Change};
+
 use crate::{
     datapath::{AttachMode, LoadOptions},
     health::HealthCheck,
     model::{HashFields, Mac, Mode, ReplyEndpoints, VipAddr},
 };
 
-/// Largest backend weight (weights are relative; 0 drains).
+/// Largest backend weight (weights are relative; 0 drains, as does `drained`).
 pub const MAX_WEIGHT: u32 = 10_000;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -223,8 +229,13 @@ pub struct BackendConfig {
     /// the command line).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
+    /// The configured weight, kept while the backend is drained.
     #[serde(default = "d_weight")]
     pub weight: u32,
+    /// `xdplb backend drain`: no new flows (weight 0 in the data path) until `backend
+    /// undrain` restores `weight`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drained: bool,
     /// L2 mode: the backend's MAC; resolved from the neighbour table when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<Mac>,
@@ -245,9 +256,26 @@ impl BackendConfig {
             addr,
             port: None,
             weight: 1,
+            drained: false,
             mac: None,
             via: None,
             health: None,
+        }
+    }
+}
+
+impl BackendConfig {
+    /// Takes no new flows: drained, or weight 0 (how configurations drained before `drained`).
+    pub fn is_draining(&self) -> bool {
+        self.drained || self.weight == 0
+    }
+
+    /// The weight the data path uses.
+    pub fn ring_weight(&self) -> u32 {
+        if self.drained {
+            0
+        } else {
+            self.weight
         }
     }
 }

@@ -76,6 +76,7 @@ fn everything() -> Config {
                 addr: "10.0.1.1".parse().unwrap(),
                 port: Some(8080),
                 weight: 2,
+                drained: true,
                 mac: Some(Mac([2, 0, 0, 0, 0, 1])),
                 via: Some("eth1".into()),
                 health: Some(health),

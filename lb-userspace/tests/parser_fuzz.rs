@@ -61,9 +61,11 @@ const VIPS: [&str; 4] = [
 const BACKENDS: [&str; 3] = ["10.0.1.1", "10.0.1.1:8080", "[2001:db8::2]:8443"];
 const MACS: [&str; 2] = ["02:00:00:00:00:01", "ff:ff:ff:ff:ff:ff"];
 const CONFIG: &str = include_str!("../../scripts/xdplb.example.toml");
-const REQUESTS: [&str; 4] = [
+const REQUESTS: [&str; 6] = [
     r#"{"cmd":"vip_add","vip":"10.0.0.1:80/tcp","mode":"l2","hash":"5tuple"}"#,
     r#"{"cmd":"backend_add","vip":"10.0.0.1:80/tcp","addr":"10.0.1.1:8080","weight":2}"#,
+    r#"{"cmd":"backend_set","vip":"10.0.0.1:80/tcp","addr":"10.0.1.1","check":"http:8081/ready,interval_ms=200,fall=2"}"#,
+    r#"{"cmd":"vip_set","vip":"10.0.0.1:80/tcp","check":"none"}"#,
     r#"{"cmd":"simulate","src":"10.0.0.9","sport":4000,"vip":"10.0.0.1:80/tcp"}"#,
     r#"{"cmd":"debug","on":true}"#,
 ];

@@ -1358,6 +1358,7 @@ fn a_thousand_changes_under_load_drop_nothing_and_move_no_kept_flow() {
                 mac: Some(lb_userspace::model::Mac([2, 0, 0, 0, 0, 0x50]))
                     .filter(|_| !b.ends_with(".18") && !b.ends_with(".19")),
                 via: None,
+                check: None,
             };
             let req = match (present.contains(&b), next(4)) {
                 (false, _) => {
@@ -1389,6 +1390,7 @@ fn a_thousand_changes_under_load_drop_nothing_and_move_no_kept_flow() {
                     weight: Some(1 + next(4) as u32),
                     mac: None,
                     via: None,
+                    check: None,
                 }))
                 .unwrap();
                 ops += 1;

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use super::state::{self, SavedMac, SavedState, STATE_VERSION};
 use crate::{
     api::{BackendChange, Request},
-    config::{BackendConfig, Config, InterfaceConfig, VipConfig},
+    config::{diff, BackendConfig, Change, CheckSpec, Config, InterfaceConfig, VipConfig},
     datapath::{AttachMode, Attached, DataPath},
     health::Checker,
     iface,
@@ -70,6 +70,8 @@ pub struct Core {
     lenient: bool,
     /// A resync failed: retry on the next tick.
     dirty: bool,
+    /// Set during a dry run: `resolve` checks interfaces instead of registering them.
+    checking: bool,
     /// Drain state and VIP announcements (core/node.rs).
     node: node::Node,
 }
@@ -120,12 +122,16 @@ fn edited(running: &Config, req: Request) -> Result<Config, String> {
                 return Err(not_found_vip(&vip));
             }
         }
+        Request::VipSet { vip, check } => {
+            new.vip_mut(&vip).ok_or_else(|| not_found_vip(&vip))?.health = check.into_check();
+        }
         Request::BackendAdd(BackendChange {
             vip,
             addr,
             weight,
             mac,
             via,
+            check,
         }) => {
             let v = new.vip_mut(&vip).ok_or_else(|| not_found_vip(&vip))?;
             if v.backend(addr.ip).is_some() {
@@ -138,9 +144,10 @@ fn edited(running: &Config, req: Request) -> Result<Config, String> {
                 addr: addr.ip,
                 port: addr.port,
                 weight: weight.unwrap_or(1),
+                drained: false,
                 mac,
                 via,
-                health: None,
+                health: check.and_then(CheckSpec::into_check),
             });
         }
         Request::BackendSet(change) => {
@@ -150,14 +157,25 @@ fn edited(running: &Config, req: Request) -> Result<Config, String> {
                 weight,
                 mac,
                 via,
+                check,
             } = change;
-            if weight.is_none() && mac.is_none() && via.is_none() && addr.port.is_none() {
+            if weight.is_none()
+                && mac.is_none()
+                && via.is_none()
+                && check.is_none()
+                && addr.port.is_none()
+            {
                 return Err(
-                    "backend set needs at least one of ADDR:PORT, --weight, --mac, --via".into(),
+                    "backend set needs at least one of ADDR:PORT, --weight, --mac, --via, --check"
+                        .into(),
                 );
             }
             let b = backend_mut(&mut new, &vip, addr.ip)?;
+            // A drained backend keeps draining: the new weight is the one undrain restores.
             b.weight = weight.unwrap_or(b.weight);
+            if let Some(c) = check {
+                b.health = c.into_check();
+            }
             b.port = addr.port.or(b.port);
             b.mac = mac.or(b.mac);
             b.via = via.or(b.via.take());
@@ -169,7 +187,16 @@ fn edited(running: &Config, req: Request) -> Result<Config, String> {
                 .backends
                 .retain(|b| b.addr != addr);
         }
-        Request::BackendDrain { vip, addr } => backend_mut(&mut new, &vip, addr)?.weight = 0,
+        Request::BackendDrain { vip, addr } => backend_mut(&mut new, &vip, addr)?.drained = true,
+        Request::BackendUndrain { vip, addr } => {
+            let b = backend_mut(&mut new, &vip, addr)?;
+            if !b.drained && b.weight == 0 {
+                return Err(format!(
+                    "backend {addr} of VIP {vip} has weight 0 and no kept weight to restore; `xdplb backend set {vip} {addr} --weight N` gives it one"
+                ));
+            }
+            b.drained = false;
+        }
         Request::Attach { iface, xdp_mode } => {
             if new.interfaces.iter().any(|i| i.name == iface) {
                 return Err(format!("xdplb is already attached to {iface}"));
@@ -186,7 +213,7 @@ fn edited(running: &Config, req: Request) -> Result<Config, String> {
                 return Err(format!("xdplb is not attached to {iface}"));
             }
         }
-        Request::Apply { config } => {
+        Request::Apply { config, .. } => {
             new = config;
             // Fixed at start: a file that leaves them out keeps the running ones.
             if new.limits.is_none() {
@@ -217,6 +244,7 @@ impl Core {
             unresolved: HashSet::new(),
             lenient: false,
             dirty: false,
+            checking: false,
             node: node::Node::default(),
         }
     }
@@ -257,6 +285,42 @@ impl Core {
     /// Moves everything to `new`: validate, resolve, attach, write maps, detach, save. Nothing
     /// is written before everything that can be checked was.
     pub fn commit(&mut self, new: Config) -> Result<(), String> {
+        self.preflight(&new)?;
+        // Health first: the ring is computed with the failed set the new checks imply.
+        self.update_health_targets(&new);
+        let seed = self.mirror.seed();
+        self.mirror.set_seed(new.maglev_seed());
+        if let Err(e) = self.apply(&new) {
+            let old = self.config.clone();
+            self.mirror.set_seed(seed);
+            self.update_health_targets(&old);
+            self.announce();
+            return Err(e);
+        }
+        self.config = new;
+        self.forget_unused_macs();
+        let saved = self.save();
+        self.announce();
+        saved
+    }
+
+    /// `apply --dry-run`: every check `commit` makes before its first write (the data path's
+    /// own included), with nothing written and nothing kept. The failed set is today's: a
+    /// changed health check has not probed yet.
+    pub fn check(&mut self, new: &Config) -> Result<(), String> {
+        self.preflight(new)?;
+        let (macs, unresolved) = (self.macs.clone(), self.unresolved.clone());
+        self.checking = true;
+        let result = self
+            .resolve(new)
+            .and_then(|states| self.mirror.validate(&states).map_err(|e| e.to_string()));
+        self.checking = false;
+        (self.macs, self.unresolved) = (macs, unresolved);
+        result
+    }
+
+    /// What `commit` checks before it changes anything, the kernel's interfaces included.
+    fn preflight(&self, new: &Config) -> Result<(), String> {
         new.validate()?;
         if new.limits() != self.config.limits() {
             return Err(format!(
@@ -276,22 +340,7 @@ impl Core {
                 )
             })?;
         }
-        // Health first: the ring is computed with the failed set the new checks imply.
-        self.update_health_targets(&new);
-        let seed = self.mirror.seed();
-        self.mirror.set_seed(new.maglev_seed());
-        if let Err(e) = self.apply(&new) {
-            let old = self.config.clone();
-            self.mirror.set_seed(seed);
-            self.update_health_targets(&old);
-            self.announce();
-            return Err(e);
-        }
-        self.config = new;
-        self.forget_unused_macs();
-        let saved = self.save();
-        self.announce();
-        saved
+        Ok(())
     }
 
     fn apply(&mut self, new: &Config) -> Result<(), String> {
@@ -389,6 +438,11 @@ impl Core {
                     continue;
                 }
                 let (ifindex, src_mac) = match &b.via {
+                    Some(via) if self.checking => iface::index(via)
+                        .and_then(|i| Ok((i, iface::mac(via)?)))
+                        .map_err(|e| {
+                            format!("backend {} of VIP {}: interface {via}: {e}", b.addr, v.addr)
+                        })?,
                     Some(via) => self
                         .dp
                         .register_egress(via)
@@ -413,7 +467,7 @@ impl Core {
                 let port = b.port.unwrap_or(0);
                 backends.push(BackendTarget {
                     addr: b.addr,
-                    weight: b.weight,
+                    weight: b.ring_weight(),
                     mac,
                     ifindex,
                     // L3 takes its source MAC from the FIB.
@@ -587,16 +641,28 @@ impl Core {
             Request::NodeDrain => self.set_drained(true),
             Request::NodeUndrain => self.set_drained(false),
             Request::NodeStatus => Ok(self.node_status()),
-            Request::Attach { ref iface, .. } => {
-                let iface = iface.clone();
-                self.commit(edited(&self.config, req)?)?;
-                let warnings: Vec<String> = veth::attach_problem(&iface).into_iter().collect();
-                Ok(json!({ "warnings": warnings }))
-            }
             change => {
+                let dry_run = matches!(change, Request::Apply { dry_run: true, .. });
                 let new = edited(&self.config, change)?;
-                self.commit(new)?;
-                Ok(Value::Null)
+                let changes = diff(&self.config, &new);
+                let attached: Vec<String> = new
+                    .interfaces
+                    .iter()
+                    .filter(|i| self.config.interfaces.iter().all(|o| o.name != i.name))
+                    .map(|i| i.name.clone())
+                    .collect();
+                if dry_run {
+                    self.check(&new)?;
+                } else {
+                    self.commit(new)?;
+                }
+                // A newly attached veth whose peer drops what is sent back out.
+                let warnings: Vec<String> = match dry_run {
+                    true => Vec::new(),
+                    false => attached.iter().filter_map(|i| veth::attach_problem(i)).collect(),
+                };
+                let changes: Vec<Value> = changes.iter().map(Change::to_json).collect();
+                Ok(json!({ "changes": changes, "dry_run": dry_run, "warnings": warnings }))
             }
         }
     }
@@ -606,7 +672,7 @@ impl Core {
             "down"
         } else if self.unresolved.contains(&(*vip, b.addr)) {
             "unresolved"
-        } else if b.weight == 0 {
+        } else if b.is_draining() {
             "draining"
         } else {
             "active"
@@ -629,6 +695,7 @@ impl Core {
                             "addr": b.addr,
                             "port": b.port,
                             "weight": b.weight,
+                            "drained": b.drained,
                             "mac": b.mac.or_else(|| self.macs.get(&(b.addr, b.via.clone())).copied()),
                             "via": b.via,
                             "state": self.backend_state(&v.addr, b),
@@ -894,7 +961,7 @@ impl Core {
                     backend: bc.addr.to_string(),
                     weight: bc.weight,
                     up: !self.down.contains(&(cfg.addr, bc.addr)),
-                    draining: bc.weight == 0,
+                    draining: bc.is_draining(),
                     packets: num(b, "packets"),
                     bytes: num(b, "bytes"),
                     new_flows: num(b, "new_flows"),
@@ -935,6 +1002,7 @@ mod tests {
             weight: None,
             mac: None,
             via: None,
+            check: None,
         }
     }
 
@@ -979,6 +1047,107 @@ mod tests {
             let backends: usize = running.vips.iter().map(|v| v.backends.len()).sum();
             assert_eq!((running.vips.len(), backends), (2, 1));
         }
+    }
+
+    #[test]
+    fn drain_keeps_the_weight_and_undrain_restores_it() {
+        let b = |c: &Config| c.vips[0].backends[0].clone();
+        let drain = || Request::BackendDrain {
+            vip: WEB.parse().unwrap(),
+            addr: "10.0.1.1".parse().unwrap(),
+        };
+        let undrain = || Request::BackendUndrain {
+            vip: WEB.parse().unwrap(),
+            addr: "10.0.1.1".parse().unwrap(),
+        };
+        let weight = |w| {
+            Request::BackendSet(BackendChange {
+                weight: Some(w),
+                ..backend(WEB, "10.0.1.1")
+            })
+        };
+        let (c, errors) = run(vec![
+            l3_vip(WEB),
+            Request::BackendAdd(BackendChange {
+                weight: Some(3),
+                ..backend(WEB, "10.0.1.1")
+            }),
+            drain(),
+        ]);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(
+            (b(&c).weight, b(&c).drained, b(&c).ring_weight()),
+            (3, true, 0)
+        );
+        // A new weight while drained is the one undrain restores.
+        let after = |more: Vec<Request>| {
+            let mut all = vec![
+                l3_vip(WEB),
+                Request::BackendAdd(backend(WEB, "10.0.1.1")),
+                drain(),
+            ];
+            all.extend(more);
+            run(all)
+        };
+        let (c, _) = after(vec![weight(5)]);
+        assert_eq!((b(&c).weight, b(&c).ring_weight()), (5, 0));
+        let (c, _) = after(vec![weight(5), undrain()]);
+        assert_eq!(
+            (b(&c).weight, b(&c).drained, b(&c).ring_weight()),
+            (5, false, 5)
+        );
+        // Weight 0 (the old way to drain) has nothing to restore.
+        let (c, errors) = after(vec![undrain(), weight(0), undrain()]);
+        assert_eq!(b(&c).weight, 0);
+        assert_eq!(
+            errors,
+            ["backend 10.0.1.1 of VIP 10.0.0.2:80/tcp has weight 0 and no kept weight to restore; `xdplb backend set 10.0.0.2:80/tcp 10.0.1.1 --weight N` gives it one"]
+        );
+    }
+
+    #[test]
+    fn health_checks_are_set_and_removed_per_backend_and_per_vip() {
+        let check = |s: &str| Some(s.parse::<CheckSpec>().unwrap());
+        let (c, errors) = run(vec![
+            l3_vip(WEB),
+            Request::BackendAdd(BackendChange {
+                check: check("http:/healthz"),
+                ..backend(WEB, "10.0.1.1")
+            }),
+            Request::VipSet {
+                vip: WEB.parse().unwrap(),
+                check: check("tcp:8081").unwrap(),
+            },
+        ]);
+        assert!(errors.is_empty(), "{errors:?}");
+        let v = &c.vips[0];
+        assert_eq!(v.check_for(&v.backends[0]).unwrap().path, "/healthz");
+        let (c, _) = run(vec![
+            l3_vip(WEB),
+            Request::BackendAdd(BackendChange {
+                check: check("http:/healthz"),
+                ..backend(WEB, "10.0.1.1")
+            }),
+            Request::BackendSet(BackendChange {
+                check: check("none"),
+                ..backend(WEB, "10.0.1.1")
+            }),
+        ]);
+        assert_eq!(c.vips[0].backends[0].health, None);
+        // An all-ports VIP's check needs a port: refused, nothing set.
+        let (c, errors) = run(vec![
+            l3_vip(ALL),
+            Request::BackendAdd(backend(ALL, "10.0.1.1")),
+            Request::VipSet {
+                vip: ALL.parse().unwrap(),
+                check: check("tcp").unwrap(),
+            },
+        ]);
+        assert_eq!(
+            errors,
+            ["VIP 10.0.0.1:*/tcp serves all ports: its health check needs an explicit port"]
+        );
+        assert_eq!(c.vips[0].health, None);
     }
 
     #[test]

@@ -288,17 +288,25 @@ fn describe(req: &Request) -> Option<String> {
         Request::NodeUndrain => "node undrain".into(),
         Request::VipAdd { vip, mode, hash } => format!("vip add {vip} mode {mode} hash {hash}"),
         Request::VipDel { vip } => format!("vip del {vip}"),
+        Request::VipSet { vip, check } => format!("vip set {vip} check {check}"),
         Request::BackendAdd(b) => format!("backend add {} {} weight {:?}", b.vip, b.addr, b.weight),
         Request::BackendSet(b) => format!(
-            "backend set {} {} weight {:?} mac {:?} via {:?}",
-            b.vip, b.addr, b.weight, b.mac, b.via
+            "backend set {} {} weight {:?} mac {:?} via {:?} check {:?}",
+            b.vip,
+            b.addr,
+            b.weight,
+            b.mac,
+            b.via,
+            b.check.as_ref().map(ToString::to_string)
         ),
         Request::BackendDel { vip, addr } => format!("backend del {vip} {addr}"),
         Request::BackendDrain { vip, addr } => format!("backend drain {vip} {addr}"),
+        Request::BackendUndrain { vip, addr } => format!("backend undrain {vip} {addr}"),
         Request::Attach { iface, xdp_mode } => format!("attach {iface} ({xdp_mode:?})"),
         Request::Detach { iface } => format!("detach {iface}"),
-        Request::Apply { config } => format!(
-            "apply ({} VIPs, {} interfaces)",
+        Request::Apply { config, dry_run } => format!(
+            "apply{} ({} VIPs, {} interfaces)",
+            if *dry_run { " --dry-run" } else { "" },
             config.vips.len(),
             config.interfaces.len()
         ),

@@ -42,7 +42,9 @@ impl Core {
                     .iter()
                     .filter(|b| {
                         let key = (v.addr, b.addr);
-                        b.weight > 0 && !self.down.contains(&key) && !self.unresolved.contains(&key)
+                        !b.is_draining()
+                            && !self.down.contains(&key)
+                            && !self.unresolved.contains(&key)
                     })
                     .count();
                 (v.addr, n)
