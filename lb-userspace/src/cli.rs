@@ -13,6 +13,7 @@ use serde_json::Value;
 use crate::{
     api::{self, BackendChange, Request, DEFAULT_SOCKET},
     config::{Config, XdpModeName},
+    conn::{self, ConnCmd},
     daemon::{self, DaemonArgs},
     model::{HashFields, Mode, VipAddr},
 };
@@ -58,6 +59,9 @@ pub enum Cmd {
     /// Manage the backends of a VIP.
     #[command(subcommand)]
     Backend(BackendCmd),
+    /// The connection table: which backend each flow is on (`ipvsadm -Lnc`).
+    #[command(subcommand)]
+    Conn(ConnCmd),
     /// This node in a cluster behind ECMP: drain (withdraw its VIP announcements) and status.
     #[command(subcommand)]
     Node(NodeCmd),
@@ -207,6 +211,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
         Cmd::Backend(BackendCmd::Drain { vip, addr }) => {
             done(api::call(s, &Request::BackendDrain { vip, addr }))
         }
+        Cmd::Conn(c) => conn::run(s, c),
         Cmd::Node(NodeCmd::Drain) => done(api::call(s, &Request::NodeDrain)),
         Cmd::Node(NodeCmd::Undrain) => done(api::call(s, &Request::NodeUndrain)),
         Cmd::Node(NodeCmd::Status { json }) => {

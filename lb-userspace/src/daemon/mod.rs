@@ -278,7 +278,9 @@ fn describe(req: &Request) -> Option<String> {
         | Request::Stats
         | Request::Status
         | Request::Simulate { .. }
-        | Request::NodeStatus => return None,
+        | Request::NodeStatus
+        | Request::ConnList(_)
+        | Request::ConnCount(_) => return None,
         Request::NodeDrain => "node drain".into(),
         Request::NodeUndrain => "node undrain".into(),
         Request::VipAdd { vip, mode, hash } => format!("vip add {vip} mode {mode} hash {hash}"),

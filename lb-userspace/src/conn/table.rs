@@ -1,0 +1,249 @@
+//! The daemon's side of `conn list` / `conn count`: a walk over the pinned connection table
+//! with `BPF_MAP_LOOKUP_BATCH`, naming each entry's ids as the data path reads them. Traffic
+//! is not stopped; what a walk can miss under churn is said in `batch::lookup_each`.
+//!
+//! An entry is *active* while its backend slot is valid and holds the generation the entry was
+//! recorded with; otherwise it is *stale*: its flow is placed again on its next packet. A stale
+//! entry still names its removed backend while the id was not given to another one.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::{IpAddr, SocketAddr},
+    path::Path,
+    time::Instant,
+};
+
+use aya::maps::{Array, Map, MapData};
+use lb_common::{
+    addr, maps as m, BackendInfo, ConnValue, FlowKey, BACKEND_F_VALID, VIP_F_MODE_L3,
+};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use super::ConnQuery;
+use crate::{
+    daemon::core::Core,
+    model::{Mode, VipAddr},
+};
+
+/// Entries per batch syscall: a few hundred KiB of buffer, and a full default table (262144
+/// entries) in 64 calls.
+const CHUNK: usize = 4096;
+
+/// One connection-table entry, as `conn list --json` shows it (docs/cli.md).
+#[derive(Clone, Debug, Serialize)]
+pub struct Conn {
+    /// "tcp", "udp", or the protocol number.
+    pub proto: String,
+    pub client: SocketAddr,
+    /// Where the client sends: the VIP's address and the flow's destination port.
+    pub dst: SocketAddr,
+    /// The VIP the entry names (None: its VIP is gone or its id now names another one).
+    pub vip: Option<VipAddr>,
+    pub mode: Mode,
+    /// None: the entry's backend id was given to another backend since.
+    pub backend: Option<IpAddr>,
+    pub backend_id: u32,
+    /// L3: the destination packets are rewritten to (the backend and its port).
+    pub to: Option<SocketAddr>,
+    /// "active" or "stale".
+    pub state: &'static str,
+}
+
+/// What the walk needs to name the ids of an entry and apply the filters.
+struct Names {
+    vips: HashMap<u32, VipAddr>,
+    backends: Array<MapData, BackendInfo>,
+    /// Backend slots read so far, by id (None: unreadable, past the array).
+    slots: HashMap<u32, Option<BackendInfo>>,
+    query: ConnQuery,
+}
+
+/// How a walk went.
+struct Walk {
+    /// Entries read from the table, matching or not.
+    walked: usize,
+    /// It stopped at `limit` with more matching entries left.
+    truncated: bool,
+}
+
+/// `conn list`: the matching entries in table order.
+pub fn list(core: &Core, query: &ConnQuery) -> Result<Value, String> {
+    let mut conns = Vec::new();
+    let w = walk(core, query, |c| conns.push(c))?;
+    Ok(json!({ "conns": conns, "walked": w.walked, "truncated": w.truncated }))
+}
+
+/// `conn count`: the matching entries, active and stale, per VIP and per backend.
+pub fn count(core: &Core, query: &ConnQuery) -> Result<Value, String> {
+    let mut by_vip: BTreeMap<Option<VipAddr>, BTreeMap<Option<IpAddr>, usize>> = BTreeMap::new();
+    let (mut total, mut stale) = (0, 0);
+    let w = walk(core, query, |c| {
+        total += 1;
+        stale += usize::from(c.state == "stale");
+        *by_vip.entry(c.vip).or_default().entry(c.backend).or_default() += 1;
+    })?;
+    let vips: Vec<Value> = by_vip
+        .into_iter()
+        .map(|(vip, backends)| {
+            let list: Vec<Value> = backends
+                .iter()
+                .map(|(addr, n)| json!({ "addr": addr, "conns": n }))
+                .collect();
+            json!({ "vip": vip, "conns": backends.values().sum::<usize>(), "backends": list })
+        })
+        .collect();
+    Ok(json!({
+        "total": total,
+        "active": total - stale,
+        "stale": stale,
+        "vips": vips,
+        "walked": w.walked,
+        "truncated": w.truncated,
+    }))
+}
+
+/// Walks the table, giving `each` every entry the query matches, up to its limit.
+fn walk(core: &Core, query: &ConnQuery, mut each: impl FnMut(Conn)) -> Result<Walk, String> {
+    let pins = core
+        .dp
+        .options()
+        .pin_dir
+        .clone()
+        .ok_or("the data path's maps are not pinned, so the connection table cannot be read")?;
+    let mut names = Names::new(core, &pins, query)?;
+    let table = open(&pins, m::CONNTRACK)?;
+    let limit = query.limit.unwrap_or(usize::MAX);
+    let (mut matched, mut truncated) = (0, false);
+    let started = Instant::now();
+    let walked = crate::batch::lookup_each::<FlowKey, ConnValue>(&table, CHUNK, |k, v| {
+        let Some(conn) = names.matching(k, v) else {
+            return true;
+        };
+        if matched == limit {
+            truncated = true;
+            return false;
+        }
+        matched += 1;
+        each(conn);
+        true
+    })
+    .map_err(|e| format!("reading the connection table {}: {e}", m::CONNTRACK))?;
+    log::debug!(
+        "connection table walk: {walked} entries in {:?}, {matched} matching",
+        started.elapsed()
+    );
+    Ok(Walk { walked, truncated })
+}
+
+/// A map pinned by the daemon, opened anew (its own file descriptor).
+fn open(pins: &Path, name: &str) -> Result<MapData, String> {
+    MapData::from_pin(pins.join(name))
+        .map_err(|e| format!("opening the pinned map {name} in {}: {e}", pins.display()))
+}
+
+impl Names {
+    /// Checks the query against the running configuration: a filter naming what is not
+    /// configured is refused, not answered with an empty list.
+    fn new(core: &Core, pins: &Path, query: &ConnQuery) -> Result<Names, String> {
+        if let Some(vip) = &query.vip {
+            if core.config.vip(vip).is_none() {
+                return Err(format!(
+                    "no VIP {vip}; `xdplb vip list` shows the VIPs"
+                ));
+            }
+        }
+        if let Some(b) = query.backend {
+            let mut vips = core
+                .config
+                .vips
+                .iter()
+                .filter(|v| query.vip.is_none_or(|q| q == v.addr));
+            if !vips.any(|v| v.backend(b).is_some()) {
+                return Err(match &query.vip {
+                    Some(vip) => format!(
+                        "VIP {vip} has no backend {b}; `xdplb vip list` shows its backends"
+                    ),
+                    None => format!("no VIP has a backend {b}; `xdplb vip list` shows the backends"),
+                });
+            }
+        }
+        if query.limit == Some(0) {
+            return Err("--limit 0 would list nothing; give 1 or more, or leave it out".into());
+        }
+        let vips = core
+            .config
+            .vips
+            .iter()
+            .filter_map(|v| Some((core.mirror.vip_id(&v.addr)?, v.addr)))
+            .collect();
+        let backends = Map::from_map_data(open(pins, m::BACKENDS)?)
+            .and_then(Array::try_from)
+            .map_err(|e| format!("reading the backend map {}: {e}", m::BACKENDS))?;
+        Ok(Names {
+            vips,
+            backends,
+            slots: HashMap::new(),
+            query: query.clone(),
+        })
+    }
+
+    /// The entry as `conn list` shows it, if the query matches it.
+    fn matching(&mut self, k: &FlowKey, v: &ConnValue) -> Option<Conn> {
+        let client_ip = addr::from_words(k.family, k.src);
+        if self.query.client.is_some_and(|c| c != client_ip) {
+            return None;
+        }
+        let dst = SocketAddr::new(addr::from_words(k.family, k.dst), u16::from_be(k.dport));
+        // An id the entry names may have been given to another VIP since: only one that
+        // serves this destination is the entry's.
+        let vip = self.vips.get(&v.vip).copied().filter(|a| {
+            a.ip == dst.ip() && a.proto.number() == k.proto && (a.port == 0 || a.port == dst.port())
+        });
+        if self.query.vip.is_some_and(|q| Some(q) != vip) {
+            return None;
+        }
+        let slot = *self
+            .slots
+            .entry(v.backend)
+            .or_insert_with(|| self.backends.get(&v.backend, 0).ok());
+        // Same generation: the slot still describes the backend the flow was recorded for.
+        let same = slot.filter(|s| s.generation == v.generation);
+        let backend = same.map(|s| addr::from_words(s.family, s.addr));
+        if self.query.backend.is_some_and(|q| Some(q) != backend) {
+            return None;
+        }
+        let mode = if v.vip_flags & VIP_F_MODE_L3 != 0 {
+            Mode::L3
+        } else {
+            Mode::L2
+        };
+        let to = match (mode, same, backend) {
+            (Mode::L3, Some(s), Some(ip)) => {
+                // Port 0: the backend keeps the client's destination port.
+                let port = match u16::from_be(s.port) {
+                    0 => dst.port(),
+                    p => p,
+                };
+                Some(SocketAddr::new(ip, port))
+            }
+            _ => None,
+        };
+        let active = same.is_some_and(|s| s.flags & BACKEND_F_VALID != 0);
+        Some(Conn {
+            proto: match k.proto {
+                6 => "tcp".into(),
+                17 => "udp".into(),
+                p => p.to_string(),
+            },
+            client: SocketAddr::new(client_ip, u16::from_be(k.sport)),
+            dst,
+            vip,
+            mode,
+            backend,
+            backend_id: v.backend,
+            to,
+            state: if active { "active" } else { "stale" },
+        })
+    }
+}
