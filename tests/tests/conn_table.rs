@@ -297,6 +297,17 @@ fn l3_flows_show_the_destination_they_are_rewritten_to() {
     assert_eq!(count["total"], want.len(), "{count}");
 }
 
+/// A process's peak resident memory (VmHWM), in MiB.
+fn peak_rss_mib(pid: u64) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib / 1024
+}
+
 /// The cost of walking a full table (docs/operations.md): the daemon's table is filled to its
 /// size from here, then counted and listed through the CLI; for comparison, the same table is
 /// walked key by key (`BPF_MAP_GET_NEXT_KEY` + lookup per entry, aya's `HashMap::iter`).
@@ -330,10 +341,19 @@ fn a_full_table_is_walked_in_batches_and_timed() {
     assert_eq!(count["walked"], total, "{count}");
     // An LRU table may evict before it is full (per-CPU free lists): most must be there.
     assert!(total > size as u64 / 2 && total <= size as u64, "{count}");
+    let pid = e.d.json(&["status"]).unwrap()["daemon"]["pid"].as_u64().unwrap();
+    let peak_before = peak_rss_mib(pid);
     let t = Instant::now();
     let out = e.d.cli(&["conn", "list", "--json"]).unwrap();
     let list_time = t.elapsed();
     assert!(out.status.success());
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed["conns"].as_array().unwrap().len() as u64, total);
+    let peak_after = peak_rss_mib(pid);
+    println!("daemon peak RSS {peak_before} MiB before the full listing, {peak_after} MiB after");
+    // Encoded entry by entry: the listing costs about its JSON text (as a `Value` tree it
+    // took 360 MiB).
+    assert!(peak_after < peak_before + 150, "{peak_before} -> {peak_after} MiB");
     let t = Instant::now();
     let by_key = table.iter().filter(Result::is_ok).count();
     let key_time = t.elapsed();
@@ -351,6 +371,10 @@ fn a_full_table_is_walked_in_batches_and_timed() {
         "key by key (get_next_key + lookup): {by_key} entries in {key_time:?} ({:.2} M entries/s)",
         rate(by_key as u64, key_time)
     );
+    // With RUST_LOG=debug the daemon logs each walk's own time.
+    for l in e.d.log().lines().filter(|l| l.contains("connection table walk")) {
+        println!("daemon: {l}");
+    }
     let limited = e.d.json(&["conn", "list", "--limit", "10"]).unwrap();
     assert_eq!(limited["conns"].as_array().unwrap().len(), 10);
     assert!(limited["walked"].as_u64().unwrap() < total, "--limit ends the walk early: {limited}");

@@ -80,3 +80,29 @@ pub fn run(socket: &Path, cmd: ConnCmd) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conn_requests_parse_with_optional_filters_and_refuse_unknown_fields() {
+        let r: Request = serde_json::from_str(r#"{"cmd":"conn_count"}"#).unwrap();
+        assert_eq!(r, Request::ConnCount(ConnQuery::default()));
+        let r: Request = serde_json::from_str(
+            r#"{"cmd":"conn_list","vip":"10.0.0.1:80/tcp","client":"2001:db8::7","limit":5}"#,
+        )
+        .unwrap();
+        let Request::ConnList(q) = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(q.vip, Some("10.0.0.1:80/tcp".parse().unwrap()));
+        assert_eq!(q.client, Some("2001:db8::7".parse().unwrap()));
+        assert_eq!((q.backend, q.limit), (None, Some(5)));
+        let bad = r#"{"cmd":"conn_list","age":1}"#;
+        assert!(serde_json::from_str::<Request>(bad).is_err());
+        let bad = r#"{"cmd":"conn_list","vip":"10.0.0.1"}"#;
+        let err = serde_json::from_str::<Request>(bad).unwrap_err().to_string();
+        assert!(err.contains("ADDR:PORT/PROTO"), "{err}");
+    }
+}

@@ -67,73 +67,104 @@ struct Walk {
     truncated: bool,
 }
 
-/// `conn list`: the matching entries in table order.
-pub fn list(core: &Core, query: &ConnQuery) -> Result<Value, String> {
-    let mut conns = Vec::new();
-    let w = walk(core, query, |c| conns.push(c))?;
-    Ok(json!({ "conns": conns, "walked": w.walked, "truncated": w.truncated }))
+/// A walk prepared under the daemon's lock (the query checked, the VIPs' ids copied, the maps
+/// opened on descriptors of its own) and run without it: a walk over a full table takes
+/// long enough (docs/operations.md) that health checks and metrics must not wait for it.
+pub struct Walker {
+    names: Names,
+    table: MapData,
 }
 
-/// `conn count`: the matching entries, active and stale, per VIP and per backend.
-pub fn count(core: &Core, query: &ConnQuery) -> Result<Value, String> {
-    let mut by_vip: BTreeMap<Option<VipAddr>, BTreeMap<Option<IpAddr>, usize>> = BTreeMap::new();
-    let (mut total, mut stale) = (0, 0);
-    let w = walk(core, query, |c| {
-        total += 1;
-        stale += usize::from(c.state == "stale");
-        *by_vip.entry(c.vip).or_default().entry(c.backend).or_default() += 1;
-    })?;
-    let vips: Vec<Value> = by_vip
-        .into_iter()
-        .map(|(vip, backends)| {
-            let list: Vec<Value> = backends
-                .iter()
-                .map(|(addr, n)| json!({ "addr": addr, "conns": n }))
-                .collect();
-            json!({ "vip": vip, "conns": backends.values().sum::<usize>(), "backends": list })
+impl Walker {
+    pub fn new(core: &Core, query: &ConnQuery) -> Result<Walker, String> {
+        let pins = core
+            .dp
+            .options()
+            .pin_dir
+            .clone()
+            .ok_or("the data path's maps are not pinned, so the connection table cannot be read")?;
+        Ok(Walker {
+            names: Names::new(core, &pins, query)?,
+            table: open(&pins, m::CONNTRACK)?,
         })
-        .collect();
-    Ok(json!({
-        "total": total,
-        "active": total - stale,
-        "stale": stale,
-        "vips": vips,
-        "walked": w.walked,
-        "truncated": w.truncated,
-    }))
-}
+    }
 
-/// Walks the table, giving `each` every entry the query matches, up to its limit.
-fn walk(core: &Core, query: &ConnQuery, mut each: impl FnMut(Conn)) -> Result<Walk, String> {
-    let pins = core
-        .dp
-        .options()
-        .pin_dir
-        .clone()
-        .ok_or("the data path's maps are not pinned, so the connection table cannot be read")?;
-    let mut names = Names::new(core, &pins, query)?;
-    let table = open(&pins, m::CONNTRACK)?;
-    let limit = query.limit.unwrap_or(usize::MAX);
-    let (mut matched, mut truncated) = (0, false);
-    let started = Instant::now();
-    let walked = crate::batch::lookup_each::<FlowKey, ConnValue>(&table, CHUNK, |k, v| {
-        let Some(conn) = names.matching(k, v) else {
-            return true;
-        };
-        if matched == limit {
-            truncated = true;
-            return false;
-        }
-        matched += 1;
-        each(conn);
-        true
-    })
-    .map_err(|e| format!("reading the connection table {}: {e}", m::CONNTRACK))?;
-    log::debug!(
-        "connection table walk: {walked} entries in {:?}, {matched} matching",
-        started.elapsed()
-    );
-    Ok(Walk { walked, truncated })
+    /// `conn list`: the matching entries in table order, as JSON text encoded entry by entry
+    /// while walking (a full table's listing is tens of megabytes; no copy of it is kept).
+    pub fn list(self) -> Result<String, String> {
+        let mut out = br#"{"conns":["#.to_vec();
+        let mut first = true;
+        let mut encoded = Ok(());
+        let w = self.walk(|c| {
+            if !std::mem::take(&mut first) {
+                out.push(b',');
+            }
+            if encoded.is_ok() {
+                encoded = serde_json::to_writer(&mut out, &c);
+            }
+        })?;
+        encoded.map_err(|e| format!("encoding the connection table: {e}"))?;
+        out.extend_from_slice(
+            format!(r#"],"walked":{},"truncated":{}}}"#, w.walked, w.truncated).as_bytes(),
+        );
+        String::from_utf8(out).map_err(|e| format!("encoding the connection table: {e}"))
+    }
+
+    /// `conn count`: the matching entries, active and stale, per VIP and per backend.
+    pub fn count(self) -> Result<Value, String> {
+        let mut by_vip: BTreeMap<Option<VipAddr>, BTreeMap<Option<IpAddr>, usize>> =
+            BTreeMap::new();
+        let (mut total, mut stale) = (0, 0);
+        let w = self.walk(|c| {
+            total += 1;
+            stale += usize::from(c.state == "stale");
+            *by_vip.entry(c.vip).or_default().entry(c.backend).or_default() += 1;
+        })?;
+        let vips: Vec<Value> = by_vip
+            .into_iter()
+            .map(|(vip, backends)| {
+                let list: Vec<Value> = backends
+                    .iter()
+                    .map(|(addr, n)| json!({ "addr": addr, "conns": n }))
+                    .collect();
+                json!({ "vip": vip, "conns": backends.values().sum::<usize>(), "backends": list })
+            })
+            .collect();
+        Ok(json!({
+            "total": total,
+            "active": total - stale,
+            "stale": stale,
+            "vips": vips,
+            "walked": w.walked,
+            "truncated": w.truncated,
+        }))
+    }
+
+    /// Walks the table, giving `each` every entry the query matches, up to its limit.
+    fn walk(mut self, mut each: impl FnMut(Conn)) -> Result<Walk, String> {
+        let limit = self.names.query.limit.unwrap_or(usize::MAX);
+        let (mut matched, mut truncated) = (0, false);
+        let started = Instant::now();
+        let walked =
+            crate::batch::lookup_each::<FlowKey, ConnValue>(&self.table, CHUNK, |k, v| {
+                let Some(conn) = self.names.matching(k, v) else {
+                    return true;
+                };
+                if matched == limit {
+                    truncated = true;
+                    return false;
+                }
+                matched += 1;
+                each(conn);
+                true
+            })
+            .map_err(|e| format!("reading the connection table {}: {e}", m::CONNTRACK))?;
+        log::debug!(
+            "connection table walk: {walked} entries in {:?}, {matched} matching",
+            started.elapsed()
+        );
+        Ok(Walk { walked, truncated })
+    }
 }
 
 /// A map pinned by the daemon, opened anew (its own file descriptor).

@@ -584,8 +584,6 @@ impl Core {
             Request::NodeDrain => self.set_drained(true),
             Request::NodeUndrain => self.set_drained(false),
             Request::NodeStatus => Ok(self.node_status()),
-            Request::ConnList(q) => crate::conn::table::list(self, &q),
-            Request::ConnCount(q) => crate::conn::table::count(self, &q),
             change => {
                 let new = edited(&self.config, change)?;
                 self.commit(new)?;
