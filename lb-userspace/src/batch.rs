@@ -31,8 +31,7 @@ struct BatchAttr {
 /// that many bytes per element.
 fn check_sizes<K, V>(map: &MapData, what: &str) -> io::Result<()> {
     let info = map.info().map_err(io::Error::other)?;
-    if info.key_size() as usize != size_of::<K>() || info.value_size() as usize != size_of::<V>()
-    {
+    if info.key_size() as usize != size_of::<K>() || info.value_size() as usize != size_of::<V>() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!(

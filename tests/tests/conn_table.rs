@@ -56,7 +56,14 @@ fn host<'a>(backends: &'a [Host], name: &str) -> &'a Host {
 
 /// What `conn list` must show for a flow from `client` to `dst` that backend `backend` answered
 /// (`to`: the L3 destination, else "-").
-fn expect(proto: &str, client: SocketAddr, dst: SocketAddr, backend: IpAddr, to: &str, mode: &str) -> Row {
+fn expect(
+    proto: &str,
+    client: SocketAddr,
+    dst: SocketAddr,
+    backend: IpAddr,
+    to: &str,
+    mode: &str,
+) -> Row {
     (
         proto.into(),
         client.to_string(),
@@ -85,7 +92,9 @@ struct L2Env {
 /// daemon balancing a TCP and a UDP VIP of each family.
 fn l2_env() -> L2Env {
     let topo = L2Topology::new(3).expect("topology");
-    let pass = topo.attach_peer_pass().expect("pass program on the bridge port");
+    let pass = topo
+        .attach_peer_pass()
+        .expect("pass program on the bridge port");
     let udp: Vec<IpAddr> = vec![VIP4.parse().unwrap(), VIP6.parse().unwrap()];
     let servers = topo
         .backends
@@ -138,7 +147,14 @@ fn l2_flows_are_listed_filtered_counted_and_turn_stale() {
         want.insert(expect("tcp", from, tcp4, b, "-", "l2"));
     }
     let b6 = host(&e.topo.backends, &held6[0].1).ip6;
-    want.insert(expect("tcp", SocketAddr::new(client.ip6, 42000), tcp6, b6, "-", "l2"));
+    want.insert(expect(
+        "tcp",
+        SocketAddr::new(client.ip6, 42000),
+        tcp6,
+        b6,
+        "-",
+        "l2",
+    ));
     for (i, name) in udp.iter().enumerate() {
         let from = SocketAddr::new(client.ip4, 43000 + i as u16);
         let b = host(&e.topo.backends, name).ip4;
@@ -158,21 +174,40 @@ fn l2_flows_are_listed_filtered_counted_and_turn_stale() {
     let first = host(&e.topo.backends, &held4[0].1).ip4.to_string();
     let on_first: BTreeSet<Row> = want.iter().filter(|r| r.3 == first).cloned().collect();
     assert_eq!(rows(&e.d, &["--backend", &first]), on_first);
-    let v6_only: BTreeSet<Row> = want.iter().filter(|r| r.2 == tcp6.to_string()).cloned().collect();
+    let v6_only: BTreeSet<Row> = want
+        .iter()
+        .filter(|r| r.2 == tcp6.to_string())
+        .cloned()
+        .collect();
     assert_eq!(rows(&e.d, &["--client", &client.ip6.to_string()]), v6_only);
     assert_eq!(
-        rows(&e.d, &["--client", &client.ip4.to_string(), "--vip", &vip_tcp, "--backend", &first]),
+        rows(
+            &e.d,
+            &[
+                "--client",
+                &client.ip4.to_string(),
+                "--vip",
+                &vip_tcp,
+                "--backend",
+                &first
+            ]
+        ),
         only_tcp4.intersection(&on_first).cloned().collect()
     );
     let capped = e.d.json(&["conn", "list", "--limit", "3"]).unwrap();
     assert_eq!(capped["conns"].as_array().unwrap().len(), 3);
     assert_eq!(capped["truncated"], true, "{capped}");
-    let exact = e.d.json(&["conn", "list", "--limit", &want.len().to_string()]).unwrap();
+    let exact =
+        e.d.json(&["conn", "list", "--limit", &want.len().to_string()])
+            .unwrap();
     assert_eq!(exact["truncated"], false, "all {} fit: {exact}", want.len());
 
     let count = e.d.json(&["conn", "count"]).unwrap();
     assert_eq!(count["total"], want.len(), "{count}");
-    assert_eq!((count["active"].as_u64(), count["stale"].as_u64()), (Some(want.len() as u64), Some(0)));
+    assert_eq!(
+        (count["active"].as_u64(), count["stale"].as_u64()),
+        (Some(want.len() as u64), Some(0))
+    );
     let per_vip = count["vips"]
         .as_array()
         .unwrap()
@@ -270,27 +305,55 @@ fn l3_flows_show_the_destination_they_are_rewritten_to() {
     for (i, (_, name)) in held.iter().enumerate() {
         let b = host(&e.topo.backends, name).ip4;
         let to = SocketAddr::new(b, REWRITTEN).to_string();
-        want.insert(expect("tcp", SocketAddr::new(client.ip4, 44000 + i as u16), web, b, &to, "l3"));
+        want.insert(expect(
+            "tcp",
+            SocketAddr::new(client.ip4, 44000 + i as u16),
+            web,
+            b,
+            &to,
+            "l3",
+        ));
     }
     let b6 = host(&e.topo.backends, &held6[0].1).ip6;
     let to6 = SocketAddr::new(b6, PORT).to_string();
-    want.insert(expect("tcp", SocketAddr::new(client.ip6, 45000), tcp6, b6, &to6, "l3"));
+    want.insert(expect(
+        "tcp",
+        SocketAddr::new(client.ip6, 45000),
+        tcp6,
+        b6,
+        &to6,
+        "l3",
+    ));
     for (i, name) in udp.iter().enumerate() {
         let b = host(&e.topo.backends, name).ip4;
         let to = SocketAddr::new(b, PORT).to_string();
-        want.insert(expect("udp", SocketAddr::new(client.ip4, 46000 + i as u16), udp4, b, &to, "l3"));
+        want.insert(expect(
+            "udp",
+            SocketAddr::new(client.ip4, 46000 + i as u16),
+            udp4,
+            b,
+            &to,
+            "l3",
+        ));
     }
-    assert_eq!(rows(&e.d, &[]), want, "conn list shows exactly the flows made");
+    assert_eq!(
+        rows(&e.d, &[]),
+        want,
+        "conn list shows exactly the flows made"
+    );
 
     // Each held connection still reaches the backend the table names.
     let mut held = held;
     for (c, name) in held.iter_mut() {
         assert_eq!(Conn::ask(c).unwrap(), *name);
     }
-    let text = e.d.ok(&["conn", "list", "--vip", &format!("{L3_VIP4}:80/tcp")]).unwrap();
+    let text =
+        e.d.ok(&["conn", "list", "--vip", &format!("{L3_VIP4}:80/tcp")])
+            .unwrap();
     let first = host(&e.topo.backends, &held[0].1).ip4;
     assert!(
-        text.contains(&format!("{}:44000", client.ip4)) && text.contains(&format!("{first}:{REWRITTEN}")),
+        text.contains(&format!("{}:44000", client.ip4))
+            && text.contains(&format!("{first}:{REWRITTEN}")),
         "{text}"
     );
     let count = e.d.json(&["conn", "count"]).unwrap();
@@ -332,7 +395,10 @@ fn a_full_table_is_walked_in_batches_and_timed() {
         };
         table.insert(key, ConnValue::default(), 0).unwrap();
     }
-    println!("filled {size} entries from user space in {:?}", filled.elapsed());
+    println!(
+        "filled {size} entries from user space in {:?}",
+        filled.elapsed()
+    );
 
     let t = Instant::now();
     let count = e.d.json(&["conn", "count"]).unwrap();
@@ -341,7 +407,9 @@ fn a_full_table_is_walked_in_batches_and_timed() {
     assert_eq!(count["walked"], total, "{count}");
     // An LRU table may evict before it is full (per-CPU free lists): most must be there.
     assert!(total > size as u64 / 2 && total <= size as u64, "{count}");
-    let pid = e.d.json(&["status"]).unwrap()["daemon"]["pid"].as_u64().unwrap();
+    let pid = e.d.json(&["status"]).unwrap()["daemon"]["pid"]
+        .as_u64()
+        .unwrap();
     let peak_before = peak_rss_mib(pid);
     let t = Instant::now();
     let out = e.d.cli(&["conn", "list", "--json"]).unwrap();
@@ -353,7 +421,10 @@ fn a_full_table_is_walked_in_batches_and_timed() {
     println!("daemon peak RSS {peak_before} MiB before the full listing, {peak_after} MiB after");
     // Encoded entry by entry: the listing costs about its JSON text (as a `Value` tree it
     // took 360 MiB).
-    assert!(peak_after < peak_before + 150, "{peak_before} -> {peak_after} MiB");
+    assert!(
+        peak_after < peak_before + 150,
+        "{peak_before} -> {peak_after} MiB"
+    );
     let t = Instant::now();
     let by_key = table.iter().filter(Result::is_ok).count();
     let key_time = t.elapsed();
@@ -372,10 +443,17 @@ fn a_full_table_is_walked_in_batches_and_timed() {
         rate(by_key as u64, key_time)
     );
     // With RUST_LOG=debug the daemon logs each walk's own time.
-    for l in e.d.log().lines().filter(|l| l.contains("connection table walk")) {
+    for l in
+        e.d.log()
+            .lines()
+            .filter(|l| l.contains("connection table walk"))
+    {
         println!("daemon: {l}");
     }
     let limited = e.d.json(&["conn", "list", "--limit", "10"]).unwrap();
     assert_eq!(limited["conns"].as_array().unwrap().len(), 10);
-    assert!(limited["walked"].as_u64().unwrap() < total, "--limit ends the walk early: {limited}");
+    assert!(
+        limited["walked"].as_u64().unwrap() < total,
+        "--limit ends the walk early: {limited}"
+    );
 }

@@ -14,9 +14,7 @@ use std::{
 };
 
 use aya::maps::{Array, Map, MapData};
-use lb_common::{
-    addr, maps as m, BackendInfo, ConnValue, FlowKey, BACKEND_F_VALID, VIP_F_MODE_L3,
-};
+use lb_common::{addr, maps as m, BackendInfo, ConnValue, FlowKey, BACKEND_F_VALID, VIP_F_MODE_L3};
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -77,12 +75,10 @@ pub struct Walker {
 
 impl Walker {
     pub fn new(core: &Core, query: &ConnQuery) -> Result<Walker, String> {
-        let pins = core
-            .dp
-            .options()
-            .pin_dir
-            .clone()
-            .ok_or("the data path's maps are not pinned, so the connection table cannot be read")?;
+        let pins =
+            core.dp.options().pin_dir.clone().ok_or(
+                "the data path's maps are not pinned, so the connection table cannot be read",
+            )?;
         Ok(Walker {
             names: Names::new(core, &pins, query)?,
             table: open(&pins, m::CONNTRACK)?,
@@ -118,7 +114,11 @@ impl Walker {
         let w = self.walk(|c| {
             total += 1;
             stale += usize::from(c.state == "stale");
-            *by_vip.entry(c.vip).or_default().entry(c.backend).or_default() += 1;
+            *by_vip
+                .entry(c.vip)
+                .or_default()
+                .entry(c.backend)
+                .or_default() += 1;
         })?;
         let vips: Vec<Value> = by_vip
             .into_iter()
@@ -145,20 +145,19 @@ impl Walker {
         let limit = self.names.query.limit.unwrap_or(usize::MAX);
         let (mut matched, mut truncated) = (0, false);
         let started = Instant::now();
-        let walked =
-            crate::batch::lookup_each::<FlowKey, ConnValue>(&self.table, CHUNK, |k, v| {
-                let Some(conn) = self.names.matching(k, v) else {
-                    return true;
-                };
-                if matched == limit {
-                    truncated = true;
-                    return false;
-                }
-                matched += 1;
-                each(conn);
-                true
-            })
-            .map_err(|e| format!("reading the connection table {}: {e}", m::CONNTRACK))?;
+        let walked = crate::batch::lookup_each::<FlowKey, ConnValue>(&self.table, CHUNK, |k, v| {
+            let Some(conn) = self.names.matching(k, v) else {
+                return true;
+            };
+            if matched == limit {
+                truncated = true;
+                return false;
+            }
+            matched += 1;
+            each(conn);
+            true
+        })
+        .map_err(|e| format!("reading the connection table {}: {e}", m::CONNTRACK))?;
         log::debug!(
             "connection table walk: {walked} entries in {:?}, {matched} matching",
             started.elapsed()
@@ -179,9 +178,7 @@ impl Names {
     fn new(core: &Core, pins: &Path, query: &ConnQuery) -> Result<Names, String> {
         if let Some(vip) = &query.vip {
             if core.config.vip(vip).is_none() {
-                return Err(format!(
-                    "no VIP {vip}; `xdplb vip list` shows the VIPs"
-                ));
+                return Err(format!("no VIP {vip}; `xdplb vip list` shows the VIPs"));
             }
         }
         if let Some(b) = query.backend {
@@ -192,10 +189,12 @@ impl Names {
                 .filter(|v| query.vip.is_none_or(|q| q == v.addr));
             if !vips.any(|v| v.backend(b).is_some()) {
                 return Err(match &query.vip {
-                    Some(vip) => format!(
-                        "VIP {vip} has no backend {b}; `xdplb vip list` shows its backends"
-                    ),
-                    None => format!("no VIP has a backend {b}; `xdplb vip list` shows the backends"),
+                    Some(vip) => {
+                        format!("VIP {vip} has no backend {b}; `xdplb vip list` shows its backends")
+                    }
+                    None => {
+                        format!("no VIP has a backend {b}; `xdplb vip list` shows the backends")
+                    }
                 });
             }
         }
