@@ -230,6 +230,17 @@ fn l2_flows_are_listed_filtered_counted_and_turn_stale() {
     assert!(text.starts_with("PRO"), "{text}");
     assert!(text.contains(&format!("{}:41000", client.ip4)), "{text}");
     assert!(text.contains(&format!("{} entries", want.len())), "{text}");
+    println!("{text}");
+    let text = e.d.ok(&["conn", "count"]).unwrap();
+    assert!(
+        text.starts_with(&format!(
+            "{} entries ({} active, 0 stale)",
+            want.len(),
+            want.len()
+        )),
+        "{text}"
+    );
+    assert!(text.contains(&vip_tcp), "{text}");
 
     // Refused: filters naming what is not configured, a zero limit.
     let err = failure(&e.d, &["conn", "list", "--vip", "10.99.0.222:80/tcp"]);

@@ -27,25 +27,33 @@ fn footer(d: &Value, shown: &str) -> String {
 /// are rewritten to (`client -> vip => backend:port`), an L2 flow's the backend it is sent to.
 pub fn list(d: &Value) {
     let conns = d["conns"].as_array().cloned().unwrap_or_default();
-    println!(
-        "{:<4} {:<46} {:<46} {:<46} {:<4} {:<6}",
-        "PRO", "CLIENT", "VIP", "BACKEND", "MODE", "STATE"
-    );
-    for c in &conns {
+    let mut rows = vec![["PRO", "CLIENT", "VIP", "BACKEND", "MODE", "STATE"].map(String::from)];
+    rows.extend(conns.iter().map(|c| {
         let backend = if c["to"].is_null() {
-            text(&c["backend"])
+            &c["backend"]
         } else {
-            text(&c["to"])
+            &c["to"]
         };
-        println!(
-            "{:<4} {:<46} {:<46} {:<46} {:<4} {:<6}",
+        [
             text(&c["proto"]).to_uppercase(),
             text(&c["client"]),
             text(&c["dst"]),
-            backend,
+            text(backend),
             text(&c["mode"]),
-            text(&c["state"])
-        );
+            text(&c["state"]),
+        ]
+    }));
+    // Columns as wide as their widest cell: IPv4 tables stay narrow, IPv6 ones line up.
+    let widths: Vec<usize> = (0..6)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    for r in &rows {
+        let cells: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        println!("{}", cells.join("  ").trim_end());
     }
     println!("{}", footer(d, &format!("{} entries", conns.len())));
 }

@@ -390,7 +390,7 @@ async fn connection(stream: UnixStream, core: Arc<Mutex<Core>>) {
         // Written around the handler's text rather than copied into one more buffer.
         for part in [&b"{\"ok\":true,\"data\":"[..], data.as_bytes(), b"}\n"] {
             if write.write_all(part).await.is_err() {
-                return;
+                break;
             }
         }
         return;
