@@ -13,7 +13,7 @@ use lb_common::{addr, maps as m, ConnValue, FlowKey};
 use lb_tests::{
     daemon::Daemon,
     l3env::L3Env,
-    peers::{hold, udp_once, Conn, Server},
+    peers::{hold, udp_once, Server},
     topology::{Host, L2Topology, L3Topology, L3_VIP4, L3_VIP6, VIP4, VIP6},
 };
 use serde_json::Value;
@@ -46,6 +46,13 @@ fn rows(d: &Daemon, args: &[&str]) -> BTreeSet<Row> {
     a.extend_from_slice(args);
     let list = d.json(&a).unwrap();
     list["conns"].as_array().unwrap().iter().map(row).collect()
+}
+
+fn rows_json(d: &Daemon) -> Vec<Value> {
+    d.json(&["conn", "list"]).unwrap()["conns"]
+        .as_array()
+        .unwrap()
+        .clone()
 }
 
 /// The backend host whose server calls itself `name` (b1, b2, ...).
@@ -225,6 +232,11 @@ fn l2_flows_are_listed_filtered_counted_and_turn_stale() {
     let counted = e.d.json(&["conn", "count", "--backend", &first]).unwrap();
     assert_eq!(counted["total"], on_first.len(), "{counted}");
 
+    assert!(
+        rows_json(&e.d).iter().all(|c| c["idle_ms"].is_null()),
+        "L2 keeps no time"
+    );
+
     // The table printed for people: one line per flow, the client port in it.
     let text = e.d.ok(&["conn", "list"]).unwrap();
     assert!(text.starts_with("PRO"), "{text}");
@@ -353,14 +365,58 @@ fn l3_flows_show_the_destination_they_are_rewritten_to() {
         "conn list shows exactly the flows made"
     );
 
-    // Each held connection still reaches the backend the table names.
+    // L3 entries tell how long their flow has been silent (at most HOP_TTL, ~1.07 s, less):
+    // after 2.5 s without a packet every one says at least that; the held connections, asked
+    // again (each still reaching the backend the table names), are fresh, the UDP flows not.
+    let silent = std::time::Duration::from_millis(2500);
+    std::thread::sleep(silent);
+    let idle = |d: &Daemon| -> Vec<(String, String, u64)> {
+        let list = d.json(&["conn", "list"]).unwrap();
+        list["conns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                let ms = c["idle_ms"]
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("no idle_ms: {c}"));
+                (
+                    c["proto"].as_str().unwrap().into(),
+                    c["client"].as_str().unwrap().into(),
+                    ms,
+                )
+            })
+            .collect()
+    };
+    for (_, client, ms) in idle(&e.d) {
+        assert!(
+            ms >= 2400 && ms < 2500 + 1100 + 2000,
+            "{client}: idle {ms} ms after 2.5 s"
+        );
+    }
     let mut held = held;
-    for (c, name) in held.iter_mut() {
-        assert_eq!(Conn::ask(c).unwrap(), *name);
+    e.in_client(|| {
+        for (c, name) in held.iter_mut() {
+            assert_eq!(c.ask().unwrap(), *name);
+        }
+    });
+    let asked = Instant::now();
+    for (proto, client, ms) in idle(&e.d) {
+        let since = asked.elapsed().as_millis() as u64;
+        let port = client.parse::<SocketAddr>().unwrap().port();
+        if proto == "tcp" && (44000..44000 + held.len() as u16).contains(&port) {
+            assert!(
+                ms <= since + 100,
+                "{client}: asked {since} ms ago, idle {ms} ms"
+            );
+        } else {
+            assert!(ms >= 2400, "{client}: silent flow idle {ms} ms");
+        }
     }
     let text =
         e.d.ok(&["conn", "list", "--vip", &format!("{L3_VIP4}:80/tcp")])
             .unwrap();
+    println!("{text}");
     let first = host(&e.topo.backends, &held[0].1).ip4;
     assert!(
         text.contains(&format!("{}:44000", client.ip4))

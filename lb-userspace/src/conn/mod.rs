@@ -43,7 +43,7 @@ pub struct ConnQuery {
 pub enum ConnCmd {
     /// List connection-table entries: client, VIP, backend (L3: the rewritten destination), state.
     #[command(
-        after_help = "Examples:\n  xdplb conn list\n  xdplb conn list --vip 10.0.0.100:80/tcp --limit 20\n  xdplb conn list --client 192.0.2.7 --json\n\nA full default table (262144 entries) is counted in about 0.2 s; a listing of it is\n65 MB of JSON. Cost: docs/operations.md."
+        after_help = "Examples:\n  xdplb conn list\n  xdplb conn list --vip 10.0.0.100:80/tcp --limit 20\n  xdplb conn list --client 192.0.2.7 --json\n\nA full default table (262144 entries) is counted in about 0.2 s; a listing of it is\n71 MB of JSON. Cost: docs/operations.md."
     )]
     List {
         #[command(flatten)]

@@ -24,10 +24,12 @@ fn footer(d: &Value, shown: &str) -> String {
 }
 
 /// One line per entry, as `ipvsadm -Lnc`: an L3 flow's BACKEND is the destination its packets
-/// are rewritten to (`client -> vip => backend:port`), an L2 flow's the backend it is sent to.
+/// are rewritten to (`client -> vip => backend:port`), an L2 flow's the backend it is sent to;
+/// IDLE (L3 only) the time since the flow's packets last refreshed their next hop.
 pub fn list(d: &Value) {
     let conns = d["conns"].as_array().cloned().unwrap_or_default();
-    let mut rows = vec![["PRO", "CLIENT", "VIP", "BACKEND", "MODE", "STATE"].map(String::from)];
+    let mut rows =
+        vec![["PRO", "CLIENT", "VIP", "BACKEND", "MODE", "STATE", "IDLE"].map(String::from)];
     rows.extend(conns.iter().map(|c| {
         let backend = if c["to"].is_null() {
             &c["backend"]
@@ -41,10 +43,13 @@ pub fn list(d: &Value) {
             text(backend),
             text(&c["mode"]),
             text(&c["state"]),
+            c["idle_ms"]
+                .as_u64()
+                .map_or("-".into(), |ms| format!("{:.1}s", ms as f64 / 1000.0)),
         ]
     }));
     // Columns as wide as their widest cell: IPv4 tables stay narrow, IPv6 ones line up.
-    let widths: Vec<usize> = (0..6)
+    let widths: Vec<usize> = (0..7)
         .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
         .collect();
     for r in &rows {

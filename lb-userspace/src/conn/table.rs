@@ -46,6 +46,10 @@ pub struct Conn {
     pub to: Option<SocketAddr>,
     /// "active" or "stale".
     pub state: &'static str,
+    /// L3: milliseconds since a packet of the flow (either direction) last refreshed its next
+    /// hop, which packets do at most once per `HOP_TTL` (about 1.07 s): the flow was last seen
+    /// about this long ago, up to 1.07 s less. None in L2 (nothing kept) or before a first hop.
+    pub idle_ms: Option<u64>,
 }
 
 /// What the walk needs to name the ids of an entry and apply the filters.
@@ -55,6 +59,8 @@ struct Names {
     /// Backend slots read so far, by id (None: unreadable, past the array).
     slots: HashMap<u32, Option<BackendInfo>>,
     query: ConnQuery,
+    /// The data path's coarse clock (`Hop::checked` units) when the walk began.
+    now: u32,
 }
 
 /// How a walk went.
@@ -214,6 +220,7 @@ impl Names {
             vips,
             backends,
             slots: HashMap::new(),
+            now: coarse_clock()?,
             query: query.clone(),
         })
     }
@@ -274,6 +281,37 @@ impl Names {
             backend_id: v.backend,
             to,
             state: if active { "active" } else { "stale" },
+            idle_ms: (mode == Mode::L3).then(|| self.idle_ms(v)).flatten(),
         })
     }
+
+    /// Time since the later of the entry's two next-hop checks (0: never checked).
+    fn idle_ms(&self, v: &ConnValue) -> Option<u64> {
+        let last = [v.hop.checked, v.reply_hop.checked]
+            .into_iter()
+            .filter(|&c| c != 0)
+            .min_by_key(|&c| self.now.wrapping_sub(c))?;
+        Some((u64::from(self.now.wrapping_sub(last)) << CLOCK_SHIFT) / 1_000_000)
+    }
+}
+
+/// `Hop::checked` counts 2^CLOCK_SHIFT ns of the kernel's coarse monotonic clock.
+const CLOCK_SHIFT: u32 = 20;
+
+/// The clock the data path stamps hops with (`bpf_ktime_get_coarse_ns`, which is
+/// CLOCK_MONOTONIC_COARSE), in `Hop::checked` units, as the data path truncates it.
+fn coarse_clock() -> Result<u32, String> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) } != 0 {
+        return Err(format!(
+            "reading the coarse monotonic clock: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let ns = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+    Ok(((ns >> CLOCK_SHIFT) as u32).max(1))
 }
