@@ -388,11 +388,10 @@ fn l3_flows_show_the_destination_they_are_rewritten_to() {
             })
             .collect()
     };
+    // At least the silence; at most it plus HOP_TTL, plus time for the CLI on a busy machine.
+    let expected = 2400..2500 + 1100 + 2000;
     for (_, client, ms) in idle(&e.d) {
-        assert!(
-            ms >= 2400 && ms < 2500 + 1100 + 2000,
-            "{client}: idle {ms} ms after 2.5 s"
-        );
+        assert!(expected.contains(&ms), "{client}: idle {ms} ms after 2.5 s");
     }
     let mut held = held;
     e.in_client(|| {
