@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     config::{CheckSpec, Config, XdpModeName},
+    conn::ConnQuery,
     model::{BackendAddr, HashFields, Mac, Mode, VipAddr},
 };
 
@@ -95,6 +96,10 @@ pub enum Request {
         sport: u16,
         vip: VipAddr,
     },
+    /// Connection-table entries matching the query (`conn` module).
+    ConnList(ConnQuery),
+    /// How many entries match, per VIP and backend.
+    ConnCount(ConnQuery),
 }
 
 /// A backend and the settings to give it: `backend add` and `backend set`, on the command

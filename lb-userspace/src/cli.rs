@@ -13,6 +13,7 @@ use serde_json::Value;
 use crate::{
     api::{self, BackendChange, Request, DEFAULT_SOCKET},
     config::{CheckSpec, Config, XdpModeName},
+    conn::{self, ConnCmd},
     daemon::{self, DaemonArgs},
     datapath::{pass_off, pass_on},
     model::{HashFields, Mode, VipAddr},
@@ -69,6 +70,9 @@ pub enum Cmd {
     /// Manage the backends of a VIP.
     #[command(subcommand)]
     Backend(BackendCmd),
+    /// The connection table: which backend each flow is on (`ipvsadm -Lnc`).
+    #[command(subcommand)]
+    Conn(ConnCmd),
     /// This node in a cluster behind ECMP: drain (withdraw its VIP announcements) and status.
     #[command(subcommand)]
     Node(NodeCmd),
@@ -252,6 +256,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
         Cmd::Backend(BackendCmd::Undrain { vip, addr }) => {
             changed(api::call(s, &Request::BackendUndrain { vip, addr }))
         }
+        Cmd::Conn(c) => conn::run(s, c),
         Cmd::Node(NodeCmd::Drain) => done(api::call(s, &Request::NodeDrain)),
         Cmd::Node(NodeCmd::Undrain) => done(api::call(s, &Request::NodeUndrain)),
         Cmd::Node(NodeCmd::Status { json }) => {

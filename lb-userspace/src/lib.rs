@@ -6,6 +6,7 @@ pub mod api;
 mod batch;
 pub mod cli;
 pub mod config;
+pub mod conn;
 pub mod daemon;
 pub mod datapath;
 pub mod health;

@@ -23,6 +23,7 @@ use self::core::{Core, Paths};
 use crate::{
     api::{Request, Response, MAX_REQUEST},
     config::{Config, MetricsConfig},
+    conn::table::Walker,
     datapath::DataPath,
     health::Checker,
     mirror::Mirror,
@@ -283,7 +284,9 @@ fn describe(req: &Request) -> Option<String> {
         | Request::Stats
         | Request::Status
         | Request::Simulate { .. }
-        | Request::NodeStatus => return None,
+        | Request::NodeStatus
+        | Request::ConnList(_)
+        | Request::ConnCount(_) => return None,
         Request::NodeDrain => "node drain".into(),
         Request::NodeUndrain => "node undrain".into(),
         Request::VipAdd { vip, mode, hash } => format!("vip add {vip} mode {mode} hash {hash}"),
@@ -314,6 +317,29 @@ fn describe(req: &Request) -> Option<String> {
     })
 }
 
+/// What a request answers: a value, or JSON text its handler encoded entry by entry (a
+/// connection-table listing: as a `Value` tree, a full table would take about 1.3 KB per entry).
+enum Answer {
+    Value(serde_json::Value),
+    Text(String),
+}
+
+/// Runs a request under the core's lock; a connection-table walk only prepares under it and
+/// runs without it (`conn::table::Walker`).
+fn answer(core: &Mutex<Core>, req: Request) -> Result<Answer, String> {
+    match req {
+        Request::ConnList(q) => {
+            let walker = Walker::new(&lock(core), &q)?;
+            walker.list().map(Answer::Text)
+        }
+        Request::ConnCount(q) => {
+            let walker = Walker::new(&lock(core), &q)?;
+            walker.count().map(Answer::Value)
+        }
+        req => lock(core).handle(req).map(Answer::Value),
+    }
+}
+
 /// One client connection: one request line, one response line.
 async fn connection(stream: UnixStream, core: Arc<Mutex<Core>>) {
     let cred = stream.peer_cred().ok();
@@ -323,6 +349,7 @@ async fn connection(stream: UnixStream, core: Arc<Mutex<Core>>) {
         |c| format!("uid {} pid {}", c.uid(), c.pid().unwrap_or(0)),
     );
     let (read, mut write) = stream.into_split();
+    let mut encoded = None;
     // The request is read in every case: answering before the client finished writing would
     // make its write fail instead of letting it read the refusal.
     let mut line = String::new();
@@ -348,9 +375,13 @@ async fn connection(stream: UnixStream, core: Arc<Mutex<Core>>) {
                 Err(e) => Response::err(format!("invalid request: {e}")),
                 Ok(req) => {
                     let what = describe(&req);
-                    let res = tokio::task::spawn_blocking(move || lock(&core).handle(req)).await;
+                    let res = tokio::task::spawn_blocking(move || answer(&core, req)).await;
                     let resp = match res {
-                        Ok(Ok(data)) => Response::ok(data),
+                        Ok(Ok(Answer::Value(data))) => Response::ok(data),
+                        Ok(Ok(Answer::Text(data))) => {
+                            encoded = Some(data);
+                            Response::ok(serde_json::Value::Null)
+                        }
                         Ok(Err(e)) => Response::err(e),
                         Err(e) => Response::err(format!("internal error: {e}")),
                     };
@@ -368,6 +399,15 @@ async fn connection(stream: UnixStream, core: Arc<Mutex<Core>>) {
             },
         }
     };
+    if let Some(data) = encoded {
+        // Written around the handler's text rather than copied into one more buffer.
+        for part in [&b"{\"ok\":true,\"data\":"[..], data.as_bytes(), b"}\n"] {
+            if write.write_all(part).await.is_err() {
+                break;
+            }
+        }
+        return;
+    }
     let mut out = serde_json::to_vec(&resp).unwrap_or_else(|_| b"{\"ok\":false}".to_vec());
     out.push(b'\n');
     let _ = write.write_all(&out).await;
