@@ -249,6 +249,16 @@ fn counters_only_go_up_through_a_health_down_up_cycle() {
         up[&b2], down[&b2], back[&b2]
     );
 
+    // The human forms: no REPLY column for an L2-only daemon, pass_not_vip explained.
+    let stats = e.d.ok(&["stats"]).unwrap();
+    assert!(!stats.contains("REPLY"), "{stats}");
+    assert!(stats.contains("health-check replies"), "{stats}");
+    let status = e.d.ok(&["status"]).unwrap();
+    assert!(
+        status.contains(&format!("metrics: http://{METRICS}/metrics")),
+        "{status}"
+    );
+
     // --cleanup leaves nothing of the daemon's files.
     e.d.kill_and_detach().unwrap();
     let lock = e.d.state_file.with_file_name("state.json.lock");

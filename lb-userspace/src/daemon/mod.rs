@@ -299,12 +299,17 @@ fn describe(req: &Request) -> Option<String> {
         }
         Request::Detach { iface } => format!("detach {iface}"),
         Request::Apply { config } => format!(
-            "apply ({} VIPs, {} interfaces)",
-            config.vips.len(),
-            config.interfaces.len()
+            "apply ({}, {})",
+            counted(config.vips.len(), "VIP"),
+            counted(config.interfaces.len(), "interface")
         ),
         Request::Debug { on } => format!("debug {}", if *on { "on" } else { "off" }),
     })
+}
+
+/// `1 VIP`, `2 VIPs`.
+fn counted(n: usize, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
 }
 
 /// A backend change as on the command line, with only the options it gave.
