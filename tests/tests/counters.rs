@@ -1,6 +1,7 @@
 //! Traffic counters through a health-check down/up cycle with real traffic (needs root): the
 //! failed backend's counters never go back (its data-path id is released while it is down,
-//! and it gets a new one when it returns), also across a `kill -9` restart while it is down;
+//! and it gets a new one when it returns), also across a `kill -9` restart while it is down
+//! and through a VIP mode change (every id released and handed out again in one sync);
 //! the VIP's total stays the sum of its backends, in `stats --json` and in the Prometheus
 //! scrape; no rate goes negative or above the VIP's. Ends with `xdplb daemon --cleanup`,
 //! which leaves neither the state file nor its lock behind.
@@ -58,6 +59,19 @@ impl Env {
 
     fn b(&self, i: usize) -> String {
         self.topo.backends[i].ip4.to_string()
+    }
+
+    /// The VIP on eth0 in `mode` with the three backends and a fast HTTP health check.
+    fn apply_mode(&self, mode: &str) {
+        let backends: String = (0..3)
+            .map(|i| format!("[[vip.backend]]\naddr = \"{}\"\n", self.b(i)))
+            .collect();
+        let check = "{ kind = \"http\", interval_ms = 200, timeout_ms = 200, rise = 2, fall = 3 }";
+        let vip = self.vip();
+        let toml = format!(
+            "[[interface]]\nname = \"eth0\"\n\n[[vip]]\naddr = \"{vip}\"\nmode = \"{mode}\"\nhealth = {check}\n{backends}"
+        );
+        self.d.apply_text(&format!("{mode}.toml"), &toml).unwrap();
     }
 
     /// `n` connections from `first_port` on, one request each; the count per backend name.
@@ -198,20 +212,9 @@ fn from_metrics(vip: &str, samples: &[lb_userspace::metrics::Sample]) -> Snapsho
 }
 
 #[test]
-fn counters_only_go_up_through_a_health_down_up_cycle() {
+fn counters_only_go_up_through_health_down_up_a_restart_and_a_mode_change() {
     let mut e = Env::new();
-    let backends: String = (0..3)
-        .map(|i| format!("[[vip.backend]]\naddr = \"{}\"\n", e.b(i)))
-        .collect();
-    let check = "{ kind = \"http\", interval_ms = 200, timeout_ms = 200, rise = 2, fall = 3 }";
-    e.d.apply_text(
-        "health.toml",
-        &format!(
-            "[[interface]]\nname = \"eth0\"\n\n[[vip]]\naddr = \"{}\"\nhealth = {check}\n{backends}",
-            e.vip()
-        ),
-    )
-    .unwrap();
+    e.apply_mode("l2");
     let b2 = e.b(1);
 
     let c = e.spread(60, 40000);
@@ -248,6 +251,18 @@ fn counters_only_go_up_through_a_health_down_up_cycle() {
         "b2 before / down / back: {:?} / {:?} / {:?}",
         up[&b2], down[&b2], back[&b2]
     );
+
+    // A mode change re-places every flow: the VIP and its backends release their ids and take
+    // new ones in the same sync, the very ids just released (read before they are zeroed).
+    e.apply_mode("l3");
+    let l3 = e.check("l3", &back);
+    assert_eq!(l3, back, "nothing counted, nothing lost");
+    e.apply_mode("l2");
+    let l2 = e.check("l2 again", &l3);
+    assert_eq!(l2, back);
+    e.spread(30, 43000);
+    let last = e.check("last", &l2);
+    assert!(last["vip"][0] > l2["vip"][0]);
 
     // The human forms: no REPLY column for an L2-only daemon, pass_not_vip explained.
     let stats = e.d.ok(&["stats"]).unwrap();
