@@ -230,4 +230,16 @@ mod tests {
         fs::remove_dir_all(&dir).unwrap();
         assert_eq!(load(&path).unwrap(), None);
     }
+
+    #[test]
+    fn a_state_saved_before_carried_counters_existed_still_loads() {
+        let dir = std::env::temp_dir().join(format!("xdplb-old-state-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("state.json");
+        let old = r#"{ "version": 1, "config": {}, "ids": { "vips": [] }, "macs": [], "down": [], "drained": false }"#;
+        fs::write(&path, old).unwrap();
+        let loaded = load(&path).unwrap().expect("a state");
+        assert!(loaded.carried.is_empty());
+        fs::remove_dir_all(&dir).unwrap();
+    }
 }
