@@ -85,8 +85,10 @@ impl Carried {
             None => mirror.vip_id(&key.0).map(Id::Vip),
             Some(b) => mirror.backend_id(&key.0, b).map(Id::Backend),
         };
-        if let Some(id) = id {
-            total.add(&read(dp, id));
+        // As before counters were carried: a failed read shows 0 (stats run every second; a
+        // broken map is reported where it is written).
+        if let Some(c) = id.and_then(|id| counters(dp, id).ok()) {
+            total.add(&c);
         }
         total
     }
@@ -148,13 +150,21 @@ fn held(mirror: &Mirror) -> HashMap<CounterKey, Id> {
     ids
 }
 
-fn read(dp: &DataPath, id: Id) -> TrafficCounters {
-    let c = match id {
+fn counters(dp: &DataPath, id: Id) -> Result<TrafficCounters, crate::datapath::DataPathError> {
+    match id {
         Id::Vip(id) => dp.vip_counters(id),
         Id::Backend(id) => dp.backend_counters(id),
-    };
-    c.unwrap_or_else(|e| {
-        log::warn!("reading the counters of {id:?}: {e}");
+    }
+}
+
+/// The counters of an id about to change hands; what cannot be read is lost, and said so.
+fn read(dp: &DataPath, id: Id) -> TrafficCounters {
+    counters(dp, id).unwrap_or_else(|e| {
+        let what = match id {
+            Id::Vip(id) => format!("VIP id {id}"),
+            Id::Backend(id) => format!("backend id {id}"),
+        };
+        log::warn!("reading the counters of {what} before it changes hands: {e}");
         TrafficCounters::default()
     })
 }
