@@ -422,17 +422,37 @@ fn human_rate(v: f64, unit: &str) -> String {
 }
 
 fn print_stats(data: &Value) {
+    // Replies pass the LB only in L3 mode: in L2 the column would always read 0. (A daemon
+    // that does not say a VIP's mode gets the column.)
+    let replies = data["vips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|v| v["mode"] != "l2");
+    let reply_col = |s: String| {
+        if replies {
+            format!(" {s:>14}")
+        } else {
+            String::new()
+        }
+    };
     println!(
-        "{:<32} {:>12} {:>14} {:>10} {:>14} {:>10} {:>12}",
-        "VIP / BACKEND", "PACKETS", "BYTES", "NEW FLOWS", "REPLY BYTES", "RATE", "THROUGHPUT"
+        "{:<32} {:>12} {:>14} {:>10}{} {:>10} {:>12}",
+        "VIP / BACKEND",
+        "PACKETS",
+        "BYTES",
+        "NEW FLOWS",
+        reply_col("REPLY BYTES".into()),
+        "RATE",
+        "THROUGHPUT"
     );
     let row = |name: String, c: &Value| {
         println!(
-            "{name:<32} {:>12} {:>14} {:>10} {:>14} {:>10} {:>12}",
+            "{name:<32} {:>12} {:>14} {:>10}{} {:>10} {:>12}",
             text(&c["packets"]),
             text(&c["bytes"]),
             text(&c["new_flows"]),
-            text(&c["reply_bytes"]),
+            reply_col(text(&c["reply_bytes"])),
             human_rate(c["pps"].as_f64().unwrap_or(0.0), "pps"),
             human_rate(c["bps"].as_f64().unwrap_or(0.0), "bit/s"),
         )
@@ -460,6 +480,10 @@ fn print_stats(data: &Value) {
             }
         );
     }
+    if data["verdicts"]["pass_not_vip"].as_u64().unwrap_or(0) > 0 {
+        // Not a symptom by itself: see docs/troubleshooting.md.
+        println!("(pass_not_vip includes the LB's own traffic, health-check replies among it)");
+    }
 }
 
 fn print_status(d: &Value) {
@@ -472,7 +496,10 @@ fn print_status(d: &Value) {
         text(&daemon["pin_path"]),
         text(&daemon["state_file"])
     );
-    println!("metrics: {}", text(&daemon["metrics"]));
+    match daemon["metrics"].as_str() {
+        Some(addr) => println!("metrics: http://{addr}/metrics"),
+        None => println!("metrics: off (xdplb daemon --metrics ADDR, or [metrics] in the config)"),
+    }
     println!(
         "program: {} ({} verified instructions, ring size {}, new flows recorded per CPU per second: {})",
         text(&d["program"]["name"]),

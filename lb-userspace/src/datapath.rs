@@ -158,6 +158,26 @@ pub enum Attached {
     Adopted,
 }
 
+/// As on the command line (`--xdp-mode native`).
+impl std::fmt::Display for AttachMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AttachMode::Native => "native",
+            AttachMode::Generic => "generic",
+            AttachMode::Auto => "auto",
+        })
+    }
+}
+
+impl std::fmt::Display for Attached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Attached::New(mode) => write!(f, "attached in {mode} mode"),
+            Attached::Adopted => f.write_str("adopted the pinned attachment"),
+        }
+    }
+}
+
 /// The loaded program and its maps.
 pub struct DataPath {
     ebpf: Ebpf,
@@ -375,7 +395,7 @@ impl DataPath {
             }
         }
         Err(DataPathError::Program {
-            what: format!("attaching {name} to {iface} ({mode:?})"),
+            what: format!("attaching {name} to {iface} ({mode} mode)"),
             source: last.expect("at least one attach mode was tried"),
         })
     }

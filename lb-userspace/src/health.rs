@@ -3,7 +3,6 @@
 
 use std::{
     collections::HashMap,
-    fmt::Debug,
     io,
     net::{IpAddr, SocketAddr},
     sync::{Arc, Mutex, MutexGuard},
@@ -303,6 +302,11 @@ impl Target {
     }
 }
 
+/// How log lines name a target (`backend 10.0.1.1 of VIP 10.0.0.100:80/tcp`).
+pub trait TargetName {
+    fn target_name(&self) -> String;
+}
+
 /// Runs one tokio task per target. `K` identifies a target for the caller.
 pub struct Checker<K> {
     on_change: Arc<dyn Fn(K, bool) + Send + Sync>,
@@ -310,7 +314,7 @@ pub struct Checker<K> {
     runtime: Handle,
 }
 
-impl<K: Clone + Eq + std::hash::Hash + Send + Sync + Debug + 'static> Checker<K> {
+impl<K: Clone + Eq + std::hash::Hash + Send + Sync + TargetName + 'static> Checker<K> {
     /// `on_change(key, healthy)` is called from the checker's tasks on every state transition,
     /// with no checker lock held. It should not block: it runs on a runtime worker.
     ///
@@ -349,7 +353,11 @@ impl<K: Clone + Eq + std::hash::Hash + Send + Sync + Debug + 'static> Checker<K>
             self.targets.insert(key, target);
         }
         for (key, target) in old {
-            log::debug!("health: stopped checking {key:?} ({})", target.addr);
+            log::debug!(
+                "health: stopped checking {} ({})",
+                key.target_name(),
+                target.addr
+            );
             target.stop();
         }
     }
@@ -381,10 +389,12 @@ impl<K: Clone + Eq + std::hash::Hash + Send + Sync + Debug + 'static> Checker<K>
 
     fn start(&self, key: K, addr: SocketAddr, check: HealthCheck) -> Target {
         if let Err(e) = check.validate() {
-            log::warn!("health: check of {key:?} ({addr}) runs despite a bad setting: {e}");
+            let name = key.target_name();
+            log::warn!("health: check of {name} ({addr}) runs despite a bad setting: {e}");
         }
         log::debug!(
-            "health: checking {key:?} ({addr}) every {} ms",
+            "health: checking {} ({addr}) every {} ms",
+            key.target_name(),
             check.interval_ms
         );
         let shared = Arc::new(Mutex::new(Shared {
@@ -416,7 +426,7 @@ impl<K> Drop for Checker<K> {
 }
 
 /// One target's loop: probe every interval (the first right away) and report transitions.
-async fn run<K: Clone + Debug>(
+async fn run<K: Clone + TargetName>(
     key: K,
     addr: SocketAddr,
     check: HealthCheck,
@@ -439,14 +449,15 @@ async fn run<K: Clone + Debug>(
             changed.map(|_| shared.status.clone())
         };
         let Some(status) = changed else { continue };
+        let name = key.target_name();
         if status.healthy {
             log::info!(
-                "health: {key:?} ({addr}) is up after {} successful probes",
+                "health: {name} ({addr}) is up after {} successful probes",
                 status.consecutive_ok
             );
         } else {
             log::warn!(
-                "health: {key:?} ({addr}) is down after {} failed probes: {}",
+                "health: {name} ({addr}) is down after {} failed probes: {}",
                 status.consecutive_fail,
                 status.last_error.as_deref().unwrap_or_default()
             );
@@ -468,6 +479,12 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
+
+    impl TargetName for u32 {
+        fn target_name(&self) -> String {
+            format!("target {self}")
+        }
+    }
 
     fn http(interval_ms: u64, rise: u32, fall: u32) -> HealthCheck {
         HealthCheck {

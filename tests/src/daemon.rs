@@ -263,3 +263,24 @@ impl Drop for Daemon {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// The Prometheus samples a daemon in `ns` serves at `addr` (`--metrics ADDR`): one plain
+/// HTTP GET from inside the namespace (the daemon listens on that namespace's loopback),
+/// checked to be a 200 with a body that parses.
+pub fn scrape(ns: &Netns, addr: &str) -> Result<Vec<lb_userspace::metrics::Sample>> {
+    let reply = ns.run(|| -> Result<String> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr)?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })??;
+    let (head, body) = reply
+        .split_once("\r\n\r\n")
+        .context("an HTTP reply with a body")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!("GET /metrics answered {head}");
+    }
+    lb_userspace::metrics::parse(body).map_err(|e| anyhow::anyhow!("invalid Prometheus text: {e}"))
+}

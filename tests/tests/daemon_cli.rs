@@ -825,23 +825,7 @@ fn metrics_are_served_and_the_socket_refuses_non_root() {
     }
     e.spread(30, 38000);
     // The daemon runs in the LB namespace: scrape its loopback from there.
-    let body = e
-        .topo
-        .lb
-        .ns
-        .run(|| {
-            use std::io::{Read, Write};
-            let mut s = std::net::TcpStream::connect("127.0.0.1:9464").unwrap();
-            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-                .unwrap();
-            let mut out = String::new();
-            s.read_to_string(&mut out).unwrap();
-            out
-        })
-        .unwrap();
-    let (head, body) = body.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    let samples = lb_userspace::metrics::parse(body).expect("valid Prometheus text");
+    let samples = lb_tests::daemon::scrape(&e.topo.lb.ns, "127.0.0.1:9464").unwrap();
     let find = |name: &str, label: (&str, &str)| {
         samples
             .iter()

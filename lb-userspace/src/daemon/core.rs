@@ -14,12 +14,15 @@ mod node;
 use lb_common::{hash::flow_hash, stats, TrafficCounters};
 use serde_json::{json, Value};
 
-use super::state::{self, SavedMac, SavedState, STATE_VERSION};
+use super::{
+    counters::{Carried, CounterKey},
+    state::{self, SavedMac, SavedState, STATE_VERSION},
+};
 use crate::{
     api::{BackendChange, Request},
     config::{diff, BackendConfig, Change, CheckSpec, Config, InterfaceConfig, VipConfig},
     datapath::{AttachMode, Attached, DataPath},
-    health::Checker,
+    health::{Checker, TargetName},
     iface,
     metrics::{BackendMetrics, MetricsSnapshot, NodeMetrics, VipMetrics},
     mirror::Mirror,
@@ -30,8 +33,14 @@ use crate::{
 /// A backend of a VIP.
 pub type BackendKey = (VipAddr, IpAddr);
 
+impl TargetName for BackendKey {
+    fn target_name(&self) -> String {
+        format!("backend {} of VIP {}", self.1, self.0)
+    }
+}
+
 /// A VIP (backend `None`) or one of its backends, for rates.
-type RateKey = (VipAddr, Option<IpAddr>);
+type RateKey = CounterKey;
 
 /// Where the daemon keeps things.
 #[derive(Clone, Debug)]
@@ -61,6 +70,8 @@ pub struct Core {
     macs: HashMap<(IpAddr, Option<String>), Mac>,
     /// Counter samples for rates, by VIP and by (VIP, backend).
     rates: HashMap<RateKey, Sample>,
+    /// What ids held before the current ones counted, so counters never go back.
+    carried: Carried,
     started: Instant,
     /// Interfaces whose attachment was adopted from an earlier daemon.
     adopted: usize,
@@ -239,6 +250,7 @@ impl Core {
             down: HashSet::new(),
             macs: HashMap::new(),
             rates: HashMap::new(),
+            carried: Carried::default(),
             started: Instant::now(),
             adopted: 0,
             unresolved: HashSet::new(),
@@ -260,6 +272,11 @@ impl Core {
                 .extend(s.macs.iter().map(|m| ((m.addr, m.via.clone()), m.mac)));
             self.down.extend(s.down.iter().copied());
             self.node.drained = s.drained;
+            // Carried counts belong with the live ones of the adopted maps; a data path loaded
+            // afresh (after a reboot) counts everything from zero.
+            if self.dp.vip_entries().unwrap_or(0) > 0 {
+                self.carried.restore(&s.carried);
+            }
         }
         // A backend whose MAC cannot be found now must not keep the daemon from starting: it
         // stays out of the ring until the neighbour table knows it (retried every second).
@@ -299,6 +316,7 @@ impl Core {
         }
         self.config = new;
         self.forget_unused_macs();
+        self.carried.retain_configured(&self.config);
         let saved = self.save();
         self.announce();
         saved
@@ -361,7 +379,7 @@ impl Core {
                     self.adopted += 1;
                 }
                 Ok(how) => {
-                    log::info!("interface {}: {how:?}", i.name);
+                    log::info!("interface {}: {how}", i.name);
                     if let Some(p) = veth::attach_problem(&i.name) {
                         log::warn!("{p}");
                     }
@@ -373,7 +391,7 @@ impl Core {
                 }
             }
         }
-        if let Err(e) = self.mirror.sync(&mut self.dp.writer(), &states) {
+        if let Err(e) = self.carried.sync(&mut self.dp, &mut self.mirror, &states) {
             self.undo_attach(&attached);
             return Err(e.to_string());
         }
@@ -421,6 +439,7 @@ impl Core {
             macs,
             down,
             drained: self.node.drained,
+            carried: self.carried.saved(),
         };
         state::save(&self.paths.state_file, &s)
             .map_err(|e| format!("the change is applied and running, but {e}"))
@@ -552,8 +571,8 @@ impl Core {
     fn resync(&mut self, why: &str) {
         let config = self.config.clone();
         let result = self.resolve(&config).and_then(|s| {
-            self.mirror
-                .sync(&mut self.dp.writer(), &s)
+            self.carried
+                .sync(&mut self.dp, &mut self.mirror, &s)
                 .map_err(|e| e.to_string())
         });
         if let Err(e) = result {
@@ -614,12 +633,15 @@ impl Core {
             self.down.insert(key)
         };
         if changed {
-            log::warn!(
-                "backend {} of VIP {} is {}",
-                key.1,
-                key.0,
-                if healthy { "up" } else { "down" }
-            );
+            if healthy {
+                log::info!("backend {} of VIP {} is up: back in the ring", key.1, key.0);
+            } else {
+                log::warn!(
+                    "backend {} of VIP {} is down: out of the ring",
+                    key.1,
+                    key.0
+                );
+            }
             self.resync("health");
         }
     }
@@ -721,24 +743,12 @@ impl Core {
     /// Reads the counters and updates the rates (called once a second, and by `stats`).
     pub fn sample_rates(&mut self) {
         let now = Instant::now();
-        let mut keys: Vec<(RateKey, Option<TrafficCounters>)> = Vec::new();
-        for v in &self.config.vips {
-            let c = self
-                .mirror
-                .vip_id(&v.addr)
-                .and_then(|id| self.dp.vip_counters(id).ok());
-            keys.push(((v.addr, None), c));
-            for b in &v.backends {
-                let c = self
-                    .mirror
-                    .backend_id(&v.addr, b.addr)
-                    .and_then(|id| self.dp.backend_counters(id).ok());
-                keys.push(((v.addr, Some(b.addr)), c));
-            }
-        }
         let mut next = HashMap::new();
-        for (k, c) in keys {
-            let c = c.unwrap_or_default();
+        let keys = self.config.vips.iter().flat_map(|v| {
+            std::iter::once((v.addr, None)).chain(v.backends.iter().map(|b| (v.addr, Some(b.addr))))
+        });
+        for k in keys {
+            let c = self.counters(&k);
             let prev = self.rates.get(&k).copied().unwrap_or_default();
             let mut s = Sample {
                 at: Some(now),
@@ -763,6 +773,11 @@ impl Core {
         self.rates = next;
     }
 
+    /// A VIP's or backend's counters since it was configured (whatever ids it held).
+    fn counters(&self, key: &RateKey) -> TrafficCounters {
+        self.carried.total(&self.dp, &self.mirror, key)
+    }
+
     fn counters_json(&self, c: TrafficCounters, key: RateKey) -> Value {
         let r = self.rates.get(&key).copied().unwrap_or_default();
         json!({
@@ -777,21 +792,13 @@ impl Core {
         self.sample_rates();
         let mut vips = Vec::new();
         for v in &self.config.vips {
-            let vc = self
-                .mirror
-                .vip_id(&v.addr)
-                .and_then(|id| self.dp.vip_counters(id).ok())
-                .unwrap_or_default();
+            let vc = self.counters(&(v.addr, None));
             let mut entry = self.counters_json(vc, (v.addr, None));
             let backends: Vec<Value> = v
                 .backends
                 .iter()
                 .map(|b| {
-                    let c = self
-                        .mirror
-                        .backend_id(&v.addr, b.addr)
-                        .and_then(|id| self.dp.backend_counters(id).ok())
-                        .unwrap_or_default();
+                    let c = self.counters(&(v.addr, Some(b.addr)));
                     let mut e = self.counters_json(c, (v.addr, Some(b.addr)));
                     e["addr"] = json!(b.addr);
                     e["state"] = json!(self.backend_state(&v.addr, b));
@@ -799,6 +806,7 @@ impl Core {
                 })
                 .collect();
             entry["vip"] = json!(v.addr);
+            entry["mode"] = json!(v.mode);
             entry["backends"] = json!(backends);
             vips.push(entry);
         }

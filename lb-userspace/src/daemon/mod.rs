@@ -3,6 +3,7 @@
 //! attachments and maps in place, so traffic keeps flowing; the next daemon adopts them.
 
 pub mod core;
+mod counters;
 pub mod state;
 
 use std::{
@@ -21,10 +22,10 @@ use tokio::{
 
 use self::core::{Core, Paths};
 use crate::{
-    api::{Request, Response, MAX_REQUEST},
+    api::{BackendChange, Request, Response, MAX_REQUEST},
     config::{Config, MetricsConfig},
     conn::table::Walker,
-    datapath::DataPath,
+    datapath::{AttachMode, DataPath},
     health::Checker,
     mirror::Mirror,
 };
@@ -73,7 +74,7 @@ pub fn run(socket: &Path, args: &DaemonArgs) -> Result<(), String> {
 
 fn cleanup(args: &DaemonArgs) -> Result<(), String> {
     let pin = args.pin_path.is_dir().then_some(args.pin_path.as_path());
-    let _lock = state::StateLock::acquire(&args.state_file, pin)
+    let lock = state::StateLock::acquire(&args.state_file, pin)
         .map_err(|e| format!("{e}; stop the daemon before --cleanup"))?;
     // Nothing balanced, nothing announced: a BGP daemon must not keep sending VIP traffic here.
     if let Some(a) = state::load(&args.state_file)
@@ -100,6 +101,12 @@ fn cleanup(args: &DaemonArgs) -> Result<(), String> {
         Ok(()) => println!("removed {}", args.state_file.display()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(format!("removing {}: {e}", args.state_file.display())),
+    }
+    // Last, still held: a daemon starting now finds nothing left to adopt.
+    match lock.remove() {
+        Ok(Some(path)) => println!("removed {}", path.display()),
+        Ok(None) => {}
+        Err(e) => return Err(e),
     }
     println!("xdplb is detached; nothing is balanced any more");
     Ok(())
@@ -289,29 +296,23 @@ fn describe(req: &Request) -> Option<String> {
         | Request::ConnCount(_) => return None,
         Request::NodeDrain => "node drain".into(),
         Request::NodeUndrain => "node undrain".into(),
-        Request::VipAdd { vip, mode, hash } => format!("vip add {vip} mode {mode} hash {hash}"),
+        Request::VipAdd { vip, mode, hash } => format!("vip add {vip} --mode {mode} --hash {hash}"),
         Request::VipDel { vip } => format!("vip del {vip}"),
-        Request::VipSet { vip, check } => format!("vip set {vip} check {check}"),
-        Request::BackendAdd(b) => format!("backend add {} {} weight {:?}", b.vip, b.addr, b.weight),
-        Request::BackendSet(b) => format!(
-            "backend set {} {} weight {:?} mac {:?} via {:?} check {:?}",
-            b.vip,
-            b.addr,
-            b.weight,
-            b.mac,
-            b.via,
-            b.check.as_ref().map(ToString::to_string)
-        ),
+        Request::VipSet { vip, check } => format!("vip set {vip} --check {check}"),
+        Request::BackendAdd(b) => format!("backend add {}", backend_args(b)),
+        Request::BackendSet(b) => format!("backend set {}", backend_args(b)),
         Request::BackendDel { vip, addr } => format!("backend del {vip} {addr}"),
         Request::BackendDrain { vip, addr } => format!("backend drain {vip} {addr}"),
         Request::BackendUndrain { vip, addr } => format!("backend undrain {vip} {addr}"),
-        Request::Attach { iface, xdp_mode } => format!("attach {iface} ({xdp_mode:?})"),
+        Request::Attach { iface, xdp_mode } => {
+            format!("attach {iface} --xdp-mode {}", AttachMode::from(*xdp_mode))
+        }
         Request::Detach { iface } => format!("detach {iface}"),
         Request::Apply { config, dry_run } => format!(
-            "apply{} ({} VIPs, {} interfaces)",
+            "apply{} ({}, {})",
             if *dry_run { " --dry-run" } else { "" },
-            config.vips.len(),
-            config.interfaces.len()
+            counted(config.vips.len(), "VIP"),
+            counted(config.interfaces.len(), "interface")
         ),
         Request::Debug { on } => format!("debug {}", if *on { "on" } else { "off" }),
     })
@@ -338,6 +339,29 @@ fn answer(core: &Mutex<Core>, req: Request) -> Result<Answer, String> {
         }
         req => lock(core).handle(req).map(Answer::Value),
     }
+}
+
+/// `1 VIP`, `2 VIPs`.
+fn counted(n: usize, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
+}
+
+/// A backend change as on the command line, with only the options it gave.
+fn backend_args(b: &BackendChange) -> String {
+    let mut out = format!("{} {}", b.vip, b.addr);
+    if let Some(w) = b.weight {
+        out += &format!(" --weight {w}");
+    }
+    if let Some(m) = b.mac {
+        out += &format!(" --mac {m}");
+    }
+    if let Some(v) = &b.via {
+        out += &format!(" --via {v}");
+    }
+    if let Some(c) = &b.check {
+        out += &format!(" --check {c}");
+    }
+    out
 }
 
 /// One client connection: one request line, one response line.
@@ -411,4 +435,54 @@ async fn connection(stream: UnixStream, core: Arc<Mutex<Core>>) {
     let mut out = serde_json::to_vec(&resp).unwrap_or_else(|_| b"{\"ok\":false}".to_vec());
     out.push(b'\n');
     let _ = write.write_all(&out).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(json: &str) -> Request {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn changes_are_logged_in_the_command_lines_notation() {
+        let cases = [
+            (
+                r#"{"cmd":"backend_add","vip":"10.0.0.1:80/tcp","addr":"10.0.1.1"}"#,
+                "backend add 10.0.0.1:80/tcp 10.0.1.1",
+            ),
+            (
+                r#"{"cmd":"backend_set","vip":"10.0.0.1:80/tcp","addr":"10.0.1.1","weight":2}"#,
+                "backend set 10.0.0.1:80/tcp 10.0.1.1 --weight 2",
+            ),
+            (
+                r#"{"cmd":"backend_set","vip":"10.0.0.1:80/tcp","addr":"10.0.1.1","mac":"02:00:00:00:00:01","via":"eth1"}"#,
+                "backend set 10.0.0.1:80/tcp 10.0.1.1 --mac 02:00:00:00:00:01 --via eth1",
+            ),
+            (
+                r#"{"cmd":"attach","iface":"eth0","xdp_mode":"native"}"#,
+                "attach eth0 --xdp-mode native",
+            ),
+            (
+                r#"{"cmd":"vip_add","vip":"10.0.0.1:80/tcp","mode":"l3","hash":"src-ip"}"#,
+                "vip add 10.0.0.1:80/tcp --mode l3 --hash src-ip",
+            ),
+        ];
+        for (json, line) in cases {
+            assert_eq!(describe(&request(json)).as_deref(), Some(line), "{json}");
+        }
+    }
+
+    #[test]
+    fn log_lines_name_things_as_the_command_line_does() {
+        use crate::{datapath::Attached, health::TargetName};
+        let key: core::BackendKey = (
+            "10.0.0.1:80/tcp".parse().unwrap(),
+            "10.0.1.1".parse().unwrap(),
+        );
+        assert_eq!(key.target_name(), "backend 10.0.1.1 of VIP 10.0.0.1:80/tcp");
+        let attached = Attached::New(AttachMode::Native);
+        assert_eq!(attached.to_string(), "attached in native mode");
+    }
 }

@@ -36,6 +36,24 @@ pub struct SavedState {
     /// `xdplb node drain`: a restarted daemon announces nothing until `node undrain`.
     #[serde(default)]
     pub drained: bool,
+    /// What ids held earlier by configured VIPs and backends counted (daemon/counters.rs):
+    /// the pinned maps keep the live counts across a restart, so this part must be kept too.
+    #[serde(default)]
+    pub carried: Vec<SavedCounters>,
+}
+
+/// Traffic counted under ids a VIP (`backend` None) or backend held before its current one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SavedCounters {
+    pub vip: VipAddr,
+    #[serde(default)]
+    pub backend: Option<IpAddr>,
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub reply_packets: u64,
+    pub reply_bytes: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,17 +132,13 @@ fn tmp_path(path: &Path) -> PathBuf {
 #[derive(Debug)]
 pub struct StateLock {
     _files: Vec<File>,
+    path: PathBuf,
 }
 
 impl StateLock {
     /// Locks `state_file` (through `<state_file>.lock`) and, if given, the pin directory itself.
     pub fn acquire(state_file: &Path, pin_dir: Option<&Path>) -> Result<StateLock, String> {
-        let mut name = state_file
-            .file_name()
-            .map(|n| n.to_os_string())
-            .unwrap_or_default();
-        name.push(".lock");
-        let path = state_file.with_file_name(name);
+        let path = lock_path(state_file);
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         }
@@ -141,8 +155,31 @@ impl StateLock {
                 File::open(dir).map_err(|e| format!("opening pin path {}: {e}", dir.display()))?;
             files.push(exclusive(d, dir)?);
         }
-        Ok(StateLock { _files: files })
+        Ok(StateLock {
+            _files: files,
+            path,
+        })
     }
+
+    /// Removes the lock file (`--cleanup`), then releases the locks: the path it names, if
+    /// it was still there.
+    pub fn remove(self) -> Result<Option<PathBuf>, String> {
+        match fs::remove_file(&self.path) {
+            Ok(()) => Ok(Some(self.path.clone())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("removing {}: {e}", self.path.display())),
+        }
+    }
+}
+
+/// `<state_file>.lock`.
+fn lock_path(state_file: &Path) -> PathBuf {
+    let mut name = state_file
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".lock");
+    state_file.with_file_name(name)
 }
 
 fn exclusive(file: File, path: &Path) -> Result<File, String> {
@@ -192,5 +229,17 @@ mod tests {
         );
         fs::remove_dir_all(&dir).unwrap();
         assert_eq!(load(&path).unwrap(), None);
+    }
+
+    #[test]
+    fn a_state_saved_before_carried_counters_existed_still_loads() {
+        let dir = std::env::temp_dir().join(format!("xdplb-old-state-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("state.json");
+        let old = r#"{ "version": 1, "config": {}, "ids": { "vips": [] }, "macs": [], "down": [], "drained": false }"#;
+        fs::write(&path, old).unwrap();
+        let loaded = load(&path).unwrap().expect("a state");
+        assert!(loaded.carried.is_empty());
+        fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,0 +1,292 @@
+//! Traffic counters that only go up while a VIP or backend is configured.
+//!
+//! The data path counts per id, and ids change hands: a backend whose health check fails (or
+//! whose MAC is lost, or whose port or VIP mode changes) releases its id and gets a new,
+//! zeroed one when it returns. What an id counted for its holder is carried here when the id
+//! is released, by VIP and backend address, and added to whatever id the holder has now; it
+//! is forgotten when the holder leaves the configuration. A VIP counts every packet its
+//! backends do, on its own id, so the carried parts keep the VIP total equal to the sum of
+//! its backends (the ones removed from the configuration aside).
+
+use std::{collections::HashMap, net::IpAddr};
+
+use lb_common::{
+    maps::RingLine, BackendInfo, Endpoint, EndpointKey, TrafficCounters, VipInfo, VipKey,
+};
+
+use super::state::SavedCounters;
+use crate::{
+    config::Config,
+    datapath::DataPath,
+    mirror::{MapWriter, Mirror, MirrorError, SyncReport},
+    model::{VipAddr, VipState},
+};
+
+/// A VIP (backend `None`) or one of its backends.
+pub type CounterKey = (VipAddr, Option<IpAddr>);
+
+/// A slot of the data path's per-id counter arrays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Id {
+    Vip(u32),
+    Backend(u32),
+}
+
+/// What earlier ids counted, by the VIP or backend that held them.
+#[derive(Debug, Default)]
+pub struct Carried {
+    by_key: HashMap<CounterKey, TrafficCounters>,
+}
+
+impl Carried {
+    /// `Mirror::sync`, carrying the counters of every id that changed hands to its last
+    /// holder. An id released and not handed out again is read after the sync (nothing counts
+    /// on it any more); one handed out again in the same sync is read just before it is
+    /// zeroed. Either way nothing is lost between the last read and the release.
+    pub fn sync(
+        &mut self,
+        dp: &mut DataPath,
+        mirror: &mut Mirror,
+        states: &[VipState],
+    ) -> Result<SyncReport, MirrorError> {
+        let before = held(mirror);
+        let mut writer = Recorder {
+            dp,
+            zeroed: HashMap::new(),
+        };
+        // Carried even when the sync failed half-way: whatever it released is released.
+        let result = mirror.sync(&mut writer, states);
+        let Recorder { dp, zeroed } = writer;
+        self.carry(&before, &held(mirror), &zeroed, |id| read(dp, id));
+        result
+    }
+
+    fn carry(
+        &mut self,
+        before: &HashMap<CounterKey, Id>,
+        after: &HashMap<CounterKey, Id>,
+        zeroed: &HashMap<Id, TrafficCounters>,
+        read: impl Fn(Id) -> TrafficCounters,
+    ) {
+        for (key, id) in before {
+            let last = match zeroed.get(id) {
+                Some(c) => *c,
+                None if after.get(key) != Some(id) => read(*id),
+                None => continue,
+            };
+            self.by_key.entry(*key).or_default().add(&last);
+        }
+    }
+
+    /// Everything `key` counted while configured: the carried part and its id's live one.
+    pub fn total(&self, dp: &DataPath, mirror: &Mirror, key: &CounterKey) -> TrafficCounters {
+        let mut total = self.by_key.get(key).copied().unwrap_or_default();
+        let id = match key.1 {
+            None => mirror.vip_id(&key.0).map(Id::Vip),
+            Some(b) => mirror.backend_id(&key.0, b).map(Id::Backend),
+        };
+        // As before counters were carried: a failed read shows 0 (stats run every second; a
+        // broken map is reported where it is written).
+        if let Some(c) = id.and_then(|id| counters(dp, id).ok()) {
+            total.add(&c);
+        }
+        total
+    }
+
+    /// Forgets VIPs and backends `config` no longer has: one added again starts from zero.
+    pub fn retain_configured(&mut self, config: &Config) {
+        self.by_key.retain(|(vip, backend), _| {
+            config
+                .vip(vip)
+                .is_some_and(|v| backend.is_none_or(|b| v.backend(b).is_some()))
+        });
+    }
+
+    /// For the saved state, in a stable order.
+    pub fn saved(&self) -> Vec<SavedCounters> {
+        let mut out: Vec<SavedCounters> = self
+            .by_key
+            .iter()
+            .map(|(&(vip, backend), c)| SavedCounters {
+                vip,
+                backend,
+                packets: c.packets,
+                bytes: c.bytes,
+                new_flows: c.new_flows,
+                reply_packets: c.reply_packets,
+                reply_bytes: c.reply_bytes,
+            })
+            .collect();
+        out.sort_by_key(|s| (s.vip, s.backend));
+        out
+    }
+
+    pub fn restore(&mut self, saved: &[SavedCounters]) {
+        self.by_key = saved
+            .iter()
+            .map(|s| {
+                let c = TrafficCounters {
+                    packets: s.packets,
+                    bytes: s.bytes,
+                    new_flows: s.new_flows,
+                    reply_packets: s.reply_packets,
+                    reply_bytes: s.reply_bytes,
+                };
+                ((s.vip, s.backend), c)
+            })
+            .collect();
+    }
+}
+
+/// The id each VIP and backend holds in the mirror.
+fn held(mirror: &Mirror) -> HashMap<CounterKey, Id> {
+    let mut ids = HashMap::new();
+    for v in mirror.snapshot().vips {
+        ids.insert((v.addr, None), Id::Vip(v.id));
+        for (b, id) in v.backends {
+            ids.insert((v.addr, Some(b)), Id::Backend(id));
+        }
+    }
+    ids
+}
+
+fn counters(dp: &DataPath, id: Id) -> Result<TrafficCounters, crate::datapath::DataPathError> {
+    match id {
+        Id::Vip(id) => dp.vip_counters(id),
+        Id::Backend(id) => dp.backend_counters(id),
+    }
+}
+
+/// The counters of an id about to change hands; what cannot be read is lost, and said so.
+fn read(dp: &DataPath, id: Id) -> TrafficCounters {
+    counters(dp, id).unwrap_or_else(|e| {
+        let what = match id {
+            Id::Vip(id) => format!("VIP id {id}"),
+            Id::Backend(id) => format!("backend id {id}"),
+        };
+        log::warn!("reading the counters of {what} before it changes hands: {e}");
+        TrafficCounters::default()
+    })
+}
+
+/// The kernel maps' writer, reading each id's counters before they are zeroed for a new
+/// holder.
+struct Recorder<'a> {
+    dp: &'a mut DataPath,
+    zeroed: HashMap<Id, TrafficCounters>,
+}
+
+impl MapWriter for Recorder<'_> {
+    fn reset_counters(&mut self, vip: bool, id: u32) -> Result<(), MirrorError> {
+        let id_of = if vip { Id::Vip(id) } else { Id::Backend(id) };
+        let last = read(self.dp, id_of);
+        self.dp.writer().reset_counters(vip, id)?;
+        self.zeroed.entry(id_of).or_insert(last);
+        Ok(())
+    }
+
+    fn put_vip(&mut self, key: &VipKey, info: &VipInfo) -> Result<(), MirrorError> {
+        self.dp.writer().put_vip(key, info)
+    }
+
+    fn del_vip(&mut self, key: &VipKey) -> Result<(), MirrorError> {
+        self.dp.writer().del_vip(key)
+    }
+
+    fn put_backend(&mut self, id: u32, info: &BackendInfo) -> Result<(), MirrorError> {
+        self.dp.writer().put_backend(id, info)
+    }
+
+    fn put_endpoint(&mut self, key: &EndpointKey, value: &Endpoint) -> Result<(), MirrorError> {
+        self.dp.writer().put_endpoint(key, value)
+    }
+
+    fn del_endpoint(&mut self, key: &EndpointKey) -> Result<(), MirrorError> {
+        self.dp.writer().del_endpoint(key)
+    }
+
+    fn put_ring_lines(&mut self, lines: &[u32], values: &[RingLine]) -> Result<(), MirrorError> {
+        self.dp.writer().put_ring_lines(lines, values)
+    }
+
+    fn put_filter_words(&mut self, indexes: &[u32], words: &[u64]) -> Result<(), MirrorError> {
+        self.dp.writer().put_filter_words(indexes, words)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(packets: u64) -> TrafficCounters {
+        TrafficCounters {
+            packets,
+            bytes: packets * 100,
+            new_flows: 1,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn released_and_reused_ids_carry_their_last_counts_to_their_holder() {
+        let vip: VipAddr = "10.0.0.1:80/tcp".parse().unwrap();
+        let key = |b: &str| (vip, Some(b.parse().unwrap()));
+        let (a, b, d, e) = (
+            key("10.0.1.1"),
+            key("10.0.1.2"),
+            key("10.0.1.3"),
+            key("10.0.1.4"),
+        );
+        let mut carried = Carried::default();
+        carried.by_key.insert(a, c(5));
+        // a keeps id 0; b's id 1 is released (down); d's id 2 is released and handed to e in
+        // the same sync; the VIP's id 7 is released and handed out again to the VIP itself
+        // (a mode change).
+        let before = HashMap::from([
+            (a, Id::Backend(0)),
+            (b, Id::Backend(1)),
+            (d, Id::Backend(2)),
+            ((vip, None), Id::Vip(7)),
+        ]);
+        let after = HashMap::from([
+            (a, Id::Backend(0)),
+            (e, Id::Backend(2)),
+            ((vip, None), Id::Vip(7)),
+        ]);
+        let zeroed = HashMap::from([(Id::Backend(2), c(30)), (Id::Vip(7), c(90))]);
+        // What the released id 1 holds after the sync; reading a kept id is a mistake.
+        let read = |id| match id {
+            Id::Backend(1) => c(20),
+            other => panic!("{other:?} must not be read"),
+        };
+        carried.carry(&before, &after, &zeroed, read);
+        assert_eq!(carried.by_key[&a], c(5), "a kept its id: nothing carried");
+        assert_eq!(carried.by_key[&b], c(20));
+        assert_eq!(carried.by_key[&d], c(30));
+        assert_eq!(carried.by_key[&(vip, None)], c(90));
+        assert!(
+            !carried.by_key.contains_key(&e),
+            "e's new id started at zero"
+        );
+
+        let saved = carried.saved();
+        let mut restored = Carried::default();
+        restored.restore(&saved);
+        assert_eq!(restored.by_key, carried.by_key);
+
+        let mut config = Config::default();
+        config.vips.push(crate::config::VipConfig {
+            addr: vip,
+            mode: Default::default(),
+            hash: Default::default(),
+            health: None,
+            backends: vec![crate::config::BackendConfig::new(
+                "10.0.1.2".parse().unwrap(),
+            )],
+        });
+        carried.retain_configured(&config);
+        let mut left: Vec<CounterKey> = carried.by_key.keys().copied().collect();
+        left.sort();
+        assert_eq!(left, [(vip, None), b], "removed backends are forgotten");
+    }
+}
