@@ -464,8 +464,7 @@ impl DataPath {
             .map_err(map_err(m::IFACES))?;
         if ifindex < m::IFACE_MAC_SLOTS {
             let mut macs: Array<_, IfaceInfo> = self.typed(m::IFACE_MACS)?;
-            macs.set(ifindex, info, 0)
-                .map_err(map_err(m::IFACE_MACS))?;
+            macs.set(ifindex, info, 0).map_err(map_err(m::IFACE_MACS))?;
         }
         let map = self.ebpf.map_mut(m::TX_PORTS).ok_or(DataPathError::Map {
             map: m::TX_PORTS,

@@ -334,8 +334,17 @@ fn l3_nat_fixtures() {
             stats::PASS_NOT_FOR_US,
             &input.clone(),
         );
-        let key = flow_key("10.1.0.1".parse().unwrap(), 41020, &WEB4.parse().unwrap(), 80);
-        assert_eq!(f.dp.conntrack(&key).unwrap(), None, "another host's SYN was recorded");
+        let key = flow_key(
+            "10.1.0.1".parse().unwrap(),
+            41020,
+            &WEB4.parse().unwrap(),
+            80,
+        );
+        assert_eq!(
+            f.dp.conntrack(&key).unwrap(),
+            None,
+            "another host's SYN was recorded"
+        );
         let reply = Packet {
             dst_mac: other,
             src_mac: neighbour_mac(b),

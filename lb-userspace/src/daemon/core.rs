@@ -681,7 +681,10 @@ impl Core {
                 // A newly attached veth whose peer drops what is sent back out.
                 let warnings: Vec<String> = match dry_run {
                     true => Vec::new(),
-                    false => attached.iter().filter_map(|i| veth::attach_problem(i)).collect(),
+                    false => attached
+                        .iter()
+                        .filter_map(|i| veth::attach_problem(i))
+                        .collect(),
                 };
                 let changes: Vec<Value> = changes.iter().map(Change::to_json).collect();
                 Ok(json!({ "changes": changes, "dry_run": dry_run, "warnings": warnings }))
