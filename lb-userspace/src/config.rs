@@ -20,7 +20,10 @@ pub use diff::{diff, Change};
 use crate::{
     datapath::{AttachMode, LoadOptions},
     health::HealthCheck,
-    model::{HashFields, Mac, Mode, ReplyEndpoints, VipAddr},
+    model::{
+        unusable_backend_address, unusable_vip_address, HashFields, Mac, Mode, ReplyEndpoints,
+        VipAddr,
+    },
 };
 
 /// Largest backend weight (weights are relative; 0 drains, as does `drained`).
@@ -361,11 +364,29 @@ impl Config {
             if !vips.insert(v.addr) {
                 return Err(format!("VIP {} is declared twice", v.addr));
             }
+            if let Some(why) = unusable_vip_address(v.addr.ip) {
+                return Err(format!(
+                    "VIP {}: {} is {why}, which cannot be a VIP",
+                    v.addr, v.addr.ip
+                ));
+            }
             let mut addrs = BTreeSet::new();
             for b in &v.backends {
                 if !addrs.insert(b.addr) {
                     return Err(format!(
                         "backend {} is declared twice for VIP {}",
+                        b.addr, v.addr
+                    ));
+                }
+                if let Some(why) = unusable_backend_address(b.addr) {
+                    return Err(format!(
+                        "backend {} of VIP {}: {} is {why}, which cannot be a backend",
+                        b.addr, v.addr, b.addr
+                    ));
+                }
+                if b.addr == v.addr.ip {
+                    return Err(format!(
+                        "backend {} of VIP {} is the VIP's own address: its packets would come back to the load balancer",
                         b.addr, v.addr
                     ));
                 }
@@ -551,6 +572,18 @@ hash = "src-ip"
             ("[announce]\ntable = 4200\nmetric = 1", "unknown field `metric`"),
             ("[maglev]\nseed = -1", "invalid value"),
             ("[maglev]\nseeds = 1", "unknown field `seeds`"),
+            ("[[vip]]\naddr = \"0.0.0.0:80/tcp\"", "unspecified address"),
+            ("[[vip]]\naddr = \"[::]:80/tcp\"", "unspecified address"),
+            ("[[vip]]\naddr = \"224.0.0.5:80/udp\"", "multicast address"),
+            ("[[vip]]\naddr = \"[ff02::1]:80/udp\"", "multicast address"),
+            ("[[vip]]\naddr = \"255.255.255.255:80/udp\"", "broadcast address"),
+            ("[[vip]]\naddr = \"127.0.0.1:80/tcp\"", "loopback address"),
+            ("[[vip]]\naddr = \"[::1]:80/tcp\"", "loopback address"),
+            ("[[vip]]\naddr = \"169.254.1.1:80/tcp\"", "link-local address"),
+            ("[[vip]]\naddr = \"[fe80::1]:80/tcp\"", "link-local address"),
+            ("[[vip]]\naddr = \"10.0.0.1:80/tcp\"\n[[vip.backend]]\naddr = \"10.0.0.1\"", "the VIP's own address"),
+            ("[[vip]]\naddr = \"10.0.0.1:80/tcp\"\n[[vip.backend]]\naddr = \"0.0.0.0\"", "cannot be a backend"),
+            ("[[vip]]\naddr = \"10.0.0.1:80/tcp\"\n[[vip.backend]]\naddr = \"239.1.1.1\"", "multicast address"),
         ];
         for (text, want) in cases {
             let err = Config::from_toml(text)

@@ -64,6 +64,33 @@ pub enum ParseError {
     Mac(String),
 }
 
+/// Why `ip` cannot be a VIP's address, if it cannot: no client can send to it as to one host,
+/// or traffic to it never leaves (or reaches) a host's own stack.
+pub fn unusable_vip_address(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        _ if ip.is_unspecified() => Some("the unspecified address"),
+        _ if ip.is_loopback() => Some("a loopback address"),
+        _ if ip.is_multicast() => Some("a multicast address"),
+        IpAddr::V4(a) if a.is_broadcast() => Some("the broadcast address"),
+        IpAddr::V4(a) if a.is_link_local() => Some("a link-local address (169.254.0.0/16)"),
+        IpAddr::V6(a) if a.segments()[0] & 0xffc0 == 0xfe80 => {
+            Some("a link-local address (fe80::/10)")
+        }
+        _ => None,
+    }
+}
+
+/// Why `ip` cannot be a backend's address, if it cannot: frames or packets for it would not
+/// reach one host.
+pub fn unusable_backend_address(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        _ if ip.is_unspecified() => Some("the unspecified address"),
+        _ if ip.is_multicast() => Some("a multicast address"),
+        IpAddr::V4(a) if a.is_broadcast() => Some("the broadcast address"),
+        _ => None,
+    }
+}
+
 impl FromStr for VipAddr {
     type Err = ParseError;
 

@@ -199,14 +199,7 @@ impl Daemon {
     /// announcement routes removed).
     pub fn kill_and_detach(&mut self) -> Result<()> {
         self.kill9()?;
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.ns])
-            .arg(&self.bin)
-            .args(["daemon", "--cleanup", "--pin-path"])
-            .arg(&self.pin_path)
-            .arg("--state-file")
-            .arg(&self.state_file)
-            .output()?;
+        let out = self.cleanup(&[])?;
         if !out.status.success() {
             bail!(
                 "xdplb daemon --cleanup: {}",
@@ -214,6 +207,20 @@ impl Daemon {
             );
         }
         Ok(())
+    }
+
+    /// `xdplb daemon --cleanup` on this daemon's pins and state, in its namespace, with
+    /// `extra` arguments; its output, whatever the outcome.
+    pub fn cleanup(&self, extra: &[&str]) -> Result<Output> {
+        Ok(Command::new("ip")
+            .args(["netns", "exec", &self.ns])
+            .arg(&self.bin)
+            .args(["daemon", "--cleanup", "--pin-path"])
+            .arg(&self.pin_path)
+            .arg("--state-file")
+            .arg(&self.state_file)
+            .args(extra)
+            .output()?)
     }
 
     /// SIGTERM and wait: the daemon's orderly exit.

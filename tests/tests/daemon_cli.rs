@@ -594,6 +594,22 @@ fn invalid_input_is_refused_and_changes_nothing() {
             "port \"70000\"",
         ),
         (
+            vec!["vip", "add", "0.0.0.0:80/tcp"],
+            "the unspecified address, which cannot be a VIP",
+        ),
+        (
+            vec!["vip", "add", "[ff02::1]:80/udp"],
+            "a multicast address, which cannot be a VIP",
+        ),
+        (
+            vec!["vip", "add", "127.0.0.1:80/tcp"],
+            "a loopback address, which cannot be a VIP",
+        ),
+        (
+            vec!["backend", "add", &vip, "10.99.0.100"],
+            "is the VIP's own address",
+        ),
+        (
             vec!["vip", "add", "10.99.0.101:80/tcp", "--mode", "l4"],
             "mode \"l4\"",
         ),
@@ -812,6 +828,71 @@ fn ipv6_vips_are_announced_and_withdrawn_like_ipv4_ones() {
     announced(true, true, "node undrained");
     e.apply("v4-only.toml", &config(false));
     announced(true, false, "the IPv6 VIP without a backend");
+}
+
+#[test]
+fn cleanup_withdraws_announcements_even_when_the_state_file_is_unreadable() {
+    let mut e = Env::new(&[]);
+    let b = &e.topo.backends[0];
+    let config = format!(
+        "[announce]\ntable = 4202\n\n[[interface]]\nname = \"eth0\"\n\n[[vip]]\naddr = \"{VIP4}:{PORT}/tcp\"\n[[vip.backend]]\naddr = \"{}\"\nmac = \"{}\"\n",
+        b.ip4, b.mac
+    );
+    e.apply("announce.toml", &config);
+    let routes = || {
+        e.topo
+            .lb
+            .ns
+            .exec(&["ip", "route", "show", "table", "4202"])
+            .unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !routes().contains(VIP4) {
+        assert!(Instant::now() < deadline, "never announced: {:?}", routes());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    e.d.kill9().unwrap();
+    std::fs::write(&e.d.state_file, "{ half a state file").unwrap();
+    // Without a configuration the table is unknown: everything else is removed, the state
+    // file is kept aside, and the command fails naming what is left.
+    let out = e.d.cleanup(&[]).unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stderr.contains("is not valid") && stderr.contains("VIP routes may still be announced"),
+        "{stderr}"
+    );
+    assert!(routes().contains(VIP4), "{}", routes());
+    let aside = format!("{}.unreadable", e.d.state_file.display());
+    assert_eq!(
+        std::fs::read_to_string(&aside).unwrap(),
+        "{ half a state file"
+    );
+    assert!(!e.d.state_file.exists());
+    assert!(stdout.contains("kept the unreadable"), "{stdout}");
+    assert!(
+        !e.d.pin_path.join("XDPLB_VIPS").exists(),
+        "pins left: {stdout}"
+    );
+    // With the configuration it ran with, the announcements go.
+    let file = e.d.dir.join("announce.toml");
+    let out = e.d.cleanup(&["--config", file.to_str().unwrap()]).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!routes().contains(VIP4), "{}", routes());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("withdrawn") && l.contains(VIP4)),
+        "{stdout}"
+    );
 }
 
 #[test]

@@ -76,37 +76,76 @@ fn cleanup(args: &DaemonArgs) -> Result<(), String> {
     let pin = args.pin_path.is_dir().then_some(args.pin_path.as_path());
     let lock = state::StateLock::acquire(&args.state_file, pin)
         .map_err(|e| format!("{e}; stop the daemon before --cleanup"))?;
+    let mut problems = Vec::new();
+    let saved = state::load(&args.state_file);
     // Nothing balanced, nothing announced: a BGP daemon must not keep sending VIP traffic here.
-    if let Some(a) = state::load(&args.state_file)
-        .ok()
-        .flatten()
-        .and_then(|s| s.config.announce)
-    {
-        let table = crate::announce::RouteTable::from(&a);
-        match table.flush() {
+    // The announcement table is the saved state's, else the one --config names.
+    let announce = match &saved {
+        Ok(Some(s)) => s.config.announce.clone(),
+        _ => None,
+    };
+    let announce = match (announce, &args.config) {
+        (Some(a), _) => Some(a),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|t| Config::from_toml(&t))
+            .map_err(|e| problems.push(format!("reading {}: {e}", path.display())))
+            .ok()
+            .and_then(|c| c.announce),
+        (None, None) => None,
+    };
+    match (announce, &saved) {
+        (Some(a), _) => match crate::announce::RouteTable::from(&a).flush() {
             Ok(c) => {
                 for r in c.removed {
                     println!("withdrawn {r} (table {})", a.table);
                 }
             }
-            Err(e) => eprintln!("withdrawing the announcements in table {}: {e}", a.table),
-        }
+            Err(e) => problems.push(format!(
+                "withdrawing the announcements in table {}: {e}",
+                a.table
+            )),
+        },
+        (None, Err(e)) => problems.push(format!(
+            "{e}: which announcement table this node used is unknown, so VIP routes may still be announced; run `xdplb daemon --cleanup --config FILE` with the [announce] section it ran with"
+        )),
+        (None, Ok(_)) => {}
     }
     let removed = DataPath::cleanup_pins(&args.pin_path)
         .map_err(|e| format!("cleaning {}: {e}", args.pin_path.display()))?;
     for p in &removed {
         println!("removed {}", p.display());
     }
-    match std::fs::remove_file(&args.state_file) {
-        Ok(()) => println!("removed {}", args.state_file.display()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(format!("removing {}: {e}", args.state_file.display())),
+    // A state file that could not be read is moved aside, not deleted: it may be all there is
+    // of the configuration.
+    let state = &args.state_file;
+    if saved.is_err() {
+        let aside = PathBuf::from(format!("{}.unreadable", state.display()));
+        std::fs::rename(state, &aside)
+            .map_err(|e| format!("moving {} aside: {e}", state.display()))?;
+        println!(
+            "kept the unreadable {} as {}",
+            state.display(),
+            aside.display()
+        );
+    } else {
+        match std::fs::remove_file(state) {
+            Ok(()) => println!("removed {}", state.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("removing {}: {e}", state.display())),
+        }
     }
     // Last, still held: a daemon starting now finds nothing left to adopt.
     match lock.remove() {
         Ok(Some(path)) => println!("removed {}", path.display()),
         Ok(None) => {}
         Err(e) => return Err(e),
+    }
+    if !problems.is_empty() {
+        return Err(format!(
+            "xdplb is detached and nothing is balanced, but: {}",
+            problems.join("; ")
+        ));
     }
     println!("xdplb is detached; nothing is balanced any more");
     Ok(())
