@@ -349,7 +349,8 @@ fn changed(r: Result<Value, String>) -> Result<(), String> {
     Ok(())
 }
 
-fn show(data: Value, json: bool, human: fn(&Value)) -> Result<(), String> {
+/// Prints an answer as JSON, or for people with `human`.
+pub(crate) fn show(data: Value, json: bool, human: fn(&Value)) -> Result<(), String> {
     if json {
         println!(
             "{}",

@@ -38,6 +38,20 @@ impl L3Env {
         })
     }
 
+    /// Every backend `bN` serving TCP on each of `ports`, and UDP on the first of them (on
+    /// every address, so replies leave from the address asked).
+    pub fn serve(topo: &L3Topology, ports: &[u16]) -> Result<Vec<Server>> {
+        let mut servers = Vec::new();
+        for (i, b) in topo.backends.iter().enumerate() {
+            let name = format!("b{}", i + 1);
+            for (n, port) in ports.iter().enumerate() {
+                let udp = if n == 0 { vec!["::".parse()?] } else { vec![] };
+                servers.push(Server::start(&b.ns, &name, *port, &udp)?);
+            }
+        }
+        Ok(servers)
+    }
+
     /// Runs `f` in the client's namespace.
     pub fn in_client<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
         self.topo.client.ns.run(f).unwrap()

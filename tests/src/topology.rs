@@ -18,7 +18,10 @@
 //! come back through it. The client's interface and the bridge port facing the LB carry the
 //! pass program (the LB redirects into both).
 
-use std::net::IpAddr;
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+};
 
 use anyhow::Result;
 use lb_userspace::{
@@ -26,7 +29,10 @@ use lb_userspace::{
     model::Mac,
 };
 
-use crate::netns::{unique_prefix, veth, Netns};
+use crate::{
+    netns::{unique_prefix, veth, Netns},
+    peers::tcp_once,
+};
 
 pub const VIP4: &str = "10.99.0.100";
 pub const VIP6: &str = "fd99::100";
@@ -122,6 +128,25 @@ pub struct L2Topology {
 }
 
 impl L2Topology {
+    /// `n` new TCP connections from the client to `target`, from source port `first_port`
+    /// on, one request each: how many each backend (by the name its server answers) took.
+    pub fn spread(&self, target: SocketAddr, n: u16, first_port: u16) -> BTreeMap<String, u32> {
+        let names: Vec<String> = self
+            .client
+            .ns
+            .run(|| {
+                (0..n)
+                    .map(|i| tcp_once(target, first_port + i).unwrap())
+                    .collect()
+            })
+            .unwrap();
+        let mut counts = BTreeMap::new();
+        for name in names {
+            *counts.entry(name).or_insert(0) += 1;
+        }
+        counts
+    }
+
     pub fn new(n_backends: usize) -> Result<L2Topology> {
         let p = unique_prefix();
         let net = bridge_ns(&format!("{p}-net"))?;

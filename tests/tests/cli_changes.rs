@@ -12,7 +12,7 @@ use std::{
 
 use lb_tests::{
     daemon::Daemon,
-    peers::{tcp_once, Server},
+    peers::Server,
     topology::{L2Topology, VIP4},
 };
 use serde_json::Value;
@@ -90,22 +90,8 @@ impl Env {
 
     /// `n` new TCP connections from `first_port` on: the count per backend name.
     fn spread(&self, n: u16, first_port: u16) -> BTreeMap<String, u32> {
-        let target = SocketAddr::new(VIP4.parse().unwrap(), PORT);
-        let names: Vec<String> = self
-            .topo
-            .client
-            .ns
-            .run(|| {
-                (0..n)
-                    .map(|i| tcp_once(target, first_port + i).unwrap())
-                    .collect()
-            })
-            .unwrap();
-        let mut counts = BTreeMap::new();
-        for name in names {
-            *counts.entry(name).or_insert(0) += 1;
-        }
-        counts
+        self.topo
+            .spread(SocketAddr::new(VIP4.parse().unwrap(), PORT), n, first_port)
     }
 
     /// Backends the node counts as serving the VIP's address (`node status`).

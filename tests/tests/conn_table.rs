@@ -280,15 +280,7 @@ fn l2_flows_are_listed_filtered_counted_and_turn_stale() {
 /// The L3 environment: TCP on PORT (VIP of each family) and on port 80 rewritten to
 /// REWRITTEN, UDP on PORT.
 fn l3_env() -> L3Env {
-    let serve = |topo: &L3Topology| {
-        let mut servers = Vec::new();
-        for (i, b) in topo.backends.iter().enumerate() {
-            let name = format!("b{}", i + 1);
-            servers.push(Server::start(&b.ns, &name, PORT, &["::".parse().unwrap()])?);
-            servers.push(Server::start(&b.ns, &name, REWRITTEN, &[])?);
-        }
-        Ok(servers)
-    };
+    let serve = |topo: &L3Topology| L3Env::serve(topo, &[PORT, REWRITTEN]);
     let vips = |topo: &L3Topology| {
         let mut cfg = String::new();
         for (vip, v6, port) in [

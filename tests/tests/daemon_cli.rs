@@ -70,22 +70,8 @@ impl Env {
 
     /// `n` new TCP connections; the count per backend name.
     fn spread(&self, n: u16, first_port: u16) -> BTreeMap<String, u32> {
-        let target = SocketAddr::new(VIP4.parse().unwrap(), PORT);
-        let names: Vec<String> = self
-            .topo
-            .client
-            .ns
-            .run(|| {
-                (0..n)
-                    .map(|i| tcp_once(target, first_port + i).unwrap())
-                    .collect()
-            })
-            .unwrap();
-        let mut counts = BTreeMap::new();
-        for name in names {
-            *counts.entry(name).or_insert(0) += 1;
-        }
-        counts
+        self.topo
+            .spread(SocketAddr::new(VIP4.parse().unwrap(), PORT), n, first_port)
     }
 
     /// After backend `name` (address `addr`) failed: waits until health checks mark it down,

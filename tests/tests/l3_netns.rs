@@ -10,7 +10,7 @@ use std::{
 use lb_tests::{
     capture::Capture,
     l3env::L3Env,
-    peers::{hold, http_download, http_get, http_upload, tcp_once, udp_once, Server},
+    peers::{hold, http_download, http_get, http_upload, tcp_once, udp_once},
     topology::{L3Topology, L3_VIP4, L3_VIP6},
 };
 
@@ -22,15 +22,7 @@ const MIB: usize = 1 << 20;
 /// backend port may serve only one L3 VIP); the VIPs of both families and protocols, one with
 /// a port rewrite.
 fn env() -> L3Env {
-    let serve = |topo: &L3Topology| {
-        let mut servers = Vec::new();
-        for (i, b) in topo.backends.iter().enumerate() {
-            let name = format!("b{}", i + 1);
-            servers.push(Server::start(&b.ns, &name, PORT, &["::".parse().unwrap()])?);
-            servers.push(Server::start(&b.ns, &name, REWRITTEN, &[])?);
-        }
-        Ok(servers)
-    };
+    let serve = |topo: &L3Topology| L3Env::serve(topo, &[PORT, REWRITTEN]);
     let vips = |topo: &L3Topology| {
         let backends = |v6: bool, port: Option<u16>| -> String {
             topo.backends

@@ -69,16 +69,7 @@ pub fn run(socket: &Path, cmd: ConnCmd) -> Result<(), String> {
         ConnCmd::List { query, json } => (Request::ConnList(query), json, print::list),
         ConnCmd::Count { query, json } => (Request::ConnCount(query), json, print::count),
     };
-    let data = api::call(socket, &req)?;
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&data).unwrap_or_default()
-        );
-    } else {
-        human(&data);
-    }
-    Ok(())
+    crate::cli::show(api::call(socket, &req)?, json, human)
 }
 
 #[cfg(test)]
