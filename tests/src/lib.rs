@@ -5,6 +5,7 @@ pub mod capture;
 pub mod daemon;
 pub mod fib;
 pub mod generator;
+pub mod l2env;
 pub mod l3env;
 pub mod live;
 pub mod netns;
