@@ -81,7 +81,11 @@ pub const EV_ICMP_TO_CLIENT: u32 = EVENT_BASE + 10;
 /// An ICMP error quoting a VIP flow but not addressed to the quoted packet's sender (forged,
 /// or misrouted): passed unchanged, never steered.
 pub const EV_ICMP_FOREIGN: u32 = EVENT_BASE + 11;
-pub const EVENT_COUNT: u32 = 12;
+/// An L2 frame's VLAN tags (one or two) were removed: it was redirected to a backend behind
+/// another interface (`via`), where the ingress VLAN means nothing. Sent back out of the
+/// receiving interface, a frame keeps its tags.
+pub const EV_VLAN_POPPED: u32 = EVENT_BASE + 12;
+pub const EVENT_COUNT: u32 = 13;
 
 /// Size of the stats array.
 pub const STATS_LEN: u32 = EVENT_BASE + EVENT_COUNT;
@@ -122,6 +126,7 @@ pub fn name(index: u32) -> Option<&'static str> {
         EV_ICMP_TO_BACKEND => "icmp_error_to_backend",
         EV_ICMP_TO_CLIENT => "icmp_error_to_client",
         EV_ICMP_FOREIGN => "icmp_error_foreign",
+        EV_VLAN_POPPED => "vlan_popped",
         _ => return None,
     })
 }

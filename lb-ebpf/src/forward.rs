@@ -1,14 +1,18 @@
 //! Rewrite and send. L2 (direct server return) changes only the Ethernet addresses: the
-//! backend's MAC as destination, the egress interface's MAC as source.
+//! backend's MAC as destination, the egress interface's MAC as source; a frame redirected out
+//! another interface also loses its VLAN tags (`pop_vlan`).
 
-use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action, helpers::bpf_xdp_adjust_head, programs::XdpContext, EbpfContext,
+};
 use lb_common::{stats, BackendInfo};
-use network_types::eth::EthHdr;
+use network_types::{eth::EthHdr, vlan::VlanHdr};
 
 use crate::{
     counters::verdict,
     maps::{IFACES, TX_PORTS},
     parse::ptr_at,
+    proto::{ETH_P_8021AD, ETH_P_8021Q},
 };
 
 /// Where a packet for a backend leaves: its interface and that interface's MAC.
@@ -53,6 +57,29 @@ pub fn egress(ctx: &XdpContext, backend: &BackendInfo) -> Option<Egress> {
         back_out: ifindex == ingress,
         mac,
     })
+}
+
+/// Removes the one or two VLAN tags of a frame that `parse::classify` found tagged (it parses
+/// no more than two): the ingress VLAN means nothing on another interface, so the frame leaves
+/// untagged there. Only the head moves: the 12 address bytes now in front of the inner
+/// EtherType are stale and `send` overwrites all of them. Every packet pointer is re-derived
+/// afterwards (`send` calls `ptr_at` again).
+#[inline(always)]
+pub fn pop_vlan(ctx: &XdpContext) -> Result<(), u32> {
+    // Addresses, outer tag, and the EtherType after it: an inner TPID means a second tag.
+    let head = ptr_at::<[u16; 9]>(ctx, 0)?;
+    // SAFETY: bounds-checked by ptr_at; 2-byte aligned (frames start aligned).
+    let inner = unsafe { (*head)[8] };
+    let tags = if inner == ETH_P_8021Q || inner == ETH_P_8021AD {
+        2
+    } else {
+        1
+    };
+    // SAFETY: the context is the program's own; no packet pointer is used after the call.
+    if unsafe { bpf_xdp_adjust_head(ctx.as_ptr() as *mut _, tags * VlanHdr::LEN as i32) } != 0 {
+        return Err(stats::PASS_MALFORMED);
+    }
+    Ok(())
 }
 
 #[inline(always)]

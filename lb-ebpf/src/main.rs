@@ -135,7 +135,7 @@ fn flow(ctx: &XdpContext, key: &FlowKey, off: &Offsets, flags: FlowFlags, vlan: 
             }
             None => to_backend(&vip, key, known),
         },
-        Some(vip) => return steer(ctx, &vip, key, known, Record::UnlessFlood),
+        Some(vip) => return steer(ctx, &vip, key, known, Record::UnlessFlood, vlan),
         None => to_client(ctx, key, vlan, flags),
     };
     match plan {
@@ -207,7 +207,7 @@ fn icmp_error(ctx: &XdpContext, flow: &FlowKey, outer: &FlowKey, plain: bool, vl
         }
         if vip.flags & VIP_F_MODE_L3 == 0 {
             counters::event(stats::EV_ICMP_STEERED);
-            return steer(ctx, &vip, flow, balance::lookup(flow), Record::Never);
+            return steer(ctx, &vip, flow, balance::lookup(flow), Record::Never, vlan);
         }
         if let Some(reason) = l3_checks() {
             return verdict_of(reason);
@@ -297,8 +297,17 @@ fn pass_unless_vip_address(dst: &parse::Dest, vip_reason: u32) -> u32 {
 }
 
 /// Sends a VIP packet to its backend; `record` creates a connection-table entry on a miss.
+/// A tagged frame (`vlan`) keeps its tags going back out where it came in and loses them
+/// going out another interface (`forward::pop_vlan`; docs/datapath.md).
 #[inline(always)]
-fn steer(ctx: &XdpContext, vip: &VipInfo, key: &FlowKey, known: Known, record: Record) -> u32 {
+fn steer(
+    ctx: &XdpContext,
+    vip: &VipInfo,
+    key: &FlowKey,
+    known: Known,
+    record: Record,
+    vlan: bool,
+) -> u32 {
     let Some(choice) = balance::choose(vip, key, known, record) else {
         return verdict(stats::DROP_NO_BACKEND, xdp_action::XDP_DROP);
     };
@@ -306,7 +315,15 @@ fn steer(ctx: &XdpContext, vip: &VipInfo, key: &FlowKey, known: Known, record: R
     let Some(out) = forward::egress(ctx, &choice.backend) else {
         return verdict(stats::DROP_NO_IFACE, xdp_action::XDP_DROP);
     };
+    // The bytes that arrived, as on every path.
     let len = (ctx.data_end() - ctx.data()) as u64;
+    if vlan && !out.back_out {
+        if let Err(reason) = forward::pop_vlan(ctx) {
+            // Unreachable: the tags and the IP header behind them were parsed.
+            return verdict(reason, xdp_action::XDP_PASS);
+        }
+        counters::event(stats::EV_VLAN_POPPED);
+    }
     counters::traffic(vip.id, choice.id, len, choice.new_flow);
     forward::send(ctx, choice.backend.mac, &out)
 }

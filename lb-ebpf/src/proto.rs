@@ -18,6 +18,9 @@ pub const AF_INET6: u8 = 10;
 /// EtherTypes, in network byte order as read from the frame.
 pub const ETH_P_IP: u16 = 0x0800u16.to_be();
 pub const ETH_P_IPV6: u16 = 0x86ddu16.to_be();
+/// VLAN tag protocol identifiers: 802.1Q, and 802.1ad (the outer tag of QinQ).
+pub const ETH_P_8021Q: u16 = 0x8100u16.to_be();
+pub const ETH_P_8021AD: u16 = 0x88a8u16.to_be();
 
 /// The ICMP / ICMPv6 header before an error's quote or an echo's data.
 pub const ICMP_HDR_LEN: usize = 8;

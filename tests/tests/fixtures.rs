@@ -624,6 +624,11 @@ fn packet_fixtures() {
         2,
         "the two VLAN-tagged packets that parse are counted"
     );
+    assert_eq!(
+        st[stats::EV_VLAN_POPPED as usize],
+        0,
+        "frames sent back out of the interface they came in on keep their VLAN tags"
+    );
     for (vip, packets) in &f.expected_vip_packets {
         let c: TrafficCounters = f.dp.vip_counters(f.mirror.vip_id(vip).unwrap()).unwrap();
         assert_eq!(c.packets, *packets, "packets of VIP {vip}");

@@ -31,6 +31,8 @@ const ELSEWHERE: &str = "10.1.0.103:80/tcp";
 /// marker, so the output shows which was used), and without (looked up per packet).
 const L2_VIA: &str = "10.1.0.104:80/tcp";
 const L2_VIA_LOOKUP: &str = "10.1.0.105:80/tcp";
+/// An IPv6 L2 VIP whose backend is behind b0 (the VLAN rows need both families).
+const L2_VIA6: &str = "[fd01::107]:80/tcp";
 const STORED_MAC: Mac = Mac([0x02, 0x5c, 0, 0, 0, 1]);
 /// An all-ports L3 VIP: its flows are always recorded (only their entry matches replies).
 const ANY4: &str = "10.1.0.106:*/tcp";
@@ -186,15 +188,20 @@ fn l3_nat_fixtures() {
             ifindex.insert(dev, dp.register_egress(dev).unwrap().0);
             mac.insert(dev, iface::mac(dev).unwrap());
         }
-        let via_b0 = |src_mac| BackendTarget {
+        let via_b0 = |addr, src_mac| BackendTarget {
             mac: be_mac(8),
             ifindex: ifindex["b0"],
             src_mac,
-            ..backend("10.2.0.8", 0)
+            ..backend(addr, 0)
         };
         let desired = vec![
-            vip(L2_VIA, Mode::L2, vec![via_b0(STORED_MAC)]),
-            vip(L2_VIA_LOOKUP, Mode::L2, vec![via_b0(Mac::default())]),
+            vip(L2_VIA, Mode::L2, vec![via_b0("10.2.0.8", STORED_MAC)]),
+            vip(
+                L2_VIA_LOOKUP,
+                Mode::L2,
+                vec![via_b0("10.2.0.8", Mac::default())],
+            ),
+            vip(L2_VIA6, Mode::L2, vec![via_b0("fd02::8", STORED_MAC)]),
             vip(
                 WEB4,
                 Mode::L3,
@@ -539,6 +546,46 @@ fn l3_nat_fixtures() {
                 &with_macs(&input, be_mac(8).0, src),
             );
         }
+
+        // VLAN-tagged frames for those backends: the ingress VLAN means nothing behind b0, so
+        // the tags (one, or two for QinQ) are removed; the expected frame is built untagged.
+        // Back out of the interface they came in on, frames keep their tags.
+        let tagged = |p: Packet, tags: &[(u16, u16)]| {
+            tags.iter()
+                .fold(p, |p, &(tpid, id)| p.vlan(tpid, id))
+                .build()
+        };
+        let mut popped = 0;
+        for (client, vip_ip) in [("10.1.0.1", "10.1.0.104"), ("fd01::1", "fd01::107")] {
+            for (what, tags) in [
+                ("one VLAN tag", &[(0x8100, 7)][..]),
+                ("QinQ", &[(0x88a8, 20), (0x8100, 7)][..]),
+            ] {
+                let untagged = |dst_mac| Packet {
+                    dst_mac,
+                    ..Packet::tcp(client, 41008, vip_ip, 80)
+                };
+                let want = with_macs(&untagged(c0).build(), be_mac(8).0, STORED_MAC.0);
+                let input = tagged(untagged(c0), tags);
+                f.redirect(
+                    &format!("{what}, L2 VIP {vip_ip} behind b0: tags removed"),
+                    "c0",
+                    &input,
+                    &want,
+                );
+                popped += 1;
+                let input = tagged(untagged(b0), tags);
+                f.check(
+                    &format!("{what}, L2 VIP {vip_ip} from b0, sent back out: tags kept"),
+                    "b0",
+                    &input,
+                    XDP_TX,
+                    stats::TX,
+                    &with_macs(&input, be_mac(8).0, b0),
+                );
+            }
+        }
+        assert_eq!(f.event(stats::EV_VLAN_POPPED), popped, "vlan_popped");
 
         // Known flows reuse their next hop (no FIB lookup) for about a second: a neighbour
         // change reaches them after that, and the MTU still applies to every packet.
