@@ -5,6 +5,11 @@
 
 /// VIP lookup: `VipKey` -> `VipInfo`.
 pub const VIPS: &str = "XDPLB_VIPS";
+/// Entries of `VIPS` for `max_vips` VIPs: each VIP, plus an address entry per VIP address
+/// (at most one per VIP).
+pub const fn vip_entries(max_vips: u32) -> u32 {
+    2 * max_vips
+}
 /// Backends by id: array of `BackendInfo`.
 pub const BACKENDS: &str = "XDPLB_BACKENDS";
 /// Maglev rings of all VIPs: array of `RingLine`, `ring_lines(ring_size)` lines per VIP; slot

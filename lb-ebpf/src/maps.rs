@@ -15,7 +15,8 @@ use network_types::eth::EthHdr;
 use crate::parse::{ptr_at, Dest};
 
 #[map(name = "XDPLB_VIPS")]
-pub static VIPS: HashMap<VipKey, VipInfo> = HashMap::with_max_entries(2 * m::DEFAULT_MAX_VIPS, 0);
+pub static VIPS: HashMap<VipKey, VipInfo> =
+    HashMap::with_max_entries(m::vip_entries(m::DEFAULT_MAX_VIPS), 0);
 
 #[map(name = "XDPLB_BACKENDS")]
 pub static BACKENDS: Array<BackendInfo> = Array::with_max_entries(m::DEFAULT_MAX_BACKENDS, 0);

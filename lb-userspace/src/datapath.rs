@@ -216,7 +216,7 @@ impl DataPath {
         loader
             .override_global(m::GLOBAL_RING_SIZE, &opts.ring_size, true)
             .map_max_entries(m::RING, opts.max_vips * m::ring_lines(opts.ring_size))
-            .map_max_entries(m::VIPS, 2 * opts.max_vips)
+            .map_max_entries(m::VIPS, m::vip_entries(opts.max_vips))
             .map_max_entries(m::VIP_STATS, opts.max_vips)
             .map_max_entries(m::BACKENDS, opts.max_backends)
             .map_max_entries(m::BACKEND_STATS, opts.max_backends)
@@ -616,7 +616,7 @@ impl DataPath {
 
     /// Entries in the VIP map (VIPs plus one address entry per VIP address).
     pub fn vip_entries(&self) -> Result<usize, DataPathError> {
-        self.count_keys::<VipKey, VipInfo>(m::VIPS, 2 * self.opts.max_vips)
+        self.count_keys::<VipKey, VipInfo>(m::VIPS, m::vip_entries(self.opts.max_vips))
     }
 
     /// Kernel memory of each map the load balancer uses (`memlock` of its fdinfo), by name.
@@ -754,7 +754,7 @@ fn check_pinned_layout(dir: &std::path::Path, o: &LoadOptions) -> Result<(), Dat
             m::VIPS,
             size_of::<VipKey>() as u32,
             Some(size_of::<VipInfo>() as u32),
-            2 * o.max_vips,
+            m::vip_entries(o.max_vips),
         ),
         (
             m::BACKENDS,

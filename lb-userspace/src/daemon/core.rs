@@ -837,7 +837,7 @@ impl Core {
         let backends_used = self.mirror.backend_ids().len();
         let ring_lines = u64::from(lb_common::maps::ring_lines(o.ring_size));
         let maps = json!([
-            { "name": lb_common::maps::VIPS, "used": self.dp.vip_entries().ok(), "max": 2 * o.max_vips },
+            { "name": lb_common::maps::VIPS, "used": self.dp.vip_entries().ok(), "max": lb_common::maps::vip_entries(o.max_vips) },
             { "name": lb_common::maps::BACKENDS, "used": backends_used, "max": o.max_backends },
             { "name": lb_common::maps::RING, "used": self.config.vips.len() as u64 * ring_lines, "max": o.max_vips as u64 * ring_lines },
             { "name": lb_common::maps::CONNTRACK, "used": self.dp.conntrack_entries().ok(), "max": o.conntrack_size },
