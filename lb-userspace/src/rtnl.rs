@@ -8,7 +8,10 @@ use std::io;
 use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
 };
-use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::{
+    link::{LinkAttribute, LinkMessage, LinkXdp},
+    RouteNetlinkMessage,
+};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
 fn socket() -> io::Result<Socket> {
@@ -64,6 +67,22 @@ pub fn dump(msg: RouteNetlinkMessage) -> io::Result<Vec<RouteNetlinkMessage>> {
     }
 }
 
+/// The one message a request (not a dump) answers with.
+pub fn get(msg: RouteNetlinkMessage) -> io::Result<RouteNetlinkMessage> {
+    let s = socket()?;
+    send(&s, msg, 0)?;
+    loop {
+        let (buf, _) = s.recv_from_full()?;
+        for payload in parse(&buf)? {
+            match payload {
+                NetlinkPayload::InnerMessage(m) => return Ok(m),
+                NetlinkPayload::Error(e) if e.code.is_some() => return Err(e.to_io()),
+                _ => {}
+            }
+        }
+    }
+}
+
 /// Sends a change (`flags` besides request and ack: create, replace, ...) and waits for the
 /// kernel's acknowledgement.
 pub fn change(msg: RouteNetlinkMessage, flags: u16) -> io::Result<()> {
@@ -80,6 +99,24 @@ pub fn change(msg: RouteNetlinkMessage, flags: u16) -> io::Result<()> {
             }
         }
     }
+}
+
+/// Fail instead of replacing a program already attached.
+pub const XDP_FLAGS_UPDATE_IF_NOEXIST: u32 = 1;
+/// Driver (native) mode.
+pub const XDP_FLAGS_DRV_MODE: u32 = 4;
+
+/// Attaches program `prog_fd` to interface `ifindex` through the device itself rather than a
+/// bpf_link (as `ip link set ... xdp` does): it stays attached when this process exits, until
+/// `set_xdp(ifindex, -1, ..)`.
+pub fn set_xdp(ifindex: u32, prog_fd: i32, flags: u32) -> io::Result<()> {
+    let mut m = LinkMessage::default();
+    m.header.index = ifindex;
+    m.attributes.push(LinkAttribute::Xdp(vec![
+        LinkXdp::Fd(prog_fd),
+        LinkXdp::Flags(flags),
+    ]));
+    change(RouteNetlinkMessage::SetLink(m), 0)
 }
 
 /// A socket on the kernel's multicast groups (`libc::RTNLGRP_*`): what changes there, as it
