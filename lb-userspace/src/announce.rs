@@ -163,11 +163,15 @@ impl RouteTable {
     fn routes(&self) -> Result<Vec<Route>, String> {
         let mut out = Vec::new();
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
-            let mut req = RouteMessage::default();
-            req.header.address_family = family;
-            let all = rtnl::dump(RouteNetlinkMessage::GetRoute(req)).map_err(|e| {
-                format!("reading announcement table {}: {e}", self.table)
-            })?;
+            // The kernel filters by table and protocol; a table it has never held a route
+            // in does not exist (ENOENT): it is empty.
+            let all = match rtnl::dump(RouteNetlinkMessage::GetRoute(self.message(family, None))) {
+                Ok(all) => all,
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+                Err(e) => {
+                    return Err(format!("reading announcement table {}: {e}", self.table))
+                }
+            };
             out.extend(all.iter().filter_map(|m| match m {
                 RouteNetlinkMessage::NewRoute(r) => self.own(r),
                 _ => None,

@@ -49,9 +49,11 @@ fn parse(buf: &[u8]) -> io::Result<Vec<NetlinkPayload<RouteNetlinkMessage>>> {
     Ok(out)
 }
 
-/// Every message a dump request answers with.
+/// Every message a dump request answers with. Strict checking is on, so the kernel applies
+/// the filters the request carries (a route table, a protocol) instead of sending everything.
 pub fn dump(msg: RouteNetlinkMessage) -> io::Result<Vec<RouteNetlinkMessage>> {
     let s = socket()?;
+    s.set_netlink_get_strict_chk(true)?;
     send(&s, msg, NLM_F_DUMP)?;
     let mut out = Vec::new();
     loop {

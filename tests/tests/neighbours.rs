@@ -121,21 +121,33 @@ fn both_serve(c: &BTreeMap<String, u32>, n: u32) {
 
 #[test]
 fn traffic_follows_a_backends_new_mac() {
-    let e = Env::new();
-    let b1 = &e.topo.backends[0];
-    assert_eq!(e.backend_mac(0), b1.mac.to_string(), "learned from the neighbour table");
+    let mut e = Env::new();
+    let (ip, old) = (e.topo.backends[0].ip4, e.topo.backends[0].mac);
+    assert_eq!(e.backend_mac(0), old.to_string(), "learned from the neighbour table");
     both_serve(&e.spread(40, 30000), 40);
 
     // The backend host is replaced under the same IP: a new MAC. The old one no longer exists,
     // so frames still sent to it would be lost and requests time out.
     let new = "02:00:00:00:aa:01";
-    change_mac(&b1.ns, new);
+    change_mac(&e.topo.backends[0].ns, new);
     e.wait_for_log(
-        &format!("backend {} of VIP {}: MAC {} -> {new}", b1.ip4, e.vip(), b1.mac),
+        &format!("backend {ip} of VIP {}: MAC {old} -> {new}", e.vip()),
         Duration::from_secs(5),
     );
     assert_eq!(e.backend_mac(0), new);
     both_serve(&e.spread(40, 31000), 40);
+
+    // Replaced again while the daemon is down: the MAC it saved is checked against the
+    // neighbour table when it starts.
+    e.d.stop().unwrap();
+    let newer = "02:00:00:00:aa:02";
+    change_mac(&e.topo.backends[0].ns, newer);
+    e.d.spawn().unwrap();
+    e.wait_for_log(
+        &format!("backend {ip} of VIP {}: MAC {new} -> {newer}", e.vip()),
+        Duration::from_secs(5),
+    );
+    both_serve(&e.spread(40, 31100), 40);
 }
 
 #[test]
