@@ -168,9 +168,7 @@ impl RouteTable {
             let all = match rtnl::dump(RouteNetlinkMessage::GetRoute(self.message(family, None))) {
                 Ok(all) => all,
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
-                Err(e) => {
-                    return Err(format!("reading announcement table {}: {e}", self.table))
-                }
+                Err(e) => return Err(format!("reading announcement table {}: {e}", self.table)),
             };
             out.extend(all.iter().filter_map(|m| match m {
                 RouteNetlinkMessage::NewRoute(r) => self.own(r),
@@ -236,8 +234,11 @@ impl RouteTable {
             let len = if a.is_ipv4() { 32 } else { 128 };
             let mut m = self.message(family(*a), Some(Route { dst: *a, len }));
             m.header.kind = RouteType::BlackHole;
-            rtnl::change(RouteNetlinkMessage::NewRoute(m), NLM_F_CREATE | NLM_F_REPLACE)
-                .map_err(|e| format!("announcing {} in table {}: {e}", prefix(*a), self.table))?;
+            rtnl::change(
+                RouteNetlinkMessage::NewRoute(m),
+                NLM_F_CREATE | NLM_F_REPLACE,
+            )
+            .map_err(|e| format!("announcing {} in table {}: {e}", prefix(*a), self.table))?;
             changes
                 .added
                 .push(format!("route replace blackhole {}", prefix(*a)));
@@ -326,6 +327,9 @@ mod tests {
         let m = other.message(AddressFamily::Inet6, None);
         assert_eq!(t.own(&m), None, "another table's route");
         // A default route has no destination attribute.
-        assert_eq!(other.own(&m).map(|r| r.to_string()).as_deref(), Some("::/0"));
+        assert_eq!(
+            other.own(&m).map(|r| r.to_string()).as_deref(),
+            Some("::/0")
+        );
     }
 }

@@ -72,7 +72,9 @@ impl Neighbour {
                 NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => {
                     addr = Some(IpAddr::V6(*a))
                 }
-                NeighbourAttribute::LinkLayerAddress(l) => lladdr = <[u8; 6]>::try_from(&l[..]).ok(),
+                NeighbourAttribute::LinkLayerAddress(l) => {
+                    lladdr = <[u8; 6]>::try_from(&l[..]).ok()
+                }
                 _ => {}
             }
         }
@@ -129,7 +131,10 @@ fn probe(addr: IpAddr) {
 pub enum Change {
     Neighbour(Neighbour),
     /// An interface with its current MAC (new, or changed in any way).
-    Link { ifindex: u32, mac: Mac },
+    Link {
+        ifindex: u32,
+        mac: Mac,
+    },
 }
 
 fn link_change(m: &LinkMessage) -> Option<Change> {
@@ -157,9 +162,12 @@ impl Changes {
             .next()?
             .iter()
             .filter_map(|m| match m {
-                RouteNetlinkMessage::NewNeighbour(n) | RouteNetlinkMessage::DelNeighbour(n) => {
+                RouteNetlinkMessage::NewNeighbour(n) => {
                     Neighbour::from_message(n).map(Change::Neighbour)
                 }
+                // Gone: whatever MAC it carried is no longer the backend's.
+                RouteNetlinkMessage::DelNeighbour(n) => Neighbour::from_message(n)
+                    .map(|n| Change::Neighbour(Neighbour { mac: None, ..n })),
                 RouteNetlinkMessage::NewLink(l) => link_change(l),
                 _ => None,
             })

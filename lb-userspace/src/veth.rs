@@ -8,7 +8,7 @@
 //! is in a namespace without a name, only the kernel's `ndo-xmit` feature is left, which can
 //! prove drops but not delivery.
 
-use std::{ffi::CString, io, process::Command};
+use std::{io, process::Command};
 
 use netlink_packet_route::{
     link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage, LinkXdp, XdpAttached},
@@ -161,7 +161,8 @@ fn netns_name(nsid: i64) -> Option<String> {
             let mut m = NsidMessage::default();
             m.attributes
                 .push(NsidAttribute::Fd(file.as_raw_fd() as u32));
-            let RouteNetlinkMessage::NewNsId(a) = rtnl::get(RouteNetlinkMessage::GetNsId(m)).ok()?
+            let RouteNetlinkMessage::NewNsId(a) =
+                rtnl::get(RouteNetlinkMessage::GetNsId(m)).ok()?
             else {
                 return None;
             };
@@ -200,7 +201,7 @@ fn name_here(ifindex: u32) -> Option<String> {
     }
     // SAFETY: on success the buffer holds a NUL-terminated name.
     let c = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
-    Some(CString::from(c).into_string().ok()?)
+    c.to_str().ok().map(str::to_string)
 }
 
 /// Sum of the ethtool statistics of `iface` whose names end in one of `suffixes`.

@@ -33,14 +33,21 @@ impl Env {
     /// Two backends, an L2 VIP on the LB's eth0, both backends added without `--mac`.
     fn new() -> Env {
         let topo = L2Topology::new(2).expect("topology");
-        let pass = topo.attach_peer_pass().expect("pass program on the bridge port");
+        let pass = topo
+            .attach_peer_pass()
+            .expect("pass program on the bridge port");
         let servers = topo
             .backends
             .iter()
             .enumerate()
             .map(|(i, b)| {
-                Server::start(&b.ns, &format!("b{}", i + 1), PORT, &[VIP4.parse().unwrap()])
-                    .unwrap()
+                Server::start(
+                    &b.ns,
+                    &format!("b{}", i + 1),
+                    PORT,
+                    &[VIP4.parse().unwrap()],
+                )
+                .unwrap()
             })
             .collect();
         let d = Daemon::start(&topo.lb.ns, &[]).expect("start the daemon");
@@ -123,7 +130,11 @@ fn both_serve(c: &BTreeMap<String, u32>, n: u32) {
 fn traffic_follows_a_backends_new_mac() {
     let mut e = Env::new();
     let (ip, old) = (e.topo.backends[0].ip4, e.topo.backends[0].mac);
-    assert_eq!(e.backend_mac(0), old.to_string(), "learned from the neighbour table");
+    assert_eq!(
+        e.backend_mac(0),
+        old.to_string(),
+        "learned from the neighbour table"
+    );
     both_serve(&e.spread(40, 30000), 40);
 
     // The backend host is replaced under the same IP: a new MAC. The old one no longer exists,
@@ -172,7 +183,11 @@ fn traffic_follows_the_load_balancers_new_mac() {
     };
     let deadline = Instant::now() + Duration::from_secs(5);
     while !client_sees().contains(new) {
-        assert!(Instant::now() < deadline, "the client's entry: {}", client_sees());
+        assert!(
+            Instant::now() < deadline,
+            "the client's entry: {}",
+            client_sees()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     both_serve(&e.spread(40, 33000), 40);

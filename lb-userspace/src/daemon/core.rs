@@ -12,9 +12,8 @@ use std::{
 mod macs;
 mod node;
 
-pub use macs::MacKey;
-
 use lb_common::{hash::flow_hash, stats, TrafficCounters};
+pub use macs::MacKey;
 use serde_json::{json, Value};
 
 use super::{

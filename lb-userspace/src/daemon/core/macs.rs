@@ -117,10 +117,7 @@ impl Core {
                     && v.backend(*addr)
                         .is_some_and(|b| b.mac.is_none() && &b.via == via)
             }) {
-                log::info!(
-                    "backend {addr} of VIP {}: MAC {cached} -> {mac}",
-                    vip.addr
-                );
+                log::info!("backend {addr} of VIP {}: MAC {cached} -> {mac}", vip.addr);
             }
             *cached = mac;
             changed = true;
@@ -166,7 +163,12 @@ impl Core {
 
     /// Interfaces the data path has registered: attached ones and `via` egresses.
     fn registered_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.config.interfaces.iter().map(|i| i.name.clone()).collect();
+        let mut names: Vec<String> = self
+            .config
+            .interfaces
+            .iter()
+            .map(|i| i.name.clone())
+            .collect();
         names.extend(
             self.config
                 .vips
