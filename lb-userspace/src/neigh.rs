@@ -174,3 +174,43 @@ impl Changes {
             .collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(state: NeighbourState, dst: IpAddr, lladdr: &[u8]) -> NeighbourMessage {
+        let mut m = NeighbourMessage::default();
+        m.header.ifindex = 3;
+        m.header.state = state;
+        m.attributes = vec![
+            NeighbourAttribute::Destination(dst.into()),
+            NeighbourAttribute::LinkLayerAddress(lladdr.to_vec()),
+        ];
+        m
+    }
+
+    #[test]
+    fn only_usable_entries_give_a_mac() {
+        let mac = [2, 0, 0, 0, 0, 1];
+        let v6: IpAddr = "fd00::1".parse().unwrap();
+        let n = Neighbour::from_message(&entry(NeighbourState::Stale, v6, &mac)).unwrap();
+        assert_eq!(
+            n,
+            Neighbour {
+                addr: v6,
+                ifindex: 3,
+                mac: Some(Mac(mac))
+            }
+        );
+        let v4: IpAddr = "10.0.0.1".parse().unwrap();
+        for state in [NeighbourState::Failed, NeighbourState::Incomplete] {
+            let n = Neighbour::from_message(&entry(state, v4, &mac)).unwrap();
+            assert_eq!(n.mac, None, "{state:?}");
+        }
+        // Not an Ethernet address: no MAC rather than a wrong one.
+        let n = Neighbour::from_message(&entry(NeighbourState::Reachable, v4, &[1, 2])).unwrap();
+        assert_eq!(n.mac, None);
+        assert_eq!(Neighbour::from_message(&NeighbourMessage::default()), None);
+    }
+}
