@@ -12,18 +12,21 @@
 //!   route has no next hop to leak.
 //!
 //! Which addresses to announce is a pure function (`plan`), tested without a kernel; the
-//! kernel side (`RouteTable`) uses the `ip` command, like the neighbour lookups.
+//! kernel side (`RouteTable`) speaks netlink (`crate::rtnl`), like the neighbour lookups.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    io::Write,
     net::IpAddr,
-    process::{Command, Stdio},
 };
 
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_REPLACE};
+use netlink_packet_route::{
+    route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType},
+    AddressFamily, RouteNetlinkMessage,
+};
 use serde::Serialize;
 
-use crate::{config::AnnounceConfig, model::VipAddr};
+use crate::{config::AnnounceConfig, model::VipAddr, rtnl};
 
 /// Whether the node as a whole may announce.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,71 +117,132 @@ pub struct RouteChanges {
     pub removed: Vec<String>,
 }
 
+/// One route of xdplb's in the table: destination and prefix length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Route {
+    dst: IpAddr,
+    len: u8,
+}
+
+impl Route {
+    fn full_length(&self) -> bool {
+        self.len == if self.dst.is_ipv4() { 32 } else { 128 }
+    }
+}
+
+/// As `ip route` prints a destination: the address alone at full length.
+impl std::fmt::Display for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.full_length() {
+            write!(f, "{}", self.dst)
+        } else {
+            write!(f, "{}/{}", self.dst, self.len)
+        }
+    }
+}
+
 impl RouteTable {
-    /// xdplb's routes in the table, by destination as `ip` prints it (e.g. `10.0.0.1`,
-    /// `10.0.0.0/24`, `fd00::1`): full-length ones are announcements, anything else a stray.
-    pub fn list(&self) -> Result<Vec<String>, String> {
-        let (table, proto) = (self.table.to_string(), self.protocol.to_string());
+    /// A route message of this table and protocol for `dst`, with nothing else set.
+    fn message(&self, family: AddressFamily, dst: Option<Route>) -> RouteMessage {
+        let mut m = RouteMessage::default();
+        m.header.address_family = family;
+        // Tables above 255 only fit the attribute; the header's field says "see it".
+        m.header.table = u8::try_from(self.table).unwrap_or(0);
+        m.header.protocol = RouteProtocol::from(self.protocol);
+        m.attributes.push(RouteAttribute::Table(self.table));
+        if let Some(r) = dst {
+            m.header.destination_prefix_length = r.len;
+            m.attributes
+                .push(RouteAttribute::Destination(RouteAddress::from(r.dst)));
+        }
+        m
+    }
+
+    /// xdplb's routes in the table (its protocol number): full-length ones are
+    /// announcements, anything else a stray.
+    fn routes(&self) -> Result<Vec<Route>, String> {
         let mut out = Vec::new();
-        for family in ["-4", "-6"] {
-            let args = [
-                family, "-j", "route", "show", "table", &table, "proto", &proto,
-            ];
-            let o = Command::new("ip")
-                .args(args)
-                .output()
-                .map_err(|e| format!("running ip route: {e} (is iproute2 installed?)"))?;
-            let stderr = String::from_utf8_lossy(&o.stderr);
-            // A table the kernel has never held a route in does not exist: it is empty.
-            if !o.status.success() && stderr.contains("table does not exist") {
-                continue;
-            }
-            if !o.status.success() {
-                return Err(format!("ip {}: {}", args.join(" "), stderr.trim()));
-            }
-            // An empty table prints nothing at all, not `[]`.
-            let routes: Vec<serde_json::Value> =
-                serde_json::from_slice(&o.stdout).unwrap_or_default();
-            // `ip -batch` takes no family option: spell `default` so the address says it.
-            let default = if family == "-4" { "0.0.0.0/0" } else { "::/0" };
-            out.extend(routes.iter().filter_map(|r| {
-                let dst = r["dst"].as_str()?;
-                Some(if dst == "default" { default } else { dst }.to_string())
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            // The kernel filters by table and protocol; a table it has never held a route
+            // in does not exist (ENOENT): it is empty.
+            let all = match rtnl::dump(RouteNetlinkMessage::GetRoute(self.message(family, None))) {
+                Ok(all) => all,
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+                Err(e) => return Err(format!("reading announcement table {}: {e}", self.table)),
+            };
+            out.extend(all.iter().filter_map(|m| match m {
+                RouteNetlinkMessage::NewRoute(r) => self.own(r),
+                _ => None,
             }));
         }
         Ok(out)
     }
 
+    /// `r` if it is one of xdplb's routes in this table.
+    fn own(&self, r: &RouteMessage) -> Option<Route> {
+        let table = r
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                RouteAttribute::Table(t) => Some(*t),
+                _ => None,
+            })
+            .unwrap_or(r.header.table.into());
+        if table != self.table || u8::from(r.header.protocol) != self.protocol {
+            return None;
+        }
+        let dst = r.attributes.iter().find_map(|a| match a {
+            RouteAttribute::Destination(RouteAddress::Inet(a)) => Some(IpAddr::V4(*a)),
+            RouteAttribute::Destination(RouteAddress::Inet6(a)) => Some(IpAddr::V6(*a)),
+            _ => None,
+        });
+        // A default route carries no destination at all.
+        let dst = dst.unwrap_or(match r.header.address_family {
+            AddressFamily::Inet6 => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+            _ => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        });
+        Some(Route {
+            dst,
+            len: r.header.destination_prefix_length,
+        })
+    }
+
+    /// xdplb's routes in the table, by destination as `ip` prints it (e.g. `10.0.0.1`,
+    /// `10.0.0.0/24`, `fd00::1`, `0.0.0.0/0`).
+    pub fn list(&self) -> Result<Vec<String>, String> {
+        Ok(self.routes()?.iter().map(Route::to_string).collect())
+    }
+
     /// Makes the table hold exactly `want` (xdplb's routes only; others are not touched).
+    /// Withdrawals first, then announcements; each change is named as `ip route` would be.
     pub fn reconcile(&self, want: &BTreeSet<IpAddr>) -> Result<RouteChanges, String> {
-        let have = self.list()?;
         let mut changes = RouteChanges::default();
         let mut kept = BTreeSet::new();
-        for dst in &have {
-            match dst.parse::<IpAddr>() {
-                Ok(a) if want.contains(&a) => {
-                    kept.insert(a);
-                }
-                _ => changes.removed.push(format!("route del {dst}")),
+        for r in self.routes()? {
+            if r.full_length() && want.contains(&r.dst) {
+                kept.insert(r.dst);
+                continue;
             }
+            let mut m = self.message(family(r.dst), Some(r));
+            // Whatever its type and scope: it is xdplb's (table and protocol) and unwanted.
+            m.header.scope = RouteScope::NoWhere;
+            rtnl::change(RouteNetlinkMessage::DelRoute(m), 0)
+                .map_err(|e| format!("withdrawing {r} from table {}: {e}", self.table))?;
+            changes.removed.push(format!("route del {r}"));
         }
         for a in want.difference(&kept) {
+            let len = if a.is_ipv4() { 32 } else { 128 };
+            let mut m = self.message(family(*a), Some(Route { dst: *a, len }));
+            m.header.kind = RouteType::BlackHole;
+            rtnl::change(
+                RouteNetlinkMessage::NewRoute(m),
+                NLM_F_CREATE | NLM_F_REPLACE,
+            )
+            .map_err(|e| format!("announcing {} in table {}: {e}", prefix(*a), self.table))?;
             changes
                 .added
                 .push(format!("route replace blackhole {}", prefix(*a)));
         }
-        if changes.added.is_empty() && changes.removed.is_empty() {
-            return Ok(changes);
-        }
-        // Withdrawals first, then announcements, in one `ip -batch` (one process).
-        let suffix = format!(" table {} proto {}\n", self.table, self.protocol);
-        let script: String = changes
-            .removed
-            .iter()
-            .chain(&changes.added)
-            .map(|c| format!("{c}{suffix}"))
-            .collect();
-        batch(&script)?;
         Ok(changes)
     }
 
@@ -188,30 +252,11 @@ impl RouteTable {
     }
 }
 
-fn batch(script: &str) -> Result<(), String> {
-    let mut child = Command::new("ip")
-        .args(["-batch", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("running ip -batch: {e} (is iproute2 installed?)"))?;
-    let written = child
-        .stdin
-        .take()
-        .expect("piped")
-        .write_all(script.as_bytes());
-    let out = child
-        .wait_with_output()
-        .map_err(|e| format!("ip -batch: {e}"))?;
-    written.map_err(|e| format!("writing to ip -batch: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "changing announcement routes failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
+fn family(a: IpAddr) -> AddressFamily {
+    match a {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -256,5 +301,35 @@ mod tests {
             assert!(!p[0].announce && p[0].reason.contains(why), "{p:?}");
         }
         assert!(plan(&[], NodeState::Serving).is_empty());
+    }
+
+    #[test]
+    fn only_xdplbs_routes_in_its_table_are_its_own_and_print_as_ip_does() {
+        let t = RouteTable {
+            table: 4201,
+            protocol: 201,
+        };
+        let r = |dst: &str, len: u8| Route {
+            dst: dst.parse().unwrap(),
+            len,
+        };
+        let mut m = t.message(AddressFamily::Inet, Some(r("10.0.0.1", 32)));
+        assert_eq!(t.own(&m), Some(r("10.0.0.1", 32)));
+        assert_eq!(r("10.0.0.1", 32).to_string(), "10.0.0.1");
+        assert_eq!(r("10.0.0.0", 24).to_string(), "10.0.0.0/24");
+        assert_eq!(r("fd00::1", 128).to_string(), "fd00::1");
+        m.header.protocol = RouteProtocol::Boot;
+        assert_eq!(t.own(&m), None, "another protocol's route");
+        let other = RouteTable {
+            table: 4202,
+            protocol: 201,
+        };
+        let m = other.message(AddressFamily::Inet6, None);
+        assert_eq!(t.own(&m), None, "another table's route");
+        // A default route has no destination attribute.
+        assert_eq!(
+            other.own(&m).map(|r| r.to_string()).as_deref(),
+            Some("::/0")
+        );
     }
 }

@@ -479,6 +479,12 @@ impl DataPath {
             })
     }
 
+    /// The MAC registered for interface `ifindex` (`register_iface`), if it is registered.
+    pub fn registered_mac(&self, ifindex: u32) -> Option<Mac> {
+        let ifaces: HashMap<_, u32, IfaceInfo> = self.typed_ref(m::IFACES).ok()?;
+        ifaces.get(&ifindex, 0).ok().map(|i| Mac(i.mac))
+    }
+
     /// The load-balancer program (for BPF_PROG_TEST_RUN and program info).
     pub fn program(&mut self) -> Result<&mut Xdp, DataPathError> {
         program(&mut self.ebpf, m::PROG_LB)

@@ -17,4 +17,5 @@ pub mod mirror;
 pub mod model;
 pub mod neigh;
 mod netlink;
+mod rtnl;
 pub mod veth;

@@ -1,24 +1,13 @@
-//! The two netlink requests iproute2 cannot make for us: attaching an XDP program by file
-//! descriptor without a bpf_link (so it outlives the process, as `ip link set ... xdp` does),
-//! and reading a device's XDP features from the `netdev` generic netlink family. One request,
-//! one answer, in the calling thread's network namespace.
+//! Reading a device's XDP features from the `netdev` generic netlink family, which
+//! `netlink-packet-route` (`crate::rtnl`) does not cover: a small hand-made request. One
+//! request, one answer, in the calling thread's network namespace.
 
-use std::{io, mem::size_of};
+use std::io;
 
 const NLMSG_ERROR: u16 = 2;
 const NLM_F_REQUEST: u16 = 1;
-const NLM_F_ACK: u16 = 4;
 const NLA_F_NESTED: u16 = 1 << 15;
 const HDR: usize = 16;
-
-const RTM_SETLINK: u16 = 19;
-const IFLA_XDP: u16 = 43;
-const IFLA_XDP_FD: u16 = 1;
-const IFLA_XDP_FLAGS: u16 = 3;
-/// Fail instead of replacing a program already attached.
-pub const XDP_FLAGS_UPDATE_IF_NOEXIST: u32 = 1;
-/// Driver (native) mode.
-pub const XDP_FLAGS_DRV_MODE: u32 = 4;
 
 const GENL_ID_CTRL: u16 = 16;
 const CTRL_CMD_GETFAMILY: u8 = 3;
@@ -51,12 +40,6 @@ impl Msg {
         self.0.extend_from_slice(value);
         self.0.resize(self.0.len().next_multiple_of(4), 0);
         self
-    }
-
-    /// Wraps the attributes added after byte `start` in a nested attribute.
-    fn nest(&mut self, start: usize, kind: u16) {
-        let inner = self.0.split_off(start);
-        self.attr(kind | NLA_F_NESTED, &inner);
     }
 
     fn finish(mut self) -> Vec<u8> {
@@ -123,19 +106,6 @@ fn attrs(payload: &[u8], skip: usize) -> Vec<(u16, &[u8])> {
     out
 }
 
-/// Attaches program `prog_fd` to interface `ifindex` through the device itself rather than a
-/// bpf_link: it stays attached when this process exits, until `set_xdp(ifindex, -1, ..)`.
-pub fn set_xdp(ifindex: u32, prog_fd: i32, flags: u32) -> io::Result<()> {
-    let mut ifinfo = [0u8; size_of::<libc::ifinfomsg>()];
-    ifinfo[4..8].copy_from_slice(&(ifindex as i32).to_ne_bytes());
-    let mut m = Msg::new(RTM_SETLINK, NLM_F_ACK, &ifinfo);
-    let start = m.0.len();
-    m.attr(IFLA_XDP_FD, &prog_fd.to_ne_bytes())
-        .attr(IFLA_XDP_FLAGS, &flags.to_ne_bytes());
-    m.nest(start, IFLA_XDP);
-    request(libc::NETLINK_ROUTE, m).map(drop)
-}
-
 /// The XDP features (`NETDEV_XDP_ACT_*`) the kernel reports for `ifindex`; `None` where the
 /// kernel has no `netdev` family (before 6.3).
 pub fn xdp_features(ifindex: u32) -> io::Result<Option<u64>> {
@@ -167,23 +137,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn nested_attributes_are_padded_and_parse_back() {
-        let mut m = Msg::new(RTM_SETLINK, NLM_F_ACK, &[0u8; 16]);
-        let start = m.0.len();
-        m.attr(IFLA_XDP_FD, &(-1i32).to_ne_bytes())
-            .attr(CTRL_ATTR_FAMILY_NAME, b"netdev\0");
-        m.nest(start, IFLA_XDP);
+    fn attributes_are_padded_and_parse_back() {
+        let mut m = Msg::new(GENL_ID_CTRL, 0, &[CTRL_CMD_GETFAMILY, 1, 0, 0]);
+        m.attr(CTRL_ATTR_FAMILY_NAME, b"netdev\0")
+            .attr(CTRL_ATTR_FAMILY_ID, &7u16.to_ne_bytes());
         let msg = m.finish();
         assert_eq!(msg.len() % 4, 0);
         assert_eq!(
             u32::from_ne_bytes(msg[..4].try_into().unwrap()) as usize,
             msg.len()
         );
-        let outer = attrs(&msg[HDR..], 16);
-        assert_eq!(outer.len(), 1);
-        assert_eq!(outer[0].0, IFLA_XDP, "the nested flag is masked off");
-        let inner = attrs(outer[0].1, 0);
-        assert_eq!(inner[0], (IFLA_XDP_FD, &(-1i32).to_ne_bytes()[..]));
-        assert_eq!(inner[1], (CTRL_ATTR_FAMILY_NAME, &b"netdev\0"[..]));
+        let got = attrs(&msg[HDR..], 4);
+        assert_eq!(got[0], (CTRL_ATTR_FAMILY_NAME, &b"netdev\0"[..]));
+        assert_eq!(got[1], (CTRL_ATTR_FAMILY_ID, &7u16.to_ne_bytes()[..]));
     }
 }

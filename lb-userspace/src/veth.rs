@@ -8,15 +8,23 @@
 //! is in a namespace without a name, only the kernel's `ndo-xmit` feature is left, which can
 //! prove drops but not delivery.
 
-use std::process::Command;
+use std::{io, process::Command};
 
+use netlink_packet_route::{
+    link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage, LinkXdp, XdpAttached},
+    nsid::{NsidAttribute, NsidMessage},
+    RouteNetlinkMessage,
+};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::{iface, netlink};
+use crate::{netlink, rtnl};
 
 /// iproute2's number for an XDP program attached in driver mode.
 pub const DRIVER: u64 = 1;
+
+/// Where named network namespaces are (`ip netns add`).
+const NETNS_DIR: &str = "/run/netns";
 
 /// What the kernel says of a veth interface and its peer (JSON: `status`, `veth_peer`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -39,70 +47,161 @@ pub struct VethPeer {
     pub xdp_frames_dropped: Option<u64>,
 }
 
-/// `iface` (in named namespace `netns`, else this one) as `ip -d -j link show` describes it.
-fn link(iface: &str, netns: Option<&str>) -> Result<Value, String> {
-    let mut cmd = Command::new("ip");
-    if let Some(ns) = netns {
-        cmd.args(["-n", ns]);
-    }
-    let out = cmd
-        .args(["-d", "-j", "link", "show", "dev", iface])
-        .output()
-        .map_err(|e| format!("running ip link: {e} (is iproute2 installed?)"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "ip link show dev {iface}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    let mut all: Vec<Value> = serde_json::from_slice(&out.stdout)
-        .map_err(|e| format!("reading ip link's answer for {iface}: {e}"))?;
-    all.pop()
-        .ok_or_else(|| format!("ip link show dev {iface} said nothing"))
+/// What the kernel says of one interface (RTM_GETLINK).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Link {
+    veth: bool,
+    /// The peer's (or lower device's) index, in `netnsid`'s namespace when that is set.
+    peer_index: Option<u32>,
+    netnsid: Option<i64>,
+    /// The attached XDP program: (iproute2's mode number, program id).
+    xdp: Option<(u64, u32)>,
 }
 
-/// The XDP program in `link`'s description: (mode, id, name). Mode is iproute2's number:
-/// 1 driver, 2 generic, 3 offloaded, 4 several.
-fn program_of(link: &Value) -> Option<(u64, u64, String)> {
-    let xdp = &link["xdp"];
-    xdp["mode"].as_u64().map(|mode| {
-        (
-            mode,
-            xdp["prog"]["id"].as_u64().unwrap_or(0),
-            xdp["prog"]["name"].as_str().unwrap_or("?").to_string(),
-        )
+impl Link {
+    fn from_message(m: &LinkMessage) -> Link {
+        let mut l = Link::default();
+        for a in &m.attributes {
+            match a {
+                LinkAttribute::LinkInfo(infos) => {
+                    l.veth = infos
+                        .iter()
+                        .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth)));
+                }
+                LinkAttribute::Link(i) => l.peer_index = Some(*i),
+                LinkAttribute::LinkNetNsId(id) => l.netnsid = Some(i64::from(*id)),
+                LinkAttribute::Xdp(xdp) => l.xdp = program_in(xdp),
+                _ => {}
+            }
+        }
+        l
+    }
+}
+
+/// The program of an interface's XDP attributes: (mode as iproute2 numbers it, id).
+fn program_in(xdp: &[LinkXdp]) -> Option<(u64, u32)> {
+    let mode = xdp.iter().find_map(|x| match x {
+        LinkXdp::Attached(XdpAttached::Driver) => Some(1),
+        LinkXdp::Attached(XdpAttached::SocketBuffer) => Some(2),
+        LinkXdp::Attached(XdpAttached::Hardware) => Some(3),
+        LinkXdp::Attached(XdpAttached::Multiple) => Some(4),
+        _ => None,
+    })?;
+    let id = xdp.iter().find_map(|x| match x {
+        LinkXdp::ProgId(id) | LinkXdp::DrvProgId(id) => Some(*id),
+        _ => None,
+    });
+    Some((mode, id.unwrap_or(0)))
+}
+
+/// Runs `f` in named network namespace `netns`, in a thread of its own (a thread's namespace
+/// is its own to change; this one's stays).
+fn in_netns<T: Send>(netns: &str, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
+    let file = std::fs::File::open(format!("{NETNS_DIR}/{netns}"))?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns on a namespace file we hold open, in this short-lived thread only.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            f()
+        })
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("namespace thread panicked")))
     })
 }
 
-/// The XDP program attached to `iface` in this namespace: (mode, id, name), as `program_of`.
+/// Interface `name` (in named namespace `netns`, else this one).
+fn link(name: &str, netns: Option<&str>) -> Result<(Link, u32), String> {
+    let get = || {
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::IfName(name.to_string()));
+        match rtnl::get(RouteNetlinkMessage::GetLink(m))? {
+            RouteNetlinkMessage::NewLink(l) => Ok((Link::from_message(&l), l.header.index)),
+            other => Err(io::Error::other(format!("an unexpected answer: {other:?}"))),
+        }
+    };
+    match netns {
+        None => get(),
+        Some(ns) => in_netns(ns, get),
+    }
+    .map_err(|e| match netns {
+        None => format!("reading interface {name}: {e}"),
+        Some(ns) => format!("reading interface {name} in network namespace {ns}: {e}"),
+    })
+}
+
+/// The name of the BPF program with id `id` (`?` when it cannot be read).
+fn program_name(id: u32) -> String {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .find(|p| p.id() == id)
+        .and_then(|p| p.name_as_str().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// The XDP program attached to `iface` in this namespace: (mode, id, name). Mode is
+/// iproute2's number: 1 driver, 2 generic, 3 offloaded, 4 several.
 pub fn xdp_program(iface: &str) -> Result<Option<(u64, u64, String)>, String> {
-    Ok(program_of(&link(iface, None)?))
+    Ok(link(iface, None)?
+        .0
+        .xdp
+        .map(|(mode, id)| (mode, u64::from(id), program_name(id))))
 }
 
-/// The named namespace that has id `nsid` here (`ip netns list-id`).
+/// The named namespace that has id `nsid` here: the one whose file the kernel gives that id.
 fn netns_name(nsid: i64) -> Option<String> {
-    let out = Command::new("ip")
-        .args(["netns", "list-id"])
-        .output()
-        .ok()?;
-    // "nsid 3 (iproute2 netns name: lb)"
-    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
-        let rest = l.strip_prefix(&format!("nsid {nsid} "))?;
-        let name = rest.split("name: ").nth(1)?.trim_end_matches(')');
-        Some(name.to_string())
-    })
+    std::fs::read_dir(NETNS_DIR)
+        .ok()?
+        .filter_map(Result::ok)
+        .find_map(|e| {
+            let file = std::fs::File::open(e.path()).ok()?;
+            use std::os::fd::AsRawFd;
+            let mut m = NsidMessage::default();
+            m.attributes
+                .push(NsidAttribute::Fd(file.as_raw_fd() as u32));
+            let RouteNetlinkMessage::NewNsId(a) =
+                rtnl::get(RouteNetlinkMessage::GetNsId(m)).ok()?
+            else {
+                return None;
+            };
+            let id = a.attributes.iter().find_map(|a| match a {
+                NsidAttribute::Id(id) => Some(i64::from(*id)),
+                _ => None,
+            })?;
+            (id == nsid).then(|| e.file_name().to_string_lossy().into_owned())
+        })
 }
 
-/// The name of interface `ifindex` in namespace `netns`.
-fn name_in(netns: &str, ifindex: u64) -> Option<String> {
-    let out = Command::new("ip")
-        .args(["-n", netns, "-j", "link", "show"])
-        .output()
-        .ok()?;
-    let all: Vec<Value> = serde_json::from_slice(&out.stdout).ok()?;
-    all.iter()
-        .find(|l| l["ifindex"].as_u64() == Some(ifindex))
-        .and_then(|l| l["ifname"].as_str().map(str::to_string))
+/// The name of interface `ifindex` in named namespace `netns`.
+fn name_in(netns: &str, ifindex: u32) -> Option<String> {
+    in_netns(netns, || {
+        let mut m = LinkMessage::default();
+        m.header.index = ifindex;
+        match rtnl::get(RouteNetlinkMessage::GetLink(m))? {
+            RouteNetlinkMessage::NewLink(l) => Ok(l.attributes.iter().find_map(|a| match a {
+                LinkAttribute::IfName(n) => Some(n.clone()),
+                _ => None,
+            })),
+            _ => Ok(None),
+        }
+    })
+    .ok()
+    .flatten()
+}
+
+/// The name of interface `ifindex` in this namespace.
+fn name_here(ifindex: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: the buffer has the IF_NAMESIZE bytes if_indextoname writes at most.
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: on success the buffer holds a NUL-terminated name.
+    let c = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    c.to_str().ok().map(str::to_string)
 }
 
 /// Sum of the ethtool statistics of `iface` whose names end in one of `suffixes`.
@@ -123,16 +222,16 @@ fn ethtool_sum(iface: &str, suffixes: &[&str]) -> Option<u64> {
 
 /// Facts about `iface`'s veth peer; `None` when `iface` is not a veth.
 pub fn peer(iface: &str) -> Result<Option<VethPeer>, String> {
-    let l = link(iface, None)?;
-    if l["linkinfo"]["info_kind"] != "veth" {
+    let (l, ifindex) = link(iface, None)?;
+    if !l.veth {
         return Ok(None);
     }
-    let nsid = l["link_netnsid"].as_i64();
+    let nsid = l.netnsid;
     let peer_netns = nsid.and_then(netns_name);
-    let peer = match (&peer_netns, nsid) {
-        (_, None) => l["link"].as_str().map(str::to_string),
-        (Some(ns), Some(_)) => l["link_index"].as_u64().and_then(|i| name_in(ns, i)),
-        (None, Some(_)) => None,
+    let peer = match (&peer_netns, nsid, l.peer_index) {
+        (_, None, Some(i)) => name_here(i),
+        (Some(ns), Some(_), Some(i)) => name_in(ns, i),
+        _ => None,
     };
     // The peer itself, where it can be named: its driver-mode program decides.
     let inspected = match (&peer, nsid) {
@@ -142,14 +241,13 @@ pub fn peer(iface: &str) -> Result<Option<VethPeer>, String> {
     };
     let peer_program = inspected
         .as_ref()
-        .and_then(program_of)
-        .filter(|(mode, _, _)| *mode == DRIVER)
-        .map(|(_, _, name)| name);
+        .and_then(|(l, _)| l.xdp)
+        .filter(|(mode, _)| *mode == DRIVER)
+        .map(|(_, id)| program_name(id));
     let takes_xdp_frames = match inspected {
         Some(_) => Some(peer_program.is_some()),
         // Without the peer, the kernel's ndo-xmit feature: off proves the drops.
         None => {
-            let ifindex = iface::index(iface).map_err(|e| e.to_string())?;
             let features = netlink::xdp_features(ifindex)
                 .map_err(|e| format!("reading the XDP features of {iface}: {e}"))?;
             features
@@ -295,12 +393,29 @@ mod tests {
     }
 
     #[test]
-    fn ip_link_descriptions_give_the_program_and_its_mode() {
-        let l: Value = serde_json::from_str(
-            r#"{"ifname":"p","xdp":{"mode":1,"prog":{"id":7,"name":"xdplb_pass"}}}"#,
-        )
-        .unwrap();
-        assert_eq!(program_of(&l), Some((DRIVER, 7, "xdplb_pass".into())));
-        assert_eq!(program_of(&serde_json::json!({"ifname": "p"})), None);
+    fn link_attributes_give_the_program_its_mode_and_the_peer() {
+        let mut m = LinkMessage::default();
+        m.attributes = vec![
+            LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Veth)]),
+            LinkAttribute::Link(7),
+            LinkAttribute::LinkNetNsId(2),
+            LinkAttribute::Xdp(vec![
+                LinkXdp::Attached(XdpAttached::Driver),
+                LinkXdp::ProgId(42),
+            ]),
+        ];
+        let l = Link::from_message(&m);
+        assert_eq!(
+            l,
+            Link {
+                veth: true,
+                peer_index: Some(7),
+                netnsid: Some(2),
+                xdp: Some((DRIVER, 42)),
+            }
+        );
+        let none = [LinkXdp::Attached(XdpAttached::None)];
+        assert_eq!(program_in(&none), None);
+        assert_eq!(Link::from_message(&LinkMessage::default()), Link::default());
     }
 }

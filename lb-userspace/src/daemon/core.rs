@@ -9,9 +9,11 @@ use std::{
     time::Instant,
 };
 
+mod macs;
 mod node;
 
 use lb_common::{hash::flow_hash, stats, TrafficCounters};
+pub use macs::MacKey;
 use serde_json::{json, Value};
 
 use super::{
@@ -516,12 +518,16 @@ impl Core {
         Ok(states)
     }
 
+    /// The MAC of an L2 backend without `--mac`: cached, else from the kernel's neighbour
+    /// table. Never waits (it runs under the lock): an unknown MAC is probed for and refused;
+    /// a change request had it probed for before the lock was taken (`macs_to_resolve`).
     fn mac_of(&mut self, b: &BackendConfig) -> Result<Mac, String> {
         let key = (b.addr, b.via.clone());
         if let Some(m) = self.macs.get(&key) {
             return Ok(*m);
         }
-        let m = neigh::resolve(b.addr, b.via.as_deref())?;
+        let m = neigh::lookup_or_probe(b.addr, b.via.as_deref())?
+            .ok_or_else(|| neigh::unresolved(b.addr))?;
         self.macs.insert(key, m);
         Ok(m)
     }
@@ -529,17 +535,7 @@ impl Core {
     /// Drops cached MACs no backend uses any more, so a backend deleted and added again is
     /// looked up afresh (its host may have been replaced).
     fn forget_unused_macs(&mut self) {
-        let used: HashSet<(IpAddr, Option<String>)> = self
-            .config
-            .vips
-            .iter()
-            .flat_map(|v| {
-                v.backends
-                    .iter()
-                    .filter(|b| b.mac.is_none())
-                    .map(|b| (b.addr, b.via.clone()))
-            })
-            .collect();
+        let used: HashSet<MacKey> = macs::l2_macs_wanted(&self.config).into_iter().collect();
         self.macs.retain(|k, _| used.contains(k));
     }
 

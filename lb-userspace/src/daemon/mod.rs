@@ -4,6 +4,7 @@
 
 pub mod core;
 mod counters;
+mod neighbours;
 pub mod state;
 
 use std::{
@@ -264,7 +265,16 @@ async fn start(socket: &Path, args: &DaemonArgs, listener: UnixListener) -> Resu
         state_file: args.state_file.clone(),
     };
     let core = Arc::new(Mutex::new(Core::new(dp, mirror, paths, checker)));
+    // Backends' MACs are probed for before the first commit, as before a change; a saved MAC
+    // is checked against the neighbour table once started.
+    if saved.is_none() {
+        let missing = lock(&core).macs_missing(&config);
+        let found = neighbours::resolve(missing);
+        lock(&core).learn_macs(found);
+    }
     lock(&core).start(config.clone(), saved.as_ref())?;
+    lock(&core).recheck_macs();
+    neighbours::watch(core.clone());
     log::info!("xdplb daemon ready; control socket {}", socket.display());
 
     let c = core.clone();
@@ -365,7 +375,7 @@ enum Answer {
 }
 
 /// Runs a request under the core's lock; a connection-table walk only prepares under it and
-/// runs without it (`conn::table::Walker`).
+/// runs without it (`conn::table::Walker`), and a change probes for unknown MACs before it.
 fn answer(core: &Mutex<Core>, req: Request) -> Result<Answer, String> {
     match req {
         Request::ConnList(q) => {
@@ -376,7 +386,14 @@ fn answer(core: &Mutex<Core>, req: Request) -> Result<Answer, String> {
             let walker = Walker::new(&lock(core), &q)?;
             walker.count().map(Answer::Value)
         }
-        req => lock(core).handle(req).map(Answer::Value),
+        req => {
+            // Unknown MACs are probed for first, without the lock: a probe waits up to 1.5 s.
+            let missing = lock(core).macs_to_resolve(&req);
+            let found = neighbours::resolve(missing);
+            let mut c = lock(core);
+            c.learn_macs(found);
+            c.handle(req).map(Answer::Value)
+        }
     }
 }
 

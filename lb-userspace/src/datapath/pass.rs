@@ -1,6 +1,6 @@
 //! `xdplb pass IFACE`: the pass-everything program on a veth peer, so that frames the load
 //! balancer sends into the veth are delivered (see crate::veth). It is attached through the
-//! device (netlink), not through a bpf_link, because a bpf_link goes with the process or with
+//! device (netlink, `crate::rtnl`), not through a bpf_link, because a bpf_link goes with the process or with
 //! its bpffs pin, and `ip netns exec` gives each command a private, short-lived /sys.
 
 use std::os::fd::{AsFd, AsRawFd};
@@ -10,7 +10,7 @@ use lb_common::maps as m;
 use super::{program, DataPath, DataPathError, LoadOptions};
 use crate::{
     iface,
-    netlink::{self, XDP_FLAGS_DRV_MODE, XDP_FLAGS_UPDATE_IF_NOEXIST},
+    rtnl::{self, XDP_FLAGS_DRV_MODE, XDP_FLAGS_UPDATE_IF_NOEXIST},
     veth::{self, DRIVER},
 };
 
@@ -28,7 +28,7 @@ impl DataPath {
             what: format!("program {}", m::PROG_PASS),
             source,
         })?;
-        netlink::set_xdp(
+        rtnl::set_xdp(
             ifindex,
             fd.as_fd().as_raw_fd(),
             XDP_FLAGS_DRV_MODE | XDP_FLAGS_UPDATE_IF_NOEXIST,
@@ -73,7 +73,7 @@ pub fn pass_off(iface: &str) -> Result<String, String> {
     match veth::xdp_program(iface)? {
         None => Ok(format!("{iface} has no XDP program; nothing changed")),
         Some((DRIVER, _, name)) if name == m::PROG_PASS => {
-            netlink::set_xdp(ifindex, -1, XDP_FLAGS_DRV_MODE).map_err(|e| {
+            rtnl::set_xdp(ifindex, -1, XDP_FLAGS_DRV_MODE).map_err(|e| {
                 format!(
                     "removing {} from {iface}: {e} (an attachment another process holds through a bpf_link, such as a test's, goes only with that process)",
                     m::PROG_PASS
