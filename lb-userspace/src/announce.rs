@@ -136,9 +136,15 @@ impl RouteTable {
             if !o.status.success() {
                 return Err(format!("ip {}: {}", args.join(" "), stderr.trim()));
             }
-            // An empty table prints nothing at all, not `[]`.
-            let routes: Vec<serde_json::Value> =
-                serde_json::from_slice(&o.stdout).unwrap_or_default();
+            // An empty table prints nothing at all, not `[]`; anything else must parse, or
+            // xdplb's routes would look absent and never be withdrawn.
+            let routes: Vec<serde_json::Value> = if o.stdout.trim_ascii().is_empty() {
+                Vec::new()
+            } else {
+                serde_json::from_slice(&o.stdout).map_err(|e| {
+                    format!("ip {}: its JSON output does not parse: {e}", args.join(" "))
+                })?
+            };
             // `ip -batch` takes no family option: spell `default` so the address says it.
             let default = if family == "-4" { "0.0.0.0/0" } else { "::/0" };
             out.extend(routes.iter().filter_map(|r| {

@@ -11,7 +11,8 @@
 use std::{collections::HashMap, net::IpAddr};
 
 use lb_common::{
-    maps::RingLine, BackendInfo, Endpoint, EndpointKey, TrafficCounters, VipInfo, VipKey,
+    maps::{RingLine, BACKEND_STATS, VIP_STATS},
+    BackendInfo, Endpoint, EndpointKey, TrafficCounters, VipInfo, VipKey,
 };
 
 use super::state::SavedCounters;
@@ -38,27 +39,43 @@ pub struct Carried {
     by_key: HashMap<CounterKey, TrafficCounters>,
 }
 
-impl Carried {
-    /// `Mirror::sync`, carrying the counters of every id that changed hands to its last
-    /// holder. An id released and not handed out again is read after the sync (nothing counts
-    /// on it any more); one handed out again in the same sync is read just before it is
-    /// zeroed. Either way nothing is lost between the last read and the release.
+/// Ids as a span of syncs found them, and what each id had counted when a sync of the span
+/// zeroed it. A failed sync and the rollback that follows are one span: an id released by the
+/// first and given back by the second to its holder changed hands only if it was zeroed.
+pub struct Handover {
+    before: HashMap<CounterKey, Id>,
+    zeroed: HashMap<Id, TrafficCounters>,
+}
+
+impl Handover {
+    pub fn begin(mirror: &Mirror) -> Handover {
+        Handover {
+            before: held(mirror),
+            zeroed: HashMap::new(),
+        }
+    }
+
+    /// `Mirror::sync`, reading each id's counters before it is zeroed for a new holder;
+    /// `Carried::end` carries them, and reads ids released and not handed out again (nothing
+    /// counts on them any more), so nothing is lost between the last read and the release.
     pub fn sync(
         &mut self,
         dp: &mut DataPath,
         mirror: &mut Mirror,
         states: &[VipState],
     ) -> Result<SyncReport, MirrorError> {
-        let before = held(mirror);
         let mut writer = Recorder {
             dp,
-            zeroed: HashMap::new(),
+            zeroed: &mut self.zeroed,
         };
-        // Carried even when the sync failed half-way: whatever it released is released.
-        let result = mirror.sync(&mut writer, states);
-        let Recorder { dp, zeroed } = writer;
-        self.carry(&before, &held(mirror), &zeroed, |id| read(dp, id));
-        result
+        mirror.sync(&mut writer, states)
+    }
+}
+
+impl Carried {
+    /// Carries what changed hands between the start of `span` and the ids `mirror` holds now.
+    pub fn end(&mut self, span: Handover, dp: &DataPath, mirror: &Mirror) {
+        self.carry(&span.before, &held(mirror), &span.zeroed, |id| read(dp, id));
     }
 
     fn carry(
@@ -78,19 +95,26 @@ impl Carried {
         }
     }
 
-    /// Everything `key` counted while configured: the carried part and its id's live one.
-    pub fn total(&self, dp: &DataPath, mirror: &Mirror, key: &CounterKey) -> TrafficCounters {
+    /// Everything `key` counted while configured: the carried part and its id's live one. A
+    /// failed read is an error, never a smaller total (Prometheus would see a counter reset).
+    pub fn total(
+        &self,
+        dp: &DataPath,
+        mirror: &Mirror,
+        key: &CounterKey,
+    ) -> Result<TrafficCounters, String> {
         let mut total = self.by_key.get(key).copied().unwrap_or_default();
         let id = match key.1 {
             None => mirror.vip_id(&key.0).map(Id::Vip),
             Some(b) => mirror.backend_id(&key.0, b).map(Id::Backend),
         };
-        // As before counters were carried: a failed read shows 0 (stats run every second; a
-        // broken map is reported where it is written).
-        if let Some(c) = id.and_then(|id| counters(dp, id).ok()) {
-            total.add(&c);
+        if let Some(id) = id {
+            let live = counters(dp, id).map_err(|e| {
+                format!("reading the counters of {} failed: {e}", described(key))
+            })?;
+            total.add(&live);
         }
-        total
+        Ok(total)
     }
 
     /// Forgets VIPs and backends `config` no longer has: one added again starts from zero.
@@ -138,6 +162,14 @@ impl Carried {
     }
 }
 
+/// A VIP or backend as the command line names it.
+fn described((vip, backend): &CounterKey) -> String {
+    match backend {
+        None => format!("VIP {vip}"),
+        Some(b) => format!("backend {b} of VIP {vip}"),
+    }
+}
+
 /// The id each VIP and backend holds in the mirror.
 fn held(mirror: &Mirror) -> HashMap<CounterKey, Id> {
     let mut ids = HashMap::new();
@@ -173,13 +205,17 @@ fn read(dp: &DataPath, id: Id) -> TrafficCounters {
 /// holder.
 struct Recorder<'a> {
     dp: &'a mut DataPath,
-    zeroed: HashMap<Id, TrafficCounters>,
+    zeroed: &'a mut HashMap<Id, TrafficCounters>,
 }
 
 impl MapWriter for Recorder<'_> {
     fn reset_counters(&mut self, vip: bool, id: u32) -> Result<(), MirrorError> {
         let id_of = if vip { Id::Vip(id) } else { Id::Backend(id) };
-        let last = read(self.dp, id_of);
+        // Counts that cannot be read are not zeroed: the write fails instead of losing them.
+        let last = counters(self.dp, id_of).map_err(|e| MirrorError::Map {
+            map: if vip { VIP_STATS } else { BACKEND_STATS },
+            reason: format!("reading the counters of id {id} before zeroing them: {e}"),
+        })?;
         self.dp.writer().reset_counters(vip, id)?;
         self.zeroed.entry(id_of).or_insert(last);
         Ok(())
