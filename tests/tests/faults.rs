@@ -30,9 +30,10 @@ struct Env {
     topo: L2Topology,
 }
 
-/// What the daemon says and does: `config`, `vip list` (ids and ring digests included) and
-/// where the ring sends 20 flows from an address that has no connection-table entries.
-type View = (Value, Value, Vec<Value>);
+/// What the daemon says and does: `config`, `vip list` (ids and ring digests included), where
+/// the ring sends 20 flows from an address that has no connection-table entries, and the
+/// entries `status` counts in the VIP, backend and endpoint maps.
+type View = (Value, Value, Vec<Value>, Vec<Value>);
 
 impl Env {
     /// Three backends serving, the daemon reading fault plans from a file of its own, the VIP
@@ -102,10 +103,19 @@ impl Env {
                 self.d.json(&["simulate", &src, &self.vip()]).unwrap()
             })
             .collect();
+        let status = self.d.json(&["status"]).unwrap();
+        let used = status["maps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["name"] != lb_common::maps::CONNTRACK)
+            .map(|m| m["used"].clone())
+            .collect();
         (
             self.d.json(&["config"]).unwrap(),
             self.d.json(&["vip", "list"]).unwrap(),
             simulated,
+            used,
         )
     }
 

@@ -276,7 +276,11 @@ impl Core {
             self.node.drained = s.drained;
             // Carried counts belong with the live ones of the adopted maps; a data path loaded
             // afresh (after a reboot) counts everything from zero.
-            if self.dp.vip_entries().unwrap_or(0) > 0 {
+            let live = self
+                .dp
+                .vip_entries()
+                .map_err(|e| format!("counting the pinned VIP entries failed: {e}"))?;
+            if live > 0 {
                 self.carried.restore(&s.carried);
             }
         }
