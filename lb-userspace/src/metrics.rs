@@ -494,10 +494,7 @@ const MAX_CONNECTIONS: usize = 64;
 /// Serves `GET /metrics` on `listener` until the task is dropped or aborted, which also ends
 /// the connections in flight. Never returns on its own: errors, even of `accept`, are logged
 /// and the server goes on.
-pub async fn serve(
-    listener: TcpListener,
-    snapshot: SnapshotFn,
-) -> io::Result<()> {
+pub async fn serve(listener: TcpListener, snapshot: SnapshotFn) -> io::Result<()> {
     serve_with(listener, snapshot, READ_TIMEOUT).await
 }
 
@@ -624,17 +621,19 @@ async fn route(head: &[u8], snapshot: SnapshotFn) -> Vec<u8> {
     match path {
         // The callback may do blocking work (reading BPF maps) and may panic: keep both off
         // the async workers and out of the server.
-        "/metrics" => match tokio::task::spawn_blocking(move || snapshot().map(|s| render(&s))).await {
-            Ok(Ok(body)) => metrics_response(&body),
-            Ok(Err(e)) => {
-                log::warn!("metrics snapshot failed: {e}");
-                response(500, &format!("metrics snapshot failed: {e}\n"))
+        "/metrics" => {
+            match tokio::task::spawn_blocking(move || snapshot().map(|s| render(&s))).await {
+                Ok(Ok(body)) => metrics_response(&body),
+                Ok(Err(e)) => {
+                    log::warn!("metrics snapshot failed: {e}");
+                    response(500, &format!("metrics snapshot failed: {e}\n"))
+                }
+                Err(e) => {
+                    log::warn!("metrics snapshot failed: {e}");
+                    response(500, "metrics snapshot failed\n")
+                }
             }
-            Err(e) => {
-                log::warn!("metrics snapshot failed: {e}");
-                response(500, "metrics snapshot failed\n")
-            }
-        },
+        }
         "/" => response(200, "xdplb metrics exporter: see /metrics\n"),
         _ => response(404, "not found; metrics are at /metrics\n"),
     }

@@ -401,10 +401,7 @@ impl Core {
                 }
                 Err(e) => {
                     self.undo_attach(&attached);
-                    return Err(ApplyError::Refused(format!(
-                        "attaching to {}: {e}",
-                        i.name
-                    )));
+                    return Err(ApplyError::Refused(format!("attaching to {}: {e}", i.name)));
                 }
             }
         }

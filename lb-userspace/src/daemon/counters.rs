@@ -109,9 +109,8 @@ impl Carried {
             Some(b) => mirror.backend_id(&key.0, b).map(Id::Backend),
         };
         if let Some(id) = id {
-            let live = counters(dp, id).map_err(|e| {
-                format!("reading the counters of {} failed: {e}", described(key))
-            })?;
+            let live = counters(dp, id)
+                .map_err(|e| format!("reading the counters of {} failed: {e}", described(key)))?;
             total.add(&live);
         }
         Ok(total)

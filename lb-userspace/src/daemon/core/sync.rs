@@ -56,7 +56,9 @@ impl SyncState {
     /// `status --json`'s `sync`.
     pub fn status(&self) -> Value {
         match &self.failure {
-            None => json!({ "in_sync": true, "error": null, "out_of_sync_seconds": null, "retries": 0 }),
+            None => {
+                json!({ "in_sync": true, "error": null, "out_of_sync_seconds": null, "retries": 0 })
+            }
             Some(f) => json!({
                 "in_sync": false,
                 "error": f.error,
