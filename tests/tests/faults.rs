@@ -2,7 +2,8 @@
 //! through the test-only `XDPLB_TEST_FAULTS` plan file: a map write failing mid-change (rolled
 //! back), writes that keep failing (out of sync in `status` and the metrics, retried every
 //! second, in sync once they stop), and a panic mid-change (the daemon exits non-zero, the
-//! pinned data path keeps forwarding, a new daemon adopts the maps).
+//! pinned data path keeps forwarding, a new daemon adopts the maps); and, from a real cause,
+//! an attachment pin that cannot be removed (a file mounted over it).
 
 use std::{
     collections::BTreeSet,
@@ -175,7 +176,7 @@ fn a_write_failing_mid_change_is_rolled_back() {
         err.contains("injected test failure") && err.contains("the change was rolled back"),
         "{err}"
     );
-    assert_eq!(e.view(), before, "config, vip list and simulate as before");
+    assert_eq!(e.view(), before, "config, vip list, simulate, map counts as before");
     assert_eq!(e.sync()["in_sync"], true);
     assert_eq!(e.in_sync_metric(), 1.0);
     assert_eq!(e.answered(20, 41100), names(&["b1", "b2"]));
@@ -231,7 +232,7 @@ fn writes_that_keep_failing_show_out_of_sync_until_they_stop() {
     assert_eq!(e.sync()["error"], Value::Null);
     assert_eq!(e.in_sync_metric(), 1.0);
     assert!(e.d.ok(&["status"]).unwrap().contains("maps: in sync"));
-    assert_eq!(e.view(), before, "config, vip list and simulate as before");
+    assert_eq!(e.view(), before, "config, vip list, simulate, map counts as before");
     assert_eq!(e.answered(20, 42100), names(&["b1", "b2"]));
     e.d.ok(&["backend", "add", &e.vip(), &e.b(2)]).unwrap();
     assert_eq!(e.answered(30, 42200), names(&["b1", "b2", "b3"]));
@@ -253,9 +254,45 @@ fn a_panic_mid_change_exits_and_a_new_daemon_adopts_the_maps() {
 
     // What systemd would do: start it again; it adopts the maps and rewrites them.
     e.d.spawn().unwrap();
-    assert_eq!(e.view(), before, "config, vip list and simulate as before");
+    assert_eq!(e.view(), before, "config, vip list, simulate, map counts as before");
     assert_eq!(e.sync()["in_sync"], true);
     assert_eq!(e.answered(20, 43100), names(&["b1", "b2"]));
     e.d.ok(&["backend", "add", &e.vip(), &e.b(2)]).unwrap();
     assert_eq!(e.answered(30, 43200), names(&["b1", "b2", "b3"]));
+}
+
+#[test]
+fn a_pin_that_cannot_be_removed_keeps_the_interface_attached_and_configured() {
+    let e = Env::new();
+    let pin = e.d.pin_path.join("link_eth0");
+    assert!(pin.exists(), "the attachment is pinned at {}", pin.display());
+    // A mount point cannot be unlinked (EBUSY): mounted in the daemon's own mount namespace
+    // (`ip netns exec` gave it one).
+    let pid = e.d.json(&["status"]).unwrap()["daemon"]["pid"].to_string();
+    let in_daemon_mounts = |args: &[&str]| {
+        let ok = std::process::Command::new("nsenter")
+            .args(["-t", &pid, "-m", "--"])
+            .args(args)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "{args:?}");
+    };
+    let pin_str = pin.to_str().unwrap();
+    in_daemon_mounts(&["mount", "--bind", "/dev/null", pin_str]);
+    let out = e.d.cli(&["detach", "eth0"]).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    in_daemon_mounts(&["umount", pin_str]);
+    assert!(!out.status.success(), "detach reported success");
+    assert!(
+        err.contains("removing the pin") && err.contains("stays attached"),
+        "{err}"
+    );
+    let config = e.d.json(&["config"]).unwrap();
+    assert_eq!(config["interface"][0]["name"], "eth0", "{config}");
+    assert_eq!(e.answered(20, 44000), names(&["b1", "b2"]));
+    // Once the pin can go, detaching works and nothing is balanced any more.
+    e.d.ok(&["detach", "eth0"]).unwrap();
+    assert!(!pin.exists());
+    assert_eq!(e.d.json(&["config"]).unwrap()["interface"], Value::Null);
 }

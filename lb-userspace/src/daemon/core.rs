@@ -328,7 +328,7 @@ impl Core {
         let saved = self.save();
         self.announce();
         if let Some((i, e)) = stuck.first() {
-            return Err(format!("the rest of the change is applied, but detaching {} failed: {e}; it stays attached and configured, and `xdplb detach {}` tries again", i.name, i.name));
+            return Err(format!("the rest of the change is applied, but detaching {} failed: {e}; it stays in the configuration, and `xdplb detach {}` tries again", i.name, i.name));
         }
         saved
     }
