@@ -176,7 +176,11 @@ fn a_write_failing_mid_change_is_rolled_back() {
         err.contains("injected test failure") && err.contains("the change was rolled back"),
         "{err}"
     );
-    assert_eq!(e.view(), before, "config, vip list, simulate, map counts as before");
+    assert_eq!(
+        e.view(),
+        before,
+        "config, vip list, simulate, map counts as before"
+    );
     assert_eq!(e.sync()["in_sync"], true);
     assert_eq!(e.in_sync_metric(), 1.0);
     assert_eq!(e.answered(20, 41100), names(&["b1", "b2"]));
@@ -232,7 +236,11 @@ fn writes_that_keep_failing_show_out_of_sync_until_they_stop() {
     assert_eq!(e.sync()["error"], Value::Null);
     assert_eq!(e.in_sync_metric(), 1.0);
     assert!(e.d.ok(&["status"]).unwrap().contains("maps: in sync"));
-    assert_eq!(e.view(), before, "config, vip list, simulate, map counts as before");
+    assert_eq!(
+        e.view(),
+        before,
+        "config, vip list, simulate, map counts as before"
+    );
     assert_eq!(e.answered(20, 42100), names(&["b1", "b2"]));
     e.d.ok(&["backend", "add", &e.vip(), &e.b(2)]).unwrap();
     assert_eq!(e.answered(30, 42200), names(&["b1", "b2", "b3"]));
@@ -254,7 +262,11 @@ fn a_panic_mid_change_exits_and_a_new_daemon_adopts_the_maps() {
 
     // What systemd would do: start it again; it adopts the maps and rewrites them.
     e.d.spawn().unwrap();
-    assert_eq!(e.view(), before, "config, vip list, simulate, map counts as before");
+    assert_eq!(
+        e.view(),
+        before,
+        "config, vip list, simulate, map counts as before"
+    );
     assert_eq!(e.sync()["in_sync"], true);
     assert_eq!(e.answered(20, 43100), names(&["b1", "b2"]));
     e.d.ok(&["backend", "add", &e.vip(), &e.b(2)]).unwrap();
@@ -265,7 +277,11 @@ fn a_panic_mid_change_exits_and_a_new_daemon_adopts_the_maps() {
 fn a_pin_that_cannot_be_removed_keeps_the_interface_attached_and_configured() {
     let e = Env::new();
     let pin = e.d.pin_path.join("link_eth0");
-    assert!(pin.exists(), "the attachment is pinned at {}", pin.display());
+    assert!(
+        pin.exists(),
+        "the attachment is pinned at {}",
+        pin.display()
+    );
     // A mount point cannot be unlinked (EBUSY): mounted in the daemon's own mount namespace
     // (`ip netns exec` gave it one).
     let pid = e.d.json(&["status"]).unwrap()["daemon"]["pid"].to_string();

@@ -156,14 +156,11 @@ impl Core {
             .resolve(&config)
             .and_then(|states| self.rewrite(&mut span, &config, &states));
         self.carried.end(span, &self.dp, &self.mirror);
-        match &result {
-            Ok(()) => {}
-            Err(e) => {
-                if self.sync.in_sync() {
-                    log::error!("the maps are out of sync with the running configuration: {e}; retrying every second");
-                }
-                self.sync.failed(e.clone());
+        if let Err(e) = &result {
+            if self.sync.in_sync() {
+                log::error!("the maps are out of sync with the running configuration: {e}; retrying every second");
             }
+            self.sync.failed(e.clone());
         }
         result
     }
