@@ -600,6 +600,7 @@ impl Core {
     /// The 1-second tick: rates, MAC retries, and a resync that failed before.
     pub fn tick(&mut self) {
         self.sample_rates();
+        self.carried.retry_unread(&self.dp);
         self.retry_unresolved();
         if !self.sync.in_sync() {
             self.resync("retry");

@@ -37,6 +37,9 @@ enum Id {
 #[derive(Debug, Default)]
 pub struct Carried {
     by_key: HashMap<CounterKey, TrafficCounters>,
+    /// Released ids whose last counts could not be read, by their last holder: read again
+    /// every second (`retry_unread`), or taken from the read made before the id is zeroed.
+    unread: HashMap<Id, CounterKey>,
 }
 
 /// Ids as a span of syncs found them, and what each id had counted when a sync of the span
@@ -75,7 +78,9 @@ impl Handover {
 impl Carried {
     /// Carries what changed hands between the start of `span` and the ids `mirror` holds now.
     pub fn end(&mut self, span: Handover, dp: &DataPath, mirror: &Mirror) {
-        self.carry(&span.before, &held(mirror), &span.zeroed, |id| read(dp, id));
+        self.carry(&span.before, &held(mirror), &span.zeroed, |id| {
+            counters(dp, id).map_err(|e| e.to_string())
+        });
     }
 
     fn carry(
@@ -83,16 +88,48 @@ impl Carried {
         before: &HashMap<CounterKey, Id>,
         after: &HashMap<CounterKey, Id>,
         zeroed: &HashMap<Id, TrafficCounters>,
-        read: impl Fn(Id) -> TrafficCounters,
+        read: impl Fn(Id) -> Result<TrafficCounters, String>,
     ) {
         for (key, id) in before {
             let last = match zeroed.get(id) {
                 Some(c) => *c,
-                None if after.get(key) != Some(id) => read(*id),
+                None if after.get(key) != Some(id) => match read(*id) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        log::warn!(
+                            "reading the last counters of {} failed: {e}; retried every second",
+                            described(key)
+                        );
+                        self.unread.insert(*id, *key);
+                        continue;
+                    }
+                },
                 None => continue,
             };
             self.by_key.entry(*key).or_default().add(&last);
         }
+        // Unread ids handed out again were read just before they were zeroed.
+        for (id, c) in zeroed {
+            if let Some(key) = self.unread.remove(id) {
+                self.by_key.entry(key).or_default().add(c);
+            }
+        }
+    }
+
+    /// Reads the released ids whose last counts could not be read before (every second).
+    pub fn retry_unread(&mut self, dp: &DataPath) {
+        self.retry(|id| counters(dp, id).map_err(|e| e.to_string()));
+    }
+
+    fn retry(&mut self, read: impl Fn(Id) -> Result<TrafficCounters, String>) {
+        let by_key = &mut self.by_key;
+        self.unread.retain(|id, key| match read(*id) {
+            Ok(c) => {
+                by_key.entry(*key).or_default().add(&c);
+                false
+            }
+            Err(_) => true,
+        });
     }
 
     /// Everything `key` counted while configured: the carried part and its id's live one. A
@@ -123,6 +160,8 @@ impl Carried {
                 .vip(vip)
                 .is_some_and(|v| backend.is_none_or(|b| v.backend(b).is_some()))
         });
+        let by_key = &self.by_key;
+        self.unread.retain(|_, key| by_key.contains_key(key));
     }
 
     /// For the saved state, in a stable order.
@@ -186,18 +225,6 @@ fn counters(dp: &DataPath, id: Id) -> Result<TrafficCounters, crate::datapath::D
         Id::Vip(id) => dp.vip_counters(id),
         Id::Backend(id) => dp.backend_counters(id),
     }
-}
-
-/// The counters of an id about to change hands; what cannot be read is lost, and said so.
-fn read(dp: &DataPath, id: Id) -> TrafficCounters {
-    counters(dp, id).unwrap_or_else(|e| {
-        let what = match id {
-            Id::Vip(id) => format!("VIP id {id}"),
-            Id::Backend(id) => format!("backend id {id}"),
-        };
-        log::warn!("reading the counters of {what} before it changes hands: {e}");
-        TrafficCounters::default()
-    })
 }
 
 /// The kernel maps' writer, reading each id's counters before they are zeroed for a new
@@ -291,7 +318,7 @@ mod tests {
         let zeroed = HashMap::from([(Id::Backend(2), c(30)), (Id::Vip(7), c(90))]);
         // What the released id 1 holds after the sync; reading a kept id is a mistake.
         let read = |id| match id {
-            Id::Backend(1) => c(20),
+            Id::Backend(1) => Ok(c(20)),
             other => panic!("{other:?} must not be read"),
         };
         carried.carry(&before, &after, &zeroed, read);
@@ -323,5 +350,29 @@ mod tests {
         let mut left: Vec<CounterKey> = carried.by_key.keys().copied().collect();
         left.sort();
         assert_eq!(left, [(vip, None), b], "removed backends are forgotten");
+    }
+
+    #[test]
+    fn a_released_id_that_cannot_be_read_is_read_again_not_lost() {
+        let vip: VipAddr = "10.0.0.1:80/tcp".parse().unwrap();
+        let (a, b) = ((vip, Some("10.0.1.1".parse().unwrap())), (vip, None));
+        let mut carried = Carried::default();
+        let before = HashMap::from([(a, Id::Backend(1)), (b, Id::Vip(0))]);
+        let after = HashMap::from([(b, Id::Vip(0))]);
+        carried.carry(&before, &after, &HashMap::new(), |_| Err("EIO".into()));
+        assert!(!carried.by_key.contains_key(&a), "nothing made up");
+        carried.retry(|_| Err("EIO".into()));
+        assert_eq!(carried.unread.len(), 1, "still to be read");
+        carried.retry(|_| Ok(c(20)));
+        assert_eq!(carried.by_key[&a], c(20));
+        assert!(carried.unread.is_empty());
+
+        // Still unread when the id is handed out again: the read before zeroing counts.
+        let mut carried = Carried::default();
+        carried.carry(&before, &after, &HashMap::new(), |_| Err("EIO".into()));
+        let zeroed = HashMap::from([(Id::Backend(1), c(30))]);
+        carried.carry(&after, &after, &zeroed, |_| Err("EIO".into()));
+        assert_eq!(carried.by_key[&a], c(30));
+        assert!(carried.unread.is_empty());
     }
 }
