@@ -540,6 +540,17 @@ fn print_status(d: &Value) {
     if d["interfaces"].as_array().is_none_or(|a| a.is_empty()) {
         println!("interfaces: none attached (xdplb attach IFACE)");
     }
+    let sync = &d["sync"];
+    match sync["in_sync"].as_bool() {
+        Some(true) => println!("maps: in sync with the running configuration"),
+        Some(false) => println!(
+            "maps: OUT OF SYNC with the running configuration for {:.0} s, {} retries so far (one a second): {}",
+            sync["out_of_sync_seconds"].as_f64().unwrap_or(0.0),
+            text(&sync["retries"]),
+            text(&sync["error"])
+        ),
+        None => {}
+    }
     for m in d["maps"].as_array().into_iter().flatten() {
         let used = m["used"].as_f64().unwrap_or(0.0);
         let max = m["max"].as_f64().unwrap_or(1.0).max(1.0);

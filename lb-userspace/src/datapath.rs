@@ -26,6 +26,7 @@ use crate::{
     model::Mac,
 };
 
+pub mod faults;
 mod pass;
 mod tools;
 
@@ -183,6 +184,8 @@ pub struct DataPath {
     ebpf: Ebpf,
     opts: LoadOptions,
     links: Vec<Attachment>,
+    /// Test-only failures of the mirror's writes (`faults`), inert unless enabled.
+    faults: faults::Faults,
 }
 
 fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> DataPathError {
@@ -238,6 +241,7 @@ impl DataPath {
             ebpf,
             opts: opts.clone(),
             links: Vec::new(),
+            faults: faults::Faults::default(),
         })
     }
 
@@ -404,12 +408,29 @@ impl DataPath {
     pub fn detach(&mut self, iface: &str) -> Result<(), DataPathError> {
         let mut found = false;
         while let Some(pos) = self.links.iter().position(|a| a.iface == iface) {
+            // A pin that stays keeps the program attached: then the attachment stays ours.
+            if let Held::Pinned { path, .. } = &self.links[pos].held {
+                match std::fs::remove_file(path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(DataPathError::Iface {
+                            iface: iface.into(),
+                            source: std::io::Error::new(
+                                e.kind(),
+                                format!(
+                                    "removing the pin {} failed ({e}), so xdplb stays attached",
+                                    path.display()
+                                ),
+                            ),
+                        });
+                    }
+                    _ => {}
+                }
+            }
             let a = self.links.remove(pos);
             let owned = match a.held {
                 Held::Owned(id) => Some(id),
-                Held::Pinned { path, _pin, owned } => {
-                    // Removing the pin and closing every fd of the link releases it.
-                    let _ = std::fs::remove_file(&path);
+                // The pin is gone; closing every fd of the link releases it.
+                Held::Pinned { _pin, owned, .. } => {
                     drop(_pin);
                     owned
                 }
@@ -498,6 +519,11 @@ impl DataPath {
     /// The pass-everything program (the empty baseline of benchmarks).
     pub fn pass_program(&mut self) -> Result<&mut Xdp, DataPathError> {
         program(&mut self.ebpf, m::PROG_PASS)
+    }
+
+    /// Fails or panics the mirror's writes as the plans in `file` say (tests only; `faults`).
+    pub fn enable_test_faults(&mut self, file: PathBuf) {
+        self.faults = faults::Faults::enable(file);
     }
 
     /// Writer for the mirror.
@@ -911,6 +937,9 @@ impl KernelMaps<'_> {
         values: &[V],
     ) -> Result<(), MirrorError> {
         let err = |reason: String| MirrorError::Map { map, reason };
+        if !keys.is_empty() {
+            self.dp.faults.before_write(map).map_err(err)?;
+        }
         match self.dp.ebpf.map(map) {
             Some(aya::maps::Map::Array(data)) => {
                 crate::batch::update(data, keys, values).map_err(|e| err(e.to_string()))
@@ -924,6 +953,10 @@ impl KernelMaps<'_> {
         T: TryFrom<&'b mut aya::maps::Map, Error = aya::maps::MapError>,
         F: FnOnce(&mut T) -> Result<(), aya::maps::MapError>,
     {
+        self.dp
+            .faults
+            .before_write(map)
+            .map_err(|reason| MirrorError::Map { map, reason })?;
         let mut typed: T = self.dp.typed(map).map_err(mirror_err(map))?;
         f(&mut typed).map_err(|e| MirrorError::Map {
             map,

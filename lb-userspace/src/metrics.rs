@@ -64,6 +64,8 @@ pub struct MetricsSnapshot {
     /// Data-path events (name, count), e.g. conntrack_hit.
     pub events: Vec<(String, u64)>,
     pub uptime_seconds: f64,
+    /// Whether the maps hold the running configuration (`xdplb status`, "out of sync").
+    pub maps_in_sync: bool,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -163,8 +165,8 @@ const BACKEND_FAMILIES: [Family<BackendMetrics>; 8] = [
 
 /// Renders `s` in the Prometheus text exposition format 0.0.4.
 ///
-/// Families without samples are left out entirely (no HELP/TYPE), except `xdplb_up` and
-/// `xdplb_uptime_seconds`, which always have one.
+/// Families without samples are left out entirely (no HELP/TYPE), except `xdplb_up`,
+/// `xdplb_uptime_seconds` and `xdplb_maps_in_sync`, which always have one.
 pub fn render(s: &MetricsSnapshot) -> String {
     let mut out = String::new();
     let help = "Whether the xdplb control daemon is running (always 1 when scraped).";
@@ -172,6 +174,9 @@ pub fn render(s: &MetricsSnapshot) -> String {
     let help = "Seconds since the xdplb control daemon started.";
     let uptime = [(vec![], format_float(s.uptime_seconds))];
     family(&mut out, "xdplb_uptime_seconds", GAUGE, help, uptime);
+    let help = "Whether the data path's maps hold the running configuration (0 while a failed write is retried).";
+    let in_sync = [(vec![], u8::from(s.maps_in_sync).to_string())];
+    family(&mut out, "xdplb_maps_in_sync", GAUGE, help, in_sync);
 
     for (name, kind, help, value) in VIP_FAMILIES {
         let samples = s.vips.iter().map(|v| {
@@ -472,7 +477,9 @@ fn parse_value(s: &str) -> Option<f64> {
 // ---------------------------------------------------------------------------------------------
 // HTTP server
 
-type SnapshotFn = Arc<dyn Fn() -> MetricsSnapshot + Send + Sync>;
+/// The metrics now, or why they cannot be read (answered with a 500, never with zeros that
+/// Prometheus would take for counter resets).
+type SnapshotFn = Arc<dyn Fn() -> Result<MetricsSnapshot, String> + Send + Sync>;
 
 /// Time a client has to send its whole request head.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -487,10 +494,7 @@ const MAX_CONNECTIONS: usize = 64;
 /// Serves `GET /metrics` on `listener` until the task is dropped or aborted, which also ends
 /// the connections in flight. Never returns on its own: errors, even of `accept`, are logged
 /// and the server goes on.
-pub async fn serve(
-    listener: TcpListener,
-    snapshot: Arc<dyn Fn() -> MetricsSnapshot + Send + Sync>,
-) -> io::Result<()> {
+pub async fn serve(listener: TcpListener, snapshot: SnapshotFn) -> io::Result<()> {
     serve_with(listener, snapshot, READ_TIMEOUT).await
 }
 
@@ -617,13 +621,19 @@ async fn route(head: &[u8], snapshot: SnapshotFn) -> Vec<u8> {
     match path {
         // The callback may do blocking work (reading BPF maps) and may panic: keep both off
         // the async workers and out of the server.
-        "/metrics" => match tokio::task::spawn_blocking(move || render(&snapshot())).await {
-            Ok(body) => metrics_response(&body),
-            Err(e) => {
-                log::warn!("metrics snapshot failed: {e}");
-                response(500, "metrics snapshot failed\n")
+        "/metrics" => {
+            match tokio::task::spawn_blocking(move || snapshot().map(|s| render(&s))).await {
+                Ok(Ok(body)) => metrics_response(&body),
+                Ok(Err(e)) => {
+                    log::warn!("metrics snapshot failed: {e}");
+                    response(500, &format!("metrics snapshot failed: {e}\n"))
+                }
+                Err(e) => {
+                    log::warn!("metrics snapshot failed: {e}");
+                    response(500, "metrics snapshot failed\n")
+                }
             }
-        },
+        }
         "/" => response(200, "xdplb metrics exporter: see /metrics\n"),
         _ => response(404, "not found; metrics are at /metrics\n"),
     }
@@ -751,6 +761,7 @@ mod tests {
             verdicts: vec![("tx".into(), 30), ("pass".into(), 7)],
             events: vec![("conntrack_hit".into(), 25)],
             uptime_seconds: 12.5,
+            maps_in_sync: true,
             node: Some(NodeMetrics {
                 drained: false,
                 announced: vec![
@@ -773,6 +784,7 @@ mod tests {
         let expected = vec![
             sample("xdplb_up", &[], 1.0),
             sample("xdplb_uptime_seconds", &[], 12.5),
+            sample("xdplb_maps_in_sync", &[], 1.0),
             sample("xdplb_vip_packets_total", &vip4, 10.0),
             sample("xdplb_vip_packets_total", &vip6, 20.0),
             sample("xdplb_vip_bytes_total", &vip4, 1000.0),
@@ -811,6 +823,7 @@ mod tests {
         for (name, kind) in [
             ("xdplb_up", "gauge"),
             ("xdplb_uptime_seconds", "gauge"),
+            ("xdplb_maps_in_sync", "gauge"),
             ("xdplb_vip_packets_total", "counter"),
             ("xdplb_backend_up", "gauge"),
             ("xdplb_backend_weight", "gauge"),
@@ -822,8 +835,8 @@ mod tests {
                 "{name}"
             );
         }
-        assert_eq!(text.matches("# HELP ").count(), 19);
-        assert_eq!(text.matches("# TYPE ").count(), 19);
+        assert_eq!(text.matches("# HELP ").count(), 20);
+        assert_eq!(text.matches("# TYPE ").count(), 20);
         assert!(text.contains(
             "xdplb_vip_packets_total{vip=\"[2001:db8::1]:443/tcp\",mode=\"tunnel\"} 20\n"
         ));
@@ -839,7 +852,10 @@ mod tests {
              xdplb_up 1\n\
              # HELP xdplb_uptime_seconds Seconds since the xdplb control daemon started.\n\
              # TYPE xdplb_uptime_seconds gauge\n\
-             xdplb_uptime_seconds 0\n"
+             xdplb_uptime_seconds 0\n\
+             # HELP xdplb_maps_in_sync Whether the data path's maps hold the running configuration (0 while a failed write is retried).\n\
+             # TYPE xdplb_maps_in_sync gauge\n\
+             xdplb_maps_in_sync 0\n"
         );
     }
 
@@ -880,7 +896,7 @@ mod tests {
             "{text}"
         );
         assert_eq!(
-            parse(&text).unwrap()[2..],
+            parse(&text).unwrap()[3..],
             [
                 sample("xdplb_events_total", &[("event", nasty)], 1.0),
                 sample("xdplb_events_total", &[("event", tricky)], 2.0),
@@ -987,7 +1003,7 @@ mod tests {
     }
 
     async fn start_default() -> Server {
-        start(Arc::new(snapshot), READ_TIMEOUT).await
+        start(Arc::new(|| Ok(snapshot())), READ_TIMEOUT).await
     }
 
     struct Reply {
@@ -1038,7 +1054,7 @@ mod tests {
             .head
             .contains(&format!("\r\nContent-Length: {}\r\n", reply.body.len())));
         assert_eq!(reply.body, render(&snapshot()));
-        assert_eq!(parse(&reply.body).unwrap().len(), 34);
+        assert_eq!(parse(&reply.body).unwrap().len(), 35);
 
         // Query parameters are ignored.
         assert_eq!(get(server.addr, "/metrics?target=x").await.status, 200);
@@ -1095,7 +1111,7 @@ mod tests {
 
     #[tokio::test]
     async fn closes_a_silent_connection_after_the_read_timeout() {
-        let server = start(Arc::new(snapshot), Duration::from_millis(200)).await;
+        let server = start(Arc::new(|| Ok(snapshot())), Duration::from_millis(200)).await;
         let mut silent = TcpStream::connect(server.addr).await.unwrap();
         let mut buf = [0; 16];
         let read = timeout(DEADLINE, silent.read(&mut buf))
@@ -1112,7 +1128,7 @@ mod tests {
             if !flag.swap(true, Ordering::SeqCst) {
                 panic!("snapshot failure (expected by this test)");
             }
-            snapshot()
+            Ok(snapshot())
         });
         let server = start(snapshot_fn, READ_TIMEOUT).await;
         assert_eq!(get(server.addr, "/metrics").await.status, 500);
@@ -1121,10 +1137,19 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_failed_counter_read_gives_500_not_zeros() {
+        let failing: SnapshotFn = Arc::new(|| Err("reading the counters of VIP x failed".into()));
+        let server = start(failing, READ_TIMEOUT).await;
+        let reply = get(server.addr, "/metrics").await;
+        assert_eq!(reply.status, 500);
+        assert!(reply.body.contains("reading the counters of VIP x failed"));
+    }
+
+    #[tokio::test]
     async fn public_serve_answers() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(serve(listener, Arc::new(snapshot)));
+        let task = tokio::spawn(serve(listener, Arc::new(|| Ok(snapshot()))));
         assert_eq!(get(addr, "/metrics").await.status, 200);
         task.abort();
     }

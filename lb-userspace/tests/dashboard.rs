@@ -233,6 +233,7 @@ fn snapshot() -> MetricsSnapshot {
         verdicts: names(0..VERDICT_COUNT),
         events: names(EVENT_BASE..EVENT_BASE + EVENT_COUNT),
         uptime_seconds: 86_400.25,
+        maps_in_sync: true,
         node: Some(NodeMetrics {
             drained: false,
             announced: vec![

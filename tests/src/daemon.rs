@@ -223,6 +223,23 @@ impl Daemon {
             .output()?)
     }
 
+    /// Waits up to `timeout` for the daemon to exit on its own: its exit status (`ip netns
+    /// exec` runs it in place, so the status is the daemon's).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let child = self.child.as_mut().context("the daemon is not running")?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                self.child = None;
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("the daemon still runs after {timeout:?}:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// SIGTERM and wait: the daemon's orderly exit.
     pub fn stop(&mut self) -> Result<()> {
         if let Some(mut c) = self.child.take() {

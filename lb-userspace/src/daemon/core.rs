@@ -11,13 +11,15 @@ use std::{
 
 mod macs;
 mod node;
+mod sync;
 
 use lb_common::{hash::flow_hash, stats, TrafficCounters};
 pub use macs::MacKey;
 use serde_json::{json, Value};
 
+use self::sync::{ApplyError, SyncState};
 use super::{
-    counters::{Carried, CounterKey},
+    counters::{Carried, CounterKey, Handover},
     state::{self, SavedMac, SavedState, STATE_VERSION},
 };
 use crate::{
@@ -81,8 +83,8 @@ pub struct Core {
     unresolved: HashSet<BackendKey>,
     /// Set while starting: unresolvable MACs leave a backend out instead of failing.
     lenient: bool,
-    /// A resync failed: retry on the next tick.
-    dirty: bool,
+    /// Whether the maps hold the running configuration (core/sync.rs).
+    sync: SyncState,
     /// Set during a dry run: `resolve` checks interfaces instead of registering them.
     checking: bool,
     /// Drain state and VIP announcements (core/node.rs).
@@ -244,6 +246,7 @@ fn edited(running: &Config, req: Request) -> Result<Config, String> {
 impl Core {
     pub fn new(dp: DataPath, mirror: Mirror, paths: Paths, health: Checker<BackendKey>) -> Core {
         Core {
+            sync: SyncState::new(mirror.snapshot()),
             dp,
             mirror,
             config: Config::default(),
@@ -257,7 +260,6 @@ impl Core {
             adopted: 0,
             unresolved: HashSet::new(),
             lenient: false,
-            dirty: false,
             checking: false,
             node: node::Node::default(),
         }
@@ -276,7 +278,11 @@ impl Core {
             self.node.drained = s.drained;
             // Carried counts belong with the live ones of the adopted maps; a data path loaded
             // afresh (after a reboot) counts everything from zero.
-            if self.dp.vip_entries().unwrap_or(0) > 0 {
+            let live = self
+                .dp
+                .vip_entries()
+                .map_err(|e| format!("counting the pinned VIP entries failed: {e}"))?;
+            if live > 0 {
                 self.carried.restore(&s.carried);
             }
         }
@@ -286,15 +292,7 @@ impl Core {
         let result = self.commit(config);
         self.lenient = false;
         result?;
-        let mut keep_vips = HashSet::new();
-        for v in &self.config.vips {
-            keep_vips.insert(v.addr.key());
-            keep_vips.insert(v.addr.address_key());
-        }
-        let swept = self
-            .dp
-            .sweep(&keep_vips, &self.mirror.backend_ids())
-            .map_err(|e| e.to_string())?;
+        let swept = self.sweep(&self.config.clone())?;
         if swept > 0 {
             log::info!("removed {swept} stale entries left in the pinned maps");
         }
@@ -302,25 +300,38 @@ impl Core {
     }
 
     /// Moves everything to `new`: validate, resolve, attach, write maps, detach, save. Nothing
-    /// is written before everything that can be checked was.
-    pub fn commit(&mut self, new: Config) -> Result<(), String> {
+    /// is written before everything that can be checked was; a failed write rolls the maps back
+    /// to the running configuration (core/sync.rs).
+    pub fn commit(&mut self, mut new: Config) -> Result<(), String> {
         self.preflight(&new)?;
         // Health first: the ring is computed with the failed set the new checks imply.
         self.update_health_targets(&new);
         let seed = self.mirror.seed();
         self.mirror.set_seed(new.maglev_seed());
-        if let Err(e) = self.apply(&new) {
-            let old = self.config.clone();
-            self.mirror.set_seed(seed);
-            self.update_health_targets(&old);
-            self.announce();
-            return Err(e);
-        }
+        let stuck = match self.apply(&new) {
+            Ok(stuck) => stuck,
+            Err(e) => {
+                let old = self.config.clone();
+                self.mirror.set_seed(seed);
+                self.update_health_targets(&old);
+                let e = match e {
+                    ApplyError::Refused(e) => e,
+                    ApplyError::Written(e, span) => self.roll_back(e, span),
+                };
+                self.announce();
+                return Err(e);
+            }
+        };
+        // An interface that could not be detached is still attached: it stays configured.
+        new.interfaces.extend(stuck.iter().map(|(i, _)| i.clone()));
         self.config = new;
         self.forget_unused_macs();
         self.carried.retain_configured(&self.config);
         let saved = self.save();
         self.announce();
+        if let Some((i, e)) = stuck.first() {
+            return Err(format!("the rest of the change is applied, but detaching {} failed: {e}; it stays in the configuration, and `xdplb detach {}` tries again", i.name, i.name));
+        }
         saved
     }
 
@@ -363,9 +374,12 @@ impl Core {
         Ok(())
     }
 
-    fn apply(&mut self, new: &Config) -> Result<(), String> {
-        let states = self.resolve(new)?;
-        self.mirror.validate(&states).map_err(|e| e.to_string())?;
+    /// `commit`'s writes; returns the removed interfaces that could not be detached.
+    fn apply(&mut self, new: &Config) -> Result<Vec<(InterfaceConfig, String)>, ApplyError> {
+        let states = self.resolve(new).map_err(ApplyError::Refused)?;
+        self.mirror
+            .validate(&states)
+            .map_err(|e| ApplyError::Refused(e.to_string()))?;
         // A VIP leaves BGP before it leaves the maps, and joins it after it is in them; only
         // once the change passed every check, so a refused change does not flap routes.
         self.withdraw_ahead(new);
@@ -389,25 +403,31 @@ impl Core {
                 }
                 Err(e) => {
                     self.undo_attach(&attached);
-                    return Err(format!("attaching to {}: {e}", i.name));
+                    return Err(ApplyError::Refused(format!("attaching to {}: {e}", i.name)));
                 }
             }
         }
-        if let Err(e) = self.carried.sync(&mut self.dp, &mut self.mirror, &states) {
+        let mut span = Handover::begin(&self.mirror);
+        // Out of sync, the mirror does not know the maps: they are read back and rewritten.
+        let written = match self.sync.in_sync() {
+            true => self.write_states(&mut span, &states, new.record_limit()),
+            false => self.rewrite(&mut span, new, &states),
+        };
+        if let Err(e) = written {
             self.undo_attach(&attached);
-            return Err(e.to_string());
+            return Err(ApplyError::Written(e, span));
         }
-        if let Err(e) = self.dp.set_record_limit(new.record_limit()) {
-            log::warn!("setting the connection table's record limit: {e}");
-        }
+        self.carried.end(span, &self.dp, &self.mirror);
+        let mut stuck = Vec::new();
         for old in &self.config.interfaces {
             if !new.interfaces.iter().any(|i| i.name == old.name) {
                 if let Err(e) = self.dp.detach(&old.name) {
-                    log::warn!("detaching {}: {e}", old.name);
+                    log::error!("detaching {}: {e}", old.name);
+                    stuck.push((old.clone(), e.to_string()));
                 }
             }
         }
-        Ok(())
+        Ok(stuck)
     }
 
     /// Detaches what a failed change attached anew (never an attachment adopted from an
@@ -437,7 +457,7 @@ impl Core {
         let s = SavedState {
             version: STATE_VERSION,
             config: self.config.clone(),
-            ids: self.mirror.snapshot(),
+            ids: self.sync.good_ids.clone(),
             macs,
             down,
             drained: self.node.drained,
@@ -563,21 +583,10 @@ impl Core {
         }
     }
 
-    /// Rewrites the maps for the running configuration after a change of health or MACs.
+    /// Rewrites the maps for the running configuration after a change of health or MACs (or
+    /// to retry while they are out of sync).
     fn resync(&mut self, why: &str) {
-        let config = self.config.clone();
-        let result = self.resolve(&config).and_then(|s| {
-            self.carried
-                .sync(&mut self.dp, &mut self.mirror, &s)
-                .map_err(|e| e.to_string())
-        });
-        if let Err(e) = result {
-            // Retried on the next tick through `dirty`.
-            log::error!("applying the change ({why}) failed: {e}");
-            self.dirty = true;
-        } else {
-            self.dirty = false;
-        }
+        self.write_running(why);
         if let Err(e) = self.save() {
             log::error!("{e}");
         }
@@ -587,8 +596,9 @@ impl Core {
     /// The 1-second tick: rates, MAC retries, and a resync that failed before.
     pub fn tick(&mut self) {
         self.sample_rates();
+        self.carried.retry_unread(&self.dp);
         self.retry_unresolved();
-        if self.dirty {
+        if !self.sync.in_sync() {
             self.resync("retry");
         }
         self.announce_tick();
@@ -649,7 +659,7 @@ impl Core {
         match req {
             Request::VipList => Ok(self.vip_list()),
             Request::Config => serde_json::to_value(&self.config).map_err(|e| e.to_string()),
-            Request::Stats => Ok(self.stats()),
+            Request::Stats => self.stats(),
             Request::Status => Ok(self.status()),
             Request::Debug { on } => {
                 self.dp.set_debug(on).map_err(|e| e.to_string())?;
@@ -747,8 +757,12 @@ impl Core {
             std::iter::once((v.addr, None)).chain(v.backends.iter().map(|b| (v.addr, Some(b.addr))))
         });
         for k in keys {
-            let c = self.counters(&k);
             let prev = self.rates.get(&k).copied().unwrap_or_default();
+            // A failed read keeps the last sample (`stats` reports the error).
+            let Ok(c) = self.counters(&k) else {
+                next.insert(k, prev);
+                continue;
+            };
             let mut s = Sample {
                 at: Some(now),
                 packets: c.packets,
@@ -773,7 +787,7 @@ impl Core {
     }
 
     /// A VIP's or backend's counters since it was configured (whatever ids it held).
-    fn counters(&self, key: &RateKey) -> TrafficCounters {
+    fn counters(&self, key: &RateKey) -> Result<TrafficCounters, String> {
         self.carried.total(&self.dp, &self.mirror, key)
     }
 
@@ -786,30 +800,30 @@ impl Core {
         })
     }
 
-    /// `stats --json`.
-    pub fn stats(&mut self) -> Value {
+    /// `stats --json`. A counter that cannot be read makes it an error, not a zero.
+    pub fn stats(&mut self) -> Result<Value, String> {
         self.sample_rates();
         let mut vips = Vec::new();
         for v in &self.config.vips {
-            let vc = self.counters(&(v.addr, None));
+            let vc = self.counters(&(v.addr, None))?;
             let mut entry = self.counters_json(vc, (v.addr, None));
-            let backends: Vec<Value> = v
-                .backends
-                .iter()
-                .map(|b| {
-                    let c = self.counters(&(v.addr, Some(b.addr)));
-                    let mut e = self.counters_json(c, (v.addr, Some(b.addr)));
-                    e["addr"] = json!(b.addr);
-                    e["state"] = json!(self.backend_state(&v.addr, b));
-                    e
-                })
-                .collect();
+            let mut backends = Vec::new();
+            for b in &v.backends {
+                let c = self.counters(&(v.addr, Some(b.addr)))?;
+                let mut e = self.counters_json(c, (v.addr, Some(b.addr)));
+                e["addr"] = json!(b.addr);
+                e["state"] = json!(self.backend_state(&v.addr, b));
+                backends.push(e);
+            }
             entry["vip"] = json!(v.addr);
             entry["mode"] = json!(v.mode);
             entry["backends"] = json!(backends);
             vips.push(entry);
         }
-        let counters = self.dp.stats().unwrap_or_default();
+        let counters = self
+            .dp
+            .stats()
+            .map_err(|e| format!("reading the verdict counters failed: {e}"))?;
         let named = |range: std::ops::Range<u32>| -> serde_json::Map<String, Value> {
             range
                 .filter_map(|i| {
@@ -820,11 +834,11 @@ impl Core {
                 })
                 .collect()
         };
-        json!({
+        Ok(json!({
             "vips": vips,
             "verdicts": named(0..stats::VERDICT_COUNT),
             "events": named(stats::EVENT_BASE..stats::EVENT_BASE + stats::EVENT_COUNT),
-        })
+        }))
     }
 
     /// `status --json`.
@@ -881,6 +895,7 @@ impl Core {
             "maps": maps,
             "health": health,
             "node": self.node_status(),
+            "sync": self.sync.status(),
         })
     }
 
@@ -930,10 +945,11 @@ impl Core {
     }
 
     /// What the metrics endpoint shows.
-    pub fn metrics(&mut self) -> MetricsSnapshot {
-        let stats = self.stats();
+    pub fn metrics(&mut self) -> Result<MetricsSnapshot, String> {
+        let stats = self.stats()?;
         let mut snap = MetricsSnapshot {
             uptime_seconds: self.started.elapsed().as_secs_f64(),
+            maps_in_sync: self.sync.in_sync(),
             node: self.announced_prefixes().map(|announced| NodeMetrics {
                 drained: self.node.drained,
                 announced,
@@ -985,7 +1001,7 @@ impl Core {
                 out.extend(m.iter().map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0))));
             }
         }
-        snap
+        Ok(snap)
     }
 }
 

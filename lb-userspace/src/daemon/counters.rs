@@ -11,7 +11,8 @@
 use std::{collections::HashMap, net::IpAddr};
 
 use lb_common::{
-    maps::RingLine, BackendInfo, Endpoint, EndpointKey, TrafficCounters, VipInfo, VipKey,
+    maps::{RingLine, BACKEND_STATS, VIP_STATS},
+    BackendInfo, Endpoint, EndpointKey, TrafficCounters, VipInfo, VipKey,
 };
 
 use super::state::SavedCounters;
@@ -36,29 +37,50 @@ enum Id {
 #[derive(Debug, Default)]
 pub struct Carried {
     by_key: HashMap<CounterKey, TrafficCounters>,
+    /// Released ids whose last counts could not be read, by their last holder: read again
+    /// every second (`retry_unread`), or taken from the read made before the id is zeroed.
+    unread: HashMap<Id, CounterKey>,
 }
 
-impl Carried {
-    /// `Mirror::sync`, carrying the counters of every id that changed hands to its last
-    /// holder. An id released and not handed out again is read after the sync (nothing counts
-    /// on it any more); one handed out again in the same sync is read just before it is
-    /// zeroed. Either way nothing is lost between the last read and the release.
+/// Ids as a span of syncs found them, and what each id had counted when a sync of the span
+/// zeroed it. A failed sync and the rollback that follows are one span: an id released by the
+/// first and given back by the second to its holder changed hands only if it was zeroed.
+pub struct Handover {
+    before: HashMap<CounterKey, Id>,
+    zeroed: HashMap<Id, TrafficCounters>,
+}
+
+impl Handover {
+    pub fn begin(mirror: &Mirror) -> Handover {
+        Handover {
+            before: held(mirror),
+            zeroed: HashMap::new(),
+        }
+    }
+
+    /// `Mirror::sync`, reading each id's counters before it is zeroed for a new holder;
+    /// `Carried::end` carries them, and reads ids released and not handed out again (nothing
+    /// counts on them any more), so nothing is lost between the last read and the release.
     pub fn sync(
         &mut self,
         dp: &mut DataPath,
         mirror: &mut Mirror,
         states: &[VipState],
     ) -> Result<SyncReport, MirrorError> {
-        let before = held(mirror);
         let mut writer = Recorder {
             dp,
-            zeroed: HashMap::new(),
+            zeroed: &mut self.zeroed,
         };
-        // Carried even when the sync failed half-way: whatever it released is released.
-        let result = mirror.sync(&mut writer, states);
-        let Recorder { dp, zeroed } = writer;
-        self.carry(&before, &held(mirror), &zeroed, |id| read(dp, id));
-        result
+        mirror.sync(&mut writer, states)
+    }
+}
+
+impl Carried {
+    /// Carries what changed hands between the start of `span` and the ids `mirror` holds now.
+    pub fn end(&mut self, span: Handover, dp: &DataPath, mirror: &Mirror) {
+        self.carry(&span.before, &held(mirror), &span.zeroed, |id| {
+            counters(dp, id).map_err(|e| e.to_string())
+        });
     }
 
     fn carry(
@@ -66,31 +88,69 @@ impl Carried {
         before: &HashMap<CounterKey, Id>,
         after: &HashMap<CounterKey, Id>,
         zeroed: &HashMap<Id, TrafficCounters>,
-        read: impl Fn(Id) -> TrafficCounters,
+        read: impl Fn(Id) -> Result<TrafficCounters, String>,
     ) {
         for (key, id) in before {
             let last = match zeroed.get(id) {
                 Some(c) => *c,
-                None if after.get(key) != Some(id) => read(*id),
+                None if after.get(key) != Some(id) => match read(*id) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        log::warn!(
+                            "reading the last counters of {} failed: {e}; retried every second",
+                            described(key)
+                        );
+                        self.unread.insert(*id, *key);
+                        continue;
+                    }
+                },
                 None => continue,
             };
             self.by_key.entry(*key).or_default().add(&last);
         }
+        // Unread ids handed out again were read just before they were zeroed.
+        for (id, c) in zeroed {
+            if let Some(key) = self.unread.remove(id) {
+                self.by_key.entry(key).or_default().add(c);
+            }
+        }
     }
 
-    /// Everything `key` counted while configured: the carried part and its id's live one.
-    pub fn total(&self, dp: &DataPath, mirror: &Mirror, key: &CounterKey) -> TrafficCounters {
+    /// Reads the released ids whose last counts could not be read before (every second).
+    pub fn retry_unread(&mut self, dp: &DataPath) {
+        self.retry(|id| counters(dp, id).map_err(|e| e.to_string()));
+    }
+
+    fn retry(&mut self, read: impl Fn(Id) -> Result<TrafficCounters, String>) {
+        let by_key = &mut self.by_key;
+        self.unread.retain(|id, key| match read(*id) {
+            Ok(c) => {
+                by_key.entry(*key).or_default().add(&c);
+                false
+            }
+            Err(_) => true,
+        });
+    }
+
+    /// Everything `key` counted while configured: the carried part and its id's live one. A
+    /// failed read is an error, never a smaller total (Prometheus would see a counter reset).
+    pub fn total(
+        &self,
+        dp: &DataPath,
+        mirror: &Mirror,
+        key: &CounterKey,
+    ) -> Result<TrafficCounters, String> {
         let mut total = self.by_key.get(key).copied().unwrap_or_default();
         let id = match key.1 {
             None => mirror.vip_id(&key.0).map(Id::Vip),
             Some(b) => mirror.backend_id(&key.0, b).map(Id::Backend),
         };
-        // As before counters were carried: a failed read shows 0 (stats run every second; a
-        // broken map is reported where it is written).
-        if let Some(c) = id.and_then(|id| counters(dp, id).ok()) {
-            total.add(&c);
+        if let Some(id) = id {
+            let live = counters(dp, id)
+                .map_err(|e| format!("reading the counters of {} failed: {e}", described(key)))?;
+            total.add(&live);
         }
-        total
+        Ok(total)
     }
 
     /// Forgets VIPs and backends `config` no longer has: one added again starts from zero.
@@ -100,6 +160,8 @@ impl Carried {
                 .vip(vip)
                 .is_some_and(|v| backend.is_none_or(|b| v.backend(b).is_some()))
         });
+        let by_key = &self.by_key;
+        self.unread.retain(|_, key| by_key.contains_key(key));
     }
 
     /// For the saved state, in a stable order.
@@ -138,6 +200,14 @@ impl Carried {
     }
 }
 
+/// A VIP or backend as the command line names it.
+fn described((vip, backend): &CounterKey) -> String {
+    match backend {
+        None => format!("VIP {vip}"),
+        Some(b) => format!("backend {b} of VIP {vip}"),
+    }
+}
+
 /// The id each VIP and backend holds in the mirror.
 fn held(mirror: &Mirror) -> HashMap<CounterKey, Id> {
     let mut ids = HashMap::new();
@@ -157,29 +227,21 @@ fn counters(dp: &DataPath, id: Id) -> Result<TrafficCounters, crate::datapath::D
     }
 }
 
-/// The counters of an id about to change hands; what cannot be read is lost, and said so.
-fn read(dp: &DataPath, id: Id) -> TrafficCounters {
-    counters(dp, id).unwrap_or_else(|e| {
-        let what = match id {
-            Id::Vip(id) => format!("VIP id {id}"),
-            Id::Backend(id) => format!("backend id {id}"),
-        };
-        log::warn!("reading the counters of {what} before it changes hands: {e}");
-        TrafficCounters::default()
-    })
-}
-
 /// The kernel maps' writer, reading each id's counters before they are zeroed for a new
 /// holder.
 struct Recorder<'a> {
     dp: &'a mut DataPath,
-    zeroed: HashMap<Id, TrafficCounters>,
+    zeroed: &'a mut HashMap<Id, TrafficCounters>,
 }
 
 impl MapWriter for Recorder<'_> {
     fn reset_counters(&mut self, vip: bool, id: u32) -> Result<(), MirrorError> {
         let id_of = if vip { Id::Vip(id) } else { Id::Backend(id) };
-        let last = read(self.dp, id_of);
+        // Counts that cannot be read are not zeroed: the write fails instead of losing them.
+        let last = counters(self.dp, id_of).map_err(|e| MirrorError::Map {
+            map: if vip { VIP_STATS } else { BACKEND_STATS },
+            reason: format!("reading the counters of id {id} before zeroing them: {e}"),
+        })?;
         self.dp.writer().reset_counters(vip, id)?;
         self.zeroed.entry(id_of).or_insert(last);
         Ok(())
@@ -256,7 +318,7 @@ mod tests {
         let zeroed = HashMap::from([(Id::Backend(2), c(30)), (Id::Vip(7), c(90))]);
         // What the released id 1 holds after the sync; reading a kept id is a mistake.
         let read = |id| match id {
-            Id::Backend(1) => c(20),
+            Id::Backend(1) => Ok(c(20)),
             other => panic!("{other:?} must not be read"),
         };
         carried.carry(&before, &after, &zeroed, read);
@@ -288,5 +350,29 @@ mod tests {
         let mut left: Vec<CounterKey> = carried.by_key.keys().copied().collect();
         left.sort();
         assert_eq!(left, [(vip, None), b], "removed backends are forgotten");
+    }
+
+    #[test]
+    fn a_released_id_that_cannot_be_read_is_read_again_not_lost() {
+        let vip: VipAddr = "10.0.0.1:80/tcp".parse().unwrap();
+        let (a, b) = ((vip, Some("10.0.1.1".parse().unwrap())), (vip, None));
+        let mut carried = Carried::default();
+        let before = HashMap::from([(a, Id::Backend(1)), (b, Id::Vip(0))]);
+        let after = HashMap::from([(b, Id::Vip(0))]);
+        carried.carry(&before, &after, &HashMap::new(), |_| Err("EIO".into()));
+        assert!(!carried.by_key.contains_key(&a), "nothing made up");
+        carried.retry(|_| Err("EIO".into()));
+        assert_eq!(carried.unread.len(), 1, "still to be read");
+        carried.retry(|_| Ok(c(20)));
+        assert_eq!(carried.by_key[&a], c(20));
+        assert!(carried.unread.is_empty());
+
+        // Still unread when the id is handed out again: the read before zeroing counts.
+        let mut carried = Carried::default();
+        carried.carry(&before, &after, &HashMap::new(), |_| Err("EIO".into()));
+        let zeroed = HashMap::from([(Id::Backend(1), c(30))]);
+        carried.carry(&after, &after, &zeroed, |_| Err("EIO".into()));
+        assert_eq!(carried.by_key[&a], c(30));
+        assert!(carried.unread.is_empty());
     }
 }

@@ -55,9 +55,19 @@ pub struct DaemonArgs {
     pub cleanup: bool,
 }
 
+/// Exit status of a daemon that found its core poisoned (EX_SOFTWARE).
+const EXIT_POISONED: i32 = 70;
+
+/// The core, or the end of the process. Crash-only: a panic while the lock was held may have
+/// left the mirror and the running state half-updated, and serving them could write wrong
+/// entries. Exiting keeps traffic flowing through the pinned program and maps; systemd
+/// (`Restart=on-failure`) starts a new daemon, which adopts the maps and rewrites them from
+/// the state saved by the last completed change.
 fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
-    // A panic while holding the lock leaves a consistent enough Core to keep serving reads.
-    core.lock().unwrap_or_else(|e| e.into_inner())
+    core.lock().unwrap_or_else(|_| {
+        log::error!("a panic interrupted a change of the daemon's state; exiting ({EXIT_POISONED}) so that a restarted daemon adopts the maps (the pinned data path keeps forwarding)");
+        std::process::exit(EXIT_POISONED)
+    })
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -235,8 +245,16 @@ async fn start(socket: &Path, args: &DaemonArgs, listener: UnixListener) -> Resu
     }
     config.validate()?;
     let limits = config.limits();
-    let dp =
+    let mut dp =
         DataPath::load(&limits.load_options(Some(&args.pin_path))).map_err(|e| e.to_string())?;
+    if let Some(file) = std::env::var_os(crate::datapath::faults::ENV) {
+        log::warn!(
+            "{} is set: map writes fail as the test plans in {} say (tests only)",
+            crate::datapath::faults::ENV,
+            PathBuf::from(&file).display()
+        );
+        dp.enable_test_faults(file.into());
+    }
     let pinned_vips = dp.vip_entries().map_err(|e| e.to_string())?;
     if saved.is_none() && pinned_vips > 0 {
         // Without the saved ids, new ids would overwrite rings and backends that live VIPs use.
