@@ -137,6 +137,17 @@ pub struct Limits {
     pub conntrack_size: u32,
 }
 
+/// As the configuration file spells them.
+impl std::fmt::Display for Limits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ring_size {}, max_vips {}, max_backends {}, conntrack_size {}",
+            self.ring_size, self.max_vips, self.max_backends, self.conntrack_size
+        )
+    }
+}
+
 fn d_ring() -> u32 {
     lb_common::maps::DEFAULT_RING_SIZE
 }

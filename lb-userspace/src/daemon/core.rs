@@ -355,7 +355,7 @@ impl Core {
         new.validate()?;
         if new.limits() != self.config.limits() {
             return Err(format!(
-                "limits cannot change while the daemon runs (running {:?}, requested {:?}); stop it, run `xdplb daemon --cleanup`, and start it with the new limits",
+                "limits cannot change while the daemon runs (running {}, requested {}); stop it, run `xdplb daemon --cleanup`, and start it with the new limits",
                 self.config.limits(),
                 new.limits()
             ));
@@ -858,10 +858,15 @@ impl Core {
             .attachments()
             .into_iter()
             .map(|(name, mode, adopted)| {
-                let configured = self.config.interfaces.iter().find(|i| i.name == name).map(|i| i.xdp_mode);
+                let configured = self
+                    .config
+                    .interfaces
+                    .iter()
+                    .find(|i| i.name == name)
+                    .map(|i| i.xdp_mode);
                 json!({
                     "name": name,
-                    "mode": mode.map(|m| format!("{m:?}").to_lowercase()).unwrap_or_else(|| "adopted".into()),
+                    "mode": mode.map(|m| m.to_string()).unwrap_or_else(|| "adopted".into()),
                     "configured_mode": configured,
                     "adopted": adopted,
                     "veth_peer": veth::status(&name),
