@@ -3,20 +3,31 @@
 //! docs/troubleshooting.md), for the fuzzer: given a frame, the interface it arrives on and
 //! the loaded configuration, it predicts every verdict reason the data path may legitimately
 //! give and, for each, what the output must be. It parses frames itself (nothing from
-//! `lb_common` or `lb-ebpf`) and picks backends with `reference` (Maglev and MurmurHash3 as
+//! `lb-ebpf`, `lb_common::hash` or the mirror; only the verdict numbers of `lb_common::stats`)
+//! and picks backends with `reference` (Maglev and MurmurHash3 as
 //! docs/maglev.md describes them), so the mode of a VIP comes from the configuration, never
 //! from the output.
 //!
 //! Where the outcome depends on state the model does not track (the ICMP rate limit, the
 //! kernel's answer for an address outside the test namespace's routes), it predicts the set.
 
+mod fib;
+mod frame;
+
 use std::{net::IpAddr, ops::Range};
 
 use lb_common::stats;
 use lb_userspace::model::{Mode, VipState};
 
+use self::frame::{
+    addr, classify, l4_check_field, parse_ip, put_addr, put_port, quote_addr_at, Class, Flow, Ip,
+    Quote,
+};
+pub use self::{
+    fib::{Fib, Hop},
+    frame::checksums_valid,
+};
 use crate::{
-    packet::internet_checksum,
     reference,
     xdp::{XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
 };
@@ -73,71 +84,6 @@ impl Vip {
     }
 }
 
-/// What the kernel's FIB answers for a destination.
-#[derive(Clone, Copy)]
-pub enum Hop {
-    /// A neighbour with a known MAC, behind interface `ifindex`.
-    Neighbour { ifindex: u32, mac: [u8; 6] },
-    /// On a connected subnet without a neighbour entry: the kernel resolves it.
-    Kernel,
-    /// An address of this host (or a broadcast), or one without any route: `bpf_fib_lookup`
-    /// answers "not forwarded" for both, and the data path reads that as local (a reply then
-    /// passes as the LB's own traffic, not `drop_no_route` as docs/datapath.md says for "no
-    /// usable route"; reported, see docs/testing.md).
-    Local,
-    /// An address the model does not know the answer for: any answer but forwarding.
-    Unknown,
-}
-
-/// The routes of the namespace the data path runs in.
-pub struct Fib {
-    pub neighbours: Vec<(IpAddr, u32, [u8; 6])>,
-    /// Connected subnets: (network, prefix length, ifindex).
-    pub subnets: Vec<(IpAddr, u8, u32)>,
-    pub locals: Vec<IpAddr>,
-    /// Every egress's MTU.
-    pub mtu: u16,
-}
-
-impl Fib {
-    pub fn route(&self, dst: IpAddr) -> Hop {
-        if let Some((_, ifindex, mac)) = self.neighbours.iter().find(|n| n.0 == dst) {
-            return Hop::Neighbour {
-                ifindex: *ifindex,
-                mac: *mac,
-            };
-        }
-        if self.locals.contains(&dst) {
-            return Hop::Local;
-        }
-        let host = |net: IpAddr, len: u8| -> Option<u128> {
-            match (net, dst) {
-                (IpAddr::V4(n), IpAddr::V4(d)) => {
-                    let mask = u32::MAX << (32 - len);
-                    (u32::from(n) & mask == u32::from(d) & mask).then(|| (u32::from(d) & !mask) as u128)
-                }
-                (IpAddr::V6(n), IpAddr::V6(d)) => {
-                    let mask = u128::MAX << (128 - len);
-                    (u128::from(n) & mask == u128::from(d) & mask).then(|| u128::from(d) & !mask)
-                }
-                _ => None,
-            }
-        };
-        for (net, len, _) in &self.subnets {
-            if let Some(h) = host(*net, *len) {
-                // The network and broadcast addresses of an IPv4 subnet answer differently
-                // across kernels; the rest are hosts to resolve.
-                let last = if dst.is_ipv4() { (1u128 << (32 - len)) - 1 } else { u128::MAX };
-                return if h == 0 || h == last { Hop::Unknown } else { Hop::Kernel };
-            }
-        }
-        match dst {
-            IpAddr::V4(a) if a.is_private() => Hop::Local,
-            _ => Hop::Unknown,
-        }
-    }
-}
-
 /// The configuration the data path was loaded with, and where it runs.
 pub struct Model {
     pub vips: Vec<Vip>,
@@ -154,9 +100,14 @@ pub enum Effect {
     Dropped,
     /// Exactly `want`, except checksum fields in `free`; the checksums valid whenever the
     /// input's were.
-    Rewritten { want: Vec<u8>, free: Vec<Range<usize>> },
+    Rewritten {
+        want: Vec<u8>,
+        free: Vec<Range<usize>>,
+    },
     /// A new ICMP "too big" packet back to `to`, out of the receiving interface.
-    TooBig { to: IpAddr },
+    TooBig {
+        to: IpAddr,
+    },
 }
 
 /// The reasons the data path may give a frame, each with its output, and why (for messages).
@@ -196,8 +147,8 @@ impl Prediction {
                 if out.len() != want.len() {
                     return Err(format!("a rewritten packet changed length ({})", self.why));
                 }
-                if let Some(i) =
-                    (0..want.len()).find(|i| out[*i] != want[*i] && !free.iter().any(|r| r.contains(i)))
+                if let Some(i) = (0..want.len())
+                    .find(|i| out[*i] != want[*i] && !free.iter().any(|r| r.contains(i)))
                 {
                     return Err(format!(
                         "byte {i} is {:#04x}, expected {:#04x} ({})",
@@ -211,7 +162,8 @@ impl Prediction {
             }
             Effect::TooBig { to } => {
                 let ip = parse_ip(out).ok_or("a \"too big\" answer that is no IP packet")?;
-                if ip.dst != *to || out[0..6] != input[6..12] || checksums_valid(out) != Some(true) {
+                if ip.dst != *to || out[0..6] != input[6..12] || checksums_valid(out) != Some(true)
+                {
                     return Err(format!("a wrong \"too big\" answer ({})", self.why));
                 }
                 Ok(())
@@ -236,344 +188,6 @@ pub fn action_of(reason: u32) -> u32 {
         stats::REDIRECT => XDP_REDIRECT,
         _ => XDP_PASS,
     }
-}
-
-/// An IP header as the frame carries it.
-#[derive(Clone)]
-struct Ip {
-    v6: bool,
-    l3: usize,
-    l4: usize,
-    proto: u8,
-    src: IpAddr,
-    dst: IpAddr,
-    ttl: u8,
-    /// The length the header claims (IPv6: payload length + 40), which routing checks
-    /// against the MTU.
-    len: u32,
-    df: bool,
-    vlan: bool,
-    /// IPv6 with a Routing header or AH.
-    no_nat: bool,
-    /// No VLAN tag, IPv4 options or IPv6 extension headers.
-    plain: bool,
-}
-
-impl Ip {
-    fn addr_at(&self, dst: bool) -> usize {
-        match (self.v6, dst) {
-            (false, false) => self.l3 + 12,
-            (false, true) => self.l3 + 16,
-            (true, false) => self.l3 + 8,
-            (true, true) => self.l3 + 24,
-        }
-    }
-    fn ttl_at(&self) -> usize {
-        self.l3 + if self.v6 { 7 } else { 8 }
-    }
-}
-
-/// A flow as the sender sent it.
-#[derive(Clone)]
-struct Flow {
-    proto: u8,
-    src: IpAddr,
-    sport: u16,
-    dst: IpAddr,
-    dport: u16,
-}
-
-/// The packet quoted by an ICMP error.
-struct Quote {
-    at: usize,
-    /// An IPv4 quote with options (not translated).
-    options: bool,
-    l4: usize,
-    flow: Flow,
-}
-
-enum Class {
-    NotIp,
-    Malformed,
-    Fragment(Ip),
-    Flow(Ip, Flow),
-    Echo(Ip),
-    Icmp(Ip),
-    /// An ICMP error; the quote, or the verdict of one that cannot be used.
-    IcmpError(Ip, Result<Quote, u32>),
-}
-
-fn u16_at(f: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_be_bytes([*f.get(at)?, *f.get(at + 1)?]))
-}
-
-fn addr(f: &[u8], at: usize, v6: bool) -> IpAddr {
-    if v6 {
-        IpAddr::from(<[u8; 16]>::try_from(&f[at..at + 16]).unwrap())
-    } else {
-        IpAddr::from(<[u8; 4]>::try_from(&f[at..at + 4]).unwrap())
-    }
-}
-
-/// The IP header after Ethernet and up to two VLAN tags: None when the frame is no IP packet
-/// or its header is cut or invalid (the fuzzer uses it on outputs too).
-fn parse_ip(f: &[u8]) -> Option<Ip> {
-    match classify(f) {
-        Class::Fragment(ip)
-        | Class::Flow(ip, _)
-        | Class::Echo(ip)
-        | Class::Icmp(ip)
-        | Class::IcmpError(ip, _) => Some(ip),
-        Class::NotIp | Class::Malformed => None,
-    }
-}
-
-/// Parses a frame by the rules of docs/datapath.md ("Per packet", step 1).
-fn classify(f: &[u8]) -> Class {
-    let Some(mut ty) = u16_at(f, 12) else {
-        return Class::Malformed;
-    };
-    let mut l3 = 14;
-    for _ in 0..2 {
-        if ty != 0x8100 && ty != 0x88a8 {
-            break;
-        }
-        if f.len() < l3 + 4 {
-            return Class::Malformed;
-        }
-        ty = u16_at(f, l3 + 2).unwrap();
-        l3 += 4;
-    }
-    let vlan = l3 > 14;
-    let ip = match ty {
-        0x0800 => {
-            if f.len() < l3 + 20 {
-                return Class::Malformed;
-            }
-            let ihl = (f[l3] & 0x0f) as usize * 4;
-            if f[l3] >> 4 != 4 || ihl < 20 {
-                return Class::Malformed;
-            }
-            let frag = u16_at(f, l3 + 6).unwrap();
-            let ip = Ip {
-                v6: false,
-                l3,
-                l4: l3 + ihl,
-                proto: f[l3 + 9],
-                src: addr(f, l3 + 12, false),
-                dst: addr(f, l3 + 16, false),
-                ttl: f[l3 + 8],
-                len: u16_at(f, l3 + 2).unwrap() as u32,
-                df: frag & 0x4000 != 0,
-                vlan,
-                no_nat: false,
-                plain: !vlan && ihl == 20,
-            };
-            if frag & 0x3fff != 0 {
-                return Class::Fragment(ip);
-            }
-            ip
-        }
-        0x86dd => {
-            if f.len() < l3 + 40 {
-                return Class::Malformed;
-            }
-            if f[l3] >> 4 != 6 {
-                return Class::Malformed;
-            }
-            // Hop-by-hop, routing, destination options and AH are skipped, at most 6.
-            let (mut next, mut at, mut no_nat, mut seen) = (f[l3 + 6], l3 + 40, false, 0);
-            while matches!(next, 0 | 43 | 60 | 51) {
-                if seen == 6 || f.len() < at + 2 {
-                    return Class::Malformed;
-                }
-                no_nat |= matches!(next, 43 | 51);
-                let (following, len) = (f[at], f[at + 1] as usize);
-                // AH counts 4-byte units minus 2, the others 8-byte units minus 1.
-                at += if next == 51 { (len + 2) * 4 } else { (len + 1) * 8 };
-                next = following;
-                seen += 1;
-            }
-            let ip = Ip {
-                v6: true,
-                l3,
-                l4: at,
-                proto: next,
-                src: addr(f, l3 + 8, true),
-                dst: addr(f, l3 + 24, true),
-                ttl: f[l3 + 7],
-                len: u16_at(f, l3 + 4).unwrap() as u32 + 40,
-                df: true,
-                vlan,
-                no_nat,
-                plain: !vlan && at == l3 + 40,
-            };
-            if next == 44 {
-                return Class::Fragment(ip);
-            }
-            ip
-        }
-        _ => return Class::NotIp,
-    };
-    transport(f, ip)
-}
-
-/// The transport header: ports of TCP and UDP (whole TCP fixed header, data offset >= 5),
-/// ICMP types, other protocols as flows without ports.
-fn transport(f: &[u8], ip: Ip) -> Class {
-    let l4 = ip.l4;
-    let icmp = if ip.v6 { 58 } else { 1 };
-    let need = |n: usize| f.len() >= l4 + n;
-    let ports = |ip: &Ip| Flow {
-        proto: ip.proto,
-        src: ip.src,
-        sport: u16_at(f, l4).unwrap_or(0),
-        dst: ip.dst,
-        dport: u16_at(f, l4 + 2).unwrap_or(0),
-    };
-    match ip.proto {
-        6 if !need(20) || f[l4 + 12] >> 4 < 5 => Class::Malformed,
-        17 if !need(8) => Class::Malformed,
-        6 | 17 => {
-            let flow = ports(&ip);
-            Class::Flow(ip, flow)
-        }
-        p if p == icmp => {
-            if !need(8) {
-                return Class::Malformed;
-            }
-            let ty = f[l4];
-            let error = if ip.v6 {
-                (1..=4).contains(&ty)
-            } else {
-                matches!(ty, 3 | 11 | 12)
-            };
-            if error {
-                let quote = quote(f, &ip);
-                Class::IcmpError(ip, quote)
-            } else if ty == if ip.v6 { 128 } else { 8 } {
-                Class::Echo(ip)
-            } else {
-                Class::Icmp(ip)
-            }
-        }
-        _ => {
-            let flow = Flow {
-                proto: ip.proto,
-                src: ip.src,
-                sport: 0,
-                dst: ip.dst,
-                dport: 0,
-            };
-            Class::Flow(ip, flow)
-        }
-    }
-}
-
-/// The packet an ICMP error quotes (its IP header, no IPv6 extension headers, and the first 8
-/// bytes of TCP or UDP), or the verdict when it cannot be used: cut short, `pass_malformed`;
-/// not TCP or UDP, treated as other ICMP (`pass_icmp` or `pass_not_vip`, 0 here).
-fn quote(f: &[u8], ip: &Ip) -> Result<Quote, u32> {
-    let at = ip.l4 + 8;
-    let hdr = if ip.v6 { 40 } else { 20 };
-    if f.len() < at + hdr {
-        return Err(stats::PASS_MALFORMED);
-    }
-    let (ihl, proto) = if ip.v6 {
-        if f[at] >> 4 != 6 {
-            return Err(0);
-        }
-        (40, f[at + 6])
-    } else {
-        let ihl = (f[at] & 0x0f) as usize * 4;
-        if f[at] >> 4 != 4 || ihl < 20 {
-            return Err(0);
-        }
-        (ihl, f[at + 9])
-    };
-    if proto != 6 && proto != 17 {
-        return Err(0);
-    }
-    let l4 = at + ihl;
-    if f.len() < l4 + 8 {
-        return Err(stats::PASS_MALFORMED);
-    }
-    let (src, dst) = if ip.v6 {
-        (addr(f, at + 8, true), addr(f, at + 24, true))
-    } else {
-        (addr(f, at + 12, false), addr(f, at + 16, false))
-    };
-    Ok(Quote {
-        at,
-        options: !ip.v6 && ihl > 20,
-        l4,
-        flow: Flow {
-            proto,
-            src,
-            sport: u16_at(f, l4).unwrap(),
-            dst,
-            dport: u16_at(f, l4 + 2).unwrap(),
-        },
-    })
-}
-
-/// Whether the IPv4 header checksum and the TCP/UDP/ICMP checksum of `f` are valid (None:
-/// not checkable, e.g. lengths that do not fit the frame).
-pub fn checksums_valid(f: &[u8]) -> Option<bool> {
-    let ip = parse_ip(f)?;
-    let l4_len = (ip.l3 + ip.len as usize).checked_sub(ip.l4)?;
-    if !ip.v6 && internet_checksum(f.get(ip.l3..ip.l4)?) != 0 {
-        return Some(false);
-    }
-    let seg = f.get(ip.l4..ip.l4 + l4_len)?;
-    if ip.proto == 17 && !ip.v6 && seg.get(6..8)? == [0, 0] {
-        return Some(true);
-    }
-    if !matches!(ip.proto, 1 | 6 | 17 | 58) {
-        return Some(true);
-    }
-    // The pseudo-header; ICMP for IPv4 has none.
-    let bytes = |a: IpAddr| match a {
-        IpAddr::V4(a) => a.octets().to_vec(),
-        IpAddr::V6(a) => a.octets().to_vec(),
-    };
-    let mut data = Vec::new();
-    if ip.v6 {
-        data.extend(bytes(ip.src));
-        data.extend(bytes(ip.dst));
-        data.extend_from_slice(&(l4_len as u32).to_be_bytes());
-        data.extend_from_slice(&[0, 0, 0, ip.proto]);
-    } else if ip.proto != 1 {
-        data.extend(bytes(ip.src));
-        data.extend(bytes(ip.dst));
-        data.extend_from_slice(&[0, ip.proto]);
-        data.extend_from_slice(&(l4_len as u16).to_be_bytes());
-    }
-    data.extend_from_slice(seg);
-    Some(internet_checksum(&data) == 0)
-}
-
-fn put_addr(f: &mut [u8], at: usize, a: IpAddr) {
-    match a {
-        IpAddr::V4(a) => f[at..at + 4].copy_from_slice(&a.octets()),
-        IpAddr::V6(a) => f[at..at + 16].copy_from_slice(&a.octets()),
-    }
-}
-
-fn put_port(f: &mut [u8], at: usize, port: u16) {
-    if port != 0 {
-        f[at..at + 2].copy_from_slice(&port.to_be_bytes());
-    }
-}
-
-/// The transport checksum's bytes of a header at `l4`, if the frame holds them. An IPv4 UDP
-/// checksum of 0 (none) is not free: it must stay 0.
-fn l4_check_field(f: &[u8], l4: usize, proto: u8, v6: bool) -> Option<Range<usize>> {
-    let at = l4 + if proto == 6 { 16 } else { 6 };
-    if f.len() < at + 2 || (proto == 17 && !v6 && f[at..at + 2] == [0, 0]) {
-        return None;
-    }
-    Some(at..at + 2)
 }
 
 /// An L3 rewrite: the destination (a client's packet to its backend) or the source (a reply
@@ -613,30 +227,46 @@ impl Model {
             if self.is_vip_address(ip.dst) {
                 Prediction::one(reason, Effect::Unchanged, format!("{why} to a VIP address"))
             } else {
-                Prediction::one(stats::PASS_NOT_VIP, Effect::Unchanged, format!("{why}, not to a VIP address"))
+                Prediction::one(
+                    stats::PASS_NOT_VIP,
+                    Effect::Unchanged,
+                    format!("{why}, not to a VIP address"),
+                )
             }
         };
         match classify(frame) {
             Class::NotIp => Prediction::one(stats::PASS_NOT_IP, Effect::Unchanged, "not IP"),
-            Class::Malformed => {
-                Prediction::one(stats::PASS_MALFORMED, Effect::Unchanged, "truncated or malformed")
-            }
+            Class::Malformed => Prediction::one(
+                stats::PASS_MALFORMED,
+                Effect::Unchanged,
+                "truncated or malformed",
+            ),
             Class::Fragment(ip) if self.is_vip_address(ip.dst) => {
                 if !for_us {
                     return not_for_us("a fragment to a VIP address");
                 }
-                Prediction::one(stats::DROP_FRAGMENT, Effect::Dropped, "a fragment to a VIP address")
+                Prediction::one(
+                    stats::DROP_FRAGMENT,
+                    Effect::Dropped,
+                    "a fragment to a VIP address",
+                )
             }
             Class::Fragment(ip) => by_dst(&ip, stats::PASS_NOT_VIP, "a fragment"),
             Class::Echo(ip) if self.is_vip_address(ip.dst) => {
                 if !for_us {
                     return not_for_us("a ping to a VIP address");
                 }
-                Prediction::one(stats::TX_ICMP_ECHO, echo_reply(frame, &ip), "a ping to a VIP address")
+                Prediction::one(
+                    stats::TX_ICMP_ECHO,
+                    echo_reply(frame, &ip),
+                    "a ping to a VIP address",
+                )
             }
             Class::Echo(ip) => by_dst(&ip, stats::PASS_ICMP, "a ping"),
             Class::Icmp(ip) => by_dst(&ip, stats::PASS_ICMP, "ICMP other than errors and pings"),
-            Class::IcmpError(ip, Err(0)) => by_dst(&ip, stats::PASS_ICMP, "an ICMP error quoting no TCP/UDP"),
+            Class::IcmpError(ip, Err(0)) => {
+                by_dst(&ip, stats::PASS_ICMP, "an ICMP error quoting no TCP/UDP")
+            }
             Class::IcmpError(_, Err(reason)) => {
                 Prediction::one(reason, Effect::Unchanged, "an ICMP error with a cut quote")
             }
@@ -666,12 +296,21 @@ impl Model {
     /// VIPs).
     fn reply_of(&self, f: &Flow) -> Option<(&Vip, &Backend, Option<bool>)> {
         let endpoint = |port: u16| {
-            self.vips.iter().filter(|v| v.l3 && v.proto == f.proto).find_map(|v| {
-                v.backends.iter().find_map(|b| {
-                    let bport = if v.port == 0 { 0 } else if b.port != 0 { b.port } else { v.port };
-                    (b.addr == f.src && bport == port).then_some((v, b))
+            self.vips
+                .iter()
+                .filter(|v| v.l3 && v.proto == f.proto)
+                .find_map(|v| {
+                    v.backends.iter().find_map(|b| {
+                        let bport = if v.port == 0 {
+                            0
+                        } else if b.port != 0 {
+                            b.port
+                        } else {
+                            v.port
+                        };
+                        (b.addr == f.src && bport == port).then_some((v, b))
+                    })
                 })
-            })
         };
         let (vip, b) = endpoint(f.sport).or_else(|| endpoint(0))?;
         if vip.port == 0 {
@@ -698,10 +337,18 @@ impl Model {
                 vip.proto
             );
             if !for_us {
-                return Prediction::one(stats::PASS_NOT_FOR_US, Effect::Unchanged, format!("{what}, not sent to us"));
+                return Prediction::one(
+                    stats::PASS_NOT_FOR_US,
+                    Effect::Unchanged,
+                    format!("{what}, not sent to us"),
+                );
             }
             let Some(b) = vip.pick(f) else {
-                return Prediction::one(stats::DROP_NO_BACKEND, Effect::Dropped, format!("{what} without backends"));
+                return Prediction::one(
+                    stats::DROP_NO_BACKEND,
+                    Effect::Dropped,
+                    format!("{what} without backends"),
+                );
             };
             let why = format!("{what}, backend {}", b.addr);
             if !vip.l3 {
@@ -718,13 +365,28 @@ impl Model {
             return self.nat(frame, ingress, ip, nat, Kind::Forward, why);
         }
         let Some((vip, b, ours)) = self.reply_of(f) else {
-            return Prediction::one(stats::PASS_NOT_VIP, Effect::Unchanged, "no VIP, no L3 backend endpoint");
+            return Prediction::one(
+                stats::PASS_NOT_VIP,
+                Effect::Unchanged,
+                "no VIP, no L3 backend endpoint",
+            );
         };
-        let why = format!("from backend {} of L3 VIP {}:{}", b.addr, vip.addr, vip.port);
-        let not_ours = Prediction::one(stats::PASS_NOT_VIP, Effect::Unchanged, format!("{why}, no reply of ours"));
+        let why = format!(
+            "from backend {} of L3 VIP {}:{}",
+            b.addr, vip.addr, vip.port
+        );
+        let not_ours = Prediction::one(
+            stats::PASS_NOT_VIP,
+            Effect::Unchanged,
+            format!("{why}, no reply of ours"),
+        );
         let translated = || {
             if !for_us {
-                return Prediction::one(stats::PASS_NOT_FOR_US, Effect::Unchanged, format!("a reply {why}, not sent to us"));
+                return Prediction::one(
+                    stats::PASS_NOT_FOR_US,
+                    Effect::Unchanged,
+                    format!("a reply {why}, not sent to us"),
+                );
             }
             if let Some(reason) = untranslatable(ip) {
                 return Prediction::one(reason, Effect::Dropped, why.clone());
@@ -734,7 +396,14 @@ impl Model {
                 addr: vip.addr,
                 port: vip.port,
             };
-            self.nat(frame, ingress, ip, nat, Kind::Reply, format!("a reply {why}"))
+            self.nat(
+                frame,
+                ingress,
+                ip,
+                nat,
+                Kind::Reply,
+                format!("a reply {why}"),
+            )
         };
         match ours {
             Some(true) => translated(),
@@ -747,7 +416,14 @@ impl Model {
         }
     }
 
-    fn icmp_error(&self, frame: &[u8], ingress: u32, for_us: bool, ip: &Ip, q: &Quote) -> Prediction {
+    fn icmp_error(
+        &self,
+        frame: &[u8],
+        ingress: u32,
+        for_us: bool,
+        ip: &Ip,
+        q: &Quote,
+    ) -> Prediction {
         // The quoted flow turned around: the direction the error travels.
         let flow = Flow {
             proto: q.flow.proto,
@@ -758,14 +434,26 @@ impl Model {
         };
         let addressed = ip.dst == flow.dst;
         let foreign = || {
-            let reason = if self.is_vip_address(ip.dst) { stats::PASS_ICMP } else { stats::PASS_NOT_VIP };
-            Prediction::one(reason, Effect::Unchanged, "an ICMP error about a VIP flow, for someone else")
+            let reason = if self.is_vip_address(ip.dst) {
+                stats::PASS_ICMP
+            } else {
+                stats::PASS_NOT_VIP
+            };
+            Prediction::one(
+                reason,
+                Effect::Unchanged,
+                "an ICMP error about a VIP flow, for someone else",
+            )
         };
         let checks = |why: &str| {
             if ip.vlan {
                 Some(Prediction::one(stats::DROP_L3_VLAN, Effect::Dropped, why))
             } else if !ip.plain || q.options {
-                Some(Prediction::one(stats::DROP_ICMP_UNTRANSLATABLE, Effect::Dropped, why))
+                Some(Prediction::one(
+                    stats::DROP_ICMP_UNTRANSLATABLE,
+                    Effect::Dropped,
+                    why,
+                ))
             } else {
                 None
             }
@@ -775,12 +463,23 @@ impl Model {
                 return foreign();
             }
             if !for_us {
-                return Prediction::one(stats::PASS_NOT_FOR_US, Effect::Unchanged, "an ICMP error about a VIP flow, not sent to us");
+                return Prediction::one(
+                    stats::PASS_NOT_FOR_US,
+                    Effect::Unchanged,
+                    "an ICMP error about a VIP flow, not sent to us",
+                );
             }
             let Some(b) = vip.pick(&flow) else {
-                return Prediction::one(stats::DROP_NO_BACKEND, Effect::Dropped, "an ICMP error about a VIP flow without backends");
+                return Prediction::one(
+                    stats::DROP_NO_BACKEND,
+                    Effect::Dropped,
+                    "an ICMP error about a VIP flow without backends",
+                );
             };
-            let why = format!("an ICMP error about a flow of VIP {}:{}, backend {}", vip.addr, vip.port, b.addr);
+            let why = format!(
+                "an ICMP error about a flow of VIP {}:{}, backend {}",
+                vip.addr, vip.port, b.addr
+            );
             if !vip.l3 {
                 return Prediction::one(stats::TX, self.l2(frame, ingress, b), why);
             }
@@ -792,15 +491,22 @@ impl Model {
             put_addr(&mut want, ip.addr_at(true), b.addr);
             put_addr(&mut want, quote_addr_at(q, ip.v6, false), b.addr);
             put_port(&mut want, q.l4, b.port);
-            return self.icmp_translated(frame, ingress, ip, q, want, b.addr, why);
+            return self.icmp_translated(frame, ingress, ip, q, want, why);
         }
         if let Some((vip, b, ours)) = self.reply_of(&flow) {
             if ours != Some(false) {
-                let why = format!("an ICMP error about a client's packet to backend {} of {}:{}", b.addr, vip.addr, vip.port);
+                let why = format!(
+                    "an ICMP error about a client's packet to backend {} of {}:{}",
+                    b.addr, vip.addr, vip.port
+                );
                 let p = if !addressed {
                     foreign()
                 } else if !for_us {
-                    Prediction::one(stats::PASS_NOT_FOR_US, Effect::Unchanged, format!("{why}, not sent to us"))
+                    Prediction::one(
+                        stats::PASS_NOT_FOR_US,
+                        Effect::Unchanged,
+                        format!("{why}, not sent to us"),
+                    )
                 } else if let Some(p) = checks(&why) {
                     p
                 } else {
@@ -811,14 +517,13 @@ impl Model {
                         put_addr(&mut want, ip.addr_at(false), vip.addr);
                     }
                     put_addr(&mut want, quote_addr_at(q, ip.v6, true), vip.addr);
-                    let port = if vip.port == 0 { 0 } else { vip.port };
-                    put_port(&mut want, q.l4 + 2, port);
-                    self.icmp_translated(frame, ingress, ip, q, want, ip.dst, why)
+                    put_port(&mut want, q.l4 + 2, vip.port);
+                    self.icmp_translated(frame, ingress, ip, q, want, why)
                 };
+                let mut p = p;
                 if ours.is_none() {
-                    let mut p = p;
+                    // Only the connection table knows: a reply of ours, or not (passed).
                     p.outcomes.extend(foreign().outcomes);
-                    return p;
                 }
                 return p;
             }
@@ -826,8 +531,7 @@ impl Model {
         foreign()
     }
 
-    /// A translated ICMP error: `want` holds the new addresses and ports; routed to `to`.
-    #[allow(clippy::too_many_arguments)]
+    /// A translated ICMP error: `want` holds the new addresses and ports.
     fn icmp_translated(
         &self,
         frame: &[u8],
@@ -835,27 +539,16 @@ impl Model {
         ip: &Ip,
         q: &Quote,
         want: Vec<u8>,
-        to: IpAddr,
         why: String,
     ) -> Prediction {
-        let mut free = vec![ip.l4 + 2..ip.l4 + 4];
+        // The ICMP checksum.
+        let mut free: Vec<Range<usize>> = std::iter::once(ip.l4 + 2..ip.l4 + 4).collect();
         if !ip.v6 {
             free.push(ip.l3 + 10..ip.l3 + 12);
             free.push(q.at + 10..q.at + 12);
         }
         free.extend(l4_check_field(frame, q.l4, q.flow.proto, ip.v6));
-        let mut p = self.route(frame, ingress, ip, to, Kind::IcmpError, why);
-        for (_, e) in &mut p.outcomes {
-            if let Effect::Rewritten { want: w, free: f } = e {
-                // Keep the routing's TTL and MACs, take the translation's addresses and ports.
-                let mut t = want.clone();
-                t[0..12].copy_from_slice(&w[0..12]);
-                t[ip.ttl_at()] = w[ip.ttl_at()];
-                *w = t;
-                f.extend(free.iter().cloned());
-            }
-        }
-        p
+        self.route(Translated { want, free }, ingress, ip, Kind::IcmpError, why)
     }
 
     /// An L2 VIP's packet: only the MACs change, to the backend's and the receiving
@@ -868,11 +561,22 @@ impl Model {
     }
 
     fn mac(&self, ifindex: u32) -> [u8; 6] {
-        self.ifaces.iter().find(|i| i.0 == ifindex).map_or([0; 6], |i| i.1)
+        self.ifaces
+            .iter()
+            .find(|i| i.0 == ifindex)
+            .map_or([0; 6], |i| i.1)
     }
 
     /// An L3 packet rewritten by `nat` and routed.
-    fn nat(&self, frame: &[u8], ingress: u32, ip: &Ip, n: Nat, kind: Kind, why: String) -> Prediction {
+    fn nat(
+        &self,
+        frame: &[u8],
+        ingress: u32,
+        ip: &Ip,
+        n: Nat,
+        kind: Kind,
+        why: String,
+    ) -> Prediction {
         let mut want = frame.to_vec();
         let mut free = Vec::new();
         put_addr(&mut want, ip.addr_at(n.dst), n.addr);
@@ -880,32 +584,27 @@ impl Model {
             put_port(&mut want, ip.l4 + if n.dst { 2 } else { 0 }, n.port);
         }
         free.extend(l4_check_field(frame, ip.l4, ip.proto, ip.v6));
-        let to = if n.dst { n.addr } else { ip.dst };
         if !ip.v6 {
             free.push(ip.l3 + 10..ip.l3 + 12);
         }
-        let mut p = self.route(frame, ingress, ip, to, kind, why);
-        for (_, e) in &mut p.outcomes {
-            if let Effect::Rewritten { want: w, free: f } = e {
-                let mut t = want.clone();
-                t[0..12].copy_from_slice(&w[0..12]);
-                t[ip.ttl_at()] = w[ip.ttl_at()];
-                *w = t;
-                f.extend(free.iter().cloned());
-            }
-        }
-        p
+        self.route(Translated { want, free }, ingress, ip, kind, why)
     }
 
-    /// The routing outcomes of an L3 packet to `to` (docs/datapath.md, L3 policies), each
-    /// with the frame's MACs and TTL as they leave (addresses are the caller's).
-    fn route(&self, frame: &[u8], ingress: u32, ip: &Ip, to: IpAddr, kind: Kind, why: String) -> Prediction {
+    /// The routing outcomes of an L3 packet to `to` (docs/datapath.md, L3 policies): handed
+    /// to the kernel as `t` says, or forwarded with the next hop's MACs and one less TTL.
+    fn route(&self, t: Translated, ingress: u32, ip: &Ip, kind: Kind, why: String) -> Prediction {
+        let from = addr(&t.want, ip.addr_at(false), ip.v6);
+        let to = addr(&t.want, ip.addr_at(true), ip.v6);
         if ip.ttl <= 1 {
-            return Prediction::one(stats::PASS_TTL, Effect::Unchanged, format!("{why}, TTL {}", ip.ttl));
+            return Prediction::one(
+                stats::PASS_TTL,
+                Effect::Unchanged,
+                format!("{why}, TTL {}", ip.ttl),
+            );
         }
         let kernel = Effect::Rewritten {
-            want: frame.to_vec(),
-            free: vec![],
+            want: t.want.clone(),
+            free: t.free.clone(),
         };
         let too_big = || -> Vec<(u32, Effect)> {
             if kind == Kind::IcmpError {
@@ -926,20 +625,29 @@ impl Model {
             (stats::DROP_NO_ROUTE, Effect::Dropped)
         };
         let big = ip.len > self.fib.mtu as u32;
-        let outcomes = match self.fib.route(to) {
+        let outcomes = match self.fib.route(from, to) {
             Hop::Neighbour { .. } | Hop::Kernel if big => too_big(),
             Hop::Neighbour { ifindex, mac } if self.ifaces.iter().any(|i| i.0 == ifindex) => {
-                let mut want = frame.to_vec();
+                let mut want = t.want.clone();
                 want[0..6].copy_from_slice(&mac);
                 want[6..12].copy_from_slice(&self.mac(ifindex));
                 want[ip.ttl_at()] -= 1;
-                let reason = if ifindex == ingress { stats::TX } else { stats::REDIRECT };
-                vec![(reason, Effect::Rewritten { want, free: vec![] })]
+                let reason = if ifindex == ingress {
+                    stats::TX
+                } else {
+                    stats::REDIRECT
+                };
+                let free = t.free.clone();
+                vec![(reason, Effect::Rewritten { want, free })]
             }
             Hop::Neighbour { .. } | Hop::Kernel => vec![(stats::PASS_NO_NEIGH, kernel)],
             Hop::Local => vec![local],
             Hop::Unknown => {
-                let mut o = vec![(stats::PASS_NO_NEIGH, kernel.clone()), local, (stats::DROP_NO_ROUTE, Effect::Dropped)];
+                let mut o = vec![
+                    (stats::PASS_NO_NEIGH, kernel.clone()),
+                    local,
+                    (stats::DROP_NO_ROUTE, Effect::Dropped),
+                ];
                 if big {
                     o.extend(too_big());
                 }
@@ -951,6 +659,13 @@ impl Model {
             why: format!("{why}, routed to {to}"),
         }
     }
+}
+
+/// An L3 packet with its new addresses and ports (`want`) and the checksum fields that follow
+/// them (`free`), before routing.
+struct Translated {
+    want: Vec<u8>,
+    free: Vec<Range<usize>>,
 }
 
 /// Why an L3 packet cannot be translated, if it cannot: VLAN-tagged, or IPv6 with a Routing
@@ -965,16 +680,6 @@ fn untranslatable(ip: &Ip) -> Option<u32> {
     }
 }
 
-/// Where the quoted packet's source (or destination) address is.
-fn quote_addr_at(q: &Quote, v6: bool, dst: bool) -> usize {
-    q.at + match (v6, dst) {
-        (false, false) => 12,
-        (false, true) => 16,
-        (true, false) => 8,
-        (true, true) => 24,
-    }
-}
-
 /// A ping answered from the VIP in place: addresses and MACs swapped, echo reply, TTL 64,
 /// checksums (free here, checked for validity).
 fn echo_reply(frame: &[u8], ip: &Ip) -> Effect {
@@ -985,7 +690,8 @@ fn echo_reply(frame: &[u8], ip: &Ip) -> Effect {
     put_addr(&mut want, ip.addr_at(true), ip.src);
     want[ip.ttl_at()] = 64;
     want[ip.l4] = if ip.v6 { 129 } else { 0 };
-    let mut free = vec![ip.l4 + 2..ip.l4 + 4];
+    // The ICMP checksum.
+    let mut free: Vec<Range<usize>> = std::iter::once(ip.l4 + 2..ip.l4 + 4).collect();
     if !ip.v6 {
         free.push(ip.l3 + 10..ip.l3 + 12);
     }

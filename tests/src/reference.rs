@@ -26,10 +26,7 @@ pub fn murmur3_32(data: &[u8], seed: u32) -> u32 {
     }
     let tail = &data[blocks * 4..];
     if !tail.is_empty() {
-        let k = tail
-            .iter()
-            .rev()
-            .fold(0u32, |k, b| (k << 8) | *b as u32);
+        let k = tail.iter().rev().fold(0u32, |k, b| (k << 8) | *b as u32);
         h ^= scramble(k);
     }
     h ^= data.len() as u32;
@@ -78,9 +75,7 @@ pub fn flow_hash(
 /// and takes its next free slot once per `max_weight` credit. Slots hold indices into
 /// `backends`; None only when no backend has weight.
 pub fn maglev(backends: &[(IpAddr, u32)], m: u64) -> Vec<Option<usize>> {
-    let mut order: Vec<usize> = (0..backends.len())
-        .filter(|i| backends[*i].1 > 0)
-        .collect();
+    let mut order: Vec<usize> = (0..backends.len()).filter(|i| backends[*i].1 > 0).collect();
     let identity = |i: usize| match backends[i].0 {
         IpAddr::V4(a) => a.octets().to_vec(),
         IpAddr::V6(a) => a.octets().to_vec(),

@@ -698,7 +698,12 @@ fn reference_pick(row: &(&str, u16, &str, u16, &str), backends: &[(&str, u32)]) 
 /// in V4_WEB.
 fn fixture_backends(vip: &str, weighted: bool) -> Vec<(&'static str, u32)> {
     match vip {
-        V4_WEB if weighted => vec![("10.0.1.1", 1), ("10.0.1.2", 1), ("10.0.1.3", 1), ("10.0.1.5", 3)],
+        V4_WEB if weighted => vec![
+            ("10.0.1.1", 1),
+            ("10.0.1.2", 1),
+            ("10.0.1.3", 1),
+            ("10.0.1.5", 3),
+        ],
         V4_WEB => vec![("10.0.1.1", 1), ("10.0.1.2", 1), ("10.0.1.3", 1)],
         V4_UDP_ALL => vec![("10.0.1.4", 1)],
         V6_WEB => vec![("2001:db8:1::1", 1), ("2001:db8:1::2", 1)],
@@ -738,7 +743,14 @@ fn backends_as_the_documented_algorithm_computes() {
             } else {
                 Packet::tcp(src, sport, &dst, dport).flags(ACK)
             };
-            f.check(&tx("independent backend", "", p, vip, Pick::Literal(backend), None));
+            f.check(&tx(
+                "independent backend",
+                "",
+                p,
+                vip,
+                Pick::Literal(backend),
+                None,
+            ));
         }
     };
     send(&mut f, &INDEPENDENT);

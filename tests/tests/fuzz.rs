@@ -49,7 +49,13 @@ impl Rng {
     }
 }
 
-const V4_DST: [&str; 5] = ["10.1.0.100", "10.1.0.200", "10.1.0.7", "10.2.0.1", "10.1.0.1"];
+const V4_DST: [&str; 5] = [
+    "10.1.0.100",
+    "10.1.0.200",
+    "10.1.0.7",
+    "10.2.0.1",
+    "10.1.0.1",
+];
 const V6_DST: [&str; 4] = ["fd01::100", "fd01::200", "fd01::7", "fd01::1"];
 /// Destination MACs of frames for other hosts: broadcast, IPv6 multicast, another station.
 const OTHER_MACS: [[u8; 6]; 3] = [[0xff; 6], [0x33, 0x33, 0, 0, 0, 1], [2, 0, 0, 0, 0, 0x99]];
@@ -135,7 +141,13 @@ fn packet(r: &mut Rng) -> Packet {
     if r.chance(5) {
         p.dst_mac = *r.pick(&OTHER_MACS);
     }
-    p.payload = vec![0x5a; r.below(64) as usize];
+    // Now and then over the 1500-byte MTU: "too big" answers, or fragmentation by the kernel.
+    let len = if r.chance(3) {
+        1450 + r.below(150)
+    } else {
+        r.below(64)
+    };
+    p.payload = vec![0x5a; len as usize];
     p
 }
 
@@ -179,7 +191,14 @@ fn model(desired: &[VipState], ring_size: u32, c0: (u32, Mac), b0: (u32, Mac)) -
         ("fd02::", 64, b0.0),
         ("fd03::", 64, X0),
     ];
-    let locals = ["10.1.0.254", "10.2.0.254", "10.3.0.254", "fd01::fe", "fd02::fe", "fd03::fe"];
+    let locals = [
+        "10.1.0.254",
+        "10.2.0.254",
+        "10.3.0.254",
+        "fd01::fe",
+        "fd02::fe",
+        "fd03::fe",
+    ];
     Model {
         vips: desired
             .iter()
@@ -251,11 +270,12 @@ fn fuzz_the_data_path() {
         let st = dp.stats().unwrap();
         let counted: u64 = (0..stats::VERDICT_COUNT).map(|i| st[i as usize]).sum();
         assert_eq!(counted, count, "verdict counters add up to the packets sent");
+        // Verdicts, then the events that show which paths ran (ICMP translations, replies).
         let mut seen: Vec<String> = (0..stats::VERDICT_COUNT)
+            .chain(stats::EVENT_BASE..stats::STATS_LEN)
             .filter(|i| st[*i as usize] > 0)
             .map(|i| format!("{}={}", stats::name(i).unwrap(), st[i as usize]))
             .collect();
-        seen.sort();
         println!("fuzzed {count} packets in {:.1} s (seed {seed}): {}", started.elapsed().as_secs_f64(), seen.join(" "));
     })
     .unwrap();
