@@ -271,7 +271,7 @@ fn fuzz_the_data_path() {
         let counted: u64 = (0..stats::VERDICT_COUNT).map(|i| st[i as usize]).sum();
         assert_eq!(counted, count, "verdict counters add up to the packets sent");
         // Verdicts, then the events that show which paths ran (ICMP translations, replies).
-        let mut seen: Vec<String> = (0..stats::VERDICT_COUNT)
+        let seen: Vec<String> = (0..stats::VERDICT_COUNT)
             .chain(stats::EVENT_BASE..stats::STATS_LEN)
             .filter(|i| st[*i as usize] > 0)
             .map(|i| format!("{}={}", stats::name(i).unwrap(), st[i as usize]))
