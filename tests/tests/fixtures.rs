@@ -151,6 +151,7 @@ impl Fixture {
                         .ring_choice(&vip, key)
                         .expect("ring has a backend"),
                     Pick::Flow(label) => self.flows[label],
+                    Pick::Literal(addr) => addr.parse().unwrap(),
                 };
                 assert_eq!(action, XDP_TX, "{ctx}: verdict");
                 // Sent back out from the interface's MAC, which the frame was sent to.
@@ -183,6 +184,8 @@ impl Fixture {
 enum Pick {
     /// Whatever the VIP's ring gives this flow now (computed by the control plane's code).
     Ring(lb_common::FlowKey),
+    /// This backend, computed independently of the code under test (`INDEPENDENT`).
+    Literal(&'static str),
     /// The backend an earlier row's flow went to.
     Flow(&'static str),
 }
@@ -643,4 +646,120 @@ fn packet_fixtures() {
         }
     }
     println!("{n_rows} table rows, {sent} packets in all");
+}
+
+/// Flows and the backend each must reach, computed once with `lb_tests::reference` (the flow
+/// hash and Maglev ring as docs/maglev.md describes them: MurmurHash3 over family, protocol,
+/// addresses and ports; M = 65537, seed 0; slot = hash % M) and kept as literals, so neither
+/// `lb_common::hash::flow_hash` nor the mirror's ring decides what is expected.
+/// `literals_match_the_reference` recomputes them. Rows before the weighted change use the
+/// fixture's configuration; `WEIGHTED` rows come after 10.0.1.5 joins V4_WEB with weight 3.
+/// (client, client port, VIP, destination port, backend)
+const INDEPENDENT: [(&str, u16, &str, u16, &str); 12] = [
+    ("10.0.0.1", 50000, V4_WEB, 80, "10.0.1.2"),
+    ("10.0.0.1", 50001, V4_WEB, 80, "10.0.1.1"),
+    ("10.0.0.1", 50002, V4_WEB, 80, "10.0.1.3"),
+    ("10.0.0.1", 50003, V4_WEB, 80, "10.0.1.2"),
+    ("10.0.0.2", 1234, V4_WEB, 80, "10.0.1.3"),
+    ("10.0.0.77", 65535, V4_WEB, 80, "10.0.1.1"),
+    ("192.0.2.9", 40404, V4_WEB, 80, "10.0.1.1"),
+    ("2001:db8:ff::1", 50000, V6_WEB, 443, "2001:db8:1::2"),
+    ("2001:db8:ff::1", 50001, V6_WEB, 443, "2001:db8:1::2"),
+    ("2001:db8:ff::2", 50002, V6_WEB, 443, "2001:db8:1::2"),
+    ("2001:db8:ff::3", 7, V6_WEB, 443, "2001:db8:1::1"),
+    ("10.0.0.5", 999, V4_UDP_ALL, 5353, "10.0.1.4"),
+];
+const WEIGHTED: [(&str, u16, &str, u16, &str); 6] = [
+    ("10.0.0.1", 51000, V4_WEB, 80, "10.0.1.5"),
+    ("10.0.0.1", 51001, V4_WEB, 80, "10.0.1.3"),
+    ("10.0.0.1", 51002, V4_WEB, 80, "10.0.1.2"),
+    ("10.0.0.1", 51003, V4_WEB, 80, "10.0.1.5"),
+    ("10.0.0.1", 51004, V4_WEB, 80, "10.0.1.5"),
+    ("10.0.0.1", 51005, V4_WEB, 80, "10.0.1.5"),
+];
+
+/// The reference's backend for a row, with the backends (address, weight) of its VIP.
+fn reference_pick(row: &(&str, u16, &str, u16, &str), backends: &[(&str, u32)]) -> String {
+    use lb_tests::reference;
+    let vip: VipAddr = row.2.parse().unwrap();
+    let members: Vec<(IpAddr, u32)> = backends
+        .iter()
+        .map(|(a, w)| (a.parse().unwrap(), *w))
+        .collect();
+    let ring = reference::maglev(&members, 65537);
+    let h = reference::flow_hash(
+        vip.proto.number(),
+        row.0.parse().unwrap(),
+        row.1,
+        vip.ip,
+        row.3,
+        false,
+    );
+    let i = ring[h as usize % ring.len()].expect("a backend with weight");
+    members[i].0.to_string()
+}
+
+/// The fixture's backends of `vip` (address, weight); `weighted`: with 10.0.1.5 at weight 3
+/// in V4_WEB.
+fn fixture_backends(vip: &str, weighted: bool) -> Vec<(&'static str, u32)> {
+    match vip {
+        V4_WEB if weighted => vec![
+            ("10.0.1.1", 1),
+            ("10.0.1.2", 1),
+            ("10.0.1.3", 1),
+            ("10.0.1.5", 3),
+        ],
+        V4_WEB => vec![("10.0.1.1", 1), ("10.0.1.2", 1), ("10.0.1.3", 1)],
+        V4_UDP_ALL => vec![("10.0.1.4", 1)],
+        V6_WEB => vec![("2001:db8:1::1", 1), ("2001:db8:1::2", 1)],
+        _ => unreachable!("no independent rows for {vip}"),
+    }
+}
+
+/// The literals are what the reference computes (needs no root): a change to the reference or
+/// the literals shows here, with the table to paste.
+#[test]
+fn literals_match_the_reference() {
+    let mut table = String::new();
+    let mut same = true;
+    for (rows, weighted) in [(&INDEPENDENT[..], false), (&WEIGHTED[..], true)] {
+        for row in rows {
+            let want = reference_pick(row, &fixture_backends(row.2, weighted));
+            same &= want == row.4;
+            table.push_str(&format!(
+                "    (\"{}\", {}, {}, {}, \"{want}\"),\n",
+                row.0, row.1, row.2, row.3
+            ));
+        }
+    }
+    assert!(same, "the reference computes:\n{table}");
+}
+
+/// The data path sends every `INDEPENDENT` and `WEIGHTED` flow to its literal backend, as a
+/// new flow (exact output bytes, counters as the table says).
+#[test]
+fn backends_as_the_documented_algorithm_computes() {
+    let mut f = Fixture::new();
+    let send = |f: &mut Fixture, rows: &[(&'static str, u16, &'static str, u16, &'static str)]| {
+        for &(src, sport, vip, dport, backend) in rows {
+            let dst = vip.parse::<VipAddr>().unwrap().ip.to_string();
+            let p = if vip == V4_UDP_ALL {
+                Packet::udp(src, sport, &dst, dport)
+            } else {
+                Packet::tcp(src, sport, &dst, dport).flags(ACK)
+            };
+            f.check(&tx(
+                "independent backend",
+                "",
+                p,
+                vip,
+                Pick::Literal(backend),
+                None,
+            ));
+        }
+    };
+    send(&mut f, &INDEPENDENT);
+    f.vip_mut(V4_WEB).backends.push(backend("10.0.1.5", 5, 3));
+    f.apply();
+    send(&mut f, &WEIGHTED);
 }

@@ -1,24 +1,31 @@
 //! Data-path fuzzing through BPF_PROG_TEST_RUN with L2 and L3 VIPs over IPv4 and IPv6 loaded
 //! (needs root; runs in the FIB namespace so L3 packets take their real path). Structure-aware
-//! packets (valid frames, then corrupted at every layer) and pure random bytes. For every
-//! packet: never XDP_ABORTED; a passed packet is byte-identical unless L3 handed it to the
-//! kernel rewritten; a rewritten packet differs only in the fields its mode may change, and
-//! carries valid checksums whenever the input did (checked by the builder's own code). At the
-//! end the verdict counters add up to the packets sent.
+//! packets (valid frames, some to other hosts' MACs, then corrupted at every layer) and pure
+//! random bytes. Every packet is judged by `lb_tests::oracle`, a reference model of the
+//! documented policy with its own parser and its own Maglev: the verdict reason must be one
+//! the model predicts (so every XDP_DROP has a documented reason that fits the packet), the
+//! action must go with it, and the output must be what that reason makes of the input (passed
+//! unchanged; an L2 VIP's packet with only its MACs changed, to the backend the reference ring
+//! picks; an L3 packet with exactly the addresses, ports, TTL and MACs the policy changes and
+//! valid checksums whenever the input had them). At the end the verdict counters add up to
+//! the packets sent.
 //!
 //! `XDPLB_FUZZ_PACKETS` sets the count (default 200 000); `XDPLB_FUZZ_SEED` the seed.
 //! `cargo xtask fuzz N` runs N.
 
+use std::net::IpAddr;
+
 use lb_common::stats;
 use lb_tests::{
     fib::{be_mac, fib_namespace},
-    packet::{internet_checksum, Packet, L4},
-    xdp::{test_run, vip, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
+    oracle::{self, Fib, Model},
+    packet::{Packet, CLIENT_MAC, L4},
+    xdp::{test_run, vip},
 };
 use lb_userspace::{
     datapath::{DataPath, LoadOptions},
     mirror::Mirror,
-    model::{BackendTarget, Mode},
+    model::{BackendTarget, Mac, Mode, VipState},
 };
 
 /// xorshift64*: deterministic, so a failure reproduces from its seed.
@@ -42,8 +49,16 @@ impl Rng {
     }
 }
 
-const V4_DST: [&str; 4] = ["10.1.0.100", "10.1.0.200", "10.1.0.7", "10.2.0.1"];
-const V6_DST: [&str; 3] = ["fd01::100", "fd01::200", "fd01::7"];
+const V4_DST: [&str; 5] = [
+    "10.1.0.100",
+    "10.1.0.200",
+    "10.1.0.7",
+    "10.2.0.1",
+    "10.1.0.1",
+];
+const V6_DST: [&str; 4] = ["fd01::100", "fd01::200", "fd01::7", "fd01::1"];
+/// Destination MACs of frames for other hosts: broadcast, IPv6 multicast, another station.
+const OTHER_MACS: [[u8; 6]; 3] = [[0xff; 6], [0x33, 0x33, 0, 0, 0, 1], [2, 0, 0, 0, 0, 0x99]];
 const V4_SRC: [&str; 3] = ["10.1.0.1", "10.2.0.1", "10.2.0.2"];
 const V6_SRC: [&str; 3] = ["fd01::1", "fd02::1", "fd02::2"];
 const PORTS: [u16; 6] = [80, 443, 53, 8080, 40000, 1];
@@ -130,7 +145,16 @@ fn packet(r: &mut Rng) -> Packet {
         }
     }
     p.ttl = *r.pick(&[64, 2, 1, 0, 255]);
-    p.payload = vec![0x5a; r.below(64) as usize];
+    if r.chance(5) {
+        p.dst_mac = *r.pick(&OTHER_MACS);
+    }
+    // Now and then over the 1500-byte MTU: "too big" answers, or fragmentation by the kernel.
+    let len = if r.chance(3) {
+        1450 + r.below(150)
+    } else {
+        r.below(64)
+    };
+    p.payload = vec![0x5a; len as usize];
     p
 }
 
@@ -152,202 +176,49 @@ fn corrupt(r: &mut Rng, mut f: Vec<u8>) -> Vec<u8> {
     f
 }
 
-/// Where the IP and transport headers are, parsed independently of the program (its rules:
-/// up to two VLAN tags, IPv4 IHL >= 5, IPv6 hop-by-hop/routing/destination/AH headers skipped).
-struct Layout {
-    v6: bool,
-    l3: usize,
-    l4: usize,
-    proto: u8,
-}
-
-/// How many VLAN tags the program parses in `f` (up to two).
-fn vlan_tags(f: &[u8]) -> usize {
-    let ty = |at: usize| f.get(at..at + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
-    (0..2)
-        .take_while(|n| matches!(ty(12 + 4 * n), Some(0x8100 | 0x88a8)))
-        .count()
-}
-
-fn layout(f: &[u8]) -> Option<Layout> {
-    let mut off = 12;
-    let mut ty = u16::from_be_bytes([*f.get(off)?, *f.get(off + 1)?]);
-    for _ in 0..2 {
-        if ty == 0x8100 || ty == 0x88a8 {
-            off += 4;
-            ty = u16::from_be_bytes([*f.get(off)?, *f.get(off + 1)?]);
-        }
+/// The oracle's picture of the FIB namespace (`lb_tests::fib`): its neighbours, subnets and
+/// addresses, with `c0` and `b0` registered and `x0` not.
+fn model(desired: &[VipState], ring_size: u32, c0: (u32, Mac), b0: (u32, Mac)) -> Model {
+    const X0: u32 = u32::MAX;
+    let ip = |a: &str| -> IpAddr { a.parse().unwrap() };
+    let mut neighbours = vec![
+        (ip("10.1.0.1"), c0.0, CLIENT_MAC),
+        (ip("fd01::1"), c0.0, CLIENT_MAC),
+        (ip("10.3.0.1"), X0, be_mac(3).0),
+    ];
+    for i in 1..=2u8 {
+        neighbours.push((ip(&format!("10.2.0.{i}")), b0.0, be_mac(i).0));
+        neighbours.push((ip(&format!("fd02::{i}")), b0.0, be_mac(i).0));
     }
-    let l3 = off + 2;
-    match ty {
-        0x0800 => {
-            let ihl = (*f.get(l3)? & 0x0f) as usize * 4;
-            Some(Layout {
-                v6: false,
-                l3,
-                l4: l3 + ihl,
-                proto: *f.get(l3 + 9)?,
-            })
-        }
-        0x86dd => {
-            let (mut next, mut at) = (*f.get(l3 + 6)?, l3 + 40);
-            while matches!(next, 0 | 43 | 60 | 51) {
-                let len = if next == 51 {
-                    (*f.get(at + 1)? as usize + 2) * 4
-                } else {
-                    (*f.get(at + 1)? as usize + 1) * 8
-                };
-                next = *f.get(at)?;
-                at += len;
-            }
-            Some(Layout {
-                v6: true,
-                l3,
-                l4: at,
-                proto: next,
-            })
-        }
-        _ => None,
+    let subnets = [
+        ("10.1.0.0", 24, c0.0),
+        ("10.2.0.0", 24, b0.0),
+        ("10.3.0.0", 24, X0),
+        ("fd01::", 64, c0.0),
+        ("fd02::", 64, b0.0),
+        ("fd03::", 64, X0),
+    ];
+    let locals = [
+        "10.1.0.254",
+        "10.2.0.254",
+        "10.3.0.254",
+        "fd01::fe",
+        "fd02::fe",
+        "fd03::fe",
+    ];
+    Model {
+        vips: desired
+            .iter()
+            .map(|v| oracle::Vip::from_state(v, ring_size as u64))
+            .collect(),
+        ifaces: vec![(c0.0, c0.1 .0), (b0.0, b0.1 .0)],
+        fib: Fib {
+            neighbours,
+            subnets: subnets.iter().map(|(n, l, i)| (ip(n), *l, *i)).collect(),
+            locals: locals.iter().map(|a| ip(a)).collect(),
+            mtu: 1500,
+        },
     }
-}
-
-/// Whether the IPv4 header checksum and the TCP/UDP checksum of `f` are valid (None: not
-/// checkable, e.g. lengths that do not fit the frame).
-fn checksums_valid(f: &[u8]) -> Option<bool> {
-    let l = layout(f)?;
-    let (src, dst, l4_len) = if l.v6 {
-        let plen = u16::from_be_bytes([f[l.l3 + 4], f[l.l3 + 5]]) as usize;
-        (
-            f.get(l.l3 + 8..l.l3 + 24)?,
-            f.get(l.l3 + 24..l.l3 + 40)?,
-            (l.l3 + 40 + plen).checked_sub(l.l4)?,
-        )
-    } else {
-        let tot = u16::from_be_bytes([f[l.l3 + 2], f[l.l3 + 3]]) as usize;
-        if internet_checksum(f.get(l.l3..l.l4)?) != 0 {
-            return Some(false);
-        }
-        (
-            f.get(l.l3 + 12..l.l3 + 16)?,
-            f.get(l.l3 + 16..l.l3 + 20)?,
-            (l.l3 + tot).checked_sub(l.l4)?,
-        )
-    };
-    let seg = f.get(l.l4..l.l4 + l4_len)?;
-    if l.proto == 17 && !l.v6 && seg.get(6..8)? == [0, 0] {
-        return Some(true);
-    }
-    // The pseudo-header; ICMP for IPv4 has none.
-    let mut data = Vec::new();
-    if l.v6 {
-        data.extend_from_slice(src);
-        data.extend_from_slice(dst);
-        data.extend_from_slice(&(l4_len as u32).to_be_bytes());
-        data.extend_from_slice(&[0, 0, 0, l.proto]);
-    } else if l.proto != 1 {
-        data.extend_from_slice(src);
-        data.extend_from_slice(dst);
-        data.extend_from_slice(&[0, l.proto]);
-        data.extend_from_slice(&(l4_len as u16).to_be_bytes());
-    }
-    data.extend_from_slice(seg);
-    Some(internet_checksum(&data) == 0)
-}
-
-/// Byte ranges a rewrite may change: MACs always; for L3 also TTL/hop limit, addresses, ports
-/// and checksums, and in an ICMP error the quoted packet's (RFC 5508 translation).
-fn allowed(f: &[u8], l3_mode: bool) -> Vec<std::ops::Range<usize>> {
-    // The MACs are always fair game.
-    let mut r = Vec::new();
-    r.push(0..12);
-    if !l3_mode {
-        return r;
-    }
-    if let Some(l) = layout(f) {
-        r.extend(header_fields(l.v6, l.l3, l.l4, l.proto));
-        if matches!(l.proto, 1 | 58) {
-            // The quoted packet after the 8-byte ICMP header: its header, then TCP or UDP.
-            let inner = l.l4 + 8;
-            let (v6, ihl) = if l.v6 {
-                (true, 40)
-            } else {
-                (false, (f.get(inner).map_or(5, |b| b & 0x0f) as usize) * 4)
-            };
-            let proto = f.get(inner + if v6 { 6 } else { 9 }).copied().unwrap_or(0);
-            r.extend(header_fields(v6, inner, inner + ihl, proto));
-        }
-    }
-    r
-}
-
-/// TTL/hop limit, addresses (and IPv4 header checksum), ports and the transport checksum of
-/// an IP header at `l3` whose transport header is at `l4`.
-fn header_fields(v6: bool, l3: usize, l4: usize, proto: u8) -> Vec<std::ops::Range<usize>> {
-    let mut r = if v6 {
-        vec![l3 + 7..l3 + 8, l3 + 8..l3 + 40]
-    } else {
-        vec![l3 + 8..l3 + 9, l3 + 10..l3 + 20]
-    };
-    r.push(l4..l4 + 4);
-    r.push(if proto == 6 {
-        l4 + 16..l4 + 18
-    } else {
-        l4 + 6..l4 + 8
-    });
-    r
-}
-
-fn check(input: &[u8], action: u32, out: &[u8], reason: u32) -> Result<(), String> {
-    if ![XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT].contains(&action) {
-        return Err(format!("verdict {action}"));
-    }
-    let rewritten = matches!(action, XDP_TX | XDP_REDIRECT)
-        || reason == stats::PASS_NO_NEIGH
-        || reason == stats::PASS_KERNEL_FRAGMENTS;
-    if action == XDP_DROP {
-        return Ok(());
-    }
-    if reason == stats::TX_ICMP_TOO_BIG {
-        // A new packet: an ICMP error quoting the input's start, its checksums right.
-        return if checksums_valid(out) == Some(true) {
-            Ok(())
-        } else {
-            Err("an ICMP \"too big\" with wrong checksums".into())
-        };
-    }
-    if !rewritten {
-        return if out == input {
-            Ok(())
-        } else {
-            Err("a passed packet changed".into())
-        };
-    }
-    // Redirected out another interface, an L2 frame leaves without its VLAN tags: compared
-    // with its input without them (a redirect that kept them fails the length check).
-    let untagged: Vec<u8>;
-    let input = match vlan_tags(input) {
-        n if action == XDP_REDIRECT && n > 0 => {
-            untagged = [&input[..12], &input[12 + 4 * n..]].concat();
-            &untagged[..]
-        }
-        _ => input,
-    };
-    if out.len() != input.len() {
-        return Err("a rewritten packet changed length".into());
-    }
-    let l3_mode = input[12..] != out[12..];
-    let ranges = allowed(input, l3_mode);
-    if let Some(i) =
-        (0..input.len()).find(|i| input[*i] != out[*i] && !ranges.iter().any(|r| r.contains(i)))
-    {
-        return Err(format!(
-            "byte {i} changed outside the fields the mode may change"
-        ));
-    }
-    if checksums_valid(input) == Some(true) && checksums_valid(out) != Some(true) {
-        return Err("valid checksums in, invalid out".into());
-    }
-    Ok(())
 }
 
 #[test]
@@ -364,10 +235,9 @@ fn fuzz_the_data_path() {
     ns.run(|| {
         let opts = LoadOptions { conntrack_size: 65536, ..LoadOptions::default() };
         let mut dp = DataPath::load(&opts).expect("load xdplb (root?)");
-        let ifaces = [
-            dp.register_egress("c0").unwrap().0,
-            dp.register_egress("b0").unwrap().0,
-        ];
+        let c0 = dp.register_egress("c0").unwrap();
+        let b0 = dp.register_egress("b0").unwrap();
+        let ifaces = [c0.0, b0.0];
         let mut mirror = Mirror::new(opts.ring_size, opts.max_vips, opts.max_backends);
         let desired = [
             vip("10.1.0.100:80/tcp", Mode::L2, backends(false, false)),
@@ -381,6 +251,7 @@ fn fuzz_the_data_path() {
             vip("[fd01::200]:80/tcp", Mode::L3, backends(true, true)),
         ];
         mirror.sync(&mut dp.writer(), &desired).unwrap();
+        let model = model(&desired, opts.ring_size, c0, b0);
         let mut r = Rng(seed | 1);
         let mut last = dp.stats().unwrap();
         let started = std::time::Instant::now();
@@ -393,23 +264,29 @@ fn fuzz_the_data_path() {
                 }
                 _ => packet(&mut r).build(),
             };
-            let (action, got) = test_run(dp.program().unwrap(), &frame, Some(*r.pick(&ifaces)));
+            let ingress = *r.pick(&ifaces);
+            let (action, got) = test_run(dp.program().unwrap(), &frame, Some(ingress));
             let now = dp.stats().unwrap();
-            let reason = (0..stats::VERDICT_COUNT).find(|i| now[*i as usize] != last[*i as usize]).expect("a verdict was counted");
+            let reason = (0..stats::VERDICT_COUNT)
+                .find(|i| now[*i as usize] != last[*i as usize])
+                .expect("a verdict was counted");
             last = now;
-            if let Err(e) = check(&frame, action, &got, reason) {
-                panic!("packet {n} (seed {seed}): {e}; reason {:?}\n in: {frame:02x?}\nout: {got:02x?}", stats::name(reason));
+            if let Err(e) = model.predict(&frame, ingress).check(&frame, action, &got, reason) {
+                panic!(
+                    "packet {n} (seed {seed}, ingress {ingress}): {e}; action {action}\n in: {frame:02x?}\nout: {got:02x?}"
+                );
             }
         }
         let st = dp.stats().unwrap();
         let counted: u64 = (0..stats::VERDICT_COUNT).map(|i| st[i as usize]).sum();
         assert_eq!(counted, count, "verdict counters add up to the packets sent");
+        // Verdicts, then the events that show which paths ran (ICMP translations, replies).
         assert!(st[stats::EV_VLAN_POPPED as usize] > 0, "no tagged frame was redirected untagged");
-        let mut seen: Vec<String> = (0..stats::VERDICT_COUNT)
+        let seen: Vec<String> = (0..stats::VERDICT_COUNT)
+            .chain(stats::EVENT_BASE..stats::STATS_LEN)
             .filter(|i| st[*i as usize] > 0)
             .map(|i| format!("{}={}", stats::name(i).unwrap(), st[i as usize]))
             .collect();
-        seen.sort();
         println!("fuzzed {count} packets in {:.1} s (seed {seed}): {}", started.elapsed().as_secs_f64(), seen.join(" "));
     })
     .unwrap();
