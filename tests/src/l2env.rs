@@ -27,8 +27,14 @@ pub struct L2Env {
 }
 
 impl L2Env {
+    /// Three backends; the daemon started with `extra` arguments.
     pub fn new(extra: &[&str]) -> L2Env {
-        let topo = L2Topology::new(3).expect("topology");
+        L2Env::with_backends(3, extra)
+    }
+
+    /// `n` backends; the daemon started with `extra` arguments.
+    pub fn with_backends(n: usize, extra: &[&str]) -> L2Env {
+        let topo = L2Topology::new(n).expect("topology");
         let pass = topo
             .attach_peer_pass()
             .expect("pass program on the bridge port");

@@ -13,22 +13,33 @@ use std::{
 };
 
 use lb_tests::{
-    daemon::{scrape, Daemon},
+    daemon::scrape,
+    l2env::{L2Env, PORT},
     netns::unique_prefix,
-    peers::{tcp_once, Server},
-    topology::{L2Topology, VIP4},
+    peers::tcp_once,
+    topology::VIP4,
 };
 use serde_json::Value;
 
-const PORT: u16 = 8080;
 const METRICS: &str = "127.0.0.1:9465";
 
+/// The shared L2 environment and the file the daemon reads fault plans from.
 struct Env {
-    d: Daemon,
+    e: L2Env,
     plan: PathBuf,
-    _servers: Vec<Server>,
-    _pass: lb_userspace::datapath::DataPath,
-    topo: L2Topology,
+}
+
+impl std::ops::Deref for Env {
+    type Target = L2Env;
+    fn deref(&self) -> &L2Env {
+        &self.e
+    }
+}
+
+impl std::ops::DerefMut for Env {
+    fn deref_mut(&mut self) -> &mut L2Env {
+        &mut self.e
+    }
 }
 
 /// What the daemon says and does: `config`, `vip list` (ids and ring digests included), where
@@ -40,29 +51,12 @@ impl Env {
     /// Three backends serving, the daemon reading fault plans from a file of its own, the VIP
     /// on eth0 with b1 and b2.
     fn new() -> Env {
-        let topo = L2Topology::new(3).expect("topology");
-        let pass = topo
-            .attach_peer_pass()
-            .expect("pass program on the bridge port");
-        let servers = topo
-            .backends
-            .iter()
-            .enumerate()
-            .map(|(i, b)| {
-                let name = format!("b{}", i + 1);
-                Server::start(&b.ns, &name, PORT, &[VIP4.parse().unwrap()]).unwrap()
-            })
-            .collect();
         let plan = std::env::temp_dir().join(format!("xdplb-faults-{}", unique_prefix()));
         // Inherited by the daemon (the tests of this binary run one at a time).
         std::env::set_var(lb_userspace::datapath::faults::ENV, &plan);
-        let d = Daemon::start(&topo.lb.ns, &["--metrics", METRICS]).expect("start the daemon");
         let e = Env {
-            d,
+            e: L2Env::new(&["--metrics", METRICS]),
             plan,
-            _servers: servers,
-            _pass: pass,
-            topo,
         };
         e.d.ok(&["attach", "eth0"]).unwrap();
         e.d.ok(&["vip", "add", &e.vip()]).unwrap();
@@ -70,14 +64,6 @@ impl Env {
             e.d.ok(&["backend", "add", &e.vip(), &e.b(i)]).unwrap();
         }
         e
-    }
-
-    fn vip(&self) -> String {
-        format!("{VIP4}:{PORT}/tcp")
-    }
-
-    fn b(&self, i: usize) -> String {
-        self.topo.backends[i].ip4.to_string()
     }
 
     /// The next map writes follow `plan` (`fail AFTER COUNT`, `panic AFTER`, `off`).

@@ -8,55 +8,32 @@
 
 use std::{
     collections::BTreeMap,
-    net::SocketAddr,
     time::{Duration, Instant},
 };
 
-use lb_tests::{
-    daemon::Daemon,
-    netns::Netns,
-    peers::{tcp_once, Server},
-    topology::{L2Topology, VIP4},
-};
+use lb_tests::{l2env::L2Env, netns::Netns};
 use lb_userspace::api::{call, Request};
 
-const PORT: u16 = 8080;
+/// The shared L2 environment with two backends, an L2 VIP on the LB's eth0 and both backends
+/// added without `--mac`.
+struct Env(L2Env);
 
-struct Env {
-    d: Daemon,
-    _servers: Vec<Server>,
-    _pass: lb_userspace::datapath::DataPath,
-    topo: L2Topology,
+impl std::ops::Deref for Env {
+    type Target = L2Env;
+    fn deref(&self) -> &L2Env {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Env {
+    fn deref_mut(&mut self) -> &mut L2Env {
+        &mut self.0
+    }
 }
 
 impl Env {
-    /// Two backends, an L2 VIP on the LB's eth0, both backends added without `--mac`.
     fn new() -> Env {
-        let topo = L2Topology::new(2).expect("topology");
-        let pass = topo
-            .attach_peer_pass()
-            .expect("pass program on the bridge port");
-        let servers = topo
-            .backends
-            .iter()
-            .enumerate()
-            .map(|(i, b)| {
-                Server::start(
-                    &b.ns,
-                    &format!("b{}", i + 1),
-                    PORT,
-                    &[VIP4.parse().unwrap()],
-                )
-                .unwrap()
-            })
-            .collect();
-        let d = Daemon::start(&topo.lb.ns, &[]).expect("start the daemon");
-        let e = Env {
-            d,
-            _servers: servers,
-            _pass: pass,
-            topo,
-        };
+        let e = Env(L2Env::with_backends(2, &[]));
         e.d.ok(&["attach", "eth0", "--xdp-mode", "native"]).unwrap();
         e.d.ok(&["vip", "add", &e.vip(), "--mode", "l2"]).unwrap();
         for b in &e.topo.backends {
@@ -64,30 +41,6 @@ impl Env {
                 .unwrap();
         }
         e
-    }
-
-    fn vip(&self) -> String {
-        format!("{VIP4}:{PORT}/tcp")
-    }
-
-    /// `n` new TCP connections from `first_port` on, each answered; the count per backend.
-    fn spread(&self, n: u16, first_port: u16) -> BTreeMap<String, u32> {
-        let target = SocketAddr::new(VIP4.parse().unwrap(), PORT);
-        let names: Vec<String> = self
-            .topo
-            .client
-            .ns
-            .run(|| {
-                (0..n)
-                    .map(|i| tcp_once(target, first_port + i).expect("an answered request"))
-                    .collect()
-            })
-            .unwrap();
-        let mut counts = BTreeMap::new();
-        for name in names {
-            *counts.entry(name).or_insert(0) += 1;
-        }
-        counts
     }
 
     fn backend_mac(&self, i: usize) -> String {
