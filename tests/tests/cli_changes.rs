@@ -4,14 +4,11 @@
 //! across a restart too, and `backend undrain` restores it; health checks set with `--check`
 //! take a backend out and back; refused flags change nothing.
 
-use std::{
-    collections::BTreeMap,
-    net::SocketAddr,
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use lb_tests::{
     daemon::Daemon,
+    l2env::wait_for,
     peers::Server,
     topology::{L2Topology, VIP4},
 };
@@ -104,17 +101,6 @@ impl Env {
         let p = self.d.dir.join(name);
         std::fs::write(&p, toml).unwrap();
         p.to_str().unwrap().to_string()
-    }
-}
-
-fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -7,18 +7,11 @@
 
 use std::{
     collections::BTreeSet,
-    net::SocketAddr,
     path::PathBuf,
     time::{Duration, Instant},
 };
 
-use lb_tests::{
-    daemon::scrape,
-    l2env::{L2Env, PORT},
-    netns::unique_prefix,
-    peers::tcp_once,
-    topology::VIP4,
-};
+use lb_tests::{daemon::scrape, l2env::L2Env, netns::unique_prefix};
 use serde_json::Value;
 
 const METRICS: &str = "127.0.0.1:9465";
@@ -108,16 +101,7 @@ impl Env {
 
     /// The backends that answered `n` new connections from client ports `first_port` on.
     fn answered(&self, n: u16, first_port: u16) -> BTreeSet<String> {
-        let target = SocketAddr::new(VIP4.parse().unwrap(), PORT);
-        self.topo
-            .client
-            .ns
-            .run(|| {
-                (0..n)
-                    .map(|i| tcp_once(target, first_port + i).unwrap())
-                    .collect()
-            })
-            .unwrap()
+        self.spread(n, first_port).into_keys().collect()
     }
 
     fn sync(&self) -> Value {

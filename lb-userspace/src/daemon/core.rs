@@ -559,6 +559,14 @@ impl Core {
         self.macs.retain(|k, _| used.contains(k));
     }
 
+    /// The interface a configured backend is reached through (`via`), if it names one.
+    fn via_of(&self, vip: &VipAddr, addr: IpAddr) -> Option<String> {
+        self.config
+            .vip(vip)
+            .and_then(|v| v.backend(addr))
+            .and_then(|b| b.via.clone())
+    }
+
     /// Called every second: looks again for the MACs of backends kept out for the lack of one
     /// (without blocking: a probe now, the answer on a later tick).
     pub fn retry_unresolved(&mut self) {
@@ -567,11 +575,7 @@ impl Core {
         }
         let mut found = false;
         for (vip, addr) in self.unresolved.clone() {
-            let via = self
-                .config
-                .vip(&vip)
-                .and_then(|v| v.backend(addr))
-                .and_then(|b| b.via.clone());
+            let via = self.via_of(&vip, addr);
             if let Ok(Some(mac)) = neigh::lookup_or_probe(addr, via.as_deref()) {
                 log::info!("backend {addr} of VIP {vip}: MAC {mac} found");
                 self.macs.insert((addr, via), mac);

@@ -124,11 +124,7 @@ impl Core {
         }
         // Backends left out for the lack of a MAC come in now rather than on the next tick.
         for (vip, addr) in self.unresolved.clone() {
-            let via = self
-                .config
-                .vip(&vip)
-                .and_then(|v| v.backend(addr))
-                .and_then(|b| b.via.clone());
+            let via = self.via_of(&vip, addr);
             if addr == n.addr && on(&via) && !self.macs.contains_key(&(addr, via.clone())) {
                 log::info!("backend {addr} of VIP {vip}: MAC {mac} found");
                 self.macs.insert((addr, via), mac);
