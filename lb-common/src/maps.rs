@@ -36,11 +36,17 @@ pub const BACKEND_HOPS: &str = "XDPLB_BE_HOPS";
 pub const ENDPOINTS: &str = "XDPLB_ENDPOINTS";
 /// Runtime switches the control plane sets: slot `CONFIG_DEBUG` 1 to log every verdict to the
 /// kernel trace pipe (off by default); slot `CONFIG_RECORD_LIMIT` the new flows each CPU
-/// records in the connection table per second (0: no limit).
+/// records in the connection table per second (0: no limit); slot `CONFIG_LAYOUT` the
+/// `LAYOUT_VERSION` of the pinned maps (written by the daemon, never read by the data path).
 pub const CONFIG: &str = "XDPLB_CONFIG";
 pub const CONFIG_DEBUG: u32 = 0;
 pub const CONFIG_RECORD_LIMIT: u32 = 1;
-pub const CONFIG_SLOTS: u32 = 2;
+pub const CONFIG_LAYOUT: u32 = 2;
+pub const CONFIG_SLOTS: u32 = 3;
+/// Version of the pinned maps' layout: their keys, values and what they mean. Bump it with any
+/// such change, also one that keeps every size: a daemon refuses pins of another version
+/// rather than reading them with another meaning.
+pub const LAYOUT_VERSION: u32 = 1;
 /// Per-CPU `[u64; 2]` rate windows: start of the current one-second window (coarse clock, ns)
 /// and the events counted in it. Slot `WINDOW_RECORD`: new flows recorded; slot
 /// `WINDOW_ICMP`: ICMP errors the data path generated.

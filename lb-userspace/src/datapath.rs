@@ -236,7 +236,15 @@ impl DataPath {
         if let Some(dir) = &opts.pin_dir {
             check_pinned_layout(dir, opts)?;
         }
-        let ebpf = loader.load(OBJECT)?;
+        let mut ebpf = loader.load(OBJECT)?;
+        // At once: pins left without it (a daemon stopped right here) are refused later.
+        let config = ebpf.map_mut(m::CONFIG).ok_or(DataPathError::Map {
+            map: m::CONFIG,
+            reason: "not in the object".into(),
+        })?;
+        Array::<_, u32>::try_from(config)
+            .and_then(|mut a| a.set(m::CONFIG_LAYOUT, m::LAYOUT_VERSION, 0))
+            .map_err(map_err(m::CONFIG))?;
         Ok(DataPath {
             ebpf,
             opts: opts.clone(),
@@ -844,7 +852,31 @@ fn check_pinned_layout(dir: &std::path::Path, o: &LoadOptions) -> Result<(), Dat
             });
         }
     }
-    Ok(())
+    check_layout_version(&dir.join(m::CONFIG))
+}
+
+/// Refuses pins of another layout version (`m::LAYOUT_VERSION`), also where every size
+/// matches: the same bytes may mean something else. Nothing is touched.
+fn check_layout_version(config: &std::path::Path) -> Result<(), DataPathError> {
+    if !config.exists() {
+        return Ok(());
+    }
+    let data = MapData::from_pin(config).map_err(map_err(m::CONFIG))?;
+    let version = Array::<_, u32>::try_from(aya::maps::Map::Array(data))
+        .and_then(|a| a.get(&m::CONFIG_LAYOUT, 0))
+        .map_err(map_err(m::CONFIG))?;
+    if version == m::LAYOUT_VERSION {
+        return Ok(());
+    }
+    Err(DataPathError::Map {
+        map: m::CONFIG,
+        reason: format!(
+            "the maps pinned in {} have layout version {version}{}, this daemon reads version {}; they are left as they are: run the daemon that made them, or `xdplb daemon --cleanup` first (it drops the connection table)",
+            config.parent().map_or_else(String::new, |d| d.display().to_string()),
+            if version == 0 { " (none: older than layout versions, or a daemon stopped while loading)" } else { "" },
+            m::LAYOUT_VERSION
+        ),
+    })
 }
 
 /// Every map, for pinning. `XDPLB_JUMP` too: the kernel empties a program array when its last

@@ -3,6 +3,8 @@
 
 use std::{net::SocketAddr, time::Duration};
 
+use aya::maps::{Array, Map, MapData};
+use lb_common::maps as m;
 use lb_tests::{
     l2env::{wait_for, L2Env as Env, PORT},
     peers::tcp_once,
@@ -87,6 +89,35 @@ fn faults_incompatible_pins_and_a_full_disk() {
         "b1",
         "traffic still flows"
     );
+
+    // Pins of another layout version are refused even where every size matches (the same
+    // bytes could mean something else), and left as they are.
+    let set_layout = |version: u32| {
+        let data = MapData::from_pin(e.d.pin_path.join(m::CONFIG)).unwrap();
+        let mut config = Array::<_, u32>::try_from(Map::Array(data)).unwrap();
+        config.set(m::CONFIG_LAYOUT, version, 0).unwrap();
+    };
+    set_layout(m::LAYOUT_VERSION + 1);
+    let other = e.other_daemon(&[]);
+    let err = String::from_utf8_lossy(&other.stderr);
+    let want = format!(
+        "layout version {}, this daemon reads version {}",
+        m::LAYOUT_VERSION + 1,
+        m::LAYOUT_VERSION
+    );
+    assert!(
+        !other.status.success() && err.contains(&want) && err.contains("--cleanup"),
+        "{err}"
+    );
+    let data = MapData::from_pin(e.d.pin_path.join(m::CONFIG)).unwrap();
+    let config = Array::<_, u32>::try_from(Map::Array(data)).unwrap();
+    assert_eq!(
+        config.get(&m::CONFIG_LAYOUT, 0).unwrap(),
+        m::LAYOUT_VERSION + 1,
+        "the refused pins were touched"
+    );
+    assert!(e.d.pin_path.join(m::VIPS).exists());
+    set_layout(m::LAYOUT_VERSION);
 
     // The state directory fills up: a change is applied and kept running, the error says the
     // state could not be saved; once there is room, the next change saves it all.
