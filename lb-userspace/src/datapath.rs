@@ -227,7 +227,7 @@ impl DataPath {
             .map_max_entries(m::ENDPOINTS, opts.max_backends)
             .map_max_entries(m::BACKEND_HOPS, opts.max_backends);
         let pins: Vec<(&'static str, PathBuf)> = match &opts.pin_dir {
-            Some(dir) => ALL_MAPS.iter().map(|n| (*n, dir.join(n))).collect(),
+            Some(dir) => pinned_maps(opts).map(|p| (p.0, dir.join(p.0))).to_vec(),
             None => Vec::new(),
         };
         for (name, path) in &pins {
@@ -470,8 +470,10 @@ impl DataPath {
         for e in entries {
             let path = e?.path();
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            if name.starts_with("link_") || ALL_MAPS.contains(&name) || RETIRED_MAPS.contains(&name)
-            {
+            let pinned = pinned_maps(&LoadOptions::default())
+                .iter()
+                .any(|p| p.0 == name);
+            if name.starts_with("link_") || pinned || RETIRED_MAPS.contains(&name) {
                 std::fs::remove_file(&path)?;
                 removed.push(path);
             }
@@ -770,24 +772,35 @@ impl DataPath {
 
 /// Refuses maps pinned by a daemon with other limits or another layout: reusing them would
 /// make writes fail halfway or the program misread them.
-fn check_pinned_layout(dir: &std::path::Path, o: &LoadOptions) -> Result<(), DataPathError> {
+/// A pinned map: name, key size, value size (None: not checked) and entries.
+type PinnedMap = (&'static str, u32, Option<u32>, u32);
+
+/// Every map that is pinned, with the layout it must have for `o`: one table for pinning,
+/// `--cleanup` and the adoption check. `XDPLB_JUMP` too: the kernel empties a program array
+/// when its last user-space reference goes, so unpinned it would lose the ICMP program while
+/// no daemon runs.
+fn pinned_maps(o: &LoadOptions) -> [PinnedMap; 15] {
     use std::mem::size_of;
     let counters = size_of::<TrafficCounters>() as u32;
-    // (name, key size, value size (None: not checked), max entries)
-    let expected: [(&'static str, u32, Option<u32>, u32); 15] = [
+    [
         (
             m::ENDPOINTS,
             size_of::<EndpointKey>() as u32,
             Some(size_of::<Endpoint>() as u32),
             o.max_backends,
         ),
-        (m::CONFIG, 4, Some(4), m::CONFIG_SLOTS),
-        (m::JUMP, 4, Some(4), m::JUMP_SLOTS),
-        (m::RECORD_WINDOW, 4, Some(16), m::WINDOWS),
+        (m::CONFIG, 4, Some(size_of::<u32>() as u32), m::CONFIG_SLOTS),
+        (m::JUMP, 4, Some(size_of::<u32>() as u32), m::JUMP_SLOTS),
+        (
+            m::RECORD_WINDOW,
+            4,
+            Some(size_of::<[u64; 2]>() as u32),
+            m::WINDOWS,
+        ),
         (
             m::ADDR_FILTER,
             4,
-            Some(8),
+            Some(size_of::<u64>() as u32),
             m::FILTER_KINDS * m::FILTER_WORDS,
         ),
         (
@@ -829,8 +842,12 @@ fn check_pinned_layout(dir: &std::path::Path, o: &LoadOptions) -> Result<(), Dat
         (m::TX_PORTS, 4, None, m::MAX_IFACES),
         (m::VIP_STATS, 4, Some(counters), o.max_vips),
         (m::BACKEND_STATS, 4, Some(counters), o.max_backends),
-        (m::STATS, 4, Some(8), STATS_LEN),
-    ];
+        (m::STATS, 4, Some(size_of::<u64>() as u32), STATS_LEN),
+    ]
+}
+
+fn check_pinned_layout(dir: &std::path::Path, o: &LoadOptions) -> Result<(), DataPathError> {
+    let expected = pinned_maps(o);
     for (name, key, value, max) in expected {
         let path = dir.join(name);
         if !path.exists() {
@@ -878,26 +895,6 @@ fn check_layout_version(config: &std::path::Path) -> Result<(), DataPathError> {
         ),
     })
 }
-
-/// Every map, for pinning. `XDPLB_JUMP` too: the kernel empties a program array when its last
-/// user-space reference goes, so unpinned it would lose the ICMP program while no daemon runs.
-const ALL_MAPS: [&str; 15] = [
-    m::JUMP,
-    m::ENDPOINTS,
-    m::CONFIG,
-    m::RECORD_WINDOW,
-    m::ADDR_FILTER,
-    m::VIPS,
-    m::BACKENDS,
-    m::RING,
-    m::CONNTRACK,
-    m::IFACES,
-    m::IFACE_MACS,
-    m::TX_PORTS,
-    m::VIP_STATS,
-    m::BACKEND_STATS,
-    m::STATS,
-];
 
 /// Maps earlier versions pinned that this one no longer has: `--cleanup` removes their pins
 /// too, or they would stay in bpffs for good. `XDPLB_NAT`: the reverse-NAT table, replaced by
