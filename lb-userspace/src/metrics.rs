@@ -1,24 +1,20 @@
-//! Prometheus metrics for xdplb: the text exposition format (render and a strict parser for
-//! tests) and a minimal HTTP/1.1 server for `GET /metrics`.
+//! Prometheus metrics for xdplb: the text exposition format (`render` here, a strict parser
+//! for tests in `parse`) and a minimal HTTP/1.1 server for `GET /metrics` (`http`).
 //!
 //! The server is deliberately tiny: one request per connection, no keep-alive, no body. Every
 //! connection is bounded in time and memory so that a misbehaving client cannot hold the
 //! daemon's resources or delay other scrapes for long.
 
-use std::{
-    collections::{BTreeMap, HashSet},
-    fmt::Write as _,
-    io,
-    net::SocketAddr,
-    sync::Arc,
-    time::Duration,
-};
+use std::{fmt::Write as _, net::SocketAddr};
 
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
-    task::JoinSet,
-    time::timeout,
+mod http;
+mod parse;
+
+#[cfg(test)]
+use self::http::serve_with;
+pub use self::{
+    http::{serve, SnapshotFn},
+    parse::{parse, Sample},
 };
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -291,391 +287,6 @@ fn format_float(v: f64) -> String {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Parsing
-
-/// One parsed sample.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Sample {
-    pub name: String,
-    pub labels: BTreeMap<String, String>,
-    pub value: f64,
-}
-
-const BLANK: [char; 2] = [' ', '\t'];
-
-/// A strict parser of the text format subset `render` produces: blank lines, comments,
-/// HELP/TYPE lines and samples with optional labels and escaped label values, but no
-/// timestamps. Every line must end with a newline. Errors name the 1-based line number.
-pub fn parse(text: &str) -> Result<Vec<Sample>, String> {
-    let mut samples = Vec::new();
-    // (keyword, metric name): a family described twice means the producer split it.
-    let mut described = HashSet::new();
-    let mut lines = 0;
-    for (i, line) in text.split_terminator('\n').enumerate() {
-        lines = i + 1;
-        let parsed = parse_line(line, &mut described).map_err(|e| format!("line {lines}: {e}"))?;
-        samples.extend(parsed);
-    }
-    if !text.is_empty() && !text.ends_with('\n') {
-        return Err(format!("line {lines}: missing final newline"));
-    }
-    Ok(samples)
-}
-
-fn parse_line<'a>(
-    line: &'a str,
-    described: &mut HashSet<(&'a str, &'a str)>,
-) -> Result<Option<Sample>, String> {
-    if line.trim_matches(BLANK).is_empty() {
-        return Ok(None);
-    }
-    if let Some(comment) = line.strip_prefix('#') {
-        parse_comment(comment, described)?;
-        return Ok(None);
-    }
-    let (name, mut rest) = split_name(line, true);
-    if name.is_empty() {
-        return Err(format!("expected a metric name at {line:?}"));
-    }
-    let mut labels = BTreeMap::new();
-    if let Some(after_brace) = rest.trim_start_matches(BLANK).strip_prefix('{') {
-        (labels, rest) = parse_labels(after_brace)?;
-    }
-    let rest = rest
-        .strip_prefix(BLANK)
-        .ok_or_else(|| format!("expected a blank before the value of {name}"))?
-        .trim_start_matches(BLANK);
-    let (value, trailing) = rest.split_once(BLANK).unwrap_or((rest, ""));
-    if !trailing.trim_matches(BLANK).is_empty() {
-        return Err(format!(
-            "unexpected text after the value of {name} (timestamps are not supported)"
-        ));
-    }
-    Ok(Some(Sample {
-        name: name.to_string(),
-        labels,
-        value: parse_value(value).ok_or_else(|| format!("invalid value {value:?} for {name}"))?,
-    }))
-}
-
-/// `comment` is the line after '#'. Plain comments are accepted as they are; HELP and TYPE
-/// lines are checked.
-fn parse_comment<'a>(
-    comment: &'a str,
-    described: &mut HashSet<(&'a str, &'a str)>,
-) -> Result<(), String> {
-    let mut words = comment.trim_start_matches(BLANK).splitn(2, BLANK);
-    let keyword = words.next().unwrap_or_default();
-    if keyword != "HELP" && keyword != "TYPE" {
-        return Ok(());
-    }
-    let rest = words.next().unwrap_or_default().trim_start_matches(BLANK);
-    let (name, rest) = split_name(rest, true);
-    if name.is_empty() {
-        return Err(format!("expected a metric name after {keyword}"));
-    }
-    if !rest.is_empty() && !rest.starts_with(BLANK) {
-        return Err(format!("invalid metric name in {keyword} line"));
-    }
-    let rest = rest.trim_matches(BLANK);
-    if keyword == "TYPE" {
-        const TYPES: [&str; 5] = ["counter", "gauge", "histogram", "summary", "untyped"];
-        if !TYPES.contains(&rest) {
-            return Err(format!("invalid type {rest:?} for {name}"));
-        }
-    } else {
-        // HELP text may only escape a backslash or a newline.
-        let mut chars = rest.chars();
-        while let Some(c) = chars.next() {
-            if c == '\\' && !matches!(chars.next(), Some('\\' | 'n')) {
-                return Err(format!("invalid escape in HELP text of {name}"));
-            }
-        }
-    }
-    if !described.insert((keyword, name)) {
-        return Err(format!("duplicate {keyword} line for {name}"));
-    }
-    Ok(())
-}
-
-/// Splits a leading metric name (`[a-zA-Z_:][a-zA-Z0-9_:]*`) or, without `colon`, a label name
-/// (`[a-zA-Z_][a-zA-Z0-9_]*`) off `s`; the name is empty when `s` does not start with one.
-fn split_name(s: &str, colon: bool) -> (&str, &str) {
-    let ok = |i: usize, c: char| {
-        c.is_ascii_alphabetic() || c == '_' || (colon && c == ':') || (i > 0 && c.is_ascii_digit())
-    };
-    let end = s
-        .char_indices()
-        .find(|&(i, c)| !ok(i, c))
-        .map_or(s.len(), |(i, _)| i);
-    s.split_at(end)
-}
-
-/// Parses `name="value",...}` (the part after '{') and returns the labels and the rest.
-fn parse_labels(mut rest: &str) -> Result<(BTreeMap<String, String>, &str), String> {
-    let mut labels = BTreeMap::new();
-    loop {
-        rest = rest.trim_start_matches(BLANK);
-        if let Some(after) = rest.strip_prefix('}') {
-            return Ok((labels, after));
-        }
-        let (name, after) = split_name(rest, false);
-        if name.is_empty() {
-            return Err(format!("expected a label name or '}}' at {rest:?}"));
-        }
-        let after = after.trim_start_matches(BLANK);
-        let after = after
-            .strip_prefix('=')
-            .ok_or_else(|| format!("expected '=' after label {name}"))?
-            .trim_start_matches(BLANK);
-        let after = after
-            .strip_prefix('"')
-            .ok_or_else(|| format!("expected '\"' to open the value of label {name}"))?;
-        let (value, after) = parse_label_value(after).map_err(|e| format!("label {name}: {e}"))?;
-        if labels.insert(name.to_string(), value).is_some() {
-            return Err(format!("duplicate label {name}"));
-        }
-        rest = after.trim_start_matches(BLANK);
-        match rest.strip_prefix(',') {
-            Some(after) => rest = after,
-            None if rest.starts_with('}') => {}
-            None => return Err(format!("expected ',' or '}}' after label {name}")),
-        }
-    }
-}
-
-/// Unescapes a label value up to its closing quote; returns it and the rest after the quote.
-fn parse_label_value(s: &str) -> Result<(String, &str), String> {
-    let mut value = String::new();
-    let mut chars = s.char_indices();
-    while let Some((i, c)) = chars.next() {
-        match c {
-            '"' => return Ok((value, &s[i + 1..])),
-            '\\' => match chars.next() {
-                Some((_, '\\')) => value.push('\\'),
-                Some((_, '"')) => value.push('"'),
-                Some((_, 'n')) => value.push('\n'),
-                _ => return Err("invalid escape sequence".into()),
-            },
-            c => value.push(c),
-        }
-    }
-    Err("unterminated value".into())
-}
-
-fn parse_value(s: &str) -> Option<f64> {
-    match s {
-        "+Inf" => Some(f64::INFINITY),
-        "-Inf" => Some(f64::NEG_INFINITY),
-        "NaN" => Some(f64::NAN),
-        // Rust also reads "inf", "nan" and overflows as non-finite; the format does not.
-        _ => s.parse().ok().filter(|v: &f64| v.is_finite()),
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// HTTP server
-
-/// The metrics now, or why they cannot be read (answered with a 500, never with zeros that
-/// Prometheus would take for counter resets).
-type SnapshotFn = Arc<dyn Fn() -> Result<MetricsSnapshot, String> + Send + Sync>;
-
-/// Time a client has to send its whole request head.
-const READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// Time a client has to take the whole response.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Time to wait for a client to close after the response; see `respond`.
-const LINGER: Duration = Duration::from_secs(1);
-const MAX_HEAD: usize = 8 * 1024;
-/// Connections served at once; more wait in the listen backlog. Bounds memory and descriptors.
-const MAX_CONNECTIONS: usize = 64;
-
-/// Serves `GET /metrics` on `listener` until the task is dropped or aborted, which also ends
-/// the connections in flight. Never returns on its own: errors, even of `accept`, are logged
-/// and the server goes on.
-pub async fn serve(listener: TcpListener, snapshot: SnapshotFn) -> io::Result<()> {
-    serve_with(listener, snapshot, READ_TIMEOUT).await
-}
-
-async fn serve_with(
-    listener: TcpListener,
-    snapshot: SnapshotFn,
-    read_timeout: Duration,
-) -> io::Result<()> {
-    // A JoinSet aborts every connection task when it is dropped with the server.
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            // Reap finished connections; the branch is disabled while there are none.
-            Some(_) = connections.join_next() => {}
-            accepted = listener.accept(), if connections.len() < MAX_CONNECTIONS => {
-                match accepted {
-                    Ok((stream, peer)) => {
-                        let snapshot = snapshot.clone();
-                        connections.spawn(async move {
-                            if let Err(e) = handle(stream, snapshot, read_timeout).await {
-                                log::debug!("metrics connection from {peer}: {e}");
-                            }
-                        });
-                    }
-                    Err(e) if is_transient(&e) => log::debug!("metrics accept: {e}"),
-                    Err(e) => {
-                        // E.g. out of file descriptors: back off instead of spinning.
-                        log::warn!("metrics accept: {e}");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                }
-            }
-        }
-    }
-}
-
-fn is_transient(e: &io::Error) -> bool {
-    use io::ErrorKind::*;
-    matches!(
-        e.kind(),
-        ConnectionAborted | ConnectionReset | ConnectionRefused | Interrupted
-    )
-}
-
-async fn handle(
-    mut stream: TcpStream,
-    snapshot: SnapshotFn,
-    read_timeout: Duration,
-) -> io::Result<()> {
-    let head = timeout(read_timeout, read_head(&mut stream))
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "timed out reading the request"))??;
-    let response = match head {
-        Head::Closed => return Ok(()),
-        Head::Incomplete => response(400, "bad request\n"),
-        Head::TooLarge => response(431, "request head larger than 8 KiB\n"),
-        Head::Complete(head) => route(&head, snapshot).await,
-    };
-    timeout(WRITE_TIMEOUT, respond(&mut stream, &response))
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "timed out writing the response"))?
-}
-
-enum Head {
-    /// The client closed without sending anything.
-    Closed,
-    /// The client closed in the middle of the head.
-    Incomplete,
-    TooLarge,
-    Complete(Vec<u8>),
-}
-
-async fn read_head(stream: &mut TcpStream) -> io::Result<Head> {
-    let mut buf = vec![0; MAX_HEAD];
-    let mut len = 0;
-    while len < MAX_HEAD {
-        let n = stream.read(&mut buf[len..]).await?;
-        if n == 0 {
-            return Ok(if len == 0 {
-                Head::Closed
-            } else {
-                Head::Incomplete
-            });
-        }
-        // The blank line may straddle reads.
-        let from = len.saturating_sub(2);
-        len += n;
-        if let Some(end) = head_end(&buf[from..len]) {
-            buf.truncate(from + end);
-            return Ok(Head::Complete(buf));
-        }
-    }
-    Ok(Head::TooLarge)
-}
-
-/// Index just past the blank line that ends a head, accepting bare LF as well as CRLF.
-fn head_end(buf: &[u8]) -> Option<usize> {
-    (0..buf.len()).find_map(|i| match &buf[i..] {
-        [b'\n', b'\n', ..] => Some(i + 2),
-        [b'\n', b'\r', b'\n', ..] => Some(i + 3),
-        _ => None,
-    })
-}
-
-async fn route(head: &[u8], snapshot: SnapshotFn) -> Vec<u8> {
-    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
-    let line = std::str::from_utf8(line)
-        .unwrap_or_default()
-        .trim_end_matches('\r');
-    let mut parts = line.split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return response(400, "bad request line\n");
-    };
-    if !version.starts_with("HTTP/1.") {
-        return response(400, "only HTTP/1.x is served\n");
-    }
-    if method != "GET" {
-        return response(405, "only GET is allowed\n");
-    }
-    // Query parameters (Prometheus' `params`) do not change the answer.
-    let path = target.split_once('?').map_or(target, |(path, _)| path);
-    match path {
-        // The callback may do blocking work (reading BPF maps) and may panic: keep both off
-        // the async workers and out of the server.
-        "/metrics" => {
-            match tokio::task::spawn_blocking(move || snapshot().map(|s| render(&s))).await {
-                Ok(Ok(body)) => metrics_response(&body),
-                Ok(Err(e)) => {
-                    log::warn!("metrics snapshot failed: {e}");
-                    response(500, &format!("metrics snapshot failed: {e}\n"))
-                }
-                Err(e) => {
-                    log::warn!("metrics snapshot failed: {e}");
-                    response(500, "metrics snapshot failed\n")
-                }
-            }
-        }
-        "/" => response(200, "xdplb metrics exporter: see /metrics\n"),
-        _ => response(404, "not found; metrics are at /metrics\n"),
-    }
-}
-
-fn metrics_response(body: &str) -> Vec<u8> {
-    http_response(200, "text/plain; version=0.0.4; charset=utf-8", body)
-}
-
-fn response(status: u16, body: &str) -> Vec<u8> {
-    http_response(status, "text/plain; charset=utf-8", body)
-}
-
-fn http_response(status: u16, content_type: &str, body: &str) -> Vec<u8> {
-    let reason = match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        431 => "Request Header Fields Too Large",
-        _ => "Internal Server Error",
-    };
-    let allow = if status == 405 { "Allow: GET\r\n" } else { "" };
-    let len = body.len();
-    format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {len}\r\n\
-         {allow}Connection: close\r\n\r\n{body}"
-    )
-    .into_bytes()
-}
-
-async fn respond(stream: &mut TcpStream, response: &[u8]) -> io::Result<()> {
-    stream.write_all(response).await?;
-    stream.shutdown().await?;
-    // Closing with unread input (an oversize head, a body) makes the kernel reset the
-    // connection, which can destroy the response before the client reads it. So drain a
-    // bounded amount until the client closes.
-    let mut unread = (&mut *stream).take(64 * 1024);
-    let _ = timeout(LINGER, tokio::io::copy(&mut unread, &mut tokio::io::sink())).await;
-    Ok(())
-}
-
 /// Refuses a non-loopback metrics address unless `allow_remote`.
 pub fn check_bind_addr(addr: SocketAddr, allow_remote: bool) -> Result<(), String> {
     // to_canonical: ::ffff:127.0.0.1 is loopback too.
@@ -692,11 +303,24 @@ pub fn check_bind_addr(addr: SocketAddr, allow_remote: bool) -> Result<(), Strin
 #[cfg(test)]
 mod tests {
     use std::{
-        sync::atomic::{AtomicBool, Ordering},
-        time::Instant,
+        io,
+        sync::{
+            atomic::{AtomicBool, Ordering},
+            Arc,
+        },
+        time::{Duration, Instant},
     };
 
-    use super::*;
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::{TcpListener, TcpStream},
+        time::timeout,
+    };
+
+    use super::{
+        http::{MAX_HEAD, READ_TIMEOUT},
+        *,
+    };
 
     /// Upper bound for any single network exchange in these tests.
     const DEADLINE: Duration = Duration::from_secs(2);
