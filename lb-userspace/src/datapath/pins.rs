@@ -1,0 +1,144 @@
+//! The pinned maps: which, with what layout (sizes and `LAYOUT_VERSION`), and the check that
+//! refuses pins of another layout before anything is touched.
+
+use aya::maps::{Array, MapData};
+use lb_common::{
+    maps as m, stats::STATS_LEN, BackendInfo, ConnValue, Endpoint, EndpointKey, FlowKey, IfaceInfo,
+    TrafficCounters, VipInfo, VipKey,
+};
+
+use super::*;
+
+/// A pinned map: name, key size, value size (None: not checked) and entries.
+type PinnedMap = (&'static str, u32, Option<u32>, u32);
+
+/// Every map that is pinned, with the layout it must have for `o`: one table for pinning,
+/// `--cleanup` and the adoption check. `XDPLB_JUMP` too: the kernel empties a program array
+/// when its last user-space reference goes, so unpinned it would lose the ICMP program while
+/// no daemon runs.
+pub(super) fn pinned_maps(o: &LoadOptions) -> [PinnedMap; 15] {
+    use std::mem::size_of;
+    let counters = size_of::<TrafficCounters>() as u32;
+    [
+        (
+            m::ENDPOINTS,
+            size_of::<EndpointKey>() as u32,
+            Some(size_of::<Endpoint>() as u32),
+            o.max_backends,
+        ),
+        (m::CONFIG, 4, Some(size_of::<u32>() as u32), m::CONFIG_SLOTS),
+        (m::JUMP, 4, Some(size_of::<u32>() as u32), m::JUMP_SLOTS),
+        (
+            m::RECORD_WINDOW,
+            4,
+            Some(size_of::<[u64; 2]>() as u32),
+            m::WINDOWS,
+        ),
+        (
+            m::ADDR_FILTER,
+            4,
+            Some(size_of::<u64>() as u32),
+            m::FILTER_KINDS * m::FILTER_WORDS,
+        ),
+        (
+            m::VIPS,
+            size_of::<VipKey>() as u32,
+            Some(size_of::<VipInfo>() as u32),
+            m::vip_entries(o.max_vips),
+        ),
+        (
+            m::BACKENDS,
+            4,
+            Some(size_of::<BackendInfo>() as u32),
+            o.max_backends,
+        ),
+        (
+            m::RING,
+            4,
+            Some(size_of::<m::RingLine>() as u32),
+            o.max_vips * m::ring_lines(o.ring_size),
+        ),
+        (
+            m::CONNTRACK,
+            size_of::<FlowKey>() as u32,
+            Some(size_of::<ConnValue>() as u32),
+            o.conntrack_size,
+        ),
+        (
+            m::IFACES,
+            4,
+            Some(size_of::<IfaceInfo>() as u32),
+            m::MAX_IFACES,
+        ),
+        (
+            m::IFACE_MACS,
+            4,
+            Some(size_of::<IfaceInfo>() as u32),
+            m::IFACE_MAC_SLOTS,
+        ),
+        (m::TX_PORTS, 4, None, m::MAX_IFACES),
+        (m::VIP_STATS, 4, Some(counters), o.max_vips),
+        (m::BACKEND_STATS, 4, Some(counters), o.max_backends),
+        (m::STATS, 4, Some(size_of::<u64>() as u32), STATS_LEN),
+    ]
+}
+
+/// Refuses maps pinned by a daemon with other limits or another layout: reusing them would
+/// make writes fail halfway or the program misread them.
+pub(super) fn check_pinned_layout(
+    dir: &std::path::Path,
+    o: &LoadOptions,
+) -> Result<(), DataPathError> {
+    let expected = pinned_maps(o);
+    for (name, key, value, max) in expected {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = aya::maps::MapInfo::from_pin(&path).map_err(map_err(name))?;
+        let got = (info.key_size(), info.value_size(), info.max_entries());
+        if got.0 != key || value.is_some_and(|v| v != got.1) || got.2 != max {
+            return Err(DataPathError::Map {
+                map: name,
+                reason: format!(
+                    "pinned at {} with key {} B, value {} B, {} entries, but this daemon needs key {key} B, value {} B, {max} entries (other limits or an older layout); start with the limits it was made with, or run `xdplb daemon --cleanup` first",
+                    path.display(),
+                    got.0,
+                    got.1,
+                    got.2,
+                    value.map(|v| v.to_string()).unwrap_or_else(|| "any".into())
+                ),
+            });
+        }
+    }
+    check_layout_version(&dir.join(m::CONFIG))
+}
+
+/// Refuses pins of another layout version (`m::LAYOUT_VERSION`), also where every size
+/// matches: the same bytes may mean something else. Nothing is touched.
+fn check_layout_version(config: &std::path::Path) -> Result<(), DataPathError> {
+    if !config.exists() {
+        return Ok(());
+    }
+    let data = MapData::from_pin(config).map_err(map_err(m::CONFIG))?;
+    let version = Array::<_, u32>::try_from(aya::maps::Map::Array(data))
+        .and_then(|a| a.get(&m::CONFIG_LAYOUT, 0))
+        .map_err(map_err(m::CONFIG))?;
+    if version == m::LAYOUT_VERSION {
+        return Ok(());
+    }
+    Err(DataPathError::Map {
+        map: m::CONFIG,
+        reason: format!(
+            "the maps pinned in {} have layout version {version}{}, this daemon reads version {}; they are left as they are: run the daemon that made them, or `xdplb daemon --cleanup` first (it drops the connection table)",
+            config.parent().map_or_else(String::new, |d| d.display().to_string()),
+            if version == 0 { " (none: older than layout versions, or a daemon stopped while loading)" } else { "" },
+            m::LAYOUT_VERSION
+        ),
+    })
+}
+
+/// Maps earlier versions pinned that this one no longer has: `--cleanup` removes their pins
+/// too, or they would stay in bpffs for good. `XDPLB_NAT`: the reverse-NAT table, replaced by
+/// the endpoint map and the connection table.
+pub(super) const RETIRED_MAPS: [&str; 1] = ["XDPLB_NAT"];
