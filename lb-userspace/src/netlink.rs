@@ -87,7 +87,13 @@ fn request(protocol: i32, msg: Msg) -> io::Result<Vec<u8>> {
         }
     }
     let len = (u32::from_ne_bytes(buf[..4].try_into().expect("4 bytes")) as usize).min(got);
-    Ok(buf[HDR..len].to_vec())
+    // A length below the header's own is malformed: an error, never a panic.
+    buf.get(HDR..len).map(<[u8]>::to_vec).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("netlink message of {len} bytes"),
+        )
+    })
 }
 
 /// The attributes of a payload after its fixed part of `skip` bytes: (type, value).

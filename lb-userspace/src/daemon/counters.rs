@@ -155,13 +155,15 @@ impl Carried {
 
     /// Forgets VIPs and backends `config` no longer has: one added again starts from zero.
     pub fn retain_configured(&mut self, config: &Config) {
-        self.by_key.retain(|(vip, backend), _| {
+        let configured = |(vip, backend): &CounterKey| {
             config
                 .vip(vip)
                 .is_some_and(|v| backend.is_none_or(|b| v.backend(b).is_some()))
-        });
-        let by_key = &self.by_key;
-        self.unread.retain(|_, key| by_key.contains_key(key));
+        };
+        self.by_key.retain(|key, _| configured(key));
+        // An id whose last read failed is kept while its VIP or backend is configured, even
+        // before anything was carried for it: dropping it would lose those counts.
+        self.unread.retain(|_, key| configured(key));
     }
 
     /// For the saved state, in a stable order.
@@ -361,6 +363,18 @@ mod tests {
         let after = HashMap::from([(b, Id::Vip(0))]);
         carried.carry(&before, &after, &HashMap::new(), |_| Err("EIO".into()));
         assert!(!carried.by_key.contains_key(&a), "nothing made up");
+        // A commit forgets what is no longer configured: the backend still is (its id was
+        // released by a health check, say), so its pending read stays.
+        let config = Config::from_toml(
+            "[[vip]]\naddr = \"10.0.0.1:80/tcp\"\n[[vip.backend]]\naddr = \"10.0.1.1\"\n",
+        )
+        .unwrap();
+        carried.retain_configured(&config);
+        assert_eq!(
+            carried.unread.len(),
+            1,
+            "a configured backend's pending read was dropped"
+        );
         carried.retry(|_| Err("EIO".into()));
         assert_eq!(carried.unread.len(), 1, "still to be read");
         carried.retry(|_| Ok(c(20)));

@@ -25,9 +25,11 @@ impl Core {
         if !is_change(req) {
             return Vec::new();
         }
+        // A change the configuration's rules refuse probes for nothing (a multicast backend,
+        // say): the refusal comes at once instead of after a probe's wait.
         match edited(&self.config, req.clone()) {
-            Ok(new) => self.macs_missing(&new),
-            Err(_) => Vec::new(),
+            Ok(new) if new.validate().is_ok() => self.macs_missing(&new),
+            _ => Vec::new(),
         }
     }
 
