@@ -20,6 +20,7 @@ mod views;
 use lb_common::{hash::flow_hash, stats, TrafficCounters};
 pub use macs::MacKey;
 use serde_json::{json, Value};
+pub use views::complete_status;
 
 use self::{
     edit::{edited, not_found_vip},

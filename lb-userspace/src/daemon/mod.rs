@@ -404,6 +404,14 @@ fn answer(core: &Mutex<Core>, req: Request) -> Result<Answer, String> {
             let walker = Walker::new(&lock(core), &q)?;
             walker.count().map(Answer::Value)
         }
+        Request::Status => {
+            let (mut status, pins) = {
+                let mut c = lock(core);
+                (c.status(), c.paths.pin_path.clone())
+            };
+            core::complete_status(&mut status, &pins);
+            Ok(Answer::Value(status))
+        }
         req => {
             // Unknown MACs are probed for first, without the lock: a probe waits up to 1.5 s.
             let missing = lock(core).macs_to_resolve(&req);
