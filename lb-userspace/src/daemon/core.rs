@@ -97,6 +97,9 @@ pub struct Core {
     checking: bool,
     /// Drain state and VIP announcements (core/node.rs).
     node: node::Node,
+    /// What `apply` found wrong with interfaces it attached (a veth peer that drops frames),
+    /// for the answer to the change.
+    attach_warnings: Vec<String>,
 }
 
 impl Core {
@@ -118,6 +121,7 @@ impl Core {
             lenient: false,
             checking: false,
             node: node::Node::default(),
+            attach_warnings: Vec::new(),
         }
     }
 
@@ -254,6 +258,7 @@ impl Core {
                     log::info!("interface {}: {how}", i.name);
                     if let Some(p) = veth::attach_problem(&i.name) {
                         log::warn!("{p}");
+                        self.attach_warnings.push(p);
                     }
                     attached.push(i.name.clone());
                 }
@@ -423,21 +428,36 @@ impl Core {
             .and_then(|b| b.via.clone())
     }
 
+    /// Caches the MAC `mac_for` gives (address, `via`) for backends kept out for the lack of
+    /// one; whether any such backend now has a MAC cached (a resync brings it in).
+    fn learn_unresolved(
+        &mut self,
+        mut mac_for: impl FnMut(IpAddr, Option<&str>) -> Option<Mac>,
+    ) -> bool {
+        let mut found = false;
+        for (vip, addr) in self.unresolved.clone() {
+            let via = self.via_of(&vip, addr);
+            if self.macs.contains_key(&(addr, via.clone())) {
+                found = true;
+                continue;
+            }
+            if let Some(mac) = mac_for(addr, via.as_deref()) {
+                log::info!("backend {addr} of VIP {vip}: MAC {mac} found");
+                self.macs.insert((addr, via), mac);
+                found = true;
+            }
+        }
+        found
+    }
+
     /// Called every second: looks again for the MACs of backends kept out for the lack of one
     /// (without blocking: a probe now, the answer on a later tick).
     pub fn retry_unresolved(&mut self) {
         if self.unresolved.is_empty() {
             return;
         }
-        let mut found = false;
-        for (vip, addr) in self.unresolved.clone() {
-            let via = self.via_of(&vip, addr);
-            if let Ok(Some(mac)) = neigh::lookup_or_probe(addr, via.as_deref()) {
-                log::info!("backend {addr} of VIP {vip}: MAC {mac} found");
-                self.macs.insert((addr, via), mac);
-                found = true;
-            }
-        }
+        let found =
+            self.learn_unresolved(|addr, via| neigh::lookup_or_probe(addr, via).ok().flatten());
         if found {
             self.resync("a backend's MAC was found");
         }
@@ -533,25 +553,14 @@ impl Core {
                 let dry_run = matches!(change, Request::Apply { dry_run: true, .. });
                 let new = edited(&self.config, change)?;
                 let changes = diff(&self.config, &new);
-                let attached: Vec<String> = new
-                    .interfaces
-                    .iter()
-                    .filter(|i| self.config.interfaces.iter().all(|o| o.name != i.name))
-                    .map(|i| i.name.clone())
-                    .collect();
+                self.attach_warnings.clear();
                 if dry_run {
                     self.check(&new)?;
                 } else {
                     self.commit(new)?;
                 }
-                // A newly attached veth whose peer drops what is sent back out.
-                let warnings: Vec<String> = match dry_run {
-                    true => Vec::new(),
-                    false => attached
-                        .iter()
-                        .filter_map(|i| veth::attach_problem(i))
-                        .collect(),
-                };
+                // Newly attached veths whose peer drops what is sent back out (found by `apply`).
+                let warnings = std::mem::take(&mut self.attach_warnings);
                 let changes: Vec<Value> = changes.iter().map(Change::to_json).collect();
                 Ok(json!({ "changes": changes, "dry_run": dry_run, "warnings": warnings }))
             }

@@ -125,14 +125,9 @@ impl Core {
             changed = true;
         }
         // Backends left out for the lack of a MAC come in now rather than on the next tick.
-        for (vip, addr) in self.unresolved.clone() {
-            let via = self.via_of(&vip, addr);
-            if addr == n.addr && on(&via) && !self.macs.contains_key(&(addr, via.clone())) {
-                log::info!("backend {addr} of VIP {vip}: MAC {mac} found");
-                self.macs.insert((addr, via), mac);
-                changed = true;
-            }
-        }
+        let via_matches = |via: Option<&str>| on(&via.map(str::to_owned));
+        changed |=
+            self.learn_unresolved(|addr, via| (addr == n.addr && via_matches(via)).then_some(mac));
         changed
     }
 
