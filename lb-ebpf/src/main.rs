@@ -104,7 +104,15 @@ fn flow(ctx: &XdpContext, key: &FlowKey, off: &Offsets, flags: FlowFlags, vlan: 
     // retransmitted SYN finds its entry that way; `balance::place`). A new connection pays one
     // walk of the table's cold bucket, not two.
     let (vip, known) = if maps::may_be(FILTER_VIP, &key.dst) {
-        if flags.syn {
+        // Another host's frame leaves no trace here: not looked up in the connection table
+        // (a hit would be counted and its entry refreshed), not recorded, not steered. Not a
+        // VIP's, it may still be a reply (`to_client` asks again).
+        if !maps::sent_to_us(ctx) {
+            if maps::vip_lookup(key).is_some() {
+                return not_for_us();
+            }
+            (None, Known::Unknown)
+        } else if flags.syn {
             (maps::vip_lookup(key), Known::Opening)
         } else {
             match balance::lookup(key) {
@@ -115,10 +123,6 @@ fn flow(ctx: &XdpContext, key: &FlowKey, off: &Offsets, flags: FlowFlags, vlan: 
     } else {
         (None, Known::Unknown)
     };
-    // Before anything is recorded: another host's frame must leave no trace here.
-    if vip.is_some() && !maps::sent_to_us(ctx) {
-        return not_for_us();
-    }
     // One NAT call site for both directions: the verifier walks the L3 code once per parse
     // path instead of twice.
     let plan = match vip {

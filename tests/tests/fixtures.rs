@@ -451,6 +451,35 @@ fn packet_fixtures() {
             "another host's SYN (port {sport}) created a connection-table entry"
         );
     }
+    // Another host's frame of a flow this host knows is not even looked up: no hit counted.
+    let sport = 40300;
+    f.web(
+        "a flow of this host",
+        sport,
+        SYN,
+        Pick::Ring(key(c(), sport, V4_WEB, 80)),
+    );
+    let hits = |f: &Fixture| f.dp.stats().unwrap()[stats::EV_CT_HIT as usize];
+    let before = hits(&f);
+    f.check(&pass(
+        "another host's frame of that flow",
+        "",
+        Packet {
+            dst_mac: OTHER_MAC,
+            ..Packet::tcp(c(), sport, "10.0.0.100", 80).flags(ACK)
+        },
+        stats::PASS_NOT_FOR_US,
+    ));
+    assert_eq!(
+        hits(&f),
+        before,
+        "another host's frame counted a connection-table hit"
+    );
+    assert_eq!(
+        hits(&f),
+        before,
+        "another host's frame counted a connection-table hit"
+    );
     assert!(
         f.dp.conntrack(&key(c(), 40000, V4_WEB, 80))
             .unwrap()
