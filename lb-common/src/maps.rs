@@ -25,8 +25,11 @@ pub type RingLine = [u32; RING_LINE_SLOTS as usize];
 pub const fn ring_lines(ring_size: u32) -> u32 {
     ring_size.div_ceil(RING_LINE_SLOTS)
 }
-/// Connection table (LRU): `FlowKey` -> `ConnValue`.
+/// Connection table of IPv6 flows (LRU): `FlowKey` -> `ConnValue`. Layout 1 kept every flow
+/// here; layout 2 keeps IPv4 flows in `CONNTRACK4`, whose key is 16 bytes instead of 40.
 pub const CONNTRACK: &str = "XDPLB_CONNTRACK";
+/// Connection table of IPv4 flows (LRU, layout 2 on): `FlowKey4` -> `ConnValue`.
+pub const CONNTRACK4: &str = "XDPLB_CT4";
 /// Per-CPU next hop of each backend (array by backend id, `max_backends`): the FIB's answer
 /// for the backend's last new L3 flow, which new flows start with (`Hop`, tag = the
 /// backend's generation). A cache: not pinned, a restarted daemon's program starts empty.
@@ -46,6 +49,9 @@ pub const CONFIG_SLOTS: u32 = 3;
 /// Version of the pinned maps' layout: their keys, values and what they mean. Bump it with any
 /// such change, also one that keeps every size: a daemon refuses pins of another version
 /// rather than reading them with another meaning.
+#[cfg(not(feature = "layout-v1"))]
+pub const LAYOUT_VERSION: u32 = 2;
+#[cfg(feature = "layout-v1")]
 pub const LAYOUT_VERSION: u32 = 1;
 /// Per-CPU `[u64; 2]` rate windows: start of the current one-second window (coarse clock, ns)
 /// and the events counted in it. Slot `WINDOW_RECORD`: new flows recorded; slot
