@@ -540,6 +540,17 @@ fn print_status(d: &Value) {
     if d["interfaces"].as_array().is_none_or(|a| a.is_empty()) {
         println!("interfaces: none attached (xdplb attach IFACE)");
     }
+    let up = &d["program"]["upgraded"];
+    if !up.is_null() {
+        println!(
+            "maps: upgraded at start from layout {} to {}: {} ({} entries copied, {} old removed)",
+            text(&up["from"]),
+            text(&up["to"]),
+            text(&up["what"]),
+            text(&up["copied"]),
+            text(&up["retired"])
+        );
+    }
     let sync = &d["sync"];
     match sync["in_sync"].as_bool() {
         Some(true) => println!("maps: in sync with the running configuration"),

@@ -30,8 +30,10 @@ pub mod faults;
 mod pass;
 mod pins;
 mod tools;
+mod upgrade;
 
 pub use pass::{pass_off, pass_on};
+pub use upgrade::UpgradeReport;
 
 use self::pins::{check_pinned_layout, pinned_maps, RETIRED_MAPS};
 
@@ -189,6 +191,10 @@ pub struct DataPath {
     links: Vec<Attachment>,
     /// Test-only failures of the mirror's writes (`faults`), inert unless enabled.
     faults: faults::Faults,
+    /// A migration of pins of an older layout, from load to `finish_upgrade` (`upgrade.rs`).
+    upgrade: Option<upgrade::Upgrade>,
+    /// What the finished migration did.
+    upgraded: Option<UpgradeReport>,
 }
 
 fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> DataPathError {
@@ -236,24 +242,33 @@ impl DataPath {
         for (name, path) in &pins {
             loader.map_pin_path(name, path.as_path());
         }
-        if let Some(dir) = &opts.pin_dir {
-            check_pinned_layout(dir, opts)?;
-        }
-        let mut ebpf = loader.load(OBJECT)?;
-        // At once: pins left without it (a daemon stopped right here) are refused later.
-        let config = ebpf.map_mut(m::CONFIG).ok_or(DataPathError::Map {
-            map: m::CONFIG,
-            reason: "not in the object".into(),
-        })?;
-        Array::<_, u32>::try_from(config)
-            .and_then(|mut a| a.set(m::CONFIG_LAYOUT, m::LAYOUT_VERSION, 0))
-            .map_err(map_err(m::CONFIG))?;
-        Ok(DataPath {
+        let migration = match &opts.pin_dir {
+            Some(dir) => check_pinned_layout(dir, opts)?,
+            None => None,
+        };
+        let ebpf = loader.load(OBJECT)?;
+        let mut dp = DataPath {
             ebpf,
             opts: opts.clone(),
             links: Vec::new(),
             faults: faults::Faults::default(),
-        })
+            upgrade: migration.map(upgrade::Upgrade::new),
+            upgraded: None,
+        };
+        match migration {
+            // The pins keep the old version until the migration is done (`finish_upgrade`).
+            Some(g) => {
+                log::info!(
+                    "the pinned maps have layout {}, this daemon's is {}: migrating them, the previous program forwarding meanwhile",
+                    g.from,
+                    m::LAYOUT_VERSION
+                );
+                dp.upgrade_copy()?;
+            }
+            // At once: pins left without it (a daemon stopped right here) are refused later.
+            None => dp.write_layout_version()?,
+        }
+        Ok(dp)
     }
 
     pub fn options(&self) -> &LoadOptions {
@@ -291,6 +306,8 @@ impl DataPath {
                         owned: Some(id),
                     };
                     self.push(iface, m::PROG_LB, held, None, true);
+                    // What the previous program recorded up to the swap, at once.
+                    self.upgrade_copy()?;
                     return Ok(Attached::Adopted);
                 }
                 // A pin whose interface was deleted and re-created holds a defunct link

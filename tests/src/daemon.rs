@@ -31,6 +31,42 @@ pub fn xdplb_bin() -> Result<PathBuf> {
     }
 }
 
+/// An `xdplb` built from this tree with the previous map layout (lb-userspace feature
+/// `layout-v1`), for the upgrade test: built on first use into `target/layout-v1`, apart from
+/// the workspace's own build (minutes the first time, a no-op after).
+pub fn layout_v1_bin() -> Result<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("locating the workspace")?
+        .to_path_buf();
+    let target = root.join("target/layout-v1");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = Command::new(cargo)
+        .current_dir(&root)
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "lb-userspace",
+            "--bin",
+            "xdplb",
+            "--features",
+            "layout-v1",
+            "--target-dir",
+        ])
+        .arg(&target)
+        .output()
+        .context("running cargo to build the layout-1 xdplb")?;
+    if !out.status.success() {
+        bail!(
+            "building the layout-1 xdplb failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(target.join("release/xdplb"))
+}
+
 /// A copy of the `xdplb` binary that any user can run, for tests that run the CLI as another
 /// user: the build's own may sit where only root can enter (a clone under a 0700 `/root`).
 /// Removed on drop.
@@ -79,7 +115,11 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `xdplb daemon` inside `ns` with `extra` arguments and waits until it answers.
     pub fn start(ns: &Netns, extra: &[&str]) -> Result<Daemon> {
-        let bin = xdplb_bin()?;
+        Daemon::start_bin(xdplb_bin()?, ns, extra)
+    }
+
+    /// `start` with another `xdplb` binary (`layout_v1_bin`).
+    pub fn start_bin(bin: PathBuf, ns: &Netns, extra: &[&str]) -> Result<Daemon> {
         let dir =
             std::env::temp_dir().join(format!("xdplb-test-{}", crate::netns::unique_prefix()));
         // From here on, Drop removes whatever was created, also when a later step fails.
@@ -145,6 +185,27 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The binary the next `spawn` (and the CLI, and the final `--cleanup`) runs: an upgrade.
+    pub fn set_bin(&mut self, bin: PathBuf) {
+        self.bin = bin;
+    }
+
+    /// Runs `xdplb daemon` of `bin` once on this daemon's pins and state, with its own socket,
+    /// and returns its output: for a start that must be refused (it exits at once).
+    pub fn refused_start(&self, bin: &Path) -> Result<Output> {
+        Ok(Command::new("ip")
+            .args(["netns", "exec", &self.ns])
+            .arg(bin)
+            .arg("--socket")
+            .arg(self.dir.join("refused.sock"))
+            .args(["daemon", "--pin-path"])
+            .arg(&self.pin_path)
+            .arg("--state-file")
+            .arg(&self.state_file)
+            .args(&self.extra)
+            .output()?)
     }
 
     pub fn log(&self) -> String {

@@ -25,10 +25,20 @@ impl L3Env {
         serve: impl FnOnce(&L3Topology) -> Result<Vec<Server>>,
         vips: impl FnOnce(&L3Topology) -> String,
     ) -> Result<L3Env> {
+        Self::start_bin(crate::daemon::xdplb_bin()?, backends, serve, vips)
+    }
+
+    /// `start` with the daemon of another `xdplb` binary.
+    pub fn start_bin(
+        bin: std::path::PathBuf,
+        backends: usize,
+        serve: impl FnOnce(&L3Topology) -> Result<Vec<Server>>,
+        vips: impl FnOnce(&L3Topology) -> String,
+    ) -> Result<L3Env> {
         let topo = L3Topology::new(backends)?;
         let pass = topo.attach_peer_pass()?;
         let servers = serve(&topo)?;
-        let d = Daemon::start(&topo.lb, &[])?;
+        let d = Daemon::start_bin(bin, &topo.lb, &[])?;
         d.apply_text("l3.toml", &format!("{INTERFACES}{}", vips(&topo)))?;
         Ok(L3Env {
             d,

@@ -7,6 +7,7 @@ pub mod fib;
 pub mod generator;
 pub mod l2env;
 pub mod l3env;
+pub mod l3held;
 pub mod live;
 pub mod netns;
 pub mod oracle;

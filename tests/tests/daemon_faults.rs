@@ -100,13 +100,13 @@ fn faults_incompatible_pins_and_a_full_disk() {
     set_layout(m::LAYOUT_VERSION + 1);
     let other = e.other_daemon(&[]);
     let err = String::from_utf8_lossy(&other.stderr);
-    let want = format!(
-        "layout version {}, this daemon reads version {}",
+    let newer = format!(
+        "layout version {} (a newer daemon made them); this daemon reads version {}",
         m::LAYOUT_VERSION + 1,
         m::LAYOUT_VERSION
     );
     assert!(
-        !other.status.success() && err.contains(&want) && err.contains("--cleanup"),
+        !other.status.success() && err.contains(&newer) && err.contains("--cleanup"),
         "{err}"
     );
     let data = MapData::from_pin(e.d.pin_path.join(m::CONFIG)).unwrap();

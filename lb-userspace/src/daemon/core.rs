@@ -159,6 +159,25 @@ impl Core {
         Ok(())
     }
 
+    /// Ends a migration of older pins (datapath/upgrade.rs) once `start` has swapped this
+    /// daemon's program into every configured attachment.
+    pub fn finish_upgrade(&mut self) -> Result<(), String> {
+        let Some(report) = self.dp.finish_upgrade().map_err(|e| {
+            format!("finishing the upgrade of the pinned maps failed: {e}; the pins keep their old layout version, and the next start migrates again")
+        })?
+        else {
+            return Ok(());
+        };
+        log::info!("{report}");
+        if !report.not_swapped.is_empty() {
+            log::warn!(
+                "pinned attachments of interfaces not in the configuration still run the previous program, which no longer sees the moved flows: {} (`xdplb attach` adopts one, `xdplb daemon --cleanup` removes every pin)",
+                report.not_swapped.join(", ")
+            );
+        }
+        Ok(())
+    }
+
     /// Moves everything to `new`: validate, resolve, attach, write maps, detach, save. Nothing
     /// is written before everything that can be checked was; a failed write rolls the maps back
     /// to the running configuration (core/sync.rs).

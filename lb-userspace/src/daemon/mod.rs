@@ -291,6 +291,7 @@ async fn start(socket: &Path, args: &DaemonArgs, listener: UnixListener) -> Resu
         lock(&core).learn_macs(found);
     }
     lock(&core).start(config.clone(), saved.as_ref())?;
+    lock(&core).finish_upgrade()?;
     lock(&core).recheck_macs();
     neighbours::watch(core.clone());
     log::info!("xdplb daemon ready; control socket {}", socket.display());

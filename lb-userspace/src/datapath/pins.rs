@@ -7,7 +7,10 @@ use lb_common::{
     TrafficCounters, VipInfo, VipKey,
 };
 
-use super::*;
+use super::{
+    upgrade::{migratable, migration_from, Migration},
+    *,
+};
 
 /// A pinned map: name, key size, value size (None: not checked) and entries.
 type PinnedMap = (&'static str, u32, Option<u32>, u32);
@@ -84,11 +87,15 @@ pub(super) fn pinned_maps(o: &LoadOptions) -> [PinnedMap; 15] {
 }
 
 /// Refuses maps pinned by a daemon with other limits or another layout: reusing them would
-/// make writes fail halfway or the program misread them.
+/// make writes fail halfway or the program misread them. Pins of an older layout this daemon
+/// migrates from are accepted: the answer is that migration (`upgrade.rs`).
+///
+/// The sizes are checked against this daemon's layout: the migrations there are keep the size
+/// of every map both layouts have (a new layout adds maps, or changes what moves between them).
 pub(super) fn check_pinned_layout(
     dir: &std::path::Path,
     o: &LoadOptions,
-) -> Result<(), DataPathError> {
+) -> Result<Option<&'static Migration>, DataPathError> {
     let expected = pinned_maps(o);
     for (name, key, value, max) in expected {
         let path = dir.join(name);
@@ -114,25 +121,48 @@ pub(super) fn check_pinned_layout(
     check_layout_version(&dir.join(m::CONFIG))
 }
 
-/// Refuses pins of another layout version (`m::LAYOUT_VERSION`), also where every size
-/// matches: the same bytes may mean something else. Nothing is touched.
-fn check_layout_version(config: &std::path::Path) -> Result<(), DataPathError> {
+/// Refuses pins of another layout version (`m::LAYOUT_VERSION`) that this daemon cannot
+/// migrate, also where every size matches: the same bytes may mean something else. Nothing is
+/// touched.
+fn check_layout_version(
+    config: &std::path::Path,
+) -> Result<Option<&'static Migration>, DataPathError> {
     if !config.exists() {
-        return Ok(());
+        return Ok(None);
     }
     let data = MapData::from_pin(config).map_err(map_err(m::CONFIG))?;
     let version = Array::<_, u32>::try_from(aya::maps::Map::Array(data))
         .and_then(|a| a.get(&m::CONFIG_LAYOUT, 0))
         .map_err(map_err(m::CONFIG))?;
     if version == m::LAYOUT_VERSION {
-        return Ok(());
+        return Ok(None);
     }
+    if let Some(migration) = migration_from(version) {
+        return Ok(Some(migration));
+    }
+    let dir = config
+        .parent()
+        .map_or_else(String::new, |d| d.display().to_string());
+    let why = match version {
+        0 => " (none: older than layout versions, or a daemon stopped while loading)".to_string(),
+        v if v > m::LAYOUT_VERSION => " (a newer daemon made them)".to_string(),
+        _ => String::new(),
+    };
+    let migrates = match migratable().as_slice() {
+        [] => "migrates from no other version".to_string(),
+        versions => format!(
+            "migrates from version {} only",
+            versions
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
     Err(DataPathError::Map {
         map: m::CONFIG,
         reason: format!(
-            "the maps pinned in {} have layout version {version}{}, this daemon reads version {}; they are left as they are: run the daemon that made them, or `xdplb daemon --cleanup` first (it drops the connection table)",
-            config.parent().map_or_else(String::new, |d| d.display().to_string()),
-            if version == 0 { " (none: older than layout versions, or a daemon stopped while loading)" } else { "" },
+            "the maps pinned in {dir} have layout version {version}{why}; this daemon reads version {} and {migrates}. They are left as they are: run the daemon that made them, or `xdplb daemon --cleanup` first (it drops the connection table)",
             m::LAYOUT_VERSION
         ),
     })
