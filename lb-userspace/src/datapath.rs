@@ -533,7 +533,14 @@ impl DataPath {
     /// The MAC registered for interface `ifindex` (`register_iface`), if it is registered.
     pub fn registered_mac(&self, ifindex: u32) -> Option<Mac> {
         let ifaces: HashMap<_, u32, IfaceInfo> = self.typed_ref(m::IFACES).ok()?;
-        ifaces.get(&ifindex, 0).ok().map(|i| Mac(i.mac))
+        let registered = ifaces.get(&ifindex, 0).ok()?;
+        if ifindex >= m::IFACE_MAC_SLOTS {
+            return Some(Mac(registered.mac));
+        }
+        // The copy the data path checks frames against, written last: after a registration
+        // that failed halfway, it still shows the old MAC, so the next change retries.
+        let macs: Array<_, IfaceInfo> = self.typed_ref(m::IFACE_MACS).ok()?;
+        macs.get(&ifindex, 0).ok().map(|i| Mac(i.mac))
     }
 
     /// The load-balancer program (for BPF_PROG_TEST_RUN and program info).

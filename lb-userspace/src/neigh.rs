@@ -96,21 +96,35 @@ pub fn lookup(addr: IpAddr, dev: Option<&str>) -> Result<Option<Mac>, String> {
     let ifindex = dev
         .map(|d| iface::index(d).map_err(|e| format!("interface {d}: {e}")))
         .transpose()?;
-    let mut req = NeighbourMessage::default();
-    req.header.family = match addr {
+    let family = match addr {
         IpAddr::V4(_) => AddressFamily::Inet,
         IpAddr::V6(_) => AddressFamily::Inet6,
     };
+    let all = table(family).map_err(|e| format!("{e} (looking for {addr})"))?;
+    Ok(find(&all, addr, ifindex))
+}
+
+/// The MAC of `addr` in a neighbour table `table` read, on interface `ifindex` when given.
+pub fn find(table: &[Neighbour], addr: IpAddr, ifindex: Option<u32>) -> Option<Mac> {
+    table
+        .iter()
+        .filter(|n| n.addr == addr && ifindex.is_none_or(|i| i == n.ifindex))
+        .find_map(|n| n.mac)
+}
+
+/// The kernel's neighbour table of `family` (`AddressFamily::Unspec`: both), one dump.
+pub fn table(family: AddressFamily) -> Result<Vec<Neighbour>, String> {
+    let mut req = NeighbourMessage::default();
+    req.header.family = family;
     let all = rtnl::dump(RouteNetlinkMessage::GetNeighbour(req))
-        .map_err(|e| format!("reading the neighbour table for {addr}: {e}"))?;
+        .map_err(|e| format!("reading the neighbour table: {e}"))?;
     Ok(all
         .iter()
         .filter_map(|m| match m {
             RouteNetlinkMessage::NewNeighbour(n) => Neighbour::from_message(n),
             _ => None,
         })
-        .filter(|n| n.addr == addr && ifindex.is_none_or(|i| i == n.ifindex))
-        .find_map(|n| n.mac))
+        .collect())
 }
 
 /// Makes the kernel resolve `addr`: a single datagram to the discard port.

@@ -6,6 +6,8 @@
 
 use std::net::IpAddr;
 
+use netlink_packet_route::AddressFamily;
+
 use super::{edited, Core};
 use crate::{
     api::Request,
@@ -74,6 +76,14 @@ impl Core {
     /// Reads every followed MAC afresh: after the kernel dropped change messages.
     pub fn recheck_macs(&mut self) {
         let mut changes = Vec::new();
+        // One dump for every backend, not one each.
+        let table = match crate::neigh::table(AddressFamily::Unspec) {
+            Ok(t) => t,
+            Err(e) => {
+                log::warn!("{e}; the backends' MACs stay as they were");
+                Vec::new()
+            }
+        };
         for (addr, via) in self.macs.keys().cloned().collect::<Vec<_>>() {
             let ifindex = match &via {
                 Some(v) => match iface::index(v) {
@@ -82,7 +92,7 @@ impl Core {
                 },
                 None => 0,
             };
-            if let Ok(Some(mac)) = crate::neigh::lookup(addr, via.as_deref()) {
+            if let Some(mac) = crate::neigh::find(&table, addr, via.as_ref().map(|_| ifindex)) {
                 changes.push(Change::Neighbour(Neighbour {
                     addr,
                     ifindex,
