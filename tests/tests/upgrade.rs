@@ -75,6 +75,13 @@ fn an_upgrade_from_layout_1_keeps_every_connection() {
     e.d.set_bin(new.clone());
     e.d.spawn().unwrap();
 
+    // Every connection kept its backend and goes on; nothing went stale; the VIPs are as
+    // they were, and the new program's ICMP side answers pings.
+    assert_all_answer(&mut held, "after the upgrade");
+    assert_pings(&e, "after the upgrade");
+    assert_eq!(vip_list(&e), list, "vip list --json changed");
+    assert_eq!(event(&e, "conntrack_stale"), stale, "an entry went stale");
+
     let status = e.d.json(&["status"]).unwrap();
     let program = &status["program"];
     assert_eq!(program["layout"], m::LAYOUT_VERSION);
@@ -95,13 +102,6 @@ fn an_upgrade_from_layout_1_keeps_every_connection() {
         human.contains("maps: upgraded at start from layout 1 to 2"),
         "{human}"
     );
-
-    // Every connection kept its backend and goes on; nothing went stale; the VIPs are as
-    // they were, and the new program's ICMP side answers pings.
-    assert_all_answer(&mut held, "after the upgrade");
-    assert_pings(&e, "after the upgrade");
-    assert_eq!(vip_list(&e), list, "vip list --json changed");
-    assert_eq!(event(&e, "conntrack_stale"), stale, "an entry went stale");
 
     // The IPv4 flows are in XDPLB_CT4 under their compact keys; XDPLB_CONNTRACK keeps only
     // IPv6 flows (the held ones among them).
