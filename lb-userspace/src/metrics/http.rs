@@ -25,10 +25,19 @@ use super::{render, Format, MetricsSnapshot};
 /// Prometheus would take for counter resets).
 pub type SnapshotFn = Arc<dyn Fn() -> Result<MetricsSnapshot, String> + Send + Sync>;
 
-/// Time a client has to send its whole request head.
-pub(super) const READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// Time a client has, after its head, to take the whole response.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a client may take.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Timeouts {
+    /// To send its whole request head.
+    pub head: Duration,
+    /// For the whole exchange, head and response: bounds a client that reads slowly.
+    pub exchange: Duration,
+}
+
+const TIMEOUTS: Timeouts = Timeouts {
+    head: Duration::from_secs(5),
+    exchange: Duration::from_secs(10),
+};
 /// The largest request head read (hyper's smallest buffer limit); a longer one gets a 431.
 pub(super) const MAX_HEAD: usize = 8 * 1024;
 /// Connections served at once; more wait in the listen backlog. Bounds memory and descriptors.
@@ -38,13 +47,13 @@ const MAX_CONNECTIONS: usize = 64;
 /// the connections in flight. Never returns on its own: errors, even of `accept`, are logged
 /// and the server goes on.
 pub async fn serve(listener: TcpListener, snapshot: SnapshotFn) -> io::Result<()> {
-    serve_with(listener, snapshot, READ_TIMEOUT).await
+    serve_with(listener, snapshot, TIMEOUTS).await
 }
 
 pub(super) async fn serve_with(
     listener: TcpListener,
     snapshot: SnapshotFn,
-    read_timeout: Duration,
+    timeouts: Timeouts,
 ) -> io::Result<()> {
     // A JoinSet aborts every connection task when it is dropped with the server.
     let mut connections = JoinSet::new();
@@ -57,7 +66,7 @@ pub(super) async fn serve_with(
                     Ok((stream, peer)) => {
                         let snapshot = snapshot.clone();
                         connections.spawn(async move {
-                            if let Err(e) = connection(stream, snapshot, read_timeout).await {
+                            if let Err(e) = connection(stream, snapshot, timeouts).await {
                                 log::debug!("metrics connection from {peer}: {e}");
                             }
                         });
@@ -82,25 +91,21 @@ fn is_transient(e: &io::Error) -> bool {
     )
 }
 
-/// One request: hyper closes a connection whose head is late (`read_timeout`) and answers an
+/// One request: hyper closes a connection whose head is late (`timeouts.head`) and answers an
 /// oversize head with 431 and a malformed one with 400; the outer deadline bounds a client
 /// that reads the response slowly.
-async fn connection(
-    stream: TcpStream,
-    snapshot: SnapshotFn,
-    read_timeout: Duration,
-) -> io::Result<()> {
+async fn connection(stream: TcpStream, snapshot: SnapshotFn, timeouts: Timeouts) -> io::Result<()> {
     let service = service_fn(move |request| {
         let snapshot = snapshot.clone();
         async move { Ok::<_, Infallible>(answer(request, snapshot).await) }
     });
     let served = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(read_timeout)
+        .header_read_timeout(timeouts.head)
         .max_buf_size(MAX_HEAD)
         .keep_alive(false)
         .serve_connection(TokioIo::new(stream), service);
-    timeout(read_timeout + WRITE_TIMEOUT, served)
+    timeout(timeouts.exchange, served)
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "timed out serving the request"))?
         .map_err(io::Error::other)
@@ -203,15 +208,15 @@ mod tests {
         }
     }
 
-    async fn start(snapshot: SnapshotFn, read_timeout: Duration) -> Server {
+    async fn start(snapshot: SnapshotFn, timeouts: Timeouts) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(serve_with(listener, snapshot, read_timeout));
+        let task = tokio::spawn(serve_with(listener, snapshot, timeouts));
         Server { addr, task }
     }
 
     async fn start_default() -> Server {
-        start(Arc::new(|| Ok(snapshot())), READ_TIMEOUT).await
+        start(Arc::new(|| Ok(snapshot())), TIMEOUTS).await
     }
 
     struct Reply {
@@ -319,8 +324,11 @@ mod tests {
 
     #[tokio::test]
     async fn closes_a_silent_connection_after_the_read_timeout() {
-        let read_timeout = Duration::from_millis(200);
-        let server = start(Arc::new(|| Ok(snapshot())), read_timeout).await;
+        let timeouts = Timeouts {
+            head: Duration::from_millis(200),
+            ..TIMEOUTS
+        };
+        let server = start(Arc::new(|| Ok(snapshot())), timeouts).await;
         for request in [&b""[..], b"GET /metrics HTTP/1.1\r\nHost:"] {
             let mut silent = TcpStream::connect(server.addr).await.unwrap();
             silent.write_all(request).await.unwrap();
@@ -339,6 +347,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_client_that_does_not_read_is_cut_off_after_the_exchange_timeout() {
+        // Some 20 MB of metrics: more than the kernel buffers on both sides of the socket.
+        let big = MetricsSnapshot {
+            events: (0..600_000).map(|i| (format!("e{i}"), i)).collect(),
+            ..Default::default()
+        };
+        let full = render(&big, Format::Prometheus).unwrap().len();
+        assert!(full > 20_000_000, "{full}");
+        let timeouts = Timeouts {
+            head: TIMEOUTS.head,
+            exchange: Duration::from_millis(500),
+        };
+        let server = start(Arc::new(move || Ok(big.clone())), timeouts).await;
+        let mut slow = TcpStream::connect(server.addr).await.unwrap();
+        slow.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mut reply = Vec::new();
+        let read = timeout(Duration::from_secs(10), slow.read_to_end(&mut reply))
+            .await
+            .expect("closed");
+        // Cut off: a reset, or the stream ends before the whole body.
+        assert!(
+            read.is_err() || reply.len() < full,
+            "{read:?} {}",
+            reply.len()
+        );
+        // The server goes on.
+        assert_eq!(get(server.addr, "/", "").await.status, 200);
+    }
+
+    #[tokio::test]
     async fn a_panicking_snapshot_gives_500_and_the_server_goes_on() {
         let panicked = Arc::new(AtomicBool::new(false));
         let flag = panicked.clone();
@@ -348,7 +389,7 @@ mod tests {
             }
             Ok(snapshot())
         });
-        let server = start(snapshot_fn, READ_TIMEOUT).await;
+        let server = start(snapshot_fn, TIMEOUTS).await;
         assert_eq!(get(server.addr, "/metrics", "").await.status, 500);
         assert!(panicked.load(Ordering::SeqCst));
         assert_eq!(get(server.addr, "/metrics", "").await.status, 200);
@@ -357,7 +398,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_counter_read_gives_500_not_zeros() {
         let failing: SnapshotFn = Arc::new(|| Err("reading the counters of VIP x failed".into()));
-        let server = start(failing, READ_TIMEOUT).await;
+        let server = start(failing, TIMEOUTS).await;
         let reply = get(server.addr, "/metrics", "").await;
         assert_eq!(reply.status, 500);
         assert!(reply.body.contains("reading the counters of VIP x failed"));
