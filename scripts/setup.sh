@@ -36,6 +36,25 @@ else
   say "Debian packages present: ${PACKAGES[*]}"
 fi
 
+# 1b. promtool, which the metrics tests run (`promtool check metrics`). Debian ships it in the
+# prometheus package: installed without the recommended exporters, and with service starts
+# refused while it installs (a policy-rc.d of our own, only when the machine has none), so no
+# Prometheus server starts listening on this machine.
+if ! command -v promtool >/dev/null; then
+  say "installing promtool (Debian package prometheus; its service is not started)"
+  own_policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d
+    own_policy=yes
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null \
+    || { [ -z "$own_policy" ] || rm -f /usr/sbin/policy-rc.d; fail "apt-get install prometheus (for promtool) failed."; }
+  [ -z "$own_policy" ] || rm -f /usr/sbin/policy-rc.d
+  command -v promtool >/dev/null || fail "the prometheus package installed no promtool."
+else
+  say "promtool present"
+fi
+
 # 2. Rust toolchains: stable for user space, nightly + rust-src for the eBPF crate (-Z build-std=core).
 command -v rustup >/dev/null || fail "rustup is not installed; xdplb needs the stable and nightly Rust toolchains."
 rustup toolchain list | grep -q '^nightly' || fail "the nightly Rust toolchain is missing (rustup toolchain install nightly)."

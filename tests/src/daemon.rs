@@ -11,7 +11,10 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::netns::{sh, Netns};
+use crate::{
+    exposition::{self, Sample},
+    netns::{sh, Netns},
+};
 
 /// The `xdplb` binary of this workspace (built by `cargo xtask test` before the tests run).
 pub fn xdplb_bin() -> Result<PathBuf> {
@@ -349,14 +352,25 @@ impl Drop for Daemon {
     }
 }
 
-/// The Prometheus samples a daemon in `ns` serves at `addr` (`--metrics ADDR`): one plain
-/// HTTP GET from inside the namespace (the daemon listens on that namespace's loopback),
-/// checked to be a 200 with a body that parses.
-pub fn scrape(ns: &Netns, addr: &str) -> Result<Vec<lb_userspace::metrics::Sample>> {
+/// The Prometheus samples a daemon in `ns` serves at `addr` (`--metrics ADDR`), in the text
+/// format 0.0.4 (what a scraper that asks for nothing gets), checked to parse.
+pub fn scrape(ns: &Netns, addr: &str) -> Result<Vec<Sample>> {
+    let (_, body) = scrape_text(ns, addr, None)?;
+    exposition::parse(&body).map_err(|e| anyhow::anyhow!("invalid Prometheus text: {e}"))
+}
+
+/// One plain HTTP GET of /metrics from inside `ns` (the daemon listens on that namespace's
+/// loopback), with `accept` as the Accept header if given: the Content-Type and the body of a
+/// 200 reply.
+pub fn scrape_text(ns: &Netns, addr: &str, accept: Option<&str>) -> Result<(String, String)> {
+    let accept = accept
+        .map(|a| format!("Accept: {a}\r\n"))
+        .unwrap_or_default();
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: x\r\n{accept}\r\n");
     let reply = ns.run(|| -> Result<String> {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(addr)?;
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")?;
+        s.write_all(request.as_bytes())?;
         let mut out = String::new();
         s.read_to_string(&mut out)?;
         Ok(out)
@@ -367,5 +381,13 @@ pub fn scrape(ns: &Netns, addr: &str) -> Result<Vec<lb_userspace::metrics::Sampl
     if !head.starts_with("HTTP/1.1 200") {
         bail!("GET /metrics answered {head}");
     }
-    lb_userspace::metrics::parse(body).map_err(|e| anyhow::anyhow!("invalid Prometheus text: {e}"))
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-type")
+                .then(|| value.trim().to_string())
+        })
+        .context("a Content-Type header")?;
+    Ok((content_type, body.to_string()))
 }

@@ -3,6 +3,7 @@
 pub mod bgp;
 pub mod capture;
 pub mod daemon;
+pub mod exposition;
 pub mod fib;
 pub mod generator;
 pub mod l2env;
@@ -14,6 +15,7 @@ pub mod oracle;
 pub mod packet;
 pub mod peers;
 pub mod pmtu;
+pub mod prometheus;
 pub mod reference;
 pub mod topology;
 pub mod xdp;

@@ -173,7 +173,7 @@ fn from_stats(stats: &Value) -> Snapshot {
     s
 }
 
-fn from_metrics(vip: &str, samples: &[lb_userspace::metrics::Sample]) -> Snapshot {
+fn from_metrics(vip: &str, samples: &[lb_tests::exposition::Sample]) -> Snapshot {
     let mut s = Snapshot::new();
     for m in samples
         .iter()

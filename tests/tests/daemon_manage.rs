@@ -503,6 +503,29 @@ fn metrics_are_served_and_the_socket_refuses_non_root() {
     assert_eq!(find("xdplb_vip_new_flows_total", ("vip", &vip)), Some(30.0));
     assert_eq!(find("xdplb_backend_up", ("backend", &e.b(0))), Some(1.0));
     assert!(find("xdplb_verdicts_total", ("reason", "tx")).unwrap() > 0.0);
+    let sum = |name: &str| -> f64 {
+        let of_vip = samples
+            .iter()
+            .filter(|s| s.name == name && s.labels["vip"] == vip);
+        of_vip.map(|s| s.value).sum()
+    };
+    assert_eq!(sum("xdplb_backend_new_flows_total"), 30.0);
+    assert_eq!(
+        sum("xdplb_backend_packets_total"),
+        sum("xdplb_vip_packets_total")
+    );
+    // What a scraper that asks for nothing gets passes promtool; Prometheus gets OpenMetrics.
+    use lb_tests::{daemon::scrape_text, exposition::promtool_check};
+    let (kind, text) = scrape_text(&e.topo.lb.ns, "127.0.0.1:9464", None).unwrap();
+    assert_eq!(kind, "text/plain; version=0.0.4; charset=utf-8");
+    promtool_check(&text).unwrap_or_else(|err| panic!("{err}\n{text}"));
+    let accept = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5";
+    let (kind, text) = scrape_text(&e.topo.lb.ns, "127.0.0.1:9464", Some(accept)).unwrap();
+    assert_eq!(
+        kind,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    assert!(text.contains("\n# TYPE xdplb_vip_packets counter\n") && text.ends_with("\n# EOF\n"));
 
     // Non-root: the socket file (0600) refuses the connection.
     let mode = std::fs::metadata(&e.d.socket)

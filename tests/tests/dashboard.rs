@@ -1,19 +1,29 @@
 //! The Grafana dashboard (scripts/grafana/xdplb-dashboard.json) against what the daemon exports.
 //!
 //! Every query of the dashboard is scanned with a small PromQL lexer: the metrics it names must
-//! be exported by `metrics::render`, the labels it filters or groups on must exist on those
-//! metrics, literal label values must be values the daemon produces, counters may only be read
-//! through `rate`/`irate`/`increase`, and every exported family must be shown by some panel. No
-//! root, no network: the exported metrics come from rendering a snapshot in memory.
+//! be exported by `metrics::render` (the text format 0.0.4, clean for promtool), the labels it
+//! filters or groups on must exist on those metrics, literal label values must be values the
+//! daemon produces, counters may only be read through `rate`/`irate`/`increase`, and every
+//! exported family must be shown by some panel. No root, no network: the exported metrics come
+//! from rendering a snapshot in memory. Last, a real Prometheus on loopback scrapes the metrics
+//! server serving that snapshot and answers every panel's and variable's query with data (an
+//! annotation's condition need not hold, its query must only run).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
     path::Path,
+    sync::Arc,
 };
 
 use lb_common::stats::{self, EVENT_BASE, EVENT_COUNT, VERDICT_COUNT};
-use lb_userspace::metrics::{self, BackendMetrics, MetricsSnapshot, NodeMetrics, VipMetrics};
+use lb_tests::{
+    exposition,
+    prometheus::{sample_value, Prometheus},
+};
+use lb_userspace::metrics::{
+    self, BackendMetrics, Format, MetricsSnapshot, NodeMetrics, VipMetrics,
+};
 use serde_json::Value;
 
 const DASHBOARD: &str = "../scripts/grafana/xdplb-dashboard.json";
@@ -267,8 +277,9 @@ impl Exported {
 }
 
 fn exported() -> Exported {
-    let text = metrics::render(&snapshot());
-    let samples = metrics::parse(&text).unwrap_or_else(|e| panic!("render output: {e}\n{text}"));
+    let text = metrics::render(&snapshot(), Format::Prometheus).unwrap();
+    exposition::promtool_check(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let samples = exposition::parse(&text).unwrap_or_else(|e| panic!("render output: {e}\n{text}"));
     let mut kinds = BTreeMap::new();
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
@@ -1080,4 +1091,82 @@ fn the_checks_catch_broken_queries() {
             "`{expr}`: expected a problem containing {fragment:?}, got {problems:?}"
         );
     }
+}
+
+/// What the dashboard sends once Grafana has filled in its variables: every selection "All"
+/// (`.*`, the variables are only used with `=~`), ranges of a minute.
+fn interpolate(expr: &str) -> String {
+    let mut out = String::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        let end = after
+            .find(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+            .unwrap_or(after.len());
+        out.push_str(match &after[..end] {
+            "__rate_interval" | "__range" => "1m",
+            "__interval" => "1s",
+            _ => ".*",
+        });
+        rest = &after[end..];
+    }
+    out + rest
+}
+
+#[test]
+fn a_real_prometheus_scrapes_the_server_and_answers_every_dashboard_query() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let target = listener.local_addr().unwrap();
+    let server = runtime.spawn(metrics::serve(listener, Arc::new(|| Ok(snapshot()))));
+    let prometheus = Prometheus::start(target).unwrap();
+    prometheus.wait_for_scrapes(3).unwrap();
+
+    // Prometheus asked for OpenMetrics and got it: a counter's family is named without
+    // `_total` there, and every family has the type of the 0.0.4 text.
+    let metadata = prometheus.api("/api/v1/metadata").unwrap();
+    for (name, kind) in exported().kinds {
+        let family = match kind.as_str() {
+            "counter" => name.strip_suffix("_total").expect("counters end in _total"),
+            _ => &name,
+        };
+        assert_eq!(
+            metadata[family][0]["type"],
+            kind.as_str(),
+            "{family}: {metadata}"
+        );
+    }
+    for v in snapshot().vips {
+        let series = prometheus
+            .query(&format!("xdplb_vip_packets_total{{vip=\"{}\"}}", v.vip))
+            .unwrap();
+        assert_eq!(series.len(), 1, "{}", v.vip);
+        assert_eq!(sample_value(&series[0]).unwrap(), v.packets as f64);
+    }
+
+    let mut problems = Vec::new();
+    for q in queries(&dashboard()) {
+        let expr = interpolate(&q.expr);
+        match prometheus.query(&expr) {
+            Err(e) => problems.push(format!("{}: {expr}: {e}", q.place)),
+            Ok(series) if series.is_empty() && !q.place.starts_with("annotation") => {
+                problems.push(format!("{}: {expr} returns nothing", q.place))
+            }
+            Ok(series) => {
+                if let Some(label) = &q.values_of {
+                    if series.iter().any(|s| s["metric"][label].is_null()) {
+                        problems.push(format!("{}: {expr} has series without {label}", q.place));
+                    }
+                }
+            }
+        }
+    }
+    assert_no_problems(
+        "the dashboard's queries against a real Prometheus",
+        &problems,
+    );
+    server.abort();
 }

@@ -1,6 +1,45 @@
-//! A strict parser of the Prometheus text format subset `render` produces, for tests.
+//! Reading the daemon's Prometheus exposition in tests: a strict parser of the text format
+//! 0.0.4 subset it serves, and Prometheus' own checker (`promtool check metrics`).
+//!
+//! The parser stays hand-written: the crates that parse the format are either lenient (regular
+//! expressions that split a label value at `}` and keep its escapes) or LGPL-licensed, and the
+//! tests need exact label values and a clear error for a malformed line. promtool, from
+//! Debian's prometheus package (scripts/setup.sh), is the reference for what Prometheus accepts.
 
-use std::collections::{BTreeMap, HashSet};
+use std::{
+    collections::{BTreeMap, HashSet},
+    io::Write,
+    process::{Command, Stdio},
+};
+
+/// Runs `promtool check metrics` on `text`: Ok when Prometheus' parser and linter find nothing,
+/// else what promtool said.
+pub fn promtool_check(text: &str) -> Result<(), String> {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("running promtool ({e}); scripts/setup.sh installs it"))?;
+    let written = child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(text.as_bytes());
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    written.map_err(|e| format!("writing to promtool: {e}"))?;
+    if out.status.success() && out.stdout.is_empty() && out.stderr.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "promtool check metrics ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
 
 /// One parsed sample.
 #[derive(Clone, Debug, PartialEq)]
@@ -10,9 +49,23 @@ pub struct Sample {
     pub value: f64,
 }
 
+impl Sample {
+    pub fn new(name: &str, labels: &[(&str, &str)], value: f64) -> Self {
+        let labels = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Self {
+            name: name.into(),
+            labels,
+            value,
+        }
+    }
+}
+
 const BLANK: [char; 2] = [' ', '\t'];
 
-/// A strict parser of the text format subset `render` produces: blank lines, comments,
+/// A strict parser of the text format subset the daemon serves: blank lines, comments,
 /// HELP/TYPE lines and samples with optional labels and escaped label values, but no
 /// timestamps. Every line must end with a newline. Errors name the 1-based line number.
 pub fn parse(text: &str) -> Result<Vec<Sample>, String> {
@@ -179,5 +232,62 @@ fn parse_value(s: &str) -> Option<f64> {
         "NaN" => Some(f64::NAN),
         // Rust also reads "inf", "nan" and overflows as non-finite; the format does not.
         _ => s.parse().ok().filter(|v: &f64| v.is_finite()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_accepts_the_format_around_samples() {
+        let text = "# a plain comment\n\n# HELP x Help with \\\\ and \\n.\n# TYPE x counter\n\
+                    x{} 1\nx{a=\"1\",b=\"2\",} -2.5e3\ny +Inf\n";
+        let samples = parse(text).unwrap();
+        assert_eq!(
+            samples,
+            vec![
+                Sample::new("x", &[], 1.0),
+                Sample::new("x", &[("a", "1"), ("b", "2")], -2500.0),
+                Sample::new("y", &[], f64::INFINITY),
+            ]
+        );
+        assert_eq!(parse(""), Ok(vec![]));
+    }
+
+    #[test]
+    fn parse_rejects_malformed_lines_naming_the_line() {
+        let cases = [
+            ("x\n", 1, "expected a blank before the value"),
+            ("ok 1\nx{a=\"b\" 1\n", 2, "expected ',' or '}'"),
+            ("1x 1\n", 1, "expected a metric name"),
+            ("x{a=b} 1\n", 1, "expected '\"'"),
+            ("x{a=\"b\\q\"} 1\n", 1, "invalid escape"),
+            ("x{a=\"b} 1\n", 1, "unterminated value"),
+            ("x{a=\"1\",a=\"2\"} 1\n", 1, "duplicate label a"),
+            ("x{1a=\"v\"} 1\n", 1, "expected a label name"),
+            ("x{a=\"v\"}1\n", 1, "expected a blank before the value"),
+            ("ok 1\n\nx one\n", 3, "invalid value \"one\""),
+            ("x inf\n", 1, "invalid value"),
+            ("x 1 1700000000\n", 1, "timestamps are not supported"),
+            ("x 1\r\n", 1, "invalid value"),
+            ("# TYPE x countr\n", 1, "invalid type"),
+            (
+                "# TYPE x counter\nx 1\n# TYPE x counter\n",
+                3,
+                "duplicate TYPE line for x",
+            ),
+            ("# HELP x bad \\t escape\n", 1, "invalid escape in HELP"),
+            ("# HELP\n", 1, "expected a metric name after HELP"),
+            ("ok 1\nx 1", 2, "missing final newline"),
+        ];
+        for (text, line, fragment) in cases {
+            let err = parse(text).expect_err(text);
+            assert!(
+                err.starts_with(&format!("line {line}: ")),
+                "{text:?}: {err}"
+            );
+            assert!(err.contains(fragment), "{text:?}: {err}");
+        }
     }
 }
