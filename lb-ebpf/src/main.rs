@@ -9,16 +9,11 @@
 mod balance;
 mod counters;
 mod echo;
-mod floor;
 mod forward;
-mod generator;
 mod icmp;
 mod maps;
 mod nat;
-mod parse;
-mod proto;
 mod reply;
-mod sink;
 mod too_big;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
@@ -27,6 +22,7 @@ use lb_common::{
     maps::{FILTER_REPLY, FILTER_VIP, ICMP_LIMIT, WINDOW_ICMP},
     stats, FlowKey, VipInfo, VIP_F_ALL_PORTS, VIP_F_MODE_L3,
 };
+use lb_ebpf::{parse, proto};
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -568,24 +564,6 @@ pub fn xdplb_icmp(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn xdplb_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
-}
-
-/// Test and benchmark traffic (see `generator`): never attached by the daemon.
-#[xdp]
-pub fn xdplb_gen(ctx: XdpContext) -> u32 {
-    generator::generate(&ctx)
-}
-
-/// The receiving end of live benchmarks (see `sink`): never attached by the daemon.
-#[xdp]
-pub fn xdplb_sink(ctx: XdpContext) -> u32 {
-    sink::sink(&ctx)
-}
-
-/// The floor forwarder live benchmarks compare with (see `floor`): never attached by the daemon.
-#[xdp]
-pub fn xdplb_floor(ctx: XdpContext) -> u32 {
-    floor::floor(&ctx)
 }
 
 #[cfg(not(test))]

@@ -14,5 +14,6 @@ pub mod packet;
 pub mod peers;
 pub mod pmtu;
 pub mod reference;
+pub mod tools;
 pub mod topology;
 pub mod xdp;

@@ -5,24 +5,24 @@
 
 use aya_ebpf::{
     bindings::xdp_action,
-    macros::map,
     maps::{Array, PerCpuArray},
     programs::XdpContext,
 };
 use lb_common::maps::{SINK_ALL, SINK_PORT};
-use network_types::{eth::EthHdr, ip::Ipv4Hdr};
-
-use crate::{
+use lb_ebpf::{
     parse::ptr_at,
     proto::{ETH_P_IP, IPPROTO_UDP},
 };
+use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 /// Per-CPU counts: `SINK_ALL` every IPv4 UDP frame, `SINK_PORT` those to the expected port.
-#[map(name = "XDPLB_SINK")]
+#[unsafe(link_section = "maps")]
+#[unsafe(export_name = lb_common::map_name!(SINK))]
 static COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
 
 /// The expected UDP destination port (network order, in the low 16 bits).
-#[map(name = "XDPLB_SINK_CFG")]
+#[unsafe(link_section = "maps")]
+#[unsafe(export_name = lb_common::map_name!(SINK_CFG))]
 static PORT: Array<u32> = Array::with_max_entries(1, 0);
 
 #[inline(always)]

@@ -4,20 +4,20 @@
 
 use aya_ebpf::{
     bindings::xdp_action,
-    macros::map,
     maps::{Array, DevMap},
     programs::XdpContext,
 };
+use lb_ebpf::parse::ptr_at;
 use network_types::eth::EthHdr;
 
-use crate::parse::ptr_at;
-
 /// Destination MAC, source MAC, 4 bytes of padding.
-#[map(name = "XDPLB_FLOOR")]
+#[unsafe(link_section = "maps")]
+#[unsafe(export_name = lb_common::map_name!(FLOOR))]
 static MACS: Array<[u8; 16]> = Array::with_max_entries(1, 0);
 
 /// Slot 0: the egress interface.
-#[map(name = "XDPLB_FLOOR_TX")]
+#[unsafe(link_section = "maps")]
+#[unsafe(export_name = lb_common::map_name!(FLOOR_TX))]
 static TX: DevMap = DevMap::with_max_entries(1, 0);
 
 #[inline(always)]

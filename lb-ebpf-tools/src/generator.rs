@@ -7,24 +7,29 @@
 //! (Ethernet, IPv4, the UDP header or the start of TCP's), kept in `XDPLB_GEN_HDR` with a valid
 //! IPv4 checksum (and a zero UDP checksum; TCP's is not maintained), then gets its flow's
 //! source: packet n belongs to flow n mod `flows`; flow f comes from `src + f / 16384`, port
-//! `1024 + f % 16384`. Not attached by the daemon.
+//! `1024 + f % 16384`.
 
 use aya_ebpf::{
     bindings::xdp_action,
-    macros::map,
     maps::{Array, PerCpuArray},
     programs::XdpContext,
 };
 use lb_common::{csum, maps::GEN_FLOWS_PER_ADDR};
+use lb_ebpf::parse::ptr_at;
 
-use crate::{maps::GEN_CONFIG, parse::ptr_at};
+/// Its settings: [flows, first source address (host order), 0, 0].
+#[unsafe(link_section = "maps")]
+#[unsafe(export_name = lb_common::map_name!(GEN))]
+static GEN_CONFIG: Array<[u32; 4]> = Array::with_max_entries(1, 0);
 
 /// Packets sent by this CPU so far.
-#[map(name = "XDPLB_GEN_SEQ")]
+#[unsafe(link_section = "maps")]
+#[unsafe(export_name = lb_common::map_name!(GEN_SEQ))]
 static SEQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 /// The template's first `GEN_HDR_LEN` bytes, zero-padded to 48.
-#[map(name = "XDPLB_GEN_HDR")]
+#[unsafe(link_section = "maps")]
+#[unsafe(export_name = lb_common::map_name!(GEN_HDR))]
 static HDR: Array<[u64; 6]> = Array::with_max_entries(1, 0);
 
 /// 16-bit word indices in the template: IPv4 checksum, source address (two words), L4 source
