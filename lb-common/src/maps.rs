@@ -1,14 +1,14 @@
 //! Map names, default sizes and load-time globals, declared once for both sides.
 //!
-//! Names are the kernel object names (at most 15 bytes) and also the file names under the
-//! bpffs pin directory.
+//! Names are the kernel object names (the kernel keeps the first 15 bytes) and also the file
+//! names under the bpffs pin directory.
 
 /// Every map's name, written once: `map_name!(VIPS)` is the literal `"XDPLB_VIPS"`. The eBPF
-/// side names its maps with it (`#[unsafe(export_name = lb_common::map_name!(VIPS))]`: a symbol
-/// name must be a literal, a constant will not do), user space with the constants below, which
-/// are its values. `LB_MAPS` and `TOOL_MAPS` list each object's maps: tests/tests/object_names.rs
-/// checks them against the built objects both ways, so a map with no name here, or a name
-/// with no map, fails the tests.
+/// side names its maps with it (`lb_ebpf::map!`, which gives the static `VIPS` this name: a
+/// symbol name must be a literal, a constant will not do), user space with the constants
+/// below, which are its values. `LB_MAPS` and `TOOL_MAPS` list each object's maps:
+/// tests/tests/object_names.rs checks them against the built objects both ways, so a map with
+/// no name here, or a name with no map, fails the tests.
 macro_rules! map_names {
     (lb: [$($lb:ident = $lb_name:literal,)*] tools: [$($t:ident = $t_name:literal,)*]) => {
         #[macro_export]

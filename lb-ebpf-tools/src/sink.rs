@@ -15,15 +15,15 @@ use lb_ebpf::{
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
-/// Per-CPU counts: `SINK_ALL` every IPv4 UDP frame, `SINK_PORT` those to the expected port.
-#[unsafe(link_section = "maps")]
-#[unsafe(export_name = lb_common::map_name!(SINK))]
-static COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+lb_ebpf::map! {
+    /// Per-CPU counts: `SINK_ALL` every IPv4 UDP frame, `SINK_PORT` those to the expected port.
+    static SINK: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+}
 
-/// The expected UDP destination port (network order, in the low 16 bits).
-#[unsafe(link_section = "maps")]
-#[unsafe(export_name = lb_common::map_name!(SINK_CFG))]
-static PORT: Array<u32> = Array::with_max_entries(1, 0);
+lb_ebpf::map! {
+    /// The expected UDP destination port (network order, in the low 16 bits).
+    static SINK_CFG: Array<u32> = Array::with_max_entries(1, 0);
+}
 
 #[inline(always)]
 pub fn sink(ctx: &XdpContext) -> u32 {
@@ -39,7 +39,7 @@ pub fn sink(ctx: &XdpContext) -> u32 {
         return xdp_action::XDP_PASS;
     }
     let off = EthHdr::LEN + ((vihl & 0x0f) as usize) * 4;
-    let want = PORT.get(0).copied().unwrap_or(0) as u16;
+    let want = SINK_CFG.get(0).copied().unwrap_or(0) as u16;
     // SAFETY: bounds-checked by ptr_at.
     let port_ok = matches!(ptr_at::<[u16; 2]>(ctx, off), Ok(udp) if unsafe { (*udp)[1] } == want);
     bump(SINK_ALL);
@@ -51,7 +51,7 @@ pub fn sink(ctx: &XdpContext) -> u32 {
 
 #[inline(always)]
 fn bump(slot: u32) {
-    if let Some(c) = COUNT.get_ptr_mut(slot) {
+    if let Some(c) = SINK.get_ptr_mut(slot) {
         // SAFETY: a per-CPU slot; only this CPU's runs touch it.
         unsafe { *c += 1 };
     }

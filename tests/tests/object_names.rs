@@ -17,7 +17,10 @@ struct Names {
 }
 
 fn names(object: &[u8]) -> Names {
-    assert!(!object.is_empty(), "the object was not built (AYA_BUILD_SKIP=1?)");
+    assert!(
+        !object.is_empty(),
+        "the object was not built (AYA_BUILD_SKIP=1?)"
+    );
     let file = object::File::parse(object).expect("an ELF object");
     let mut n = Names {
         maps: BTreeSet::new(),
@@ -54,11 +57,18 @@ fn same(what: &str, found: &BTreeSet<String>, named: &[&str]) {
     );
 }
 
+/// `object`'s maps and programs are exactly `maps` and `programs`; its names, for more checks.
+fn check(what: &str, object: &[u8], maps: &[&str], programs: &[&str]) -> Names {
+    let n = names(object);
+    same(&format!("{what} maps (map_names!)"), &n.maps, maps);
+    same(&format!("{what} programs"), &n.programs, programs);
+    n
+}
+
 #[test]
 fn load_balancer_object_matches_its_names() {
-    let n = names(lb_userspace::datapath::OBJECT);
-    same("load balancer maps (map_names!, lb)", &n.maps, m::LB_MAPS);
-    same("load balancer programs (LB_PROGRAMS)", &n.programs, m::LB_PROGRAMS);
+    let lb = lb_userspace::datapath::OBJECT;
+    let n = check("load balancer", lb, m::LB_MAPS, m::LB_PROGRAMS);
     assert!(
         n.globals.contains(m::GLOBAL_RING_SIZE),
         "the global {} the loader sets is not in the object: {:?}",
@@ -69,14 +79,21 @@ fn load_balancer_object_matches_its_names() {
 
 #[test]
 fn tools_object_matches_its_names() {
-    let n = names(lb_tests::tools::OBJECT);
-    same("tools maps (map_names!, tools)", &n.maps, m::TOOL_MAPS);
-    same("tools programs (TOOL_PROGRAMS)", &n.programs, m::TOOL_PROGRAMS);
+    check(
+        "tools",
+        lb_tests::tools::OBJECT,
+        m::TOOL_MAPS,
+        m::TOOL_PROGRAMS,
+    );
 }
 
 /// No name serves two maps (the pin directory and aya's lookups go by name).
 #[test]
 fn every_map_name_is_used_once() {
     let all: BTreeSet<_> = m::LB_MAPS.iter().chain(m::TOOL_MAPS).collect();
-    assert_eq!(all.len(), m::LB_MAPS.len() + m::TOOL_MAPS.len(), "a name used twice");
+    assert_eq!(
+        all.len(),
+        m::LB_MAPS.len() + m::TOOL_MAPS.len(),
+        "a name used twice"
+    );
 }
