@@ -13,6 +13,8 @@ mod forward;
 mod icmp;
 mod maps;
 mod nat;
+mod parse;
+mod proto;
 mod reply;
 mod too_big;
 
@@ -22,7 +24,6 @@ use lb_common::{
     maps::{FILTER_REPLY, FILTER_VIP, ICMP_LIMIT, WINDOW_ICMP},
     stats, FlowKey, VipInfo, VIP_F_ALL_PORTS, VIP_F_MODE_L3,
 };
-use lb_ebpf::{parse, proto};
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
