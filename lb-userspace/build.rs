@@ -1,8 +1,8 @@
-//! Builds the XDP program (lb-ebpf) for bpfel-unknown-none with the nightly toolchain and
-//! bpf-linker; the object lands in OUT_DIR and is embedded by `datapath`.
-//! `AYA_BUILD_SKIP=1` skips it (host-only checks such as clippy): an empty placeholder is
-//! embedded instead and loading reports that the program was not built.
-use std::{env, fs, path::Path};
+//! Builds the XDP program (lb-ebpf) for bpfel-unknown-none (see `build_ebpf`); the object is
+//! embedded by `datapath`. The test and benchmark programs (lb-ebpf-tools) are built by
+//! lb-tests' build.rs instead, so this binary never carries them.
+#[path = "build_ebpf.rs"]
+mod build_ebpf;
 
 /// `xdplb --version` carries the git revision it was built from.
 fn git_revision() {
@@ -21,25 +21,5 @@ fn git_revision() {
 
 fn main() -> anyhow::Result<()> {
     git_revision();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../lb-ebpf");
-    let root = root.to_str().expect("workspace path is UTF-8");
-    let skip = env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
-    if skip {
-        let out = Path::new(&env::var("OUT_DIR")?).join("lb-ebpf");
-        if !out.exists() {
-            fs::write(out, [])?;
-        }
-    }
-    // aya-build passes the nested cargo's stderr through as `cargo:warning` lines, so every
-    // build printed ~35 "Compiling ..." warnings. Quiet cargo prints no status lines; the
-    // eBPF crate's real warnings and errors still arrive as compiler messages.
-    env::set_var("CARGO_TERM_QUIET", "true");
-    aya_build::build_ebpf(
-        [aya_build::Package {
-            name: "lb-ebpf",
-            root_dir: root,
-            ..Default::default()
-        }],
-        aya_build::Toolchain::default(),
-    )
+    build_ebpf::build("lb-ebpf", "../lb-ebpf")
 }

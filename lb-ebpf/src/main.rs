@@ -9,16 +9,13 @@
 mod balance;
 mod counters;
 mod echo;
-mod floor;
 mod forward;
-mod generator;
 mod icmp;
 mod maps;
 mod nat;
 mod parse;
 mod proto;
 mod reply;
-mod sink;
 mod too_big;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
@@ -570,30 +567,4 @@ pub fn xdplb_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
-/// Test and benchmark traffic (see `generator`): never attached by the daemon.
-#[xdp]
-pub fn xdplb_gen(ctx: XdpContext) -> u32 {
-    generator::generate(&ctx)
-}
-
-/// The receiving end of live benchmarks (see `sink`): never attached by the daemon.
-#[xdp]
-pub fn xdplb_sink(ctx: XdpContext) -> u32 {
-    sink::sink(&ctx)
-}
-
-/// The floor forwarder live benchmarks compare with (see `floor`): never attached by the daemon.
-#[xdp]
-pub fn xdplb_floor(ctx: XdpContext) -> u32 {
-    floor::floor(&ctx)
-}
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+lb_ebpf::binary_items!();

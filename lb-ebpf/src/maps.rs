@@ -1,8 +1,10 @@
 //! The program's maps. Sizes here are defaults; the loader overrides them from its options
 //! (ring and connection table) before loading.
+//!
+//! Each map is named as its static (`lb_ebpf::map!`): `VIPS` is `lb_common::maps::VIPS`, its
+//! name written once in `lb_common::map_name!`, which user space reads too.
 
 use aya_ebpf::{
-    macros::map,
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, ProgramArray},
     programs::XdpContext,
 };
@@ -14,70 +16,84 @@ use network_types::eth::EthHdr;
 
 use crate::parse::{ptr_at, Dest};
 
-#[map(name = "XDPLB_VIPS")]
-pub static VIPS: HashMap<VipKey, VipInfo> =
-    HashMap::with_max_entries(m::vip_entries(m::DEFAULT_MAX_VIPS), 0);
+lb_ebpf::map! {
+    pub static VIPS: HashMap<VipKey, VipInfo> =
+        HashMap::with_max_entries(m::vip_entries(m::DEFAULT_MAX_VIPS), 0);
+}
 
-#[map(name = "XDPLB_BACKENDS")]
-pub static BACKENDS: Array<BackendInfo> = Array::with_max_entries(m::DEFAULT_MAX_BACKENDS, 0);
+lb_ebpf::map! {
+    pub static BACKENDS: Array<BackendInfo> = Array::with_max_entries(m::DEFAULT_MAX_BACKENDS, 0);
+}
 
-#[map(name = "XDPLB_RING")]
-pub static RING: Array<m::RingLine> =
-    Array::with_max_entries(m::DEFAULT_MAX_VIPS * m::ring_lines(m::DEFAULT_RING_SIZE), 0);
+lb_ebpf::map! {
+    pub static RING: Array<m::RingLine> =
+        Array::with_max_entries(m::DEFAULT_MAX_VIPS * m::ring_lines(m::DEFAULT_RING_SIZE), 0);
+}
 
-#[map(name = "XDPLB_CONNTRACK")]
-pub static CONNTRACK: LruHashMap<FlowKey, ConnValue> =
-    LruHashMap::with_max_entries(m::DEFAULT_CONNTRACK_SIZE, 0);
+lb_ebpf::map! {
+    pub static CONNTRACK: LruHashMap<FlowKey, ConnValue> =
+        LruHashMap::with_max_entries(m::DEFAULT_CONNTRACK_SIZE, 0);
+}
 
-#[map(name = "XDPLB_BE_HOPS")]
-pub static BACKEND_HOPS: PerCpuArray<Hop> =
-    PerCpuArray::with_max_entries(m::DEFAULT_MAX_BACKENDS, 0);
+lb_ebpf::map! {
+    pub static BACKEND_HOPS: PerCpuArray<Hop> =
+        PerCpuArray::with_max_entries(m::DEFAULT_MAX_BACKENDS, 0);
+}
 
-#[map(name = "XDPLB_ENDPOINTS")]
-pub static ENDPOINTS: HashMap<EndpointKey, Endpoint> =
-    HashMap::with_max_entries(m::DEFAULT_MAX_BACKENDS, 0);
+lb_ebpf::map! {
+    pub static ENDPOINTS: HashMap<EndpointKey, Endpoint> =
+        HashMap::with_max_entries(m::DEFAULT_MAX_BACKENDS, 0);
+}
 
-/// Programs `xdplb` tail-calls, filled by the loader: slot `JUMP_ICMP` is `xdplb_icmp`.
-#[map(name = "XDPLB_JUMP")]
-pub static JUMP: ProgramArray = ProgramArray::with_max_entries(m::JUMP_SLOTS, 0);
+lb_ebpf::map! {
+    /// Programs `xdplb` tail-calls, filled by the loader: slot `JUMP_ICMP` is `xdplb_icmp`.
+    pub static JUMP: ProgramArray = ProgramArray::with_max_entries(m::JUMP_SLOTS, 0);
+}
 pub const JUMP_ICMP: u32 = m::JUMP_ICMP;
 
-#[map(name = "XDPLB_ADDRS")]
-pub static ADDR_FILTER: Array<u64> = Array::with_max_entries(m::FILTER_KINDS * m::FILTER_WORDS, 0);
+lb_ebpf::map! {
+    pub static ADDR_FILTER: Array<u64> =
+        Array::with_max_entries(m::FILTER_KINDS * m::FILTER_WORDS, 0);
+}
 
-#[map(name = "XDPLB_CONFIG")]
-pub static CONFIG: Array<u32> = Array::with_max_entries(m::CONFIG_SLOTS, 0);
+lb_ebpf::map! {
+    pub static CONFIG: Array<u32> = Array::with_max_entries(m::CONFIG_SLOTS, 0);
+}
 
-/// The generator's settings: [flows, first source address (host order), 0, 0].
-#[map(name = "XDPLB_GEN")]
-pub static GEN_CONFIG: Array<[u32; 4]> = Array::with_max_entries(1, 0);
+lb_ebpf::map! {
+    pub static RECORD_WINDOW: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(m::WINDOWS, 0);
+}
 
-#[map(name = "XDPLB_RECWIN")]
-pub static RECORD_WINDOW: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(m::WINDOWS, 0);
+lb_ebpf::map! {
+    /// Scratch space for `launder`.
+    pub static SCRATCH: PerCpuArray<[u32; 2]> = PerCpuArray::with_max_entries(1, 0);
+}
 
-/// Scratch space for `launder`.
-#[map(name = "XDPLB_SCRATCH")]
-pub static SCRATCH: PerCpuArray<[u32; 2]> = PerCpuArray::with_max_entries(1, 0);
+lb_ebpf::map! {
+    pub static IFACES: HashMap<u32, IfaceInfo> = HashMap::with_max_entries(m::MAX_IFACES, 0);
+}
 
-#[map(name = "XDPLB_IFACES")]
-pub static IFACES: HashMap<u32, IfaceInfo> = HashMap::with_max_entries(m::MAX_IFACES, 0);
+lb_ebpf::map! {
+    pub static IFACE_MACS: Array<IfaceInfo> = Array::with_max_entries(m::IFACE_MAC_SLOTS, 0);
+}
 
-#[map(name = "XDPLB_IFACE_MACS")]
-pub static IFACE_MACS: Array<IfaceInfo> = Array::with_max_entries(m::IFACE_MAC_SLOTS, 0);
+lb_ebpf::map! {
+    pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(m::MAX_IFACES, 0);
+}
 
-#[map(name = "XDPLB_TX_PORTS")]
-pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(m::MAX_IFACES, 0);
+lb_ebpf::map! {
+    pub static VIP_STATS: PerCpuArray<TrafficCounters> =
+        PerCpuArray::with_max_entries(m::DEFAULT_MAX_VIPS, 0);
+}
 
-#[map(name = "XDPLB_VIP_STATS")]
-pub static VIP_STATS: PerCpuArray<TrafficCounters> =
-    PerCpuArray::with_max_entries(m::DEFAULT_MAX_VIPS, 0);
+lb_ebpf::map! {
+    pub static BACKEND_STATS: PerCpuArray<TrafficCounters> =
+        PerCpuArray::with_max_entries(m::DEFAULT_MAX_BACKENDS, 0);
+}
 
-#[map(name = "XDPLB_BE_STATS")]
-pub static BACKEND_STATS: PerCpuArray<TrafficCounters> =
-    PerCpuArray::with_max_entries(m::DEFAULT_MAX_BACKENDS, 0);
-
-#[map(name = "XDPLB_STATS")]
-pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STATS_LEN, 0);
+lb_ebpf::map! {
+    pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STATS_LEN, 0);
+}
 
 /// Whether `addr` may be an address of `kind` (`m::FILTER_*`): false is certain, true is
 /// checked by a map lookup. An array read the verifier inlines, instead of a hash lookup.

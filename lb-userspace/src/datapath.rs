@@ -29,7 +29,6 @@ use crate::{
 pub mod faults;
 mod pass;
 mod pins;
-mod tools;
 mod upgrade;
 
 pub use pass::{pass_off, pass_on};
@@ -37,8 +36,8 @@ pub use upgrade::UpgradeReport;
 
 use self::pins::{check_pinned_layout, pinned_maps, RETIRED_MAPS};
 
-/// The XDP object built by build.rs.
-static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
+/// The load balancer's XDP object (lb-ebpf), built by build.rs.
+pub static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
 
 #[derive(Debug, Error)]
 pub enum DataPathError {
@@ -208,8 +207,8 @@ impl DataPath {
     /// Loads and verifies both programs and creates the maps (not attached anywhere yet).
     pub fn load(opts: &LoadOptions) -> Result<DataPath, DataPathError> {
         let mut dp = Self::load_unverified(opts)?;
-        // The balancer and the pass program are verified now; the test and benchmark tools
-        // (generator, sink, floor) only when first used, so the daemon never loads them.
+        // The balancer (with the ICMP program it tail-calls) and the pass program are verified
+        // now; the test and benchmark programs are another object (lb-tests' `tools`).
         for name in [m::PROG_LB, m::PROG_PASS] {
             program(&mut dp.ebpf, name)?;
         }
@@ -546,11 +545,6 @@ impl DataPath {
     /// The load-balancer program (for BPF_PROG_TEST_RUN and program info).
     pub fn program(&mut self) -> Result<&mut Xdp, DataPathError> {
         program(&mut self.ebpf, m::PROG_LB)
-    }
-
-    /// The traffic generator (tests and benchmarks; run with live frames).
-    pub fn generator(&mut self) -> Result<&mut Xdp, DataPathError> {
-        program(&mut self.ebpf, m::PROG_GEN)
     }
 
     /// The pass-everything program (the empty baseline of benchmarks).

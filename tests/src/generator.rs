@@ -1,18 +1,19 @@
-//! A traffic generator for load tests: the object's `xdplb_gen` program run with BPF_PROG_RUN
+//! A traffic generator for load tests: the tools object's `xdplb_gen` program run with BPF_PROG_RUN
 //! live frames, so each run pushes frames out of a test interface at kernel speed. Every frame
 //! starts from the template's headers; packet n belongs to flow n mod `flows` (see
-//! lb-ebpf/src/generator.rs).
+//! lb-ebpf-tools/src/generator.rs).
 
 use std::net::Ipv4Addr;
 
 use anyhow::{bail, Result};
 use aya::programs::{TestRun, TestRunAttrs, TestRunOptions};
+use lb_common::maps as m;
 use lb_userspace::{
     datapath::{DataPath, LoadOptions},
     iface,
 };
 
-use crate::{fib::xdp_md, netns::Netns};
+use crate::{fib::xdp_md, netns::Netns, tools::Tools};
 
 /// Frames per live-frames batch (the kernel's page pool recycles them).
 const BATCH: u32 = 64;
@@ -41,7 +42,9 @@ pub fn refused(e: &anyhow::Error) -> bool {
 }
 
 pub struct Generator {
+    /// The load balancer's object, for its pass program (`attach_pass`).
     dp: DataPath,
+    tools: Tools,
     cpu: Option<usize>,
 }
 
@@ -49,6 +52,7 @@ impl Generator {
     pub fn new() -> Result<Generator> {
         Ok(Generator {
             dp: DataPath::load(&LoadOptions::minimal())?,
+            tools: Tools::load()?,
             cpu: None,
         })
     }
@@ -70,7 +74,7 @@ impl Generator {
     }
 
     /// Sends `packets` frames built from `template` (an IPv4 UDP frame; see
-    /// `DataPath::set_generator`) out of `iface` in `ns`, spread over `flows` flows whose
+    /// `Tools::set_generator`) out of `iface` in `ns`, spread over `flows` flows whose
     /// sources start at `first_src`. The interface's peer needs an XDP program.
     pub fn send(
         &mut self,
@@ -81,9 +85,9 @@ impl Generator {
         first_src: Ipv4Addr,
         packets: u32,
     ) -> Result<()> {
-        self.dp.set_generator(flows, first_src, template)?;
+        self.tools.set_generator(flows, first_src, template)?;
         let cpu = self.cpu;
-        let prog = self.dp.generator()?;
+        let prog = self.tools.program(m::PROG_GEN)?;
         ns.run(|| -> Result<()> {
             if let Some(cpu) = cpu {
                 pin_thread(cpu)?;

@@ -17,5 +17,6 @@ pub mod peers;
 pub mod pmtu;
 pub mod prometheus;
 pub mod reference;
+pub mod tools;
 pub mod topology;
 pub mod xdp;

@@ -7,7 +7,7 @@
 //!   cargo xtask bench   setup, then the benchmarks (per packet, control plane, memory, live
 //!                       throughput); --quick for a short smoke run
 //!   cargo xtask fuzz    setup, then fuzz the data path with millions of packets
-//!   cargo xtask lint    rustfmt and clippy on every crate, the eBPF one included
+//!   cargo xtask lint    rustfmt and clippy on every crate, the eBPF ones included
 
 use std::{
     io::{BufRead, BufReader},
@@ -56,7 +56,7 @@ enum Cmd {
         #[arg(long)]
         seed: Option<u64>,
     },
-    /// Formatting and clippy (host crates and the eBPF crate), as CI would want them.
+    /// Formatting and clippy (host crates and the eBPF crates), as CI would want them.
     Lint,
     /// Install xdplb: the binary, the systemd unit, an example configuration (if none), shell
     /// completions and the man page.
@@ -245,6 +245,8 @@ fn lint() -> Result<()> {
         "clippy",
         "-p",
         "lb-ebpf",
+        "-p",
+        "lb-ebpf-tools",
         "--release",
         "--target",
         "bpfel-unknown-none",

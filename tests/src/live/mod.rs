@@ -31,7 +31,7 @@ use report::{machine, print_ratios, ratios_and_goals};
 use serde_json::{json, Value};
 use topo::{NftTable, Topology, BACKENDS};
 
-use crate::{generator::Generator, packet::Packet};
+use crate::{generator::Generator, packet::Packet, tools::Tools};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -184,8 +184,10 @@ struct Run {
 struct Bench<'t> {
     t: &'t Topology,
     lb: DataPath,
-    /// The sink, floor and pass programs.
+    /// The pass program (the load balancer's object).
     aux: DataPath,
+    /// The sink and the floor forwarder.
+    tools: Tools,
     gen: Generator,
     /// The CPU the generator (and so the whole path) runs on.
     cpu: usize,
@@ -282,11 +284,11 @@ impl<'t> Bench<'t> {
         ];
         mirror.sync(&mut lb.writer(), &vips)?;
 
-        let mut aux = DataPath::load(&LoadOptions::minimal())?;
-        t.sink
-            .run(|| aux.attach_helper(m::PROG_SINK, "s0", AttachMode::Native))??;
+        let aux = DataPath::load_unverified(&LoadOptions::minimal())?;
+        let mut tools = Tools::load()?;
+        t.sink.run(|| tools.attach(m::PROG_SINK, "s0"))??;
         // A devmap resolves its ifindex in the writer's namespace.
-        t.lb.run(|| aux.set_floor(t.out0_index, t.s0_mac, t.out0_mac))??;
+        t.lb.run(|| tools.set_floor(t.out0_index, t.s0_mac, t.out0_mac))??;
         let mut gen = Generator::new()?;
         let cpu = core_for_generator();
         gen.pin(cpu);
@@ -294,6 +296,7 @@ impl<'t> Bench<'t> {
             t,
             lb,
             aux,
+            tools,
             gen,
             cpu,
             p: p.clone(),
@@ -339,24 +342,19 @@ pub fn core_for_generator() -> usize {
 
 impl Bench<'_> {
     fn case(&mut self, case: Case, flows: u32, warm_up: bool) -> Result<Run> {
-        self.aux.set_sink_port(case.addressing().1)?;
-        let (lb_ns, aux, lb) = (&self.t.lb, &mut self.aux, &mut self.lb);
+        self.tools.set_sink_port(case.addressing().1)?;
+        let (lb_ns, aux, tools, lb) = (&self.t.lb, &mut self.aux, &mut self.tools, &mut self.lb);
         // The path under test on in0. Kernel paths still need an XDP program on in0 (XDP_PASS):
         // without one, XDP_TX into the veth pair is dropped.
         match case {
-            Case::L2 | Case::L3 => lb_ns.run(|| lb.attach("in0", AttachMode::Native).map(drop))?,
-            Case::Floor => lb_ns.run(|| {
-                aux.attach_helper(m::PROG_FLOOR, "in0", AttachMode::Native)
-                    .map(drop)
-            })?,
-            Case::Nft | Case::Routing => lb_ns.run(|| {
-                aux.attach_helper(m::PROG_PASS, "in0", AttachMode::Native)
-                    .map(drop)
-            })?,
-            Case::Direct => lb_ns.run(|| {
-                aux.attach_helper(m::PROG_SINK, "in0", AttachMode::Native)
-                    .map(drop)
-            })?,
+            Case::L2 | Case::L3 => lb_ns
+                .run(|| lb.attach("in0", AttachMode::Native).map(drop))?
+                .map_err(Into::into),
+            Case::Floor => lb_ns.run(|| tools.attach(m::PROG_FLOOR, "in0"))?,
+            Case::Nft | Case::Routing => lb_ns
+                .run(|| aux.attach_pass("in0", AttachMode::Native).map(drop))?
+                .map_err(Into::into),
+            Case::Direct => lb_ns.run(|| tools.attach(m::PROG_SINK, "in0"))?,
         }?;
         let nft = match case {
             Case::Nft => Some(NftTable::load(lb_ns, "xdplb_bench", &nft_ruleset())?),
@@ -366,14 +364,20 @@ impl Bench<'_> {
         drop(nft);
         match case {
             Case::L2 | Case::L3 => self.lb.detach("in0")?,
-            _ => self.aux.detach("in0")?,
+            Case::Nft | Case::Routing => self.aux.detach("in0")?,
+            Case::Floor | Case::Direct => self.tools.detach("in0")?,
         }
         run
     }
 
     /// Frames the sink counted on the generator's CPU.
     fn sink_on_cpu(&self) -> Result<u64> {
-        Ok(self.aux.sink_per_cpu()?.get(self.cpu).copied().unwrap_or(0))
+        Ok(self
+            .tools
+            .sink_per_cpu()?
+            .get(self.cpu)
+            .copied()
+            .unwrap_or(0))
     }
 
     fn measure(
@@ -401,7 +405,7 @@ impl Bench<'_> {
         }
 
         let fwd0 = self.t.lb.snmp("Ip", "ForwDatagrams")?;
-        let (sink0, port0) = self.aux.sink_counts()?;
+        let (sink0, port0) = self.tools.sink_counts()?;
         let on_cpu0 = self.sink_on_cpu()?;
         let lb0 = self.lb.stats()?;
         let nft0 = nft.map(|n| n.counted()).transpose()?;
@@ -424,7 +428,7 @@ impl Bench<'_> {
         let secs = started.elapsed().as_secs_f64();
         let cpu1 = cpu_times(self.cpu)?;
         settle();
-        let (sink1, port1) = self.aux.sink_counts()?;
+        let (sink1, port1) = self.tools.sink_counts()?;
         let on_cpu = self.sink_on_cpu()? - on_cpu0;
         let delivered = sink1 - sink0;
         let on_port = port1 - port0;

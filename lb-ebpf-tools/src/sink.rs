@@ -5,25 +5,25 @@
 
 use aya_ebpf::{
     bindings::xdp_action,
-    macros::map,
     maps::{Array, PerCpuArray},
     programs::XdpContext,
 };
 use lb_common::maps::{SINK_ALL, SINK_PORT};
-use network_types::{eth::EthHdr, ip::Ipv4Hdr};
-
-use crate::{
+use lb_ebpf::{
     parse::ptr_at,
     proto::{ETH_P_IP, IPPROTO_UDP},
 };
+use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
-/// Per-CPU counts: `SINK_ALL` every IPv4 UDP frame, `SINK_PORT` those to the expected port.
-#[map(name = "XDPLB_SINK")]
-static COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+lb_ebpf::map! {
+    /// Per-CPU counts: `SINK_ALL` every IPv4 UDP frame, `SINK_PORT` those to the expected port.
+    static SINK: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+}
 
-/// The expected UDP destination port (network order, in the low 16 bits).
-#[map(name = "XDPLB_SINK_CFG")]
-static PORT: Array<u32> = Array::with_max_entries(1, 0);
+lb_ebpf::map! {
+    /// The expected UDP destination port (network order, in the low 16 bits).
+    static SINK_CFG: Array<u32> = Array::with_max_entries(1, 0);
+}
 
 #[inline(always)]
 pub fn sink(ctx: &XdpContext) -> u32 {
@@ -39,7 +39,7 @@ pub fn sink(ctx: &XdpContext) -> u32 {
         return xdp_action::XDP_PASS;
     }
     let off = EthHdr::LEN + ((vihl & 0x0f) as usize) * 4;
-    let want = PORT.get(0).copied().unwrap_or(0) as u16;
+    let want = SINK_CFG.get(0).copied().unwrap_or(0) as u16;
     // SAFETY: bounds-checked by ptr_at.
     let port_ok = matches!(ptr_at::<[u16; 2]>(ctx, off), Ok(udp) if unsafe { (*udp)[1] } == want);
     bump(SINK_ALL);
@@ -51,7 +51,7 @@ pub fn sink(ctx: &XdpContext) -> u32 {
 
 #[inline(always)]
 fn bump(slot: u32) {
-    if let Some(c) = COUNT.get_ptr_mut(slot) {
+    if let Some(c) = SINK.get_ptr_mut(slot) {
         // SAFETY: a per-CPU slot; only this CPU's runs touch it.
         unsafe { *c += 1 };
     }

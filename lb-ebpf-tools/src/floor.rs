@@ -4,25 +4,25 @@
 
 use aya_ebpf::{
     bindings::xdp_action,
-    macros::map,
     maps::{Array, DevMap},
     programs::XdpContext,
 };
+use lb_ebpf::parse::ptr_at;
 use network_types::eth::EthHdr;
 
-use crate::parse::ptr_at;
+lb_ebpf::map! {
+    /// Destination MAC, source MAC, 4 bytes of padding.
+    static FLOOR: Array<[u8; 16]> = Array::with_max_entries(1, 0);
+}
 
-/// Destination MAC, source MAC, 4 bytes of padding.
-#[map(name = "XDPLB_FLOOR")]
-static MACS: Array<[u8; 16]> = Array::with_max_entries(1, 0);
-
-/// Slot 0: the egress interface.
-#[map(name = "XDPLB_FLOOR_TX")]
-static TX: DevMap = DevMap::with_max_entries(1, 0);
+lb_ebpf::map! {
+    /// Slot 0: the egress interface.
+    static FLOOR_TX: DevMap = DevMap::with_max_entries(1, 0);
+}
 
 #[inline(always)]
 pub fn floor(ctx: &XdpContext) -> u32 {
-    let (Some(macs), Ok(eth)) = (MACS.get(0), ptr_at::<EthHdr>(ctx, 0)) else {
+    let (Some(macs), Ok(eth)) = (FLOOR.get(0), ptr_at::<EthHdr>(ctx, 0)) else {
         return xdp_action::XDP_ABORTED;
     };
     let eth = eth as *mut EthHdr;
@@ -31,5 +31,5 @@ pub fn floor(ctx: &XdpContext) -> u32 {
         (*eth).dst_addr.copy_from_slice(&macs[..6]);
         (*eth).src_addr.copy_from_slice(&macs[6..12]);
     }
-    TX.redirect(0, 0).unwrap_or(xdp_action::XDP_ABORTED)
+    FLOOR_TX.redirect(0, 0).unwrap_or(xdp_action::XDP_ABORTED)
 }

@@ -7,25 +7,30 @@
 //! (Ethernet, IPv4, the UDP header or the start of TCP's), kept in `XDPLB_GEN_HDR` with a valid
 //! IPv4 checksum (and a zero UDP checksum; TCP's is not maintained), then gets its flow's
 //! source: packet n belongs to flow n mod `flows`; flow f comes from `src + f / 16384`, port
-//! `1024 + f % 16384`. Not attached by the daemon.
+//! `1024 + f % 16384`.
 
 use aya_ebpf::{
     bindings::xdp_action,
-    macros::map,
     maps::{Array, PerCpuArray},
     programs::XdpContext,
 };
 use lb_common::{csum, maps::GEN_FLOWS_PER_ADDR};
+use lb_ebpf::parse::ptr_at;
 
-use crate::{maps::GEN_CONFIG, parse::ptr_at};
+lb_ebpf::map! {
+    /// Its settings: [flows, first source address (host order), 0, 0].
+    static GEN: Array<[u32; 4]> = Array::with_max_entries(1, 0);
+}
 
-/// Packets sent by this CPU so far.
-#[map(name = "XDPLB_GEN_SEQ")]
-static SEQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+lb_ebpf::map! {
+    /// Packets sent by this CPU so far.
+    static GEN_SEQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+}
 
-/// The template's first `GEN_HDR_LEN` bytes, zero-padded to 48.
-#[map(name = "XDPLB_GEN_HDR")]
-static HDR: Array<[u64; 6]> = Array::with_max_entries(1, 0);
+lb_ebpf::map! {
+    /// The template's first `GEN_HDR_LEN` bytes, zero-padded to 48.
+    static GEN_HDR: Array<[u64; 6]> = Array::with_max_entries(1, 0);
+}
 
 /// 16-bit word indices in the template: IPv4 checksum, source address (two words), L4 source
 /// port, and the last word (bytes 40..42).
@@ -36,7 +41,7 @@ const LAST: usize = 20;
 
 #[inline(always)]
 pub fn generate(ctx: &XdpContext) -> u32 {
-    let (Some(cfg), Some(hdr), Some(seq)) = (GEN_CONFIG.get(0), HDR.get(0), SEQ.get_ptr_mut(0))
+    let (Some(cfg), Some(hdr), Some(seq)) = (GEN.get(0), GEN_HDR.get(0), GEN_SEQ.get_ptr_mut(0))
     else {
         return xdp_action::XDP_ABORTED;
     };
