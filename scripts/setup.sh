@@ -42,6 +42,9 @@ fi
 # Prometheus server starts listening on this machine.
 if ! command -v promtool >/dev/null; then
   say "installing promtool (Debian package prometheus; its service is not started)"
+  command -v apt-get >/dev/null || fail "promtool is missing and there is no apt-get to install it (Debian package prometheus)."
+  # Step 1 refreshes the package lists only when it installs something.
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq || fail "apt-get update failed; cannot install prometheus (for promtool)."
   own_policy=""
   if [ ! -e /usr/sbin/policy-rc.d ]; then
     printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d
