@@ -34,10 +34,18 @@ fn main() -> anyhow::Result<()> {
     // build printed ~35 "Compiling ..." warnings. Quiet cargo prints no status lines; the
     // eBPF crate's real warnings and errors still arrive as compiler messages.
     env::set_var("CARGO_TERM_QUIET", "true");
+    // `--features layout-v1` builds the previous map layout on both sides (the upgrade test's
+    // old daemon); the program must then be built with it too.
+    let features: &[&str] = if env::var_os("CARGO_FEATURE_LAYOUT_V1").is_some() {
+        &["layout-v1"]
+    } else {
+        &[]
+    };
     aya_build::build_ebpf(
         [aya_build::Package {
             name: "lb-ebpf",
             root_dir: root,
+            features,
             ..Default::default()
         }],
         aya_build::Toolchain::default(),

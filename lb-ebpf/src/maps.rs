@@ -1,13 +1,13 @@
 //! The program's maps. Sizes here are defaults; the loader overrides them from its options
-//! (ring and connection table) before loading.
+//! (ring and connection table) before loading. The connection table is in `conntrack`.
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, ProgramArray},
+    maps::{Array, DevMapHash, HashMap, PerCpuArray, ProgramArray},
     programs::XdpContext,
 };
 use lb_common::{
-    hash::addr_bit, maps as m, stats::STATS_LEN, BackendInfo, ConnValue, Endpoint, EndpointKey,
+    hash::addr_bit, maps as m, stats::STATS_LEN, BackendInfo, Endpoint, EndpointKey,
     FlowKey, Hop, IfaceInfo, TrafficCounters, VipInfo, VipKey, VIP_F_ADDRESS, VIP_F_ALL_PORTS,
 };
 use network_types::eth::EthHdr;
@@ -24,10 +24,6 @@ pub static BACKENDS: Array<BackendInfo> = Array::with_max_entries(m::DEFAULT_MAX
 #[map(name = "XDPLB_RING")]
 pub static RING: Array<m::RingLine> =
     Array::with_max_entries(m::DEFAULT_MAX_VIPS * m::ring_lines(m::DEFAULT_RING_SIZE), 0);
-
-#[map(name = "XDPLB_CONNTRACK")]
-pub static CONNTRACK: LruHashMap<FlowKey, ConnValue> =
-    LruHashMap::with_max_entries(m::DEFAULT_CONNTRACK_SIZE, 0);
 
 #[map(name = "XDPLB_BE_HOPS")]
 pub static BACKEND_HOPS: PerCpuArray<Hop> =

@@ -133,8 +133,12 @@ pub struct Limits {
     pub max_vips: u32,
     #[serde(default = "d_backends")]
     pub max_backends: u32,
+    /// Entries of the IPv4 flows' connection table (layout 1: of all flows).
     #[serde(default = "d_conntrack")]
     pub conntrack_size: u32,
+    /// Entries of the IPv6 flows' connection table; absent: `conntrack_size`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conntrack6_size: Option<u32>,
 }
 
 /// As the configuration file spells them.
@@ -142,8 +146,12 @@ impl std::fmt::Display for Limits {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "ring_size {}, max_vips {}, max_backends {}, conntrack_size {}",
-            self.ring_size, self.max_vips, self.max_backends, self.conntrack_size
+            "ring_size {}, max_vips {}, max_backends {}, conntrack_size {}, conntrack6_size {}",
+            self.ring_size,
+            self.max_vips,
+            self.max_backends,
+            self.conntrack_size,
+            self.conntrack6_size()
         )
     }
 }
@@ -168,17 +176,25 @@ impl Default for Limits {
             max_vips: d_vips(),
             max_backends: d_backends(),
             conntrack_size: d_conntrack(),
+            conntrack6_size: None,
         }
     }
 }
 
 impl Limits {
+    /// Entries of the IPv6 flows' table in force (`conntrack_size` unless given), so a
+    /// layout-1 pin of `XDPLB_CONNTRACK` made with the same limits has the size layout 2 needs.
+    pub fn conntrack6_size(&self) -> u32 {
+        self.conntrack6_size.unwrap_or(self.conntrack_size)
+    }
+
     pub fn load_options(&self, pin_dir: Option<&Path>) -> LoadOptions {
         LoadOptions {
             ring_size: self.ring_size,
             max_vips: self.max_vips,
             max_backends: self.max_backends,
             conntrack_size: self.conntrack_size,
+            conntrack6_size: self.conntrack6_size(),
             pin_dir: pin_dir.map(Path::to_path_buf),
         }
     }
