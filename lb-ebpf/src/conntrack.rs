@@ -24,7 +24,7 @@ pub static CONNTRACK4: LruHashMap<FlowKey4, ConnValue> =
 pub fn entry(key: &FlowKey) -> Option<*mut ConnValue> {
     #[cfg(not(feature = "layout-v1"))]
     if key.family == FAMILY_V4 {
-        return CONNTRACK4.get_ptr_mut(&FlowKey4::of(key));
+        return CONNTRACK4.get_ptr_mut(FlowKey4::of(key));
     }
     CONNTRACK.get_ptr_mut(key)
 }
@@ -34,7 +34,7 @@ pub fn entry(key: &FlowKey) -> Option<*mut ConnValue> {
 pub fn insert(key: &FlowKey, value: &ConnValue, flags: u64) -> Result<(), i32> {
     #[cfg(not(feature = "layout-v1"))]
     if key.family == FAMILY_V4 {
-        return CONNTRACK4.insert(&FlowKey4::of(key), value, flags);
+        return CONNTRACK4.insert(FlowKey4::of(key), value, flags);
     }
     CONNTRACK.insert(key, value, flags)
 }

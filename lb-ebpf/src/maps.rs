@@ -7,8 +7,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    hash::addr_bit, maps as m, stats::STATS_LEN, BackendInfo, Endpoint, EndpointKey,
-    FlowKey, Hop, IfaceInfo, TrafficCounters, VipInfo, VipKey, VIP_F_ADDRESS, VIP_F_ALL_PORTS,
+    hash::addr_bit, maps as m, stats::STATS_LEN, BackendInfo, Endpoint, EndpointKey, FlowKey, Hop,
+    IfaceInfo, TrafficCounters, VipInfo, VipKey, VIP_F_ADDRESS, VIP_F_ALL_PORTS,
 };
 use network_types::eth::EthHdr;
 

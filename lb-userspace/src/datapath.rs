@@ -128,7 +128,9 @@ impl LoadOptions {
             return bad("max_vips, max_backends and conntrack_size must be at least 1".into());
         }
         if conntrack::TABLES > 1 && self.conntrack6_size == 0 {
-            return bad("conntrack6_size must be at least 1 (leave it out to take conntrack_size)".into());
+            return bad(
+                "conntrack6_size must be at least 1 (leave it out to take conntrack_size)".into(),
+            );
         }
         if (self.max_vips as u64) * (self.ring_size as u64) > u32::MAX as u64 / 4 {
             return bad(format!(

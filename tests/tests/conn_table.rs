@@ -172,7 +172,12 @@ fn l2_flows_are_listed_filtered_counted_and_turn_stale() {
     // `status` counts each family's table: IPv4 flows in XDPLB_CT4, IPv6 in XDPLB_CONNTRACK.
     let status = e.d.json(&["status"]).unwrap();
     let used = |name: &str| {
-        status["maps"].as_array().unwrap().iter().find(|m| m["name"] == name).unwrap()["used"]
+        status["maps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == name)
+            .unwrap()["used"]
             .clone()
     };
     assert_eq!(used(m::CONNTRACK4), held4.len() + udp.len(), "{status}");
@@ -459,7 +464,9 @@ fn a_full_table_is_walked_in_batches_and_timed() {
             family: addr::family(vip),
             _pad: [0; 2],
         };
-        table.insert(FlowKey4::of(&key), ConnValue::default(), 0).unwrap();
+        table
+            .insert(FlowKey4::of(&key), ConnValue::default(), 0)
+            .unwrap();
     }
     println!(
         "filled {size} entries from user space in {:?}",

@@ -89,7 +89,10 @@ impl Env {
             .unwrap()
             .iter()
             // Traffic changes the connection tables' counts (both families').
-            .filter(|m| ![lb_common::maps::CONNTRACK, lb_common::maps::CONNTRACK4].contains(&m["name"].as_str().unwrap_or("")))
+            .filter(|m| {
+                ![lb_common::maps::CONNTRACK, lb_common::maps::CONNTRACK4]
+                    .contains(&m["name"].as_str().unwrap_or(""))
+            })
             .map(|m| m["used"].clone())
             .collect();
         (

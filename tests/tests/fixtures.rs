@@ -445,7 +445,11 @@ fn packet_fixtures() {
     for (what, flow, table) in [
         ("v4 TCP", key(c(), 40000, V4_WEB, 80), m::CONNTRACK4),
         ("v4 UDP", key(c(), 5000, V4_UDP_ALL, 5353), m::CONNTRACK4),
-        ("v6 TCP", key("2001:db8::1", 40000, V6_WEB, 443), m::CONNTRACK),
+        (
+            "v6 TCP",
+            key("2001:db8::1", 40000, V6_WEB, 443),
+            m::CONNTRACK,
+        ),
         ("v6 UDP", key("2001:db8::1", 7000, V6_DNS, 53), m::CONNTRACK),
     ] {
         assert_eq!(

@@ -307,7 +307,11 @@ fn l3_nat_fixtures() {
                 } else {
                     m::CONNTRACK4
                 };
-                assert_eq!(f.dp.tables_holding(&key).unwrap(), [table], "{vip} :{sport}");
+                assert_eq!(
+                    f.dp.tables_holding(&key).unwrap(),
+                    [table],
+                    "{vip} :{sport}"
+                );
             }
         }
         assert_eq!(

@@ -99,7 +99,10 @@ mod tests {
         #[cfg(not(feature = "layout-v1"))]
         {
             assert_eq!((v4.name, v4.key_size()), (m::CONNTRACK4, 16));
-            assert_eq!((v6.name, v6.key_size(), v6.max_entries), (m::CONNTRACK, 40, 50));
+            assert_eq!(
+                (v6.name, v6.key_size(), v6.max_entries),
+                (m::CONNTRACK, 40, 50)
+            );
         }
         #[cfg(feature = "layout-v1")]
         assert_eq!(v4, v6, "one table for both families");
