@@ -561,6 +561,21 @@ hash = "src-ip"
     }
 
     #[test]
+    fn the_ipv6_table_takes_the_ipv4_size_unless_given() {
+        let sizes = |text: &str| {
+            let o = Config::from_toml(text).unwrap().limits().load_options(None);
+            (o.conntrack_size, o.conntrack6_size)
+        };
+        assert_eq!(sizes("[limits]\nconntrack_size = 1000"), (1000, 1000));
+        assert_eq!(
+            sizes("[limits]\nconntrack_size = 1000\nconntrack6_size = 10"),
+            (1000, 10)
+        );
+        let d = lb_common::maps::DEFAULT_CONNTRACK_SIZE;
+        assert_eq!(sizes(""), (d, d));
+    }
+
+    #[test]
     fn bad_configs_are_refused_with_a_sentence() {
         let cases = [
             ("[[vip]]\naddr = \"10.0.0.1:80\"", "ADDR:PORT/PROTO"),
@@ -581,6 +596,7 @@ hash = "src-ip"
             ("[[vip]]\naddr = \"10.0.0.1:*/tcp\"\nhealth = { kind = \"tcp\" }\n[[vip.backend]]\naddr = \"10.0.1.1\"", "explicit port"),
             ("[[vip]]\naddr = \"10.0.0.1:80/tcp\"\nhealth = { kind = \"tcp\", rise = 0 }\n[[vip.backend]]\naddr = \"10.0.1.1\"", "rise"),
             ("[limits]\nring_size = 65536", "not a prime"),
+            ("[limits]\nconntrack6_size = 0", "conntrack6_size must be at least 1"),
             ("[metrics]\nlisten = \"0.0.0.0:9100\"", "not a loopback address"),
             ("[[interface]]\nname = \"a/b\"", "not valid"),
             // Interface names become pin file names (link_NAME): no way out of the pin path.
