@@ -21,5 +21,12 @@ fn git_revision() {
 
 fn main() -> anyhow::Result<()> {
     git_revision();
-    build_ebpf::build("lb-ebpf", "../lb-ebpf")
+    // `--features layout-v1` builds the previous map layout on both sides (the upgrade test's
+    // old daemon); the program must then be built with it too.
+    let features: &[&str] = if std::env::var_os("CARGO_FEATURE_LAYOUT_V1").is_some() {
+        &["layout-v1"]
+    } else {
+        &[]
+    };
+    build_ebpf::build("lb-ebpf", "../lb-ebpf", features)
 }

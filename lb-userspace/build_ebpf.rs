@@ -7,8 +7,9 @@
 //! embedded instead and loading reports that the program was not built.
 use std::{env, fs, path::Path};
 
-/// `crate_dir`: the eBPF crate's directory, relative to the calling crate's.
-pub fn build(name: &str, crate_dir: &str) -> anyhow::Result<()> {
+/// `crate_dir`: the eBPF crate's directory, relative to the calling crate's; `features`: its
+/// cargo features to enable.
+pub fn build(name: &str, crate_dir: &str, features: &[&str]) -> anyhow::Result<()> {
     let root = Path::new(&env::var("CARGO_MANIFEST_DIR")?).join(crate_dir);
     let root = root.to_str().expect("workspace path is UTF-8").to_string();
     let skip = env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
@@ -26,6 +27,7 @@ pub fn build(name: &str, crate_dir: &str) -> anyhow::Result<()> {
         [aya_build::Package {
             name,
             root_dir: &root,
+            features,
             ..Default::default()
         }],
         aya_build::Toolchain::default(),

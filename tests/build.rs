@@ -10,5 +10,5 @@ fn main() -> anyhow::Result<()> {
     for dep in ["../lb-ebpf/src", "../lb-common/src"] {
         println!("cargo:rerun-if-changed={dep}");
     }
-    build_ebpf::build("lb-ebpf-tools", "../lb-ebpf-tools")
+    build_ebpf::build("lb-ebpf-tools", "../lb-ebpf-tools", &[])
 }

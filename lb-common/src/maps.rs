@@ -29,6 +29,7 @@ map_names! {
         BACKENDS = "XDPLB_BACKENDS",
         RING = "XDPLB_RING",
         CONNTRACK = "XDPLB_CONNTRACK",
+        CONNTRACK4 = "XDPLB_CT4",
         BACKEND_HOPS = "XDPLB_BE_HOPS",
         ENDPOINTS = "XDPLB_ENDPOINTS",
         JUMP = "XDPLB_JUMP",
@@ -81,7 +82,7 @@ pub const fn ring_lines(ring_size: u32) -> u32 {
 pub const CONNTRACK: &str = map_name!(CONNTRACK);
 /// Connection table of IPv4 flows (LRU, layout 2 on): `FlowKey4` -> `ConnValue`.
 /// (A literal until the data path declares the map: then it joins `map_names!`.)
-pub const CONNTRACK4: &str = "XDPLB_CT4";
+pub const CONNTRACK4: &str = map_name!(CONNTRACK4);
 /// Per-CPU next hop of each backend (array by backend id, `max_backends`): the FIB's answer
 /// for the backend's last new L3 flow, which new flows start with (`Hop`, tag = the
 /// backend's generation). A cache: not pinned, a restarted daemon's program starts empty.

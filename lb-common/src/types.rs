@@ -107,14 +107,18 @@ impl FlowKey4 {
     /// The compact key of an IPv4 `FlowKey`.
     #[inline(always)]
     pub fn of(key: &FlowKey) -> FlowKey4 {
-        FlowKey4 {
-            src: key.src[0],
-            dst: key.dst[0],
-            sport: key.sport,
-            dport: key.dport,
-            proto: key.proto,
-            _pad: [0; 3],
-        }
+        // Built as four words: written field by field, the 3-byte `_pad` became a BPF call to
+        // `memset` on the data path's hit path (about 6 ns of an L2 hit's 75).
+        let (s, d) = (key.sport.to_ne_bytes(), key.dport.to_ne_bytes());
+        let words = [
+            key.src[0],
+            key.dst[0],
+            u32::from_ne_bytes([s[0], s[1], d[0], d[1]]),
+            u32::from_ne_bytes([key.proto, 0, 0, 0]),
+        ];
+        // SAFETY: `FlowKey4` is `repr(C)`, 16 bytes of four 4-byte-aligned words in field
+        // order with no padding bytes (`_pad` is a field), so every `[u32; 4]` is a valid one.
+        unsafe { core::mem::transmute::<[u32; 4], FlowKey4>(words) }
     }
 
     /// The full key it stands for.

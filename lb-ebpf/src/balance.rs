@@ -9,8 +9,9 @@ use lb_common::{
 };
 
 use crate::{
+    conntrack,
     counters::event,
-    maps::{may_record, BACKENDS, BACKEND_HOPS, CONNTRACK, RING},
+    maps::{may_record, BACKENDS, BACKEND_HOPS, RING},
     nat::{hop_tag, HopRef},
 };
 
@@ -59,7 +60,7 @@ pub enum Known {
 /// Looks the flow up in the connection table (counts hits; `place` counts the rest).
 #[inline(always)]
 pub fn lookup(key: &FlowKey) -> Known {
-    let Some(entry) = CONNTRACK.get_ptr_mut(key) else {
+    let Some(entry) = conntrack::entry(key) else {
         return Known::Unknown;
     };
     // SAFETY: a valid map value; backend, generation and VIP are only written on insert,
@@ -119,14 +120,14 @@ fn place(vip: &VipInfo, key: &FlowKey, record: Record, known: &Known) -> Option<
                 Known::Opening => BPF_NOEXIST,
                 _ => BPF_ANY,
             };
-            if CONNTRACK.insert(key, conn, flags as u64) == Err(-EEXIST) {
+            if conntrack::insert(key, &conn, flags as u64) == Err(-EEXIST) {
                 // A retransmitted SYN: it goes where its first one went. An entry that is
                 // stale (or evicted since) is replaced, as a lookup would have had it.
                 if let Known::Hit(_, choice) = lookup(key) {
                     return Some(choice);
                 }
                 stale = true;
-                let _ = CONNTRACK.insert(key, conn, BPF_ANY as u64);
+                let _ = conntrack::insert(key, &conn, BPF_ANY as u64);
             }
         } else {
             event(stats::EV_CT_UNRECORDED);

@@ -2,11 +2,12 @@
 //! the VIP's Maglev ring) -> rewrite -> forward, counting every verdict.
 //!
 //! Module per concern, as in Katran: `parse` reads headers, `maps` declares the maps,
-//! `balance` picks the backend, `forward` rewrites and sends, `counters` counts.
+//! `balance` picks the backend (`conntrack` holds the flows it placed), `forward` rewrites and sends, `counters` counts.
 #![no_std]
 #![no_main]
 
 mod balance;
+mod conntrack;
 mod counters;
 mod echo;
 mod forward;

@@ -1,16 +1,16 @@
 //! The program's maps. Sizes here are defaults; the loader overrides them from its options
-//! (ring and connection table) before loading.
+//! (ring and connection table) before loading. The connection tables are in `conntrack`.
 //!
 //! Each map is named as its static (`lb_ebpf::map!`): `VIPS` is `lb_common::maps::VIPS`, its
 //! name written once in `lb_common::map_name!`, which user space reads too.
 
 use aya_ebpf::{
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, ProgramArray},
+    maps::{Array, DevMapHash, HashMap, PerCpuArray, ProgramArray},
     programs::XdpContext,
 };
 use lb_common::{
-    hash::addr_bit, maps as m, stats::STATS_LEN, BackendInfo, ConnValue, Endpoint, EndpointKey,
-    FlowKey, Hop, IfaceInfo, TrafficCounters, VipInfo, VipKey, VIP_F_ADDRESS, VIP_F_ALL_PORTS,
+    hash::addr_bit, maps as m, stats::STATS_LEN, BackendInfo, Endpoint, EndpointKey, FlowKey, Hop,
+    IfaceInfo, TrafficCounters, VipInfo, VipKey, VIP_F_ADDRESS, VIP_F_ALL_PORTS,
 };
 use network_types::eth::EthHdr;
 
@@ -28,11 +28,6 @@ lb_ebpf::map! {
 lb_ebpf::map! {
     pub static RING: Array<m::RingLine> =
         Array::with_max_entries(m::DEFAULT_MAX_VIPS * m::ring_lines(m::DEFAULT_RING_SIZE), 0);
-}
-
-lb_ebpf::map! {
-    pub static CONNTRACK: LruHashMap<FlowKey, ConnValue> =
-        LruHashMap::with_max_entries(m::DEFAULT_CONNTRACK_SIZE, 0);
 }
 
 lb_ebpf::map! {

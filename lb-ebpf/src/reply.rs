@@ -9,7 +9,8 @@ use lb_common::{Endpoint, EndpointKey, FlowKey, Hop, VipInfo};
 
 use crate::{
     balance::{is_live, ring_owner},
-    maps::{CONNTRACK, ENDPOINTS},
+    conntrack,
+    maps::ENDPOINTS,
 };
 
 /// Whose reply a packet is, and what it becomes.
@@ -68,7 +69,7 @@ pub fn resolve(reply: &FlowKey, out: &mut Owner) -> u32 {
         };
         OURS
     };
-    match CONNTRACK.get_ptr_mut(flow) {
+    match conntrack::entry(&flow) {
         Some(entry) => {
             // SAFETY: a valid map value; backend and generation are only written on insert.
             let (backend, generation) = unsafe { ((*entry).backend, (*entry).generation) };

@@ -133,8 +133,12 @@ pub struct Limits {
     pub max_vips: u32,
     #[serde(default = "d_backends")]
     pub max_backends: u32,
+    /// Entries of the IPv4 flows' connection table (layout 1: of all flows).
     #[serde(default = "d_conntrack")]
     pub conntrack_size: u32,
+    /// Entries of the IPv6 flows' connection table; absent: `conntrack_size`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conntrack6_size: Option<u32>,
 }
 
 /// As the configuration file spells them.
@@ -142,8 +146,12 @@ impl std::fmt::Display for Limits {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "ring_size {}, max_vips {}, max_backends {}, conntrack_size {}",
-            self.ring_size, self.max_vips, self.max_backends, self.conntrack_size
+            "ring_size {}, max_vips {}, max_backends {}, conntrack_size {}, conntrack6_size {}",
+            self.ring_size,
+            self.max_vips,
+            self.max_backends,
+            self.conntrack_size,
+            self.conntrack6_size()
         )
     }
 }
@@ -168,17 +176,25 @@ impl Default for Limits {
             max_vips: d_vips(),
             max_backends: d_backends(),
             conntrack_size: d_conntrack(),
+            conntrack6_size: None,
         }
     }
 }
 
 impl Limits {
+    /// Entries of the IPv6 flows' table in force (`conntrack_size` unless given), so a
+    /// layout-1 pin of `XDPLB_CONNTRACK` made with the same limits has the size layout 2 needs.
+    pub fn conntrack6_size(&self) -> u32 {
+        self.conntrack6_size.unwrap_or(self.conntrack_size)
+    }
+
     pub fn load_options(&self, pin_dir: Option<&Path>) -> LoadOptions {
         LoadOptions {
             ring_size: self.ring_size,
             max_vips: self.max_vips,
             max_backends: self.max_backends,
             conntrack_size: self.conntrack_size,
+            conntrack6_size: self.conntrack6_size(),
             pin_dir: pin_dir.map(Path::to_path_buf),
         }
     }
@@ -545,6 +561,21 @@ hash = "src-ip"
     }
 
     #[test]
+    fn the_ipv6_table_takes_the_ipv4_size_unless_given() {
+        let sizes = |text: &str| {
+            let o = Config::from_toml(text).unwrap().limits().load_options(None);
+            (o.conntrack_size, o.conntrack6_size)
+        };
+        assert_eq!(sizes("[limits]\nconntrack_size = 1000"), (1000, 1000));
+        assert_eq!(
+            sizes("[limits]\nconntrack_size = 1000\nconntrack6_size = 10"),
+            (1000, 10)
+        );
+        let d = lb_common::maps::DEFAULT_CONNTRACK_SIZE;
+        assert_eq!(sizes(""), (d, d));
+    }
+
+    #[test]
     fn bad_configs_are_refused_with_a_sentence() {
         let cases = [
             ("[[vip]]\naddr = \"10.0.0.1:80\"", "ADDR:PORT/PROTO"),
@@ -565,6 +596,7 @@ hash = "src-ip"
             ("[[vip]]\naddr = \"10.0.0.1:*/tcp\"\nhealth = { kind = \"tcp\" }\n[[vip.backend]]\naddr = \"10.0.1.1\"", "explicit port"),
             ("[[vip]]\naddr = \"10.0.0.1:80/tcp\"\nhealth = { kind = \"tcp\", rise = 0 }\n[[vip.backend]]\naddr = \"10.0.1.1\"", "rise"),
             ("[limits]\nring_size = 65536", "not a prime"),
+            ("[limits]\nconntrack6_size = 0", "conntrack6_size must be at least 1"),
             ("[metrics]\nlisten = \"0.0.0.0:9100\"", "not a loopback address"),
             ("[[interface]]\nname = \"a/b\"", "not valid"),
             // Interface names become pin file names (link_NAME): no way out of the pin path.

@@ -15,8 +15,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    maps as m, stats::STATS_LEN, BackendInfo, ConnValue, Endpoint, EndpointKey, FlowKey, IfaceInfo,
-    TrafficCounters, VipInfo, VipKey,
+    maps as m, stats::STATS_LEN, BackendInfo, ConnValue, Endpoint, EndpointKey, FlowKey, FlowKey4,
+    IfaceInfo, TrafficCounters, VipInfo, VipKey,
 };
 use thiserror::Error;
 
@@ -26,6 +26,7 @@ use crate::{
     model::Mac,
 };
 
+pub mod conntrack;
 pub mod faults;
 mod pass;
 mod pins;
@@ -81,7 +82,10 @@ pub struct LoadOptions {
     pub ring_size: u32,
     pub max_vips: u32,
     pub max_backends: u32,
+    /// Entries of the IPv4 flows' connection table (layout 1: of the one table of all flows).
     pub conntrack_size: u32,
+    /// Entries of the IPv6 flows' connection table (layout 2 on; `conntrack::tables`).
+    pub conntrack6_size: u32,
     /// Pin the maps here (bpffs) so another process can adopt them; `None` keeps them private.
     pub pin_dir: Option<PathBuf>,
 }
@@ -93,6 +97,7 @@ impl Default for LoadOptions {
             max_vips: m::DEFAULT_MAX_VIPS,
             max_backends: m::DEFAULT_MAX_BACKENDS,
             conntrack_size: m::DEFAULT_CONNTRACK_SIZE,
+            conntrack6_size: m::DEFAULT_CONNTRACK_SIZE,
             pin_dir: None,
         }
     }
@@ -107,6 +112,7 @@ impl LoadOptions {
             max_vips: 1,
             max_backends: 1,
             conntrack_size: 16,
+            conntrack6_size: 16,
             pin_dir: None,
         }
     }
@@ -121,6 +127,11 @@ impl LoadOptions {
         }
         if self.max_vips == 0 || self.max_backends == 0 || self.conntrack_size == 0 {
             return bad("max_vips, max_backends and conntrack_size must be at least 1".into());
+        }
+        if conntrack::TABLES > 1 && self.conntrack6_size == 0 {
+            return bad(
+                "conntrack6_size must be at least 1 (leave it out to take conntrack_size)".into(),
+            );
         }
         if (self.max_vips as u64) * (self.ring_size as u64) > u32::MAX as u64 / 4 {
             return bad(format!(
@@ -231,9 +242,11 @@ impl DataPath {
             .map_max_entries(m::VIP_STATS, opts.max_vips)
             .map_max_entries(m::BACKENDS, opts.max_backends)
             .map_max_entries(m::BACKEND_STATS, opts.max_backends)
-            .map_max_entries(m::CONNTRACK, opts.conntrack_size)
             .map_max_entries(m::ENDPOINTS, opts.max_backends)
             .map_max_entries(m::BACKEND_HOPS, opts.max_backends);
+        for t in conntrack::tables(opts) {
+            loader.map_max_entries(t.name, t.max_entries);
+        }
         let pins: Vec<(&'static str, PathBuf)> = match &opts.pin_dir {
             Some(dir) => pinned_maps(opts).map(|p| (p.0, dir.join(p.0))).to_vec(),
             None => Vec::new(),
@@ -646,15 +659,7 @@ impl DataPath {
         map: &'static str,
         cap: u32,
     ) -> Result<usize, DataPathError> {
-        let data = match self.ebpf.map(map) {
-            Some(aya::maps::Map::HashMap(d) | aya::maps::Map::LruHashMap(d)) => d,
-            _ => {
-                return Err(DataPathError::Map {
-                    map,
-                    reason: "not a hash map in the object".into(),
-                })
-            }
-        };
+        let data = self.hash_map_data(map)?;
         let mut n = 0;
         crate::batch::lookup_each::<K, V>(data, 4096, |_, _| {
             n += 1;
@@ -667,9 +672,44 @@ impl DataPath {
         Ok(n)
     }
 
-    /// Entries in the connection table.
+    /// A hash map of the object, for batched reads.
+    fn hash_map_data(&self, map: &'static str) -> Result<&MapData, DataPathError> {
+        match self.ebpf.map(map) {
+            Some(aya::maps::Map::HashMap(d) | aya::maps::Map::LruHashMap(d)) => Ok(d),
+            _ => Err(DataPathError::Map {
+                map,
+                reason: "not a hash map in the object".into(),
+            }),
+        }
+    }
+
+    /// Every flow in the connection tables, with the table it is in (tests).
+    pub fn conntrack_flows(&self) -> Result<Vec<(&'static str, FlowKey)>, DataPathError> {
+        let mut flows = Vec::new();
+        for t in conntrack::tables(&self.opts) {
+            conntrack::walk(&t, self.hash_map_data(t.name)?, 4096, |k, _| {
+                flows.push((t.name, *k));
+                true
+            })
+            .map_err(|e| DataPathError::Map {
+                map: t.name,
+                reason: e.to_string(),
+            })?;
+        }
+        Ok(flows)
+    }
+
+    /// Entries in the connection tables (both families).
     pub fn conntrack_entries(&self) -> Result<usize, DataPathError> {
-        self.count_keys::<FlowKey, ConnValue>(m::CONNTRACK, self.opts.conntrack_size)
+        let mut n = 0;
+        for t in conntrack::tables(&self.opts) {
+            n += if t.compact {
+                self.count_keys::<FlowKey4, ConnValue>(t.name, t.max_entries)?
+            } else {
+                self.count_keys::<FlowKey, ConnValue>(t.name, t.max_entries)?
+            };
+        }
+        Ok(n)
     }
 
     /// Entries in the endpoint map (one per backend of an L3 VIP).
@@ -754,17 +794,52 @@ impl DataPath {
 
     /// Removes a flow's connection-table entry, as an LRU eviction would (tests).
     pub fn forget_flow(&mut self, key: &FlowKey) -> Result<(), DataPathError> {
-        let mut ct: HashMap<_, FlowKey, ConnValue> = self.typed(m::CONNTRACK)?;
-        ct.remove(key).map_err(map_err(m::CONNTRACK))
+        let t = conntrack::table_of(&self.opts, key.family);
+        if t.compact {
+            let mut ct: HashMap<_, FlowKey4, ConnValue> = self.typed(t.name)?;
+            ct.remove(&FlowKey4::of(key)).map_err(map_err(t.name))
+        } else {
+            let mut ct: HashMap<_, FlowKey, ConnValue> = self.typed(t.name)?;
+            ct.remove(key).map_err(map_err(t.name))
+        }
     }
 
-    /// The connection-table entry of a flow, if any.
+    /// The connection-table entry of a flow, if any, from its family's table.
     pub fn conntrack(&self, key: &FlowKey) -> Result<Option<ConnValue>, DataPathError> {
-        let ct: HashMap<_, FlowKey, ConnValue> = self.typed_ref(m::CONNTRACK)?;
-        match ct.get(key, 0) {
+        self.conntrack_in(&conntrack::table_of(&self.opts, key.family), key)
+    }
+
+    /// The connection tables that hold an entry for the flow, each one asked (tests: that a
+    /// family's flows are recorded in its table and nowhere else).
+    pub fn tables_holding(&self, key: &FlowKey) -> Result<Vec<&'static str>, DataPathError> {
+        let mut found = Vec::new();
+        for t in conntrack::tables(&self.opts) {
+            if self.conntrack_in(&t, key)?.is_some() {
+                found.push(t.name);
+            }
+        }
+        Ok(found)
+    }
+
+    /// A flow's entry in table `t` (none for an IPv6 flow in a table of compact keys).
+    fn conntrack_in(
+        &self,
+        t: &conntrack::Table,
+        key: &FlowKey,
+    ) -> Result<Option<ConnValue>, DataPathError> {
+        let got = if !t.compact {
+            let ct: HashMap<_, FlowKey, ConnValue> = self.typed_ref(t.name)?;
+            ct.get(key, 0)
+        } else if key.family == lb_common::addr::FAMILY_V4 {
+            let ct: HashMap<_, FlowKey4, ConnValue> = self.typed_ref(t.name)?;
+            ct.get(&FlowKey4::of(key), 0)
+        } else {
+            return Ok(None);
+        };
+        match got {
             Ok(v) => Ok(Some(v)),
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(map_err(m::CONNTRACK)(e)),
+            Err(e) => Err(map_err(t.name)(e)),
         }
     }
 

@@ -50,7 +50,10 @@ fn everything() -> Config {
         ..HealthCheck::tcp()
     };
     Config {
-        limits: Some(Limits::default()),
+        limits: Some(Limits {
+            conntrack6_size: Some(262_144),
+            ..Limits::default()
+        }),
         metrics: Some(MetricsConfig {
             listen: "127.0.0.1:9100".parse().unwrap(),
             allow_remote: false,

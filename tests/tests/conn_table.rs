@@ -9,7 +9,7 @@ use std::{
 };
 
 use aya::maps::{HashMap, Map, MapData};
-use lb_common::{addr, maps as m, ConnValue, FlowKey};
+use lb_common::{addr, maps as m, ConnValue, FlowKey, FlowKey4};
 use lb_tests::{
     daemon::Daemon,
     l3env::L3Env,
@@ -169,6 +169,19 @@ fn l2_flows_are_listed_filtered_counted_and_turn_stale() {
     }
     let all = rows(&e.d, &[]);
     assert_eq!(all, want, "conn list shows exactly the flows made");
+    // `status` counts each family's table: IPv4 flows in XDPLB_CT4, IPv6 in XDPLB_CONNTRACK.
+    let status = e.d.json(&["status"]).unwrap();
+    let used = |name: &str| {
+        status["maps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == name)
+            .unwrap()["used"]
+            .clone()
+    };
+    assert_eq!(used(m::CONNTRACK4), held4.len() + udp.len(), "{status}");
+    assert_eq!(used(m::CONNTRACK), 1, "{status}");
 
     // Filters narrow to what they name; the limit caps and says so.
     let vip_tcp = format!("{VIP4}:{PORT}/tcp");
@@ -429,15 +442,15 @@ fn peak_rss_mib(pid: u64) -> u64 {
     kib / 1024
 }
 
-/// The cost of walking a full table (docs/operations.md): the daemon's table is filled to its
-/// size from here, then counted and listed through the CLI; for comparison, the same table is
+/// The cost of walking a full table (docs/operations.md): the daemon's IPv4 table (XDPLB_CT4,
+/// compact keys, listed as full flows) is filled to its size from here, then counted and listed through the CLI; for comparison, the same table is
 /// walked key by key (`BPF_MAP_GET_NEXT_KEY` + lookup per entry, aya's `HashMap::iter`).
 #[test]
 fn a_full_table_is_walked_in_batches_and_timed() {
     let e = l2_env();
     let size = m::DEFAULT_CONNTRACK_SIZE;
-    let pinned = MapData::from_pin(e.d.pin_path.join(m::CONNTRACK)).unwrap();
-    let mut table: HashMap<_, FlowKey, ConnValue> =
+    let pinned = MapData::from_pin(e.d.pin_path.join(m::CONNTRACK4)).unwrap();
+    let mut table: HashMap<_, FlowKey4, ConnValue> =
         HashMap::try_from(Map::from_map_data(pinned).unwrap()).unwrap();
     let filled = Instant::now();
     let vip: IpAddr = VIP4.parse().unwrap();
@@ -451,7 +464,9 @@ fn a_full_table_is_walked_in_batches_and_timed() {
             family: addr::family(vip),
             _pad: [0; 2],
         };
-        table.insert(key, ConnValue::default(), 0).unwrap();
+        table
+            .insert(FlowKey4::of(&key), ConnValue::default(), 0)
+            .unwrap();
     }
     println!(
         "filled {size} entries from user space in {:?}",

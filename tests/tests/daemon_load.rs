@@ -135,7 +135,8 @@ fn a_million_source_flood_keeps_the_table_bounded_and_flows_sticky() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|m| m["name"] == "XDPLB_CONNTRACK")
+        // The flood is IPv4: its flows fill XDPLB_CT4 (layout 2).
+        .find(|m| m["name"] == lb_common::maps::CONNTRACK4)
         .unwrap()
         .clone();
     assert!(

@@ -88,7 +88,11 @@ impl Env {
             .as_array()
             .unwrap()
             .iter()
-            .filter(|m| m["name"] != lb_common::maps::CONNTRACK)
+            // Traffic changes the connection tables' counts (both families').
+            .filter(|m| {
+                ![lb_common::maps::CONNTRACK, lb_common::maps::CONNTRACK4]
+                    .contains(&m["name"].as_str().unwrap_or(""))
+            })
             .map(|m| m["used"].clone())
             .collect();
         (

@@ -6,7 +6,7 @@
 
 use std::{collections::HashMap, net::IpAddr};
 
-use lb_common::{stats, TrafficCounters};
+use lb_common::{maps as m, stats, TrafficCounters};
 use lb_tests::{
     packet::{with_macs, Packet, ACK, CLIENT_MAC, ETH_ARP, L4, LB_MAC, SYN},
     xdp::{test_run, XDP_DROP, XDP_PASS, XDP_TX},
@@ -437,6 +437,26 @@ fn packet_fixtures() {
     let n_rows = rows.len();
     for row in &rows {
         f.check(row);
+    }
+
+    // Layout 2: IPv4 flows are recorded in their own table, under the compact key, and IPv6
+    // flows in XDPLB_CONNTRACK; each in one table only. The "same flow stays" rows above hit
+    // those entries (a hit is counted, no miss).
+    for (what, flow, table) in [
+        ("v4 TCP", key(c(), 40000, V4_WEB, 80), m::CONNTRACK4),
+        ("v4 UDP", key(c(), 5000, V4_UDP_ALL, 5353), m::CONNTRACK4),
+        (
+            "v6 TCP",
+            key("2001:db8::1", 40000, V6_WEB, 443),
+            m::CONNTRACK,
+        ),
+        ("v6 UDP", key("2001:db8::1", 7000, V6_DNS, 53), m::CONNTRACK),
+    ] {
+        assert_eq!(
+            f.dp.tables_holding(&flow).unwrap(),
+            [table],
+            "{what} flow recorded in the wrong table"
+        );
     }
 
     assert_eq!(

@@ -15,7 +15,7 @@
 
 use std::net::IpAddr;
 
-use lb_common::stats;
+use lb_common::{addr, maps as m, stats};
 use lb_tests::{
     fib::{be_mac, fib_namespace},
     oracle::{self, Fib, Model},
@@ -233,7 +233,11 @@ fn fuzz_the_data_path() {
         .unwrap_or(0x5eed_f00d);
     let ns = fib_namespace();
     ns.run(|| {
-        let opts = LoadOptions { conntrack_size: 65536, ..LoadOptions::default() };
+        let opts = LoadOptions {
+            conntrack_size: 65536,
+            conntrack6_size: 65536,
+            ..LoadOptions::default()
+        };
         let mut dp = DataPath::load(&opts).expect("load xdplb (root?)");
         let c0 = dp.register_egress("c0").unwrap();
         let b0 = dp.register_egress("b0").unwrap();
@@ -287,7 +291,19 @@ fn fuzz_the_data_path() {
             .filter(|i| st[*i as usize] > 0)
             .map(|i| format!("{}={}", stats::name(i).unwrap(), st[i as usize]))
             .collect();
-        println!("fuzzed {count} packets in {:.1} s (seed {seed}): {}", started.elapsed().as_secs_f64(), seen.join(" "));
+        // Layout 2: every recorded flow is in its family's table (IPv4 under the compact key,
+        // which widens back to a flow to one of the VIPs), none in the other.
+        let flows = dp.conntrack_flows().unwrap();
+        let vip_addrs: Vec<[u32; 4]> = desired.iter().map(|v| addr::to_words(v.spec.addr.ip)).collect();
+        for family in [addr::FAMILY_V4, addr::FAMILY_V6] {
+            assert!(flows.iter().any(|(_, k)| k.family == family), "no flow of family {family} was recorded");
+        }
+        for (table, k) in &flows {
+            let want = if k.family == addr::FAMILY_V4 { m::CONNTRACK4 } else { m::CONNTRACK };
+            assert_eq!(*table, want, "flow {k:?} recorded in the wrong table");
+            assert!(vip_addrs.contains(&k.dst), "recorded flow {k:?} is not to a VIP");
+        }
+        println!("fuzzed {count} packets in {:.1} s (seed {seed}): {}; {} flows recorded", started.elapsed().as_secs_f64(), seen.join(" "), flows.len());
     })
     .unwrap();
 }

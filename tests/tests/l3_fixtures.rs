@@ -6,7 +6,7 @@
 
 use std::{collections::HashMap, net::IpAddr};
 
-use lb_common::stats;
+use lb_common::{maps as m, stats};
 use lb_tests::{
     fib::{be_mac, fib_namespace, set_neighbour},
     packet::{with_macs, Packet, ACK, CLIENT_MAC, SYN},
@@ -248,6 +248,7 @@ fn l3_nat_fixtures() {
             (WEB6, "fd01::1", "fd01::100", 80, Packet::tcp),
             (DNS6, "fd01::1", "fd01::100", 53, Packet::udp),
         ];
+        let by_ring = f.event(stats::EV_REPLY_BY_RING);
         for (i, (vip, client, vip_ip, vport, mk)) in flows.into_iter().enumerate() {
             // Several source ports so both backends (with and without a port) are seen.
             for sport in [
@@ -298,8 +299,26 @@ fn l3_nat_fixtures() {
                     &reply,
                     &want,
                 );
+                // Layout 2: an IPv4 flow is in XDPLB_CT4 (compact key), an IPv6 one in
+                // XDPLB_CONNTRACK, each in one table, where its reply found it (below).
+                let key = flow_key(client.parse().unwrap(), sport, &vip.parse().unwrap(), vport);
+                let table = if vip_ip.contains(':') {
+                    m::CONNTRACK
+                } else {
+                    m::CONNTRACK4
+                };
+                assert_eq!(
+                    f.dp.tables_holding(&key).unwrap(),
+                    [table],
+                    "{vip} :{sport}"
+                );
             }
         }
+        assert_eq!(
+            f.event(stats::EV_REPLY_BY_RING),
+            by_ring,
+            "every reply above was matched by its flow's entry, not vouched for by the ring"
+        );
 
         // IPv4 UDP without a checksum stays without one.
         let b = f.ring(DNS4, "10.1.0.1", 41000, 53);

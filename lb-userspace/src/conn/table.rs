@@ -1,5 +1,5 @@
-//! The daemon's side of `conn list` / `conn count`: a walk over the pinned connection table
-//! with `BPF_MAP_LOOKUP_BATCH`, naming each entry's ids as the data path reads them. Traffic
+//! The daemon's side of `conn list` / `conn count`: a walk over the pinned connection tables
+//! (IPv4 flows' first, then IPv6's: `datapath::conntrack`) with `BPF_MAP_LOOKUP_BATCH`, naming each entry's ids as the data path reads them. Traffic
 //! is not stopped; what a walk can miss under churn is said in `batch::lookup_each`.
 //!
 //! An entry is *active* while its backend slot is valid and holds the generation the entry was
@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 use super::ConnQuery;
 use crate::{
     daemon::core::Core,
+    datapath::conntrack::{self, Table},
     model::{Mode, VipAddr},
 };
 
@@ -76,7 +77,7 @@ struct Walk {
 /// long enough (docs/operations.md) that health checks and metrics must not wait for it.
 pub struct Walker {
     names: Names,
-    table: MapData,
+    tables: Vec<(Table, MapData)>,
 }
 
 impl Walker {
@@ -85,9 +86,13 @@ impl Walker {
             core.dp.options().pin_dir.clone().ok_or(
                 "the data path's maps are not pinned, so the connection table cannot be read",
             )?;
+        let tables = conntrack::tables(core.dp.options())
+            .into_iter()
+            .map(|t| Ok((t, open(&pins, t.name)?)))
+            .collect::<Result<_, String>>()?;
         Ok(Walker {
             names: Names::new(core, &pins, query)?,
-            table: open(&pins, m::CONNTRACK)?,
+            tables,
         })
     }
 
@@ -146,24 +151,29 @@ impl Walker {
         }))
     }
 
-    /// Walks the table, giving `each` every entry the query matches, up to its limit.
+    /// Walks the tables, giving `each` every entry the query matches, up to its limit.
     fn walk(mut self, mut each: impl FnMut(Conn)) -> Result<Walk, String> {
         let limit = self.names.query.limit.unwrap_or(usize::MAX);
-        let (mut matched, mut truncated) = (0, false);
+        let (mut matched, mut truncated, mut walked) = (0, false, 0);
         let started = Instant::now();
-        let walked = crate::batch::lookup_each::<FlowKey, ConnValue>(&self.table, CHUNK, |k, v| {
-            let Some(conn) = self.names.matching(k, v) else {
-                return true;
-            };
-            if matched == limit {
-                truncated = true;
-                return false;
+        for (table, map) in &self.tables {
+            if truncated {
+                break;
             }
-            matched += 1;
-            each(conn);
-            true
-        })
-        .map_err(|e| format!("reading the connection table {}: {e}", m::CONNTRACK))?;
+            walked += conntrack::walk(table, map, CHUNK, |k, v| {
+                let Some(conn) = self.names.matching(k, v) else {
+                    return true;
+                };
+                if matched == limit {
+                    truncated = true;
+                    return false;
+                }
+                matched += 1;
+                each(conn);
+                true
+            })
+            .map_err(|e| format!("reading the connection table {}: {e}", table.name))?;
+        }
         log::debug!(
             "connection table walk: {walked} entries in {:?}, {matched} matching",
             started.elapsed()

@@ -232,7 +232,7 @@ impl Core {
     /// What `commit` checks before it changes anything, the kernel's interfaces included.
     fn preflight(&self, new: &Config) -> Result<(), String> {
         new.validate()?;
-        if new.limits() != self.config.limits() {
+        if new.limits().load_options(None) != self.config.limits().load_options(None) {
             return Err(format!(
                 "limits cannot change while the daemon runs (running {}, requested {}); stop it, run `xdplb daemon --cleanup`, and start it with the new limits",
                 self.config.limits(),

@@ -26,7 +26,7 @@ use crate::{
     api::{BackendChange, Request, Response, MAX_REQUEST},
     config::{Config, MetricsConfig},
     conn::table::Walker,
-    datapath::{AttachMode, DataPath},
+    datapath::{conntrack, AttachMode, DataPath},
     health::Checker,
     mirror::Mirror,
 };
@@ -406,11 +406,12 @@ fn answer(core: &Mutex<Core>, req: Request) -> Result<Answer, String> {
             walker.count().map(Answer::Value)
         }
         Request::Status => {
-            let (mut status, pins) = {
+            let (mut status, pins, tables) = {
                 let mut c = lock(core);
-                (c.status(), c.paths.pin_path.clone())
+                let tables = conntrack::tables(c.dp.options());
+                (c.status(), c.paths.pin_path.clone(), tables)
             };
-            core::complete_status(&mut status, &pins);
+            core::complete_status(&mut status, &pins, &tables);
             Ok(Answer::Value(status))
         }
         req => {

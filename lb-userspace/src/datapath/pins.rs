@@ -3,7 +3,7 @@
 
 use aya::maps::{Array, MapData};
 use lb_common::{
-    maps as m, stats::STATS_LEN, BackendInfo, ConnValue, Endpoint, EndpointKey, FlowKey, IfaceInfo,
+    maps as m, stats::STATS_LEN, BackendInfo, ConnValue, Endpoint, EndpointKey, IfaceInfo,
     TrafficCounters, VipInfo, VipKey,
 };
 
@@ -19,10 +19,12 @@ type PinnedMap = (&'static str, u32, Option<u32>, u32);
 /// `--cleanup` and the adoption check. `XDPLB_JUMP` too: the kernel empties a program array
 /// when its last user-space reference goes, so unpinned it would lose the ICMP program while
 /// no daemon runs.
-pub(super) fn pinned_maps(o: &LoadOptions) -> [PinnedMap; 15] {
+pub(super) fn pinned_maps(o: &LoadOptions) -> [PinnedMap; OTHER_PINS + conntrack::TABLES] {
     use std::mem::size_of;
     let counters = size_of::<TrafficCounters>() as u32;
-    [
+    let conn = size_of::<ConnValue>() as u32;
+    let tables = conntrack::tables(o).map(|t| (t.name, t.key_size(), Some(conn), t.max_entries));
+    let others: [PinnedMap; OTHER_PINS] = [
         (
             m::ENDPOINTS,
             size_of::<EndpointKey>() as u32,
@@ -62,12 +64,6 @@ pub(super) fn pinned_maps(o: &LoadOptions) -> [PinnedMap; 15] {
             o.max_vips * m::ring_lines(o.ring_size),
         ),
         (
-            m::CONNTRACK,
-            size_of::<FlowKey>() as u32,
-            Some(size_of::<ConnValue>() as u32),
-            o.conntrack_size,
-        ),
-        (
             m::IFACES,
             4,
             Some(size_of::<IfaceInfo>() as u32),
@@ -83,8 +79,15 @@ pub(super) fn pinned_maps(o: &LoadOptions) -> [PinnedMap; 15] {
         (m::VIP_STATS, 4, Some(counters), o.max_vips),
         (m::BACKEND_STATS, 4, Some(counters), o.max_backends),
         (m::STATS, 4, Some(size_of::<u64>() as u32), STATS_LEN),
-    ]
+    ];
+    std::array::from_fn(|i| match i.checked_sub(OTHER_PINS) {
+        Some(t) => tables[t],
+        None => others[i],
+    })
 }
+
+/// Pinned maps other than the connection tables.
+const OTHER_PINS: usize = 14;
 
 /// Refuses maps pinned by a daemon with other limits or another layout: reusing them would
 /// make writes fail halfway or the program misread them. Pins of an older layout this daemon

@@ -13,7 +13,7 @@
 //! that the next start migrates again. A copy never overwrites an entry the new maps already
 //! hold: the new program wrote it, so it is newer.
 
-use aya::maps::{Array, HashMap, MapData};
+use aya::maps::{Array, HashMap};
 use lb_common::{addr::FAMILY_V4, maps as m, ConnValue, FlowKey, FlowKey4};
 
 use super::{map_err, DataPath, DataPathError};
@@ -170,17 +170,6 @@ impl DataPath {
             .collect();
         left.sort();
         left
-    }
-
-    /// A hash map of the object, for the batched walk.
-    fn hash_map_data(&self, name: &'static str) -> Result<&MapData, DataPathError> {
-        match self.ebpf.map(name) {
-            Some(aya::maps::Map::HashMap(d) | aya::maps::Map::LruHashMap(d)) => Ok(d),
-            _ => Err(DataPathError::Map {
-                map: name,
-                reason: "not a hash map in the object".into(),
-            }),
-        }
     }
 
     /// The IPv4 entries of `XDPLB_CONNTRACK` (every flow's table in layout 1).

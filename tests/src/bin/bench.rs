@@ -614,6 +614,7 @@ fn control_plane(dp: &mut DataPath) -> Result<serde_json::Value> {
         max_vips: 1024,
         max_backends: 16384,
         conntrack_size: 1024,
+        conntrack6_size: 1024,
         pin_dir: None,
     };
     let mut big_dp = DataPath::load(&big)?;

@@ -2,6 +2,7 @@
 //! `simulate` and the metrics snapshot, read from the running configuration and the maps.
 
 use super::*;
+use crate::datapath::conntrack::{self, Table};
 
 impl Core {
     fn backend_state(&self, vip: &VipAddr, b: &BackendConfig) -> &'static str {
@@ -152,14 +153,17 @@ impl Core {
         let o = self.dp.options().clone();
         let backends_used = self.mirror.backend_ids().len();
         let ring_lines = u64::from(lb_common::maps::ring_lines(o.ring_size));
-        let maps = json!([
-            { "name": lb_common::maps::VIPS, "used": self.dp.vip_entries().ok(), "max": lb_common::maps::vip_entries(o.max_vips) },
-            { "name": lb_common::maps::BACKENDS, "used": backends_used, "max": o.max_backends },
-            { "name": lb_common::maps::RING, "used": self.config.vips.len() as u64 * ring_lines, "max": o.max_vips as u64 * ring_lines },
-            // Counted by `complete_status`, outside the lock: a walk of the table.
-            { "name": lb_common::maps::CONNTRACK, "used": null, "max": o.conntrack_size },
-            { "name": lb_common::maps::ENDPOINTS, "used": self.dp.endpoint_entries().ok(), "max": o.max_backends },
-        ]);
+        let mut maps = vec![
+            json!({ "name": lb_common::maps::VIPS, "used": self.dp.vip_entries().ok(), "max": lb_common::maps::vip_entries(o.max_vips) }),
+            json!({ "name": lb_common::maps::BACKENDS, "used": backends_used, "max": o.max_backends }),
+            json!({ "name": lb_common::maps::RING, "used": self.config.vips.len() as u64 * ring_lines, "max": o.max_vips as u64 * ring_lines }),
+        ];
+        // Counted by `complete_status`, outside the lock: a walk of each table.
+        maps.extend(
+            conntrack::tables(&o)
+                .map(|t| json!({ "name": t.name, "used": null, "max": t.max_entries })),
+        );
+        maps.push(json!({ "name": lb_common::maps::ENDPOINTS, "used": self.dp.endpoint_entries().ok(), "max": o.max_backends }));
         let ifaces: Vec<Value> = self
             .dp
             .attachments()
@@ -328,30 +332,24 @@ impl Core {
 }
 
 /// The parts of `status` that take time, filled in without the core's lock so that health
-/// checks, metrics and other requests do not wait: the connection table's entries (a batched
-/// walk of the pinned map, ~0.15 s when full) and each interface's veth peer (netlink and
-/// `ethtool`). A count that cannot be read stays null.
-pub fn complete_status(status: &mut Value, pin_path: &std::path::Path) {
-    let conntrack = lb_common::maps::CONNTRACK;
-    let used = aya::maps::MapData::from_pin(pin_path.join(conntrack))
-        .map_err(|e| e.to_string())
-        .and_then(|map| {
-            crate::batch::lookup_each::<lb_common::FlowKey, lb_common::ConnValue>(
-                &map,
-                4096,
-                |_, _| true,
-            )
+/// checks, metrics and other requests do not wait: the connection tables' entries (a batched
+/// walk of each pinned map, ~0.15 s for a full default table) and each interface's veth peer
+/// (netlink and `ethtool`). A count that cannot be read stays null.
+pub fn complete_status(status: &mut Value, pin_path: &std::path::Path, tables: &[Table]) {
+    for t in tables {
+        let used = aya::maps::MapData::from_pin(pin_path.join(t.name))
             .map_err(|e| e.to_string())
-        });
-    match used {
-        Ok(n) => {
-            for m in status["maps"].as_array_mut().into_iter().flatten() {
-                if m["name"] == conntrack {
-                    m["used"] = json!(n);
+            .and_then(|map| conntrack::walk(t, &map, 4096, |_, _| true).map_err(|e| e.to_string()));
+        match used {
+            Ok(n) => {
+                for m in status["maps"].as_array_mut().into_iter().flatten() {
+                    if m["name"] == t.name {
+                        m["used"] = json!(n);
+                    }
                 }
             }
+            Err(e) => log::warn!("status: counting {}: {e}", t.name),
         }
-        Err(e) => log::warn!("status: counting {conntrack}: {e}"),
     }
     for i in status["interfaces"].as_array_mut().into_iter().flatten() {
         if let Some(name) = i["name"].as_str().map(str::to_owned) {
