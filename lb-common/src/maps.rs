@@ -37,10 +37,12 @@ pub const BACKEND_HOPS: &str = "XDPLB_BE_HOPS";
 /// L3 backend endpoints (hash, `max_backends` entries): `EndpointKey` -> `Endpoint`. A reply is
 /// matched by its source endpoint; its flow's state is the connection-table entry.
 pub const ENDPOINTS: &str = "XDPLB_ENDPOINTS";
-/// Runtime switches the control plane sets: slot `CONFIG_DEBUG` 1 to log every verdict to the
-/// kernel trace pipe (off by default); slot `CONFIG_RECORD_LIMIT` the new flows each CPU
-/// records in the connection table per second (0: no limit); slot `CONFIG_LAYOUT` the
-/// `LAYOUT_VERSION` of the pinned maps (written by the daemon, never read by the data path).
+/// Runtime switches the control plane sets: slot `CONFIG_DEBUG` is reserved and unused (it
+/// switched verdict logging before the `trace::GLOBAL_WATCH` word took over; the pinned layout
+/// keeps its place, and a daemon that finds it set moves it to its own state); slot
+/// `CONFIG_RECORD_LIMIT` the new flows each CPU records in the connection table per second
+/// (0: no limit); slot `CONFIG_LAYOUT` the `LAYOUT_VERSION` of the pinned maps (written by
+/// the daemon, never read by the data path).
 pub const CONFIG: &str = "XDPLB_CONFIG";
 pub const CONFIG_DEBUG: u32 = 0;
 pub const CONFIG_RECORD_LIMIT: u32 = 1;

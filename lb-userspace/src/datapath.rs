@@ -30,6 +30,7 @@ pub mod faults;
 mod pass;
 mod pins;
 mod tools;
+mod watch;
 
 pub use pass::{pass_off, pass_on};
 
@@ -208,6 +209,7 @@ impl DataPath {
             program(&mut dp.ebpf, name)?;
         }
         fill_jump_table(&mut dp.ebpf)?;
+        watch::fill_jump_table(&mut dp.ebpf)?;
         Ok(dp)
     }
 
@@ -707,13 +709,6 @@ impl DataPath {
             .verified_instruction_count()
     }
 
-    /// Switches logging of every verdict to the kernel trace pipe (no reload).
-    pub fn set_debug(&mut self, on: bool) -> Result<(), DataPathError> {
-        let mut a: Array<_, u32> = self.typed(m::CONFIG)?;
-        a.set(m::CONFIG_DEBUG, on as u32, 0)
-            .map_err(map_err(m::CONFIG))
-    }
-
     /// Sets the new flows each CPU records in the connection table per second (0: no limit).
     pub fn set_record_limit(&mut self, limit: u32) -> Result<(), DataPathError> {
         let mut a: Array<_, u32> = self.typed(m::CONFIG)?;
@@ -726,12 +721,6 @@ impl DataPath {
         let a: Array<_, u32> = self.typed_ref(m::CONFIG)?;
         a.get(&m::CONFIG_RECORD_LIMIT, 0)
             .map_err(map_err(m::CONFIG))
-    }
-
-    /// Whether verdict logging is on.
-    pub fn debug(&self) -> Result<bool, DataPathError> {
-        let a: Array<_, u32> = self.typed_ref(m::CONFIG)?;
-        Ok(a.get(&m::CONFIG_DEBUG, 0).map_err(map_err(m::CONFIG))? != 0)
     }
 
     /// Removes a flow's connection-table entry, as an LRU eviction would (tests).

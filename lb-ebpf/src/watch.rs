@@ -1,0 +1,304 @@
+//! Watching verdicts at runtime: aya-log records (`xdplb debug on`) and typed trace events
+//! (`xdplb trace`), both switched by one global word the daemon writes (`XDPLB_WATCH`).
+//!
+//! With nothing switched on, each watch point costs one load of that word and one branch: no
+//! map lookup, no helper call. Everything else is out of line (`#[inline(never)]`), so the
+//! balancer's own code and stack are what they were; the out-of-line parts use map memory, not
+//! the stack (the ICMP program has little stack left). Along the way the packet's facts are
+//! gathered in a per-CPU record (`NOW`); as the program returns its verdict, `xdplb_watch`
+//! (tail-called) logs and sends the record.
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::map,
+    maps::{PerCpuArray, ProgramArray, RingBuf},
+    programs::XdpContext,
+};
+use aya_log_ebpf::info;
+use lb_common::{
+    trace::{
+        TraceBudget, TraceEvent, FLOW_HIT, FLOW_NEW, FLOW_REPLY, FLOW_RING, FLOW_STALE,
+        REWRITE_MAC, REWRITE_NONE, TRACE_EVENTS_PER_SEC, TRACE_RING_BYTES, WATCH_DEBUG,
+        WATCH_TRACE,
+    },
+    FlowKey,
+};
+
+use crate::balance::{Choice, Known};
+
+/// `lb_common::trace::GLOBAL_WATCH`: `WATCH_*` bits. In a data section of its own, which aya
+/// exposes as a one-slot array map the daemon writes; `static mut` keeps it out of read-only
+/// data (which aya freezes at load).
+#[unsafe(no_mangle)]
+#[unsafe(link_section = ".bss.watch")]
+static mut XDPLB_WATCH: u32 = 0;
+
+#[map(name = "XDPLB_TRACE")]
+static RING: RingBuf = RingBuf::with_byte_size(TRACE_RING_BYTES, 0);
+
+#[map(name = "XDPLB_TRACE_NOW")]
+static NOW: PerCpuArray<TraceEvent> = PerCpuArray::with_max_entries(1, 0);
+
+/// Slot 0: `xdplb_watch` (filled by the loader; not pinned).
+#[map(name = "XDPLB_WATCH_JUMP")]
+static JUMP: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+#[map(name = "XDPLB_TRACE_BUDGET")]
+static BUDGET: PerCpuArray<TraceBudget> = PerCpuArray::with_max_entries(1, 0);
+
+/// The switch word: non-zero while anything watches.
+#[inline(always)]
+pub fn watching() -> bool {
+    // SAFETY: a plain load of a word only user space writes.
+    unsafe { core::ptr::read_volatile(&raw const XDPLB_WATCH) != 0 }
+}
+
+/// A packet arrives: forget the previous one's facts.
+#[inline(always)]
+pub fn begin(ctx: &XdpContext) {
+    if watching() {
+        arrived(ctx.ingress_ifindex() as u32);
+    }
+}
+
+#[inline(never)]
+fn arrived(ifindex: u32) {
+    if let Some(now) = NOW.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot, touched only while this packet runs.
+        unsafe { *now = TraceEvent::arrived(ifindex) };
+    }
+}
+
+/// The packet's flow, as parsed.
+#[inline(always)]
+pub fn flow(key: &FlowKey) {
+    if watching() {
+        note_flow(key);
+    }
+}
+
+#[inline(never)]
+fn note_flow(key: &FlowKey) {
+    if let Some(now) = NOW.get_ptr_mut(0) {
+        // SAFETY: as in `arrived`.
+        unsafe {
+            (*now).key = *key;
+            (*now).has_flow = 1;
+        }
+    }
+}
+
+/// What the connection table said before the flow was placed (`placed` finishes it).
+#[inline(always)]
+pub fn known(known: &Known) -> u8 {
+    match known {
+        Known::Hit(..) => FLOW_HIT,
+        Known::Stale => FLOW_STALE,
+        _ => FLOW_NEW,
+    }
+}
+
+/// The VIP and backend a flow went to; `known` as `known` said before it was placed.
+#[inline(always)]
+pub fn placed(vip: u32, choice: &Choice, known: u8) {
+    if watching() {
+        // Not recorded (an ICMP error, a flood), or a retransmitted SYN that found its entry.
+        let flow = match (known, choice.new_flow, choice.hop.is_some()) {
+            (FLOW_NEW, false, true) => FLOW_HIT,
+            (FLOW_NEW, false, false) => FLOW_RING,
+            _ => known,
+        };
+        note_choice(vip, choice.id, flow);
+    }
+}
+
+/// A backend's reply to a flow of `vip`.
+#[inline(always)]
+pub fn reply(vip: u32, backend: u32) {
+    if watching() {
+        note_choice(vip, backend, FLOW_REPLY);
+    }
+}
+
+#[inline(never)]
+fn note_choice(vip: u32, backend: u32, flow: u8) {
+    if let Some(now) = NOW.get_ptr_mut(0) {
+        // SAFETY: as in `arrived`.
+        unsafe {
+            (*now).vip = vip;
+            (*now).backend = backend;
+            (*now).flow = flow;
+        }
+    }
+}
+
+/// What is rewritten (`REWRITE_*`; L3: the address and port written).
+#[inline(always)]
+pub fn rewrite(kind: u8, addr: &[u32; 4], port: u16) {
+    if watching() {
+        note_rewrite(
+            (kind as u32) << 16 | port as u32,
+            addr[0],
+            addr[1],
+            addr[2],
+            addr[3],
+        );
+    }
+}
+
+/// Scalars only (no pointer into the caller's stack): a pointer argument would pin the
+/// caller's values to its stack, which the ICMP program has no room for.
+#[inline(never)]
+fn note_rewrite(kind_port: u32, a0: u32, a1: u32, a2: u32, a3: u32) {
+    if let Some(now) = NOW.get_ptr_mut(0) {
+        // SAFETY: as in `arrived`.
+        unsafe {
+            (*now).rewrite = (kind_port >> 16) as u8;
+            (*now).rewrite_addr = [a0, a1, a2, a3];
+            (*now).rewrite_port = kind_port as u16;
+        }
+    }
+}
+
+/// Where the frame leaves and the MAC it is sent to (L2: the only rewrite).
+#[inline(always)]
+pub fn egress(ifindex: u32, dmac: &[u8; 6]) {
+    if watching() {
+        let m = dmac;
+        let mac = u64::from_le_bytes([m[0], m[1], m[2], m[3], m[4], m[5], 0, 0]);
+        note_egress(ifindex, mac);
+    }
+}
+
+/// Scalars only, as `note_rewrite`.
+#[inline(never)]
+fn note_egress(ifindex: u32, mac: u64) {
+    if let Some(now) = NOW.get_ptr_mut(0) {
+        let b = mac.to_le_bytes();
+        // SAFETY: as in `arrived`.
+        unsafe {
+            (*now).egress = ifindex;
+            (*now).dmac = [b[0], b[1], b[2], b[3], b[4], b[5]];
+            if (*now).rewrite == REWRITE_NONE {
+                (*now).rewrite = REWRITE_MAC;
+            }
+        }
+    }
+}
+
+/// The verdict (`counters::verdict`): noted only; the program reports it as it returns
+/// (`finish`).
+#[inline(always)]
+pub fn verdict(reason: u32, action: u32) {
+    if watching() {
+        note_verdict(reason, action);
+    }
+}
+
+#[inline(never)]
+fn note_verdict(reason: u32, action: u32) {
+    if let Some(now) = NOW.get_ptr_mut(0) {
+        // SAFETY: as in `arrived`.
+        unsafe {
+            (*now).reason = reason;
+            (*now).action = action;
+        }
+    }
+}
+
+/// `xdplb` returns `action`: while anything watches, it is reported first by tail-calling
+/// `xdplb_watch` (which returns the same action). A tail call, not a call: the report
+/// (aya-log's record above all) gets a stack of its own, where a called function would add
+/// its frame to the balancer's.
+#[inline(always)]
+pub fn finish(ctx: &XdpContext, action: u32) -> u32 {
+    if watching() {
+        // SAFETY: the program array holds this object's `xdplb_watch` only.
+        unsafe { JUMP.tail_call(ctx, 0) };
+    }
+    action
+}
+
+/// `xdplb_icmp` returns `action`: its verdict is traced, but not logged. Its stack is nearly
+/// full (16 bytes are left for a called function, aya-log's record needs more), and a tail
+/// call at its end made LLVM generate code the verifier refuses (arithmetic on the context
+/// pointer on a speculated path).
+#[inline(always)]
+pub fn finish_icmp(action: u32) -> u32 {
+    if watching() {
+        trace_only();
+    }
+    action
+}
+
+#[inline(never)]
+fn trace_only() {
+    // SAFETY: a plain load, as in `watching`.
+    let bits = unsafe { core::ptr::read_volatile(&raw const XDPLB_WATCH) };
+    if bits & WATCH_TRACE != 0 {
+        if let Some(now) = NOW.get_ptr_mut(0) {
+            send(now);
+        }
+    }
+}
+
+/// `xdplb_watch`: logs and/or sends the verdict `NOW` holds, and returns its action.
+#[inline(always)]
+pub fn report() -> u32 {
+    let Some(now) = NOW.get_ptr_mut(0) else {
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: a plain load, as in `watching`.
+    let bits = unsafe { core::ptr::read_volatile(&raw const XDPLB_WATCH) };
+    if bits & WATCH_DEBUG != 0 {
+        log(now);
+    }
+    if bits & WATCH_TRACE != 0 {
+        send(now);
+    }
+    // SAFETY: as in `arrived`.
+    unsafe { (*now).action }
+}
+
+/// One aya-log record per verdict; the daemon's log shows it under `xdplb::datapath`.
+#[inline(never)]
+fn log(now: *const TraceEvent) {
+    // SAFETY: this CPU's slot (`arrived`).
+    let e = unsafe { &*now };
+    info!(
+        &(),
+        target: "xdplb::datapath",
+        "verdict reason={} action={} ifindex={} vip={} backend={}",
+        e.reason,
+        e.action,
+        e.ifindex,
+        e.vip,
+        e.backend
+    );
+}
+
+/// Sends the event within this CPU's budget; what the budget or a full ring refuses is
+/// counted, and the trace shows the count. Inlined: no frame of its own (`trace_only`).
+#[inline(always)]
+fn send(now: *const TraceEvent) {
+    let Some(b) = BUDGET.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: the coarse clock helper has no preconditions.
+    let t = unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns() };
+    // SAFETY: this CPU's slot, touched only while this packet runs.
+    unsafe {
+        if t.wrapping_sub((*b).window) >= 1_000_000_000 {
+            (*b).window = t;
+            (*b).sent = 0;
+        }
+        if (*b).sent >= TRACE_EVENTS_PER_SEC {
+            (*b).dropped += 1;
+            return;
+        }
+        (*b).sent += 1;
+        if RING.output::<TraceEvent>(&*now, 0).is_err() {
+            (*b).dropped += 1;
+        }
+    }
+}
