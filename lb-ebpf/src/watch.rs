@@ -24,6 +24,8 @@ use lb_common::{
     FlowKey,
 };
 
+use lb_common::addr::FAMILY_V4;
+
 use crate::balance::{Choice, Known};
 
 /// `lb_common::trace::GLOBAL_WATCH`: `WATCH_*` bits. In a data section of its own, which aya
@@ -260,21 +262,73 @@ pub fn report() -> u32 {
     unsafe { (*now).action }
 }
 
-/// One aya-log record per verdict; the daemon's log shows it under `xdplb::datapath`.
+/// One aya-log record per verdict; the daemon's log shows it under `xdplb::datapath`. The
+/// reason is the `lb_common::stats` index (`xdplb trace` shows names); ids are `TRACE_NO_ID`
+/// (4294967295) where there is none.
 #[inline(never)]
 fn log(now: *const TraceEvent) {
     // SAFETY: this CPU's slot (`arrived`).
     let e = unsafe { &*now };
-    info!(
-        &(),
-        target: "xdplb::datapath",
-        "verdict reason={} action={} ifindex={} vip={} backend={}",
-        e.reason,
-        e.action,
-        e.ifindex,
-        e.vip,
-        e.backend
-    );
+    let k = &e.key;
+    let (sport, dport) = (u16::from_be(k.sport), u16::from_be(k.dport));
+    if e.has_flow == 0 {
+        info!(
+            &(),
+            target: "xdplb::datapath",
+            "verdict reason={} action={} ifindex={}",
+            e.reason,
+            e.action,
+            e.ifindex
+        );
+    } else if k.family == FAMILY_V4 {
+        info!(
+            &(),
+            target: "xdplb::datapath",
+            "verdict reason={} action={} ifindex={} proto={} {:i}:{} -> {:i}:{} vip={} backend={} egress={}",
+            e.reason,
+            e.action,
+            e.ifindex,
+            k.proto,
+            k.src[0].to_ne_bytes(),
+            sport,
+            k.dst[0].to_ne_bytes(),
+            dport,
+            e.vip,
+            e.backend,
+            e.egress
+        );
+    } else {
+        info!(
+            &(),
+            target: "xdplb::datapath",
+            "verdict reason={} action={} ifindex={} proto={} [{:i}]:{} -> [{:i}]:{} vip={} backend={} egress={}",
+            e.reason,
+            e.action,
+            e.ifindex,
+            k.proto,
+            v6_bytes(&k.src),
+            sport,
+            v6_bytes(&k.dst),
+            dport,
+            e.vip,
+            e.backend,
+            e.egress
+        );
+    }
+}
+
+#[inline(always)]
+fn v6_bytes(w: &[u32; 4]) -> [u8; 16] {
+    let [a, b, c, d] = [
+        w[0].to_ne_bytes(),
+        w[1].to_ne_bytes(),
+        w[2].to_ne_bytes(),
+        w[3].to_ne_bytes(),
+    ];
+    [
+        a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1], d[2],
+        d[3],
+    ]
 }
 
 /// Sends the event within this CPU's budget; what the budget or a full ring refuses is

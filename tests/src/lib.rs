@@ -15,4 +15,5 @@ pub mod peers;
 pub mod pmtu;
 pub mod reference;
 pub mod topology;
+pub mod trace;
 pub mod xdp;

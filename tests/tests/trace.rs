@@ -1,0 +1,158 @@
+//! `xdplb trace` end to end in the L2 topology (needs root): a filtered client sees exactly its
+//! packets with the backend that served them, a verdict filter sees a drop, two traces run at
+//! once, and a trace that ends (killed, or its count reached) frees the data path's trace bit.
+
+use std::{
+    net::{SocketAddr, UdpSocket},
+    time::Duration,
+};
+
+use lb_tests::{
+    l2env::{wait_for, L2Env as Env, PORT},
+    peers::udp_once,
+    topology::VIP4,
+    trace::Trace,
+};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// The UDP VIP on eth0 with the three backends.
+fn env() -> Env {
+    let e = Env::new(&[]);
+    let vip = e.vip_udp();
+    e.d.ok(&["attach", "eth0", "--xdp-mode", "native"]).unwrap();
+    e.d.ok(&["vip", "add", &vip, "--mode", "l2"]).unwrap();
+    for i in 0..3 {
+        e.d.ok(&["backend", "add", &vip, &e.b(i)]).unwrap();
+    }
+    e
+}
+
+fn tracing(e: &Env) -> bool {
+    let s = e.d.json(&["status"]).unwrap();
+    s["program"]["tracing"].as_bool().unwrap()
+}
+
+/// One UDP request from `port` to the VIP; the backend's address.
+fn ask(e: &Env, port: u16) -> String {
+    let target = SocketAddr::new(VIP4.parse().unwrap(), PORT);
+    let name = e
+        .topo
+        .client
+        .ns
+        .run(|| udp_once(target, port))
+        .unwrap()
+        .unwrap();
+    let i: usize = name.strip_prefix('b').unwrap().parse().unwrap();
+    e.b(i - 1)
+}
+
+#[test]
+fn a_client_filter_sees_exactly_its_packets_and_their_backend() {
+    let e = env();
+    assert!(!tracing(&e), "no trace runs yet");
+    let client = e.topo.client.ip4.to_string();
+    let t = Trace::start(&e.d, &["--client", &format!("{client}:41002"), "--count", "2"]).unwrap();
+    wait_for("the trace to start", WAIT, || tracing(&e));
+    // Another port of the same client first: not this trace's.
+    ask(&e, 41001);
+    let first = ask(&e, 41002);
+    let second = ask(&e, 41002);
+    assert_eq!(first, second, "the flow keeps its backend");
+    let events = t.events(2, WAIT).unwrap();
+    for (i, ev) in events.iter().enumerate() {
+        assert_eq!(ev["src"], format!("{client}:41002"), "{ev}");
+        assert_eq!(ev["dst"], format!("{VIP4}:{PORT}"), "{ev}");
+        assert_eq!(ev["proto"], "udp", "{ev}");
+        assert_eq!(ev["vip"], e.vip_udp(), "{ev}");
+        assert_eq!(ev["backend"], first, "the backend that answered: {ev}");
+        assert_eq!(ev["verdict"], "tx", "{ev}");
+        assert_eq!(ev["rewrite"], "mac", "{ev}");
+        assert_eq!(ev["egress"], "eth0", "{ev}");
+        assert_eq!(ev["iface"], "eth0", "{ev}");
+        assert_eq!(ev["flow"], if i == 0 { "new" } else { "hit" }, "{ev}");
+    }
+    // --count 2: the stream ends by itself, and the daemon frees the trace.
+    let (rest, status) = t.finish(WAIT).unwrap();
+    assert!(status.success(), "{status}");
+    assert_eq!(rest.last().map(|v| v["end"].clone()), Some("count".into()));
+    wait_for("the trace bit to go off", WAIT, || !tracing(&e));
+}
+
+#[test]
+fn a_verdict_filter_sees_the_drop() {
+    let e = env();
+    // A VIP without backends: its packets are dropped.
+    let empty = format!("{VIP4}:9090/udp");
+    e.d.ok(&["vip", "add", &empty, "--mode", "l2"]).unwrap();
+    let t = Trace::start(&e.d, &["--verdict", "drop_no_backend", "--count", "1"]).unwrap();
+    wait_for("the trace to start", WAIT, || tracing(&e));
+    ask(&e, 42001); // served: not a drop
+    e.topo
+        .client
+        .ns
+        .run(|| {
+            let s = UdpSocket::bind("0.0.0.0:42002").unwrap();
+            s.send_to(b"who", (VIP4, 9090)).unwrap();
+        })
+        .unwrap();
+    let ev = t.events(1, WAIT).unwrap().remove(0);
+    assert_eq!(ev["verdict"], "drop_no_backend", "{ev}");
+    assert_eq!(ev["action"], "drop", "{ev}");
+    assert_eq!(ev["vip"], serde_json::Value::Null, "no backend: no choice noted: {ev}");
+    assert_eq!(ev["dst"], format!("{VIP4}:9090"), "{ev}");
+    assert_eq!(ev["src"], format!("{}:42002", e.topo.client.ip4), "{ev}");
+    let (_, status) = t.finish(WAIT).unwrap();
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn two_traces_run_at_once_and_killing_them_frees_the_trace() {
+    let e = env();
+    let client = e.topo.client.ip4.to_string();
+    let one = Trace::start(&e.d, &["--client", &format!("{client}:43001")]).unwrap();
+    let two = Trace::start(&e.d, &["--client", &format!("{client}:43002")]).unwrap();
+    // Both subscribed: a refused filter is checked first, so this waits for the second too.
+    wait_for("both traces to start", WAIT, || {
+        e.d.log().matches("trace started").count() == 2
+    });
+    let b1 = ask(&e, 43001);
+    let b2 = ask(&e, 43002);
+    let ev1 = one.events(1, WAIT).unwrap().remove(0);
+    let ev2 = two.events(1, WAIT).unwrap().remove(0);
+    assert_eq!(ev1["src"], format!("{client}:43001"));
+    assert_eq!(ev1["backend"], b1);
+    assert_eq!(ev2["src"], format!("{client}:43002"));
+    assert_eq!(ev2["backend"], b2);
+
+    // The first CLI stops (killed by its pid): the other trace goes on.
+    one.kill().unwrap();
+    wait_for("the daemon to end the first trace", WAIT, || {
+        e.d.log().matches("trace ended").count() == 1
+    });
+    assert!(tracing(&e), "one trace still runs");
+    ask(&e, 43002);
+    let ev = two.events(1, WAIT).unwrap().remove(0);
+    assert_eq!(ev["src"], format!("{client}:43002"));
+
+    // The last one stops: the data path stops tracing.
+    two.kill().unwrap();
+    wait_for("the trace bit to go off", WAIT, || !tracing(&e));
+}
+
+#[test]
+fn a_trace_of_nothing_configured_is_refused() {
+    let e = env();
+    let out = e
+        .d
+        .cli(&["trace", "--vip", &format!("{VIP4}:1234/tcp")])
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no such VIP is configured"), "{err}");
+    let out = e.d.cli(&["trace", "--verdict", "dropped"]).unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is not a verdict reason"), "{err}");
+    assert!(!tracing(&e), "a refused trace changes nothing");
+}
