@@ -46,7 +46,6 @@ use crate::{
 /// exactly one reason.
 #[xdp]
 pub fn xdplb(ctx: XdpContext) -> u32 {
-    watch::begin(&ctx);
     let action = match parse::classify::<false>(&ctx) {
         Err(reason) => verdict(reason, xdp_action::XDP_PASS),
         Ok(Parsed { class, vlan }) => {
@@ -95,6 +94,7 @@ fn dispatch(ctx: &XdpContext, class: Class, vlan: bool) -> u32 {
 /// returns only if that fails (an empty table: never after a load), and the packet is passed.
 #[inline(always)]
 fn to_icmp_program(ctx: &XdpContext) -> u32 {
+    watch::ingress(ctx);
     // SAFETY: the program array holds XDP programs of this object only.
     unsafe { maps::JUMP.tail_call(ctx, maps::JUMP_ICMP) };
     verdict(stats::PASS_ICMP, xdp_action::XDP_PASS)
@@ -587,8 +587,8 @@ pub fn xdplb_icmp(ctx: XdpContext) -> u32 {
 /// Reports a verdict of `xdplb` (tail-called by it while the daemon watches: `watch::finish`)
 /// and returns its action. Never attached.
 #[xdp]
-pub fn xdplb_watch(_ctx: XdpContext) -> u32 {
-    watch::report()
+pub fn xdplb_watch(ctx: XdpContext) -> u32 {
+    watch::report(&ctx)
 }
 
 /// Passes everything. Attached to the peer end of a veth so XDP_TX/XDP_REDIRECT into it

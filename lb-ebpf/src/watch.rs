@@ -16,6 +16,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::info;
 use lb_common::{
+    addr::FAMILY_V4,
     trace::{
         TraceBudget, TraceEvent, FLOW_HIT, FLOW_NEW, FLOW_REPLY, FLOW_RING, FLOW_STALE,
         REWRITE_MAC, REWRITE_NONE, TRACE_EVENTS_PER_SEC, TRACE_RING_BYTES, WATCH_DEBUG,
@@ -23,8 +24,6 @@ use lb_common::{
     },
     FlowKey,
 };
-
-use lb_common::addr::FAMILY_V4;
 
 use crate::balance::{Choice, Known};
 
@@ -55,20 +54,29 @@ pub fn watching() -> bool {
     unsafe { core::ptr::read_volatile(&raw const XDPLB_WATCH) != 0 }
 }
 
-/// A packet arrives: forget the previous one's facts.
+/// The interface the packet arrived on, for `xdplb_icmp`, which has no room to read it itself
+/// (`finish_icmp`); `xdplb_watch` reads it from its own context.
 #[inline(always)]
-pub fn begin(ctx: &XdpContext) {
+pub fn ingress(ctx: &XdpContext) {
     if watching() {
-        arrived(ctx.ingress_ifindex() as u32);
+        note_ingress(ctx.ingress_ifindex() as u32);
     }
 }
 
 #[inline(never)]
-fn arrived(ifindex: u32) {
+fn note_ingress(ifindex: u32) {
     if let Some(now) = NOW.get_ptr_mut(0) {
         // SAFETY: this CPU's slot, touched only while this packet runs.
-        unsafe { *now = TraceEvent::arrived(ifindex) };
+        unsafe { (*now).ifindex = ifindex };
     }
+}
+
+/// Forgets the reported packet's facts: the next packet starts from nothing (the daemon also
+/// clears the record when it switches watching on, in case a packet was cut off by a switch).
+#[inline(always)]
+fn reset(now: *mut TraceEvent) {
+    // SAFETY: this CPU's slot (`note_ingress`).
+    unsafe { *now = TraceEvent::arrived(0) };
 }
 
 /// The packet's flow, as parsed.
@@ -82,7 +90,7 @@ pub fn flow(key: &FlowKey) {
 #[inline(never)]
 fn note_flow(key: &FlowKey) {
     if let Some(now) = NOW.get_ptr_mut(0) {
-        // SAFETY: as in `arrived`.
+        // SAFETY: as in `note_ingress`.
         unsafe {
             (*now).key = *key;
             (*now).has_flow = 1;
@@ -125,7 +133,7 @@ pub fn reply(vip: u32, backend: u32) {
 #[inline(never)]
 fn note_choice(vip: u32, backend: u32, flow: u8) {
     if let Some(now) = NOW.get_ptr_mut(0) {
-        // SAFETY: as in `arrived`.
+        // SAFETY: as in `note_ingress`.
         unsafe {
             (*now).vip = vip;
             (*now).backend = backend;
@@ -153,7 +161,7 @@ pub fn rewrite(kind: u8, addr: &[u32; 4], port: u16) {
 #[inline(never)]
 fn note_rewrite(kind_port: u32, a0: u32, a1: u32, a2: u32, a3: u32) {
     if let Some(now) = NOW.get_ptr_mut(0) {
-        // SAFETY: as in `arrived`.
+        // SAFETY: as in `note_ingress`.
         unsafe {
             (*now).rewrite = (kind_port >> 16) as u8;
             (*now).rewrite_addr = [a0, a1, a2, a3];
@@ -177,7 +185,7 @@ pub fn egress(ifindex: u32, dmac: &[u8; 6]) {
 fn note_egress(ifindex: u32, mac: u64) {
     if let Some(now) = NOW.get_ptr_mut(0) {
         let b = mac.to_le_bytes();
-        // SAFETY: as in `arrived`.
+        // SAFETY: as in `note_ingress`.
         unsafe {
             (*now).egress = ifindex;
             (*now).dmac = [b[0], b[1], b[2], b[3], b[4], b[5]];
@@ -200,7 +208,7 @@ pub fn verdict(reason: u32, action: u32) {
 #[inline(never)]
 fn note_verdict(reason: u32, action: u32) {
     if let Some(now) = NOW.get_ptr_mut(0) {
-        // SAFETY: as in `arrived`.
+        // SAFETY: as in `note_ingress`.
         unsafe {
             (*now).reason = reason;
             (*now).action = action;
@@ -237,29 +245,35 @@ pub fn finish_icmp(action: u32) -> u32 {
 fn trace_only() {
     // SAFETY: a plain load, as in `watching`.
     let bits = unsafe { core::ptr::read_volatile(&raw const XDPLB_WATCH) };
-    if bits & WATCH_TRACE != 0 {
-        if let Some(now) = NOW.get_ptr_mut(0) {
+    if let Some(now) = NOW.get_ptr_mut(0) {
+        if bits & WATCH_TRACE != 0 {
             send(now);
         }
+        reset(now);
     }
 }
 
 /// `xdplb_watch`: logs and/or sends the verdict `NOW` holds, and returns its action.
 #[inline(always)]
-pub fn report() -> u32 {
+pub fn report(ctx: &XdpContext) -> u32 {
     let Some(now) = NOW.get_ptr_mut(0) else {
         return xdp_action::XDP_PASS;
     };
     // SAFETY: a plain load, as in `watching`.
     let bits = unsafe { core::ptr::read_volatile(&raw const XDPLB_WATCH) };
+    // SAFETY: as in `note_ingress`.
+    let action = unsafe {
+        (*now).ifindex = ctx.ingress_ifindex() as u32;
+        (*now).action
+    };
     if bits & WATCH_DEBUG != 0 {
         log(now);
     }
     if bits & WATCH_TRACE != 0 {
         send(now);
     }
-    // SAFETY: as in `arrived`.
-    unsafe { (*now).action }
+    reset(now);
+    action
 }
 
 /// One aya-log record per verdict; the daemon's log shows it under `xdplb::datapath`. The
@@ -267,7 +281,7 @@ pub fn report() -> u32 {
 /// (4294967295) where there is none.
 #[inline(never)]
 fn log(now: *const TraceEvent) {
-    // SAFETY: this CPU's slot (`arrived`).
+    // SAFETY: this CPU's slot (`note_ingress`).
     let e = unsafe { &*now };
     let k = &e.key;
     let (sport, dport) = (u16::from_be(k.sport), u16::from_be(k.dport));

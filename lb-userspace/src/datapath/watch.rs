@@ -2,14 +2,14 @@
 //! own `.bss.watch` section) and what the data path reports while it is on: aya-log records
 //! (`xdplb debug on`) and trace events (`xdplb trace`).
 
-use aya::maps::{Array, MapData, PerCpuArray, ProgramArray, RingBuf};
+use aya::maps::{Array, MapData, PerCpuArray, PerCpuValues, ProgramArray, RingBuf};
 use aya_log::EbpfLogger;
 use lb_common::{
     maps as m,
-    trace::{self as t, TraceBudget},
+    trace::{self as t, TraceBudget, TraceEvent},
 };
 
-use super::{map_err, program, DataPath, DataPathError};
+use super::{map_err, nr_cpus, program, DataPath, DataPathError};
 
 impl DataPath {
     /// The switch word: `WATCH_*` bits.
@@ -19,10 +19,27 @@ impl DataPath {
     }
 
     fn set_watch_bit(&mut self, bit: u32, on: bool) -> Result<(), DataPathError> {
-        let bits = self.watch_bits()?;
-        let bits = if on { bits | bit } else { bits & !bit };
+        let before = self.watch_bits()?;
+        let bits = if on { before | bit } else { before & !bit };
+        if before == 0 && bits != 0 {
+            self.clear_watch_record()?;
+        }
         let mut a: Array<_, u32> = self.typed(t::WATCH_SECTION)?;
         a.set(0, bits, 0).map_err(map_err(t::WATCH_SECTION))
+    }
+
+    /// Empties each CPU's record of the packet being watched: a packet cut off by switching
+    /// watching off left its facts there, which the next watched packet must not inherit.
+    fn clear_watch_record(&mut self) -> Result<(), DataPathError> {
+        let failed = |reason: String| DataPathError::Map {
+            map: t::TRACE_NOW,
+            reason,
+        };
+        let cpus = nr_cpus(t::TRACE_NOW).map_err(|e| failed(e.to_string()))?;
+        let values = PerCpuValues::try_from(vec![TraceEvent::arrived(0); cpus])
+            .map_err(|e| failed(e.to_string()))?;
+        let mut a: PerCpuArray<_, TraceEvent> = self.typed(t::TRACE_NOW)?;
+        a.set(0, values, 0).map_err(map_err(t::TRACE_NOW))
     }
 
     /// Switches an aya-log record per verdict (no reload; off after a load).
