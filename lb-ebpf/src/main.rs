@@ -320,6 +320,7 @@ fn steer(
 ) -> u32 {
     let was = watch::known(&known);
     let Some(choice) = balance::choose(vip, key, known, record) else {
+        watch::no_backend(vip.id);
         return verdict(stats::DROP_NO_BACKEND, xdp_action::XDP_DROP);
     };
     watch::placed(vip.id, &choice, was);
@@ -373,6 +374,7 @@ fn to_backend(vip: &VipInfo, key: &FlowKey, known: Known) -> Result<Plan, u32> {
     };
     let was = watch::known(&known);
     let Some(choice) = balance::choose(vip, key, known, record) else {
+        watch::no_backend(vip.id);
         return Err(stats::DROP_NO_BACKEND);
     };
     watch::placed(vip.id, &choice, was);

@@ -18,9 +18,9 @@ use aya_log_ebpf::info;
 use lb_common::{
     addr::FAMILY_V4,
     trace::{
-        TraceBudget, TraceEvent, FLOW_HIT, FLOW_NEW, FLOW_REPLY, FLOW_RING, FLOW_STALE,
-        REWRITE_MAC, REWRITE_NONE, TRACE_EVENTS_PER_SEC, TRACE_RING_BYTES, WATCH_DEBUG,
-        WATCH_TRACE,
+        TraceBudget, TraceEvent, FLOW_HIT, FLOW_NEW, FLOW_NONE, FLOW_REPLY, FLOW_RING, FLOW_STALE,
+        REWRITE_MAC, REWRITE_NONE, TRACE_EVENTS_PER_SEC, TRACE_NO_ID, TRACE_RING_BYTES,
+        WATCH_DEBUG, WATCH_TRACE,
     },
     FlowKey,
 };
@@ -119,6 +119,14 @@ pub fn placed(vip: u32, choice: &Choice, known: u8) {
             _ => known,
         };
         note_choice(vip, choice.id, flow);
+    }
+}
+
+/// A packet of `vip`, which has no backend to take it (dropped).
+#[inline(always)]
+pub fn no_backend(vip: u32) {
+    if watching() {
+        note_choice(vip, TRACE_NO_ID, FLOW_NONE);
     }
 }
 

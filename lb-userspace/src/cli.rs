@@ -525,6 +525,19 @@ fn print_status(d: &Value) {
             _ => text(&d["program"]["record_limit"]),
         }
     );
+    let p = &d["program"];
+    if p["debug_logging"] == true || p["tracing"] == true {
+        println!(
+            "watching: debug logging {}, tracing {} ({} trace events dropped)",
+            if p["debug_logging"] == true {
+                "on"
+            } else {
+                "off"
+            },
+            if p["tracing"] == true { "on" } else { "off" },
+            text(&p["trace_dropped"])
+        );
+    }
     for i in d["interfaces"].as_array().into_iter().flatten() {
         println!(
             "interface {}: {} mode{}",

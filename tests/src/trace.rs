@@ -64,10 +64,16 @@ impl Trace {
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {
-                    bail!("{} of {n} traced packets within {timeout:?}: {out:?}", out.len())
+                    bail!(
+                        "{} of {n} traced packets within {timeout:?}: {out:?}",
+                        out.len()
+                    )
                 }
                 Err(RecvTimeoutError::Disconnected) => {
-                    bail!("the trace ended after {} of {n} packets: {out:?}", out.len())
+                    bail!(
+                        "the trace ended after {} of {n} packets: {out:?}",
+                        out.len()
+                    )
                 }
             }
         }

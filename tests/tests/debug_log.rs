@@ -68,7 +68,9 @@ fn verdicts_reach_the_daemon_log_only_while_debug_is_on() {
     e.d.spawn().unwrap();
     assert!(debug(&e), "debug stays on across a restart");
     ask(&e, 44003);
-    wait_for("a record after the restart", WAIT, || records(&e, 44003) == 1);
+    wait_for("a record after the restart", WAIT, || {
+        records(&e, 44003) == 1
+    });
 
     // Off again, without a reload: nothing more.
     e.d.ok(&["debug", "off"]).unwrap();

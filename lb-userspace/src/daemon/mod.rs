@@ -470,7 +470,9 @@ fn forward_datapath_log(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
     let mut fd = match unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) } {
         Ok(fd) => fd,
         Err(e) => {
-            log::error!("watching the data path's log ring: {e}; `xdplb debug on` will log nothing");
+            log::error!(
+                "watching the data path's log ring: {e}; `xdplb debug on` will log nothing"
+            );
             return;
         }
     };
@@ -544,8 +546,9 @@ async fn trace(
     };
     log::info!("{who}: trace started");
     hub::stream(rx, count, read, write).await;
-    let _ = tokio::task::spawn_blocking(move || hub.unsubscribe(id, |on| switch_tracing(&core, on)))
-        .await;
+    let _ =
+        tokio::task::spawn_blocking(move || hub.unsubscribe(id, |on| switch_tracing(&core, on)))
+            .await;
     log::info!("{who}: trace ended");
 }
 
@@ -553,12 +556,16 @@ async fn trace(
 fn known(names: &Names, filter: &TraceFilter) -> Result<(), String> {
     if let Some(v) = filter.vip {
         if !names.has_vip(&v) {
-            return Err(format!("--vip {v}: no such VIP is configured (xdplb vip list)"));
+            return Err(format!(
+                "--vip {v}: no such VIP is configured (xdplb vip list)"
+            ));
         }
     }
     if let Some(b) = filter.backend {
         if !names.has_backend(b) {
-            return Err(format!("--backend {b}: no VIP has this backend (xdplb vip list)"));
+            return Err(format!(
+                "--backend {b}: no VIP has this backend (xdplb vip list)"
+            ));
         }
     }
     Ok(())

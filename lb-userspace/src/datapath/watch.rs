@@ -73,10 +73,13 @@ impl DataPath {
 
     /// The ring of trace events (`TraceEvent`). Once per load: the ring moves to the caller.
     pub fn take_trace_ring(&mut self) -> Result<RingBuf<MapData>, DataPathError> {
-        let map = self.ebpf.take_map(t::TRACE_RING).ok_or(DataPathError::Map {
-            map: t::TRACE_RING,
-            reason: "not in the object (or already taken)".into(),
-        })?;
+        let map = self
+            .ebpf
+            .take_map(t::TRACE_RING)
+            .ok_or(DataPathError::Map {
+                map: t::TRACE_RING,
+                reason: "not in the object (or already taken)".into(),
+            })?;
         RingBuf::try_from(map).map_err(map_err(t::TRACE_RING))
     }
 

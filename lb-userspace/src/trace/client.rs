@@ -32,8 +32,8 @@ pub fn run(socket: &Path, filter: TraceFilter, json: bool) -> Result<(), String>
         .next()
         .ok_or("the daemon closed the connection without answering")?
         .map_err(|e| format!("reading the daemon's answer: {e}"))?;
-    let first: Value =
-        serde_json::from_str(&first).map_err(|e| format!("the daemon's answer is not valid: {e}"))?;
+    let first: Value = serde_json::from_str(&first)
+        .map_err(|e| format!("the daemon's answer is not valid: {e}"))?;
     if first["ok"] != Value::Bool(true) {
         return Err(first["error"]
             .as_str()

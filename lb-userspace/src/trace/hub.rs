@@ -33,7 +33,10 @@ pub enum Msg {
     Event(Box<TraceLine>),
     /// Events it did not get since the last notice: over the data path's budget or the ring's
     /// room (`data_path`), or its own queue was full (`queue`).
-    Dropped { data_path: u64, queue: u64 },
+    Dropped {
+        data_path: u64,
+        queue: u64,
+    },
 }
 
 /// VIPs and backends by id (the running configuration's), interfaces by index.
@@ -48,7 +51,8 @@ impl Names {
         let mut n = Names::default();
         for v in &ids.vips {
             n.vips.insert(v.id, v.addr);
-            n.backends.extend(v.backends.iter().map(|(addr, id)| (*id, *addr)));
+            n.backends
+                .extend(v.backends.iter().map(|(addr, id)| (*id, *addr)));
         }
         n
     }
@@ -252,8 +256,12 @@ pub async fn read(ring: RingBuf<MapData>, hub: Arc<Hub>, source: Arc<dyn Source>
 /// Serves one `trace` request: the answer line, then one JSON line per matching event
 /// (`{"event": ...}`), per drop notice (`{"dropped": ...}`), and `{"end": "count"}` once
 /// `count` events were sent. Ends when the client goes away or the count is reached.
-pub async fn stream<R, W>(mut rx: mpsc::Receiver<Msg>, count: Option<u64>, mut read: R, mut write: W)
-where
+pub async fn stream<R, W>(
+    mut rx: mpsc::Receiver<Msg>,
+    count: Option<u64>,
+    mut read: R,
+    mut write: W,
+) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
