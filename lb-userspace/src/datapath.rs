@@ -767,18 +767,28 @@ impl DataPath {
 /// array adopted from an earlier daemon gets this load's program: the earlier program, still
 /// attached until it is swapped, then tail-calls this one, which uses the same pinned maps.
 fn fill_jump_table(ebpf: &mut Ebpf) -> Result<(), DataPathError> {
-    let fd = program(ebpf, m::PROG_ICMP)?
+    put_in_jump_table(ebpf, m::JUMP, m::JUMP_ICMP, m::PROG_ICMP)
+}
+
+/// Loads program `name` and puts it in slot `slot` of the program array `map`.
+fn put_in_jump_table(
+    ebpf: &mut Ebpf,
+    map: &'static str,
+    slot: u32,
+    name: &str,
+) -> Result<(), DataPathError> {
+    let fd = program(ebpf, name)?
         .fd()
         .and_then(|fd| fd.try_clone().map_err(aya::programs::ProgramError::from))
         .map_err(|source| DataPathError::Program {
-            what: format!("program {}", m::PROG_ICMP),
+            what: format!("program {name}"),
             source,
         })?;
-    let map = ebpf
-        .map_mut(m::JUMP)
-        .ok_or_else(|| DataPathError::Option(format!("map {} is not in the object", m::JUMP)))?;
-    let mut jump = aya::maps::ProgramArray::try_from(map).map_err(map_err(m::JUMP))?;
-    jump.set(m::JUMP_ICMP, &fd, 0).map_err(map_err(m::JUMP))
+    let array = ebpf
+        .map_mut(map)
+        .ok_or_else(|| DataPathError::Option(format!("map {map} is not in the object")))?;
+    let mut jump = aya::maps::ProgramArray::try_from(array).map_err(map_err(map))?;
+    jump.set(slot, &fd, 0).map_err(map_err(map))
 }
 
 /// Program `name` of the object, loaded (verified) on first use.

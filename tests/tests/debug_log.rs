@@ -46,15 +46,7 @@ fn verdicts_reach_the_daemon_log_only_while_debug_is_on() {
     e.d.ok(&["backend", "add", &vip, &e.b(0)]).unwrap();
     assert!(!debug(&e), "off by default");
 
-    // Off: nothing. Records come in order, so once a later packet's record is there, an
-    // earlier one's would be too.
-    ask(&e, 44001);
-    e.d.ok(&["debug", "on"]).unwrap();
-    ask(&e, 44002);
-    wait_for("the record of a packet sent while on", WAIT, || {
-        records(&e, 44002) == 1
-    });
-    assert_eq!(records(&e, 44001), 0, "a packet sent while off was logged");
+    off_then_on(&e, 44001, 44002);
     let log = e.d.log();
     let line = log.lines().find(|l| l.contains(":44002 -> ")).unwrap();
     // reason 7 is `tx` (lb_common::stats::TX), action 3 XDP_TX.
@@ -74,11 +66,22 @@ fn verdicts_reach_the_daemon_log_only_while_debug_is_on() {
 
     // Off again, without a reload: nothing more.
     e.d.ok(&["debug", "off"]).unwrap();
-    ask(&e, 44004);
+    off_then_on(&e, 44004, 44005);
+}
+
+/// With debug off, a packet from `off_port` leaves no record; switched on, one from `on_port`
+/// does. Records come in order, so once the later packet's record is there, the earlier one's
+/// would be too.
+fn off_then_on(e: &Env, off_port: u16, on_port: u16) {
+    ask(e, off_port);
     e.d.ok(&["debug", "on"]).unwrap();
-    ask(&e, 44005);
-    wait_for("the record of a packet sent while on again", WAIT, || {
-        records(&e, 44005) == 1
+    ask(e, on_port);
+    wait_for("the record of a packet sent while on", WAIT, || {
+        records(e, on_port) == 1
     });
-    assert_eq!(records(&e, 44004), 0, "a packet sent while off was logged");
+    assert_eq!(
+        records(e, off_port),
+        0,
+        "a packet sent while off was logged"
+    );
 }

@@ -2,14 +2,14 @@
 //! own `.bss.watch` section) and what the data path reports while it is on: aya-log records
 //! (`xdplb debug on`) and trace events (`xdplb trace`).
 
-use aya::maps::{Array, MapData, PerCpuArray, PerCpuValues, ProgramArray, RingBuf};
+use aya::maps::{Array, MapData, PerCpuArray, PerCpuValues, RingBuf};
 use aya_log::EbpfLogger;
 use lb_common::{
     maps as m,
     trace::{self as t, TraceBudget, TraceEvent},
 };
 
-use super::{map_err, nr_cpus, program, DataPath, DataPathError};
+use super::{map_err, nr_cpus, put_in_jump_table, DataPath, DataPathError};
 
 impl DataPath {
     /// The switch word: `WATCH_*` bits.
@@ -106,17 +106,5 @@ impl DataPath {
 /// Loads `xdplb_watch` and puts it in slot 0 of `WATCH_JUMP`, where the balancer's programs
 /// tail-call it while anything watches. Not pinned: each load fills its own.
 pub(super) fn fill_jump_table(ebpf: &mut aya::Ebpf) -> Result<(), DataPathError> {
-    let fd = program(ebpf, t::PROG_WATCH)?
-        .fd()
-        .and_then(|fd| fd.try_clone().map_err(aya::programs::ProgramError::from))
-        .map_err(|source| DataPathError::Program {
-            what: format!("program {}", t::PROG_WATCH),
-            source,
-        })?;
-    let map = ebpf.map_mut(t::WATCH_JUMP).ok_or(DataPathError::Map {
-        map: t::WATCH_JUMP,
-        reason: "not in the object".into(),
-    })?;
-    let mut jump = ProgramArray::try_from(map).map_err(map_err(t::WATCH_JUMP))?;
-    jump.set(0, &fd, 0).map_err(map_err(t::WATCH_JUMP))
+    put_in_jump_table(ebpf, t::WATCH_JUMP, 0, t::PROG_WATCH)
 }
