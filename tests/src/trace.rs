@@ -80,6 +80,22 @@ impl Trace {
         Ok(out)
     }
 
+    /// The next drop notice (`dropped` object), skipping events, waiting up to `timeout`.
+    pub fn dropped(&self, timeout: Duration) -> Result<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(v) => {
+                    if let Some(d) = v.get("dropped") {
+                        return Ok(d.clone());
+                    }
+                }
+                Err(e) => bail!("no drop notice within {timeout:?} ({e})"),
+            }
+        }
+    }
+
     /// Every line still to come, until the process ends (at most `timeout`), and its status.
     pub fn finish(mut self, timeout: Duration) -> Result<(Vec<Value>, std::process::ExitStatus)> {
         let deadline = Instant::now() + timeout;

@@ -160,3 +160,35 @@ fn a_trace_of_nothing_configured_is_refused() {
     assert!(err.contains("is not a verdict reason"), "{err}");
     assert!(!tracing(&e), "a refused trace changes nothing");
 }
+
+#[test]
+fn events_over_the_budget_are_dropped_counted_and_reported() {
+    let e = env();
+    let client = e.topo.client.ip4.to_string();
+    let t = Trace::start(&e.d, &["--client", &format!("{client}:45001")]).unwrap();
+    wait_for("the trace to start", WAIT, || tracing(&e));
+    // Three times the per-CPU budget at once, from one flow: a few milliseconds of sending,
+    // so most of it lands in one budget second.
+    let n = 3 * lb_common::trace::TRACE_EVENTS_PER_SEC as usize;
+    e.topo
+        .client
+        .ns
+        .run(|| {
+            let s = UdpSocket::bind("0.0.0.0:45001").unwrap();
+            s.connect((VIP4, PORT)).unwrap();
+            for _ in 0..n {
+                // A full socket queue may refuse a few: the budget is what is tested.
+                let _ = s.send(b"who");
+            }
+        })
+        .unwrap();
+    let d = t.dropped(WAIT).unwrap();
+    let data_path = d["data_path"].as_u64().unwrap();
+    assert!(data_path > 0, "{d}");
+    let s = e.d.json(&["status"]).unwrap();
+    assert!(
+        s["program"]["trace_dropped"].as_u64().unwrap() >= data_path,
+        "{}",
+        s["program"]
+    );
+}

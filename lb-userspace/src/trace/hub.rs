@@ -212,7 +212,9 @@ pub async fn read(ring: RingBuf<MapData>, hub: Arc<Hub>, source: Arc<dyn Source>
         }
     };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut dropped_before = None;
+    // The data path drops events only while tracing, and its count starts at 0 with the
+    // program (not pinned): counted from 0, so drops before a trace's first tick are reported.
+    let mut dropped_before = 0;
     loop {
         tokio::select! {
             ready = fd.readable_mut() => {
@@ -236,7 +238,6 @@ pub async fn read(ring: RingBuf<MapData>, hub: Arc<Hub>, source: Arc<dyn Source>
             }
             _ = tick.tick() => {
                 if hub.subscribers() == 0 {
-                    dropped_before = None;
                     continue;
                 }
                 let s = source.clone();
@@ -246,8 +247,8 @@ pub async fn read(ring: RingBuf<MapData>, hub: Arc<Hub>, source: Arc<dyn Source>
                     continue;
                 };
                 hub.set_names(names);
-                let before = dropped_before.replace(dropped).unwrap_or(dropped);
-                hub.notice(dropped.saturating_sub(before));
+                hub.notice(dropped.saturating_sub(dropped_before));
+                dropped_before = dropped;
             }
         }
     }
