@@ -9,8 +9,9 @@ use std::{
 
 use lb_tests::{
     l2env::{wait_for, L2Env as Env, PORT},
+    l3env::L3Env,
     peers::udp_once,
-    topology::VIP4,
+    topology::{L3Topology, L3_VIP4, VIP4},
     trace::Trace,
 };
 
@@ -190,5 +191,62 @@ fn events_over_the_budget_are_dropped_counted_and_reported() {
         s["program"]["trace_dropped"].as_u64().unwrap() >= data_path,
         "{}",
         s["program"]
+    );
+}
+
+#[test]
+fn an_l3_flow_shows_its_translation_both_ways() {
+    let vips = |topo: &L3Topology| {
+        let b = &topo.backends[0];
+        format!("\n[[vip]]\naddr = \"{L3_VIP4}:{PORT}/udp\"\nmode = \"l3\"\n[[vip.backend]]\naddr = \"{}\"\n", b.ip4)
+    };
+    let e = L3Env::start(1, |topo| L3Env::serve(topo, &[PORT]), vips).unwrap();
+    let client = e.topo.client.ip4.to_string();
+    let backend = e.topo.backends[0].ip4.to_string();
+    let t = Trace::start(
+        &e.d,
+        &["--client", &format!("{client}:46001"), "--count", "2"],
+    )
+    .unwrap();
+    wait_for("the trace to start", WAIT, || {
+        e.d.json(&["status"]).unwrap()["program"]["tracing"] == true
+    });
+    let target = SocketAddr::new(L3_VIP4.parse().unwrap(), PORT);
+    assert_eq!(e.in_client(|| udp_once(target, 46001)).unwrap(), "b1");
+    let ev = t.events(2, WAIT).unwrap();
+    let sent = ["redirect", "pass_kernel_forwards"];
+    // The client's packet: to the VIP, rewritten to the backend, out towards it.
+    assert_eq!(ev[0]["src"], format!("{client}:46001"), "{}", ev[0]);
+    assert_eq!(ev[0]["dst"], format!("{L3_VIP4}:{PORT}"), "{}", ev[0]);
+    assert_eq!(ev[0]["flow"], "new", "{}", ev[0]);
+    assert_eq!(ev[0]["backend"], backend, "{}", ev[0]);
+    assert_eq!(ev[0]["rewrite"], "dnat", "{}", ev[0]);
+    assert_eq!(
+        ev[0]["rewrite_to"],
+        format!("{backend}:{PORT}"),
+        "{}",
+        ev[0]
+    );
+    assert!(
+        sent.contains(&ev[0]["verdict"].as_str().unwrap()),
+        "{}",
+        ev[0]
+    );
+    // The backend's reply: from the VIP again, to the client.
+    assert_eq!(ev[1]["src"], format!("{backend}:{PORT}"), "{}", ev[1]);
+    assert_eq!(ev[1]["dst"], format!("{client}:46001"), "{}", ev[1]);
+    assert_eq!(ev[1]["flow"], "reply", "{}", ev[1]);
+    assert_eq!(ev[1]["vip"], format!("{L3_VIP4}:{PORT}/udp"), "{}", ev[1]);
+    assert_eq!(ev[1]["rewrite"], "snat", "{}", ev[1]);
+    assert_eq!(
+        ev[1]["rewrite_to"],
+        format!("{L3_VIP4}:{PORT}"),
+        "{}",
+        ev[1]
+    );
+    assert!(
+        sent.contains(&ev[1]["verdict"].as_str().unwrap()),
+        "{}",
+        ev[1]
     );
 }
