@@ -12,6 +12,7 @@ pub mod csum;
 pub mod hash;
 pub mod maps;
 pub mod stats;
+pub mod trace;
 pub mod types;
 
 pub use types::*;

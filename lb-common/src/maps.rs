@@ -43,6 +43,12 @@ map_names! {
         VIP_STATS = "XDPLB_VIP_STATS",
         BACKEND_STATS = "XDPLB_BE_STATS",
         STATS = "XDPLB_STATS",
+        TRACE_RING = "XDPLB_TRACE",
+        TRACE_NOW = "XDPLB_TRACE_NOW",
+        TRACE_BUDGET = "XDPLB_TRACE_BUDGET",
+        WATCH_JUMP = "XDPLB_WATCH_JUMP",
+        // Declared by aya-log-ebpf (the data path's debug records), read by aya-log.
+        AYA_LOGS = "AYA_LOGS",
     ]
     tools: [
         GEN = "XDPLB_GEN",
@@ -90,10 +96,12 @@ pub const BACKEND_HOPS: &str = map_name!(BACKEND_HOPS);
 /// L3 backend endpoints (hash, `max_backends` entries): `EndpointKey` -> `Endpoint`. A reply is
 /// matched by its source endpoint; its flow's state is the connection-table entry.
 pub const ENDPOINTS: &str = map_name!(ENDPOINTS);
-/// Runtime switches the control plane sets: slot `CONFIG_DEBUG` 1 to log every verdict to the
-/// kernel trace pipe (off by default); slot `CONFIG_RECORD_LIMIT` the new flows each CPU
-/// records in the connection table per second (0: no limit); slot `CONFIG_LAYOUT` the
-/// `LAYOUT_VERSION` of the pinned maps (written by the daemon, never read by the data path).
+/// Runtime switches the control plane sets: slot `CONFIG_DEBUG` is reserved and unused (it
+/// switched verdict logging before the `trace::GLOBAL_WATCH` word took over; the pinned layout
+/// keeps its place, and a daemon that finds it set moves it to its own state); slot
+/// `CONFIG_RECORD_LIMIT` the new flows each CPU records in the connection table per second
+/// (0: no limit); slot `CONFIG_LAYOUT` the `LAYOUT_VERSION` of the pinned maps (written by
+/// the daemon, never read by the data path).
 pub const CONFIG: &str = map_name!(CONFIG);
 pub const CONFIG_DEBUG: u32 = 0;
 pub const CONFIG_RECORD_LIMIT: u32 = 1;
@@ -148,6 +156,12 @@ pub const JUMP: &str = map_name!(JUMP);
 pub const JUMP_ICMP: u32 = 0;
 pub const JUMP_SLOTS: u32 = 1;
 
+/// The live trace's and debug log's maps (not pinned; `trace` says what each holds).
+pub const TRACE_RING: &str = map_name!(TRACE_RING);
+pub const TRACE_NOW: &str = map_name!(TRACE_NOW);
+pub const TRACE_BUDGET: &str = map_name!(TRACE_BUDGET);
+pub const WATCH_JUMP: &str = map_name!(WATCH_JUMP);
+
 /// Program names inside the objects: `LB_PROGRAMS` (lb-ebpf) and `TOOL_PROGRAMS`
 /// (lb-ebpf-tools) list them, checked against the built objects like the maps. The eBPF side
 /// names a program by its function, so these are written twice, there and here.
@@ -158,7 +172,7 @@ pub const PROG_ICMP: &str = "xdplb_icmp";
 /// XDP_TX/XDP_REDIRECT into that veth to deliver, and it is the empty baseline in benchmarks.
 pub const PROG_PASS: &str = "xdplb_pass";
 
-pub const LB_PROGRAMS: &[&str] = &[PROG_LB, PROG_ICMP, PROG_PASS];
+pub const LB_PROGRAMS: &[&str] = &[PROG_LB, PROG_ICMP, PROG_PASS, crate::trace::PROG_WATCH];
 
 /// The test and benchmark programs, an object of their own (lb-ebpf-tools) that only the
 /// tests and the `bench` binary load.

@@ -5,15 +5,12 @@ use lb_common::TrafficCounters;
 
 use crate::maps::{BACKEND_STATS, STATS, VIP_STATS};
 
-/// Counts the packet under `reason` and returns `action`; with debug logging on (switched at
-/// runtime, off by default) also writes one line to the kernel trace pipe.
+/// Counts the packet under `reason` and returns `action`; while anything watches the data
+/// path (`xdplb debug on`, `xdplb trace`; off by default) also logs or traces it (`watch`).
 #[inline(always)]
 pub fn verdict(reason: u32, action: u32) -> u32 {
     event(reason);
-    if crate::maps::debug() {
-        // SAFETY: a literal format with two integer arguments.
-        unsafe { aya_ebpf::bpf_printk!(c"xdplb verdict reason=%u action=%u", reason, action) };
-    }
+    crate::watch::verdict(reason, action);
     action
 }
 

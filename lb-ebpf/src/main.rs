@@ -18,12 +18,15 @@ mod parse;
 mod proto;
 mod reply;
 mod too_big;
+mod watch;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{
     addr::FAMILY_V4,
     maps::{FILTER_REPLY, FILTER_VIP, ICMP_LIMIT, WINDOW_ICMP},
-    stats, FlowKey, VipInfo, VIP_F_ALL_PORTS, VIP_F_MODE_L3,
+    stats,
+    trace::{REWRITE_DNAT, REWRITE_SNAT},
+    FlowKey, VipInfo, VIP_F_ALL_PORTS, VIP_F_MODE_L3,
 };
 use network_types::{
     eth::EthHdr,
@@ -41,7 +44,7 @@ use crate::{
 /// exactly one reason.
 #[xdp]
 pub fn xdplb(ctx: XdpContext) -> u32 {
-    match parse::classify::<false>(&ctx) {
+    let action = match parse::classify::<false>(&ctx) {
         Err(reason) => verdict(reason, xdp_action::XDP_PASS),
         Ok(Parsed { class, vlan }) => {
             if vlan {
@@ -49,7 +52,8 @@ pub fn xdplb(ctx: XdpContext) -> u32 {
             }
             dispatch(&ctx, class, vlan)
         }
-    }
+    };
+    watch::finish(&ctx, action)
 }
 
 #[inline(always)]
@@ -88,6 +92,7 @@ fn dispatch(ctx: &XdpContext, class: Class, vlan: bool) -> u32 {
 /// returns only if that fails (an empty table: never after a load), and the packet is passed.
 #[inline(always)]
 fn to_icmp_program(ctx: &XdpContext) -> u32 {
+    watch::ingress(ctx);
     // SAFETY: the program array holds XDP programs of this object only.
     unsafe { maps::JUMP.tail_call(ctx, maps::JUMP_ICMP) };
     verdict(stats::PASS_ICMP, xdp_action::XDP_PASS)
@@ -96,6 +101,7 @@ fn to_icmp_program(ctx: &XdpContext) -> u32 {
 /// A TCP or UDP packet (or another protocol's): for a VIP, or maybe an L3 backend's reply.
 #[inline(always)]
 fn flow(ctx: &XdpContext, key: &FlowKey, off: &Offsets, flags: FlowFlags, vlan: bool) -> u32 {
+    watch::flow(key);
     // A flow the connection table knows brings its VIP along: no VIP lookup. Only packets to
     // an address that may be a VIP's are looked up at all. A SYN opens a new connection: not
     // looked up, the ring places it and the insert only succeeds for a new key (a
@@ -310,13 +316,17 @@ fn steer(
     record: Record,
     vlan: bool,
 ) -> u32 {
+    let was = watch::known(&known);
     let Some(choice) = balance::choose(vip, key, known, record) else {
+        watch::no_backend(vip.id);
         return verdict(stats::DROP_NO_BACKEND, xdp_action::XDP_DROP);
     };
+    watch::placed(vip.id, &choice, was);
     // Counted as VIP traffic only once it can be sent.
     let Some(out) = forward::egress(ctx, &choice.backend) else {
         return verdict(stats::DROP_NO_IFACE, xdp_action::XDP_DROP);
     };
+    watch::egress(out.ifindex, &choice.backend.mac);
     // The bytes that arrived, as on every path.
     let len = (ctx.data_end() - ctx.data()) as u64;
     if vlan && !out.back_out {
@@ -360,9 +370,12 @@ fn to_backend(vip: &VipInfo, key: &FlowKey, known: Known) -> Result<Plan, u32> {
     } else {
         Record::UnlessFlood
     };
+    let was = watch::known(&known);
     let Some(choice) = balance::choose(vip, key, known, record) else {
+        watch::no_backend(vip.id);
         return Err(stats::DROP_NO_BACKEND);
     };
+    watch::placed(vip.id, &choice, was);
     let b = &choice.backend;
     // A known flow has its own next hop; a new one starts with its backend's.
     let hop = match choice.hop {
@@ -401,6 +414,7 @@ fn to_client(ctx: &XdpContext, key: &FlowKey, vlan: bool, flags: FlowFlags) -> R
         }
         _ => return Err(stats::PASS_NOT_VIP),
     }
+    watch::reply(o.vip, o.backend);
     if let Some(reason) = untranslatable(vlan, flags) {
         return Err(reason);
     }
@@ -456,9 +470,17 @@ fn nat_send(ctx: &XdpContext, key: &FlowKey, off: &Offsets, plan: &Plan) -> u32 
     if let Err(reason) = done {
         return verdict(reason, xdp_action::XDP_PASS);
     }
+    watch::rewrite(
+        if rw.dst { REWRITE_DNAT } else { REWRITE_SNAT },
+        &rw.addr,
+        rw.port,
+    );
     count_sent(count, len);
     match route {
-        nat::Route::Forward { out, dmac } => forward::send(ctx, dmac, &out),
+        nat::Route::Forward { out, dmac } => {
+            watch::egress(out.ifindex, &dmac);
+            forward::send(ctx, dmac, &out)
+        }
         // The kernel resolves the next hop and forwards the rewritten packet.
         _ => verdict(stats::PASS_NO_NEIGH, xdp_action::XDP_PASS),
     }
@@ -534,7 +556,7 @@ fn dont_fragment(ctx: &XdpContext, off: &Offsets) -> bool {
 /// pings answered (`echo`). Never attached by the daemon.
 #[xdp]
 pub fn xdplb_icmp(ctx: XdpContext) -> u32 {
-    match parse::classify::<true>(&ctx) {
+    let action = match parse::classify::<true>(&ctx) {
         Ok(Parsed {
             class: Class::IcmpError { flow, outer, plain },
             vlan,
@@ -558,7 +580,15 @@ pub fn xdplb_icmp(ctx: XdpContext) -> u32 {
         }) => pass_unless_vip_address(&dst, stats::PASS_ICMP),
         // Unreachable: `xdplb` parsed an ICMP error from the same bytes.
         Ok(_) => verdict(stats::PASS_ICMP, xdp_action::XDP_PASS),
-    }
+    };
+    watch::finish_icmp(action)
+}
+
+/// Reports a verdict of `xdplb` (tail-called by it while the daemon watches: `watch::finish`)
+/// and returns its action. Never attached.
+#[xdp]
+pub fn xdplb_watch(ctx: XdpContext) -> u32 {
+    watch::report(&ctx)
 }
 
 /// Passes everything. Attached to the peer end of a veth so XDP_TX/XDP_REDIRECT into it

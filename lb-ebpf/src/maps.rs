@@ -197,12 +197,6 @@ pub fn within_rate(slot: u32, limit: u64) -> bool {
     }
 }
 
-/// Whether verdicts are logged to the trace pipe (`xdplb debug on`).
-#[inline(always)]
-pub fn debug() -> bool {
-    CONFIG.get(m::CONFIG_DEBUG).is_some_and(|d| *d != 0)
-}
-
 /// Largest header offset the NAT code accepts (headers must start in the first 4 KiB).
 const MAX_OFFSET: usize = 0xfff;
 

@@ -18,6 +18,7 @@ use crate::{
     config::{CheckSpec, Config, XdpModeName},
     conn::ConnQuery,
     model::{BackendAddr, HashFields, Mac, Mode, VipAddr},
+    trace::TraceFilter,
 };
 
 /// Default control socket.
@@ -79,10 +80,13 @@ pub enum Request {
     },
     /// The running configuration.
     Config,
-    /// Logs every verdict of the data path to the kernel trace pipe (on) or stops (off).
+    /// Logs every verdict of the data path into the daemon's log (on) or stops (off).
     Debug {
         on: bool,
     },
+    /// Streams the data path's decisions that match the filter: the answer line, then JSON
+    /// lines until the count is reached or the client closes the connection (`trace::hub`).
+    Trace(TraceFilter),
     /// Withdraws this node's VIP announcements; flows that still arrive are served.
     NodeDrain,
     /// Announces again what the node can serve.

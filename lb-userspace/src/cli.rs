@@ -17,6 +17,7 @@ use crate::{
     daemon::{self, DaemonArgs},
     datapath::{pass_off, pass_on},
     model::{HashFields, Mode, VipAddr},
+    trace::{self, TraceFilter},
 };
 
 /// `xdplb --version`: the crate version and the git revision it was built from.
@@ -123,11 +124,23 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Log every verdict of the data path to the kernel trace pipe, or stop (no reload).
+    /// Log every verdict of the data path into the daemon's log (target xdplb::datapath), or
+    /// stop (no reload).
     #[command(
-        after_help = "Example:\n  xdplb debug on && cat /sys/kernel/tracing/trace_pipe\n  xdplb debug off"
+        after_help = "Example:\n  xdplb debug on && journalctl -u xdplb -f | grep xdplb::datapath\n  xdplb debug off\n\nThe daemon's RUST_LOG filters the records, e.g. RUST_LOG=info,xdplb::datapath=off."
     )]
     Debug { state: OnOff },
+    /// Show the data path's decisions live, one line per packet that matches the filter.
+    #[command(
+        after_help = "Examples:\n  xdplb trace --client 10.0.0.1 --count 10\n  xdplb trace --vip 10.0.0.100:80/tcp --verdict drop_no_backend\n  xdplb trace --backend 10.0.1.2 --json\n\nWalkthrough: docs/troubleshooting.md, \"Tracing a flow\"."
+    )]
+    Trace {
+        #[command(flatten)]
+        filter: TraceFilter,
+        /// The daemon's JSON lines ({\"event\": ...}, {\"dropped\": ...}, {\"end\": ...}).
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a shell completion script.
     #[command(after_help = "Example:\n  xdplb completions bash > /etc/bash_completion.d/xdplb")]
     Completions { shell: clap_complete::Shell },
@@ -272,6 +285,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
                 on: matches!(state, OnOff::On),
             },
         )),
+        Cmd::Trace { filter, json } => trace::client::run(s, filter, json),
         Cmd::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "xdplb", &mut std::io::stdout());
             Ok(())
@@ -511,6 +525,19 @@ fn print_status(d: &Value) {
             _ => text(&d["program"]["record_limit"]),
         }
     );
+    let p = &d["program"];
+    if p["debug_logging"] == true || p["tracing"] == true {
+        println!(
+            "watching: debug logging {}, tracing {} ({} trace events dropped)",
+            if p["debug_logging"] == true {
+                "on"
+            } else {
+                "off"
+            },
+            if p["tracing"] == true { "on" } else { "off" },
+            text(&p["trace_dropped"])
+        );
+    }
     for i in d["interfaces"].as_array().into_iter().flatten() {
         println!(
             "interface {}: {} mode{}",

@@ -31,6 +31,7 @@ pub mod faults;
 mod pass;
 mod pins;
 mod upgrade;
+mod watch;
 
 pub use pass::{pass_off, pass_on};
 pub use upgrade::UpgradeReport;
@@ -224,6 +225,7 @@ impl DataPath {
             program(&mut dp.ebpf, name)?;
         }
         fill_jump_table(&mut dp.ebpf)?;
+        watch::fill_jump_table(&mut dp.ebpf)?;
         Ok(dp)
     }
 
@@ -765,13 +767,6 @@ impl DataPath {
             .verified_instruction_count()
     }
 
-    /// Switches logging of every verdict to the kernel trace pipe (no reload).
-    pub fn set_debug(&mut self, on: bool) -> Result<(), DataPathError> {
-        let mut a: Array<_, u32> = self.typed(m::CONFIG)?;
-        a.set(m::CONFIG_DEBUG, on as u32, 0)
-            .map_err(map_err(m::CONFIG))
-    }
-
     /// Sets the new flows each CPU records in the connection table per second (0: no limit).
     pub fn set_record_limit(&mut self, limit: u32) -> Result<(), DataPathError> {
         let mut a: Array<_, u32> = self.typed(m::CONFIG)?;
@@ -784,12 +779,6 @@ impl DataPath {
         let a: Array<_, u32> = self.typed_ref(m::CONFIG)?;
         a.get(&m::CONFIG_RECORD_LIMIT, 0)
             .map_err(map_err(m::CONFIG))
-    }
-
-    /// Whether verdict logging is on.
-    pub fn debug(&self) -> Result<bool, DataPathError> {
-        let a: Array<_, u32> = self.typed_ref(m::CONFIG)?;
-        Ok(a.get(&m::CONFIG_DEBUG, 0).map_err(map_err(m::CONFIG))? != 0)
     }
 
     /// Removes a flow's connection-table entry, as an LRU eviction would (tests).
@@ -871,18 +860,28 @@ impl DataPath {
 /// array adopted from an earlier daemon gets this load's program: the earlier program, still
 /// attached until it is swapped, then tail-calls this one, which uses the same pinned maps.
 fn fill_jump_table(ebpf: &mut Ebpf) -> Result<(), DataPathError> {
-    let fd = program(ebpf, m::PROG_ICMP)?
+    put_in_jump_table(ebpf, m::JUMP, m::JUMP_ICMP, m::PROG_ICMP)
+}
+
+/// Loads program `name` and puts it in slot `slot` of the program array `map`.
+fn put_in_jump_table(
+    ebpf: &mut Ebpf,
+    map: &'static str,
+    slot: u32,
+    name: &str,
+) -> Result<(), DataPathError> {
+    let fd = program(ebpf, name)?
         .fd()
         .and_then(|fd| fd.try_clone().map_err(aya::programs::ProgramError::from))
         .map_err(|source| DataPathError::Program {
-            what: format!("program {}", m::PROG_ICMP),
+            what: format!("program {name}"),
             source,
         })?;
-    let map = ebpf
-        .map_mut(m::JUMP)
-        .ok_or_else(|| DataPathError::Option(format!("map {} is not in the object", m::JUMP)))?;
-    let mut jump = aya::maps::ProgramArray::try_from(map).map_err(map_err(m::JUMP))?;
-    jump.set(m::JUMP_ICMP, &fd, 0).map_err(map_err(m::JUMP))
+    let array = ebpf
+        .map_mut(map)
+        .ok_or_else(|| DataPathError::Option(format!("map {map} is not in the object")))?;
+    let mut jump = aya::maps::ProgramArray::try_from(array).map_err(map_err(map))?;
+    jump.set(slot, &fd, 0).map_err(map_err(map))
 }
 
 /// Program `name` of the object, loaded (verified) on first use.

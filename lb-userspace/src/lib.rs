@@ -18,4 +18,5 @@ pub mod model;
 pub mod neigh;
 mod netlink;
 mod rtnl;
+pub mod trace;
 pub mod veth;

@@ -19,4 +19,5 @@ pub mod prometheus;
 pub mod reference;
 pub mod tools;
 pub mod topology;
+pub mod trace;
 pub mod xdp;

@@ -131,6 +131,11 @@ impl Core {
     pub fn start(&mut self, config: Config, saved: Option<&SavedState>) -> Result<(), String> {
         self.config.limits = config.limits.clone();
         self.config.metrics = config.metrics.clone();
+        // The debug switch is the program's, not pinned: from the saved state, or from the
+        // CONFIG slot a daemon of an earlier version left set.
+        let legacy = self.dp.take_legacy_debug().map_err(|e| e.to_string())?;
+        let debug = legacy || saved.is_some_and(|s| s.debug);
+        self.dp.set_debug(debug).map_err(|e| e.to_string())?;
         if let Some(s) = saved {
             self.macs
                 .extend(s.macs.iter().map(|m| ((m.addr, m.via.clone()), m.mac)));
@@ -341,6 +346,7 @@ impl Core {
             macs,
             down,
             drained: self.node.drained,
+            debug: self.dp.debug().unwrap_or(false),
             carried: self.carried.saved(),
         };
         state::save(&self.paths.state_file, &s)
@@ -562,8 +568,11 @@ impl Core {
             Request::Status => Ok(self.status()),
             Request::Debug { on } => {
                 self.dp.set_debug(on).map_err(|e| e.to_string())?;
+                // Saved: the switch lives in the program, which a restarted daemon reloads.
+                self.save()?;
                 Ok(json!({ "debug": on }))
             }
+            Request::Trace(_) => Err("a trace is a stream the connection serves".into()),
             Request::Simulate { src, sport, vip } => self.simulate(src, sport, vip),
             Request::NodeDrain => self.set_drained(true),
             Request::NodeUndrain => self.set_drained(false),

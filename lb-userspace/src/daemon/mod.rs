@@ -29,6 +29,10 @@ use crate::{
     datapath::{conntrack, AttachMode, DataPath},
     health::Checker,
     mirror::Mirror,
+    trace::{
+        hub::{self, Hub, Names},
+        TraceFilter,
+    },
 };
 
 /// Default locations.
@@ -265,6 +269,10 @@ async fn start(socket: &Path, args: &DaemonArgs, listener: UnixListener) -> Resu
         ));
     }
     let adopted = dp.adopted_maps().map_err(|e| e.to_string())?;
+    // What the data path reports while watched: its aya-log records go to this process's log,
+    // its trace events to the subscribers of `xdplb trace`.
+    let logger = dp.take_logger().map_err(|e| e.to_string())?;
+    let trace_ring = dp.take_trace_ring().map_err(|e| e.to_string())?;
     let mirror = Mirror::restore(
         limits.ring_size,
         limits.max_vips,
@@ -294,6 +302,13 @@ async fn start(socket: &Path, args: &DaemonArgs, listener: UnixListener) -> Resu
     lock(&core).finish_upgrade()?;
     lock(&core).recheck_macs();
     neighbours::watch(core.clone());
+    forward_datapath_log(logger);
+    let hub = Arc::new(Hub::default());
+    tokio::spawn(hub::read(
+        trace_ring,
+        hub.clone(),
+        Arc::new(CoreSource(core.clone())),
+    ));
     log::info!("xdplb daemon ready; control socket {}", socket.display());
 
     let c = core.clone();
@@ -329,7 +344,7 @@ async fn start(socket: &Path, args: &DaemonArgs, listener: UnixListener) -> Resu
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => { tokio::spawn(connection(stream, core.clone())); }
+                Ok((stream, _)) => { tokio::spawn(connection(stream, core.clone(), hub.clone())); }
                 Err(e) => log::warn!("accepting on the control socket: {e}"),
             },
             _ = term.recv() => break,
@@ -361,7 +376,8 @@ fn describe(req: &Request) -> Option<String> {
         | Request::Simulate { .. }
         | Request::NodeStatus
         | Request::ConnList(_)
-        | Request::ConnCount(_) => return None,
+        | Request::ConnCount(_)
+        | Request::Trace(_) => return None,
         Request::NodeDrain => "node drain".into(),
         Request::NodeUndrain => "node undrain".into(),
         Request::VipAdd { vip, mode, hash } => format!("vip add {vip} --mode {mode} --hash {hash}"),
@@ -448,8 +464,117 @@ fn backend_args(b: &BackendChange) -> String {
     out
 }
 
-/// One client connection: one request line, one response line.
-async fn connection(stream: UnixStream, core: Arc<Mutex<Core>>) {
+/// Forwards the data path's aya-log records (`xdplb debug on`) into this process's log, where
+/// they appear under the target `xdplb::datapath` (RUST_LOG filters them).
+fn forward_datapath_log(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
+    use tokio::io::{unix::AsyncFd, Interest};
+    // SAFETY: the logger owns its ring's fd until it is dropped, with the `AsyncFd`.
+    let mut fd = match unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) } {
+        Ok(fd) => fd,
+        Err(e) => {
+            log::error!(
+                "watching the data path's log ring: {e}; `xdplb debug on` will log nothing"
+            );
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        loop {
+            match fd.readable_mut().await {
+                Ok(mut guard) => {
+                    guard.get_inner_mut().flush();
+                    guard.clear_ready();
+                }
+                Err(e) => {
+                    log::error!("reading the data path's log ring: {e}");
+                    return;
+                }
+            }
+        }
+    });
+}
+
+/// What the trace reader asks the daemon each second while a trace runs.
+struct CoreSource(Arc<Mutex<Core>>);
+
+impl hub::Source for CoreSource {
+    fn names(&self) -> Names {
+        Names::new(&lock(&self.0).mirror.snapshot())
+    }
+
+    fn dropped(&self) -> u64 {
+        lock(&self.0).dp.trace_dropped().unwrap_or(0)
+    }
+}
+
+/// Sets or clears the data path's trace bit.
+fn switch_tracing(core: &Mutex<Core>, on: bool) -> Result<(), String> {
+    lock(core)
+        .dp
+        .set_tracing(on)
+        .map_err(|e| format!("switching tracing {}: {e}", if on { "on" } else { "off" }))
+}
+
+/// A `trace` request: checked, subscribed (the first subscriber switches tracing on), then
+/// streamed until the client leaves or its count is reached; the last one to leave switches
+/// tracing off.
+async fn trace(
+    filter: TraceFilter,
+    core: Arc<Mutex<Core>>,
+    hub: Arc<Hub>,
+    read: impl tokio::io::AsyncRead + Unpin,
+    mut write: tokio::net::unix::OwnedWriteHalf,
+    who: &str,
+) {
+    let count = filter.count;
+    let (c, h) = (core.clone(), hub.clone());
+    let subscribed = tokio::task::spawn_blocking(move || {
+        filter.check()?;
+        let names = Names::new(&lock(&c).mirror.snapshot());
+        known(&names, &filter)?;
+        h.subscribe(filter, names, |on| switch_tracing(&c, on))
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("internal error: {e}")));
+    let (id, rx) = match subscribed {
+        Ok(s) => s,
+        Err(e) => {
+            log::debug!("{who}: trace: refused: {e}");
+            let mut out = serde_json::to_vec(&Response::err(e)).unwrap_or_default();
+            out.push(b'\n');
+            let _ = write.write_all(&out).await;
+            return;
+        }
+    };
+    log::info!("{who}: trace started");
+    hub::stream(rx, count, read, write).await;
+    let _ =
+        tokio::task::spawn_blocking(move || hub.unsubscribe(id, |on| switch_tracing(&core, on)))
+            .await;
+    log::info!("{who}: trace ended");
+}
+
+/// A trace of a VIP or backend that is not configured would wait forever: refused.
+fn known(names: &Names, filter: &TraceFilter) -> Result<(), String> {
+    if let Some(v) = filter.vip {
+        if !names.has_vip(&v) {
+            return Err(format!(
+                "--vip {v}: no such VIP is configured (xdplb vip list)"
+            ));
+        }
+    }
+    if let Some(b) = filter.backend {
+        if !names.has_backend(b) {
+            return Err(format!(
+                "--backend {b}: no VIP has this backend (xdplb vip list)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// One client connection: one request line, one response line (a trace: a stream of lines).
+async fn connection(stream: UnixStream, core: Arc<Mutex<Core>>, hub: Arc<Hub>) {
     let cred = stream.peer_cred().ok();
     let root = cred.is_some_and(|c| c.uid() == 0);
     let who = cred.map_or_else(
@@ -481,6 +606,9 @@ async fn connection(stream: UnixStream, core: Arc<Mutex<Core>>) {
             )),
             Ok(_) => match serde_json::from_str::<Request>(&line) {
                 Err(e) => Response::err(format!("invalid request: {e}")),
+                Ok(Request::Trace(filter)) => {
+                    return trace(filter, core, hub, reader, write, &who).await;
+                }
                 Ok(req) => {
                     let what = describe(&req);
                     let res = tokio::task::spawn_blocking(move || answer(&core, req)).await;

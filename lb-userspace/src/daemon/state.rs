@@ -36,6 +36,9 @@ pub struct SavedState {
     /// `xdplb node drain`: a restarted daemon announces nothing until `node undrain`.
     #[serde(default)]
     pub drained: bool,
+    /// `xdplb debug on`: the switch is in the program, which a restarted daemon reloads.
+    #[serde(default)]
+    pub debug: bool,
     /// What ids held earlier by configured VIPs and backends counted (daemon/counters.rs):
     /// the pinned maps keep the live counts across a restart, so this part must be kept too.
     #[serde(default)]

@@ -206,6 +206,8 @@ impl Core {
                 "verified_insns": self.dp.verified_insns(),
                 "ring_size": o.ring_size,
                 "debug_logging": self.dp.debug().ok(),
+                "tracing": self.dp.tracing().ok(),
+                "trace_dropped": self.dp.trace_dropped().ok(),
                 "record_limit": self.dp.record_limit().ok(),
                 "layout": lb_common::maps::LAYOUT_VERSION,
                 "upgraded": self.dp.upgraded().map(|u| json!({
