@@ -157,6 +157,7 @@ pub const JUMP_ICMP: u32 = 0;
 pub const JUMP_SLOTS: u32 = 1;
 
 /// The live trace's and debug log's maps (not pinned; `trace` says what each holds).
+/// (`trace` re-exports them.)
 pub const TRACE_RING: &str = map_name!(TRACE_RING);
 pub const TRACE_NOW: &str = map_name!(TRACE_NOW);
 pub const TRACE_BUDGET: &str = map_name!(TRACE_BUDGET);

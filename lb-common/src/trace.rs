@@ -19,16 +19,13 @@ pub const WATCH_TRACE: u32 = 2;
 /// The program that reports a verdict (tail-called through `WATCH_JUMP`, slot 0, while
 /// anything watches; never attached).
 pub const PROG_WATCH: &str = "xdplb_watch";
-pub use crate::maps::WATCH_JUMP;
-
-/// Ring buffer of `TraceEvent`s (user space reads it; not pinned).
-pub use crate::maps::TRACE_RING;
-/// Its size in bytes: a power of two and a multiple of the page size.
+/// The maps, named in `maps` with every other: `WATCH_JUMP` (the program array holding
+/// `PROG_WATCH`), `TRACE_RING` (ring buffer of `TraceEvent`s, user space reads it),
+/// `TRACE_NOW` (per-CPU scratch record of the packet being judged) and `TRACE_BUDGET`
+/// (per-CPU `TraceBudget`); none is pinned.
+pub use crate::maps::{TRACE_BUDGET, TRACE_NOW, TRACE_RING, WATCH_JUMP};
+/// `TRACE_RING`'s size in bytes: a power of two and a multiple of the page size.
 pub const TRACE_RING_BYTES: u32 = 1 << 18;
-/// Per-CPU scratch record of the packet being judged (one slot).
-pub use crate::maps::TRACE_NOW;
-/// Per-CPU `TraceBudget` (one slot).
-pub use crate::maps::TRACE_BUDGET;
 /// Events each CPU sends per second at most while tracing; beyond it they are counted as
 /// dropped (as are events the ring has no room for), so a trace can never load the host.
 pub const TRACE_EVENTS_PER_SEC: u64 = 2000;
