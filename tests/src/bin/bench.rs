@@ -17,6 +17,8 @@
 //! `--out DIR` (default target/bench), `--live-only`, `--case KEY` and `--flows N` (narrow the
 //! live section, repeatable). `XDPLB_BENCH_PROFILE="CASE METHOD"` (with
 //! `XDPLB_BENCH_RECORD_LIMIT`) loops one per-packet case for a profiler instead.
+//! `XDPLB_BENCH_CONNTRACK=N` (IPv4 connection-table entries) and `XDPLB_BENCH_FILL=full|empty|
+//! touched` change the table the per-packet cases meet, to take a new flow's cost apart.
 
 use std::{
     net::Ipv4Addr,
@@ -248,7 +250,7 @@ fn main() -> Result<()> {
 /// running load balancer's are (with flows no case sends), so that every round measures new
 /// flows that evict, not a first round into empty tables. Returns it with the ifindexes of
 /// c0 and b0.
-fn bench_data_path(opts: &LoadOptions) -> Result<(DataPath, u32, u32)> {
+fn bench_data_path(opts: &LoadOptions, fill: Fill) -> Result<(DataPath, u32, u32)> {
     let mut dp = DataPath::load(opts).context("loading xdplb (root? cargo xtask setup?)")?;
     let (c0, _) = dp.register_egress("c0")?;
     let (b0, _) = dp.register_egress("b0")?;
@@ -278,8 +280,12 @@ fn bench_data_path(opts: &LoadOptions) -> Result<(DataPath, u32, u32)> {
     // Miss cases measure the insert; the flood cases, the path over the record limit.
     dp.set_record_limit(0)?;
     // From every CPU, as traffic spread by RSS would (each CPU's local free list emptied too).
-    let fill = opts.conntrack_size.div_ceil(counts().1);
-    for i in 0..fill {
+    let batches = match fill {
+        Fill::Empty => 0,
+        Fill::Full | Fill::Touched => opts.conntrack_size.div_ceil(counts().1),
+    };
+    let mut last = Vec::new();
+    for i in 0..batches {
         for (dst, first, udp, want) in [
             ("10.1.0.200", 0x0d00_0000, false, XDP_REDIRECT),
             ("10.1.0.100", 0x0d80_0000, true, XDP_TX),
@@ -288,18 +294,67 @@ fn bench_data_path(opts: &LoadOptions) -> Result<(DataPath, u32, u32)> {
                 .map(|cpu| new_flows(dst, first + (i << 8) + ((cpu as u32) << 16), udp))
                 .collect();
             measure_all_cpus(dp.program()?, &flows, c0, want)?;
+            last = flows;
         }
     }
+    if fill == Fill::Touched {
+        // The last batch's UDP flows again: hits, which set their entries' reference bit.
+        measure_all_cpus(dp.program()?, &last, c0, XDP_TX)?;
+    }
     Ok((dp, c0, b0))
+}
+
+/// How the IPv4 connection table is filled before the rounds (`XDPLB_BENCH_FILL`), to study
+/// what a new flow's insert costs (docs/benchmarks.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fill {
+    /// `full` (the default): with flows no case sends, as a running load balancer's is.
+    Full,
+    /// `empty`: not at all (size it above the rounds' new flows to keep it from filling).
+    Empty,
+    /// `touched`: full, and its most recent flows sent again, so their entries have the LRU
+    /// reference bit set, as established flows' entries have.
+    Touched,
+}
+
+impl Fill {
+    fn from_env() -> Result<Fill> {
+        match std::env::var("XDPLB_BENCH_FILL").as_deref() {
+            Err(_) | Ok("full") => Ok(Fill::Full),
+            Ok("empty") => Ok(Fill::Empty),
+            Ok("touched") => Ok(Fill::Touched),
+            Ok(other) => bail!("XDPLB_BENCH_FILL {other:?}: expected full, empty or touched"),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Fill::Full => "full",
+            Fill::Empty => "empty",
+            Fill::Touched => "full, recent entries referenced",
+        }
+    }
+}
+
+/// The data path's sizes: the defaults, with the IPv4 connection table's entries from
+/// `XDPLB_BENCH_CONNTRACK` if set.
+fn load_options() -> Result<LoadOptions> {
+    let mut opts = LoadOptions::default();
+    if let Ok(n) = std::env::var("XDPLB_BENCH_CONNTRACK") {
+        opts.conntrack_size = n.parse().ok().filter(|n| *n > 0).with_context(|| {
+            format!("XDPLB_BENCH_CONNTRACK {n:?}: expected a number of entries of at least 1")
+        })?;
+    }
+    Ok(opts)
 }
 
 fn bench() -> Result<serde_json::Value> {
     // One CPU for the whole section: the record limit's window is per CPU.
     lb_tests::generator::pin_thread(lb_tests::live::core_for_generator())?;
     let _stats = enable_stats(Stats::RunTime).context("BPF_ENABLE_STATS")?;
-    let opts = LoadOptions::default();
+    let (opts, fill) = (load_options()?, Fill::from_env()?);
     let started = Instant::now();
-    let (mut dp, c0, b0) = bench_data_path(&opts)?;
+    let (mut dp, c0, b0) = bench_data_path(&opts, fill)?;
     let insns = dp.verified_insns().unwrap_or(0);
 
     let non_vip = established("10.1.0.1", 40000, "10.1.0.7", 80);
@@ -482,7 +537,13 @@ fn bench() -> Result<serde_json::Value> {
         median_of(&mut bases.iter().map(|b| b.0).collect()),
         median_of(&mut bases.iter().map(|b| b.1).collect()),
     );
-    println!("xdplb per-packet cost (BPF_PROG_TEST_RUN, kernel run_time_ns/run_cnt; repeat={repeat}, calls={calls}; median of {rounds} interleaved round(s), LRU tables full)");
+    println!("xdplb per-packet cost (BPF_PROG_TEST_RUN, kernel run_time_ns/run_cnt; repeat={repeat}, calls={calls}; median of {rounds} interleaved round(s), LRU tables {})", fill.name());
+    if opts.conntrack_size != LoadOptions::default().conntrack_size {
+        println!(
+            "IPv4 connection table: {} entries (XDPLB_BENCH_CONNTRACK)",
+            opts.conntrack_size
+        );
+    }
     println!("empty XDP_PASS baseline: {base_rep:.1} ns (repeat), {base_calls:.1} ns (calls)");
     println!(
         "{:<28} {:>7} {:>10} {:>10} {:>8} {:>8}",
@@ -518,6 +579,8 @@ fn bench() -> Result<serde_json::Value> {
 
     let results = json!({
         "baseline_ns": { "repeat": base_rep, "calls": base_calls },
+        "conntrack_entries": opts.conntrack_size,
+        "conntrack_fill": fill.name(),
         "per_packet": per_packet,
         "verified_insns": insns,
         "control_plane": control,
