@@ -1,5 +1,5 @@
 //! The pinned maps: which, with what layout (sizes and `LAYOUT_VERSION`), and the check that
-//! refuses pins of another layout before anything is touched.
+//! refuses pins of another layout before anything is touched; `--cleanup` removes them.
 
 use aya::maps::{Array, MapData};
 use lb_common::{
@@ -175,3 +175,26 @@ fn check_layout_version(
 /// too, or they would stay in bpffs for good. `XDPLB_NAT`: the reverse-NAT table, replaced by
 /// the endpoint map and the connection table.
 pub(super) const RETIRED_MAPS: [&str; 1] = ["XDPLB_NAT"];
+
+impl DataPath {
+    /// Removes the pinned attachments and maps under `dir` that any daemon left: after this
+    /// no traffic is balanced. Returns what was removed.
+    pub fn cleanup_pins(dir: &std::path::Path) -> std::io::Result<Vec<PathBuf>> {
+        let mut removed = Vec::new();
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Ok(removed);
+        };
+        for e in entries {
+            let path = e?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            let pinned = pinned_maps(&LoadOptions::default())
+                .iter()
+                .any(|p| p.0 == name);
+            if name.starts_with("link_") || pinned || RETIRED_MAPS.contains(&name) {
+                std::fs::remove_file(&path)?;
+                removed.push(path);
+            }
+        }
+        Ok(removed)
+    }
+}
