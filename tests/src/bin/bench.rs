@@ -8,6 +8,9 @@
 //!   a NATed packet is no longer addressed to the VIP.
 //! * `calls`: N calls with repeat = 1, each with its own packet (new flows for miss cases).
 //!
+//! `L2 hit, N flows` (`concurrent`): hits at N concurrent flows, each recorded first in a
+//! table sized to hold them, then sent one call per flow in a random order.
+//!
 //! Every call's verdict is checked, so a case cannot silently measure the wrong path. It runs
 //! in a namespace where the FIB answers (lb_tests::fib), so L3 cases take their real path.
 //!
