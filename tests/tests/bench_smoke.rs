@@ -44,6 +44,19 @@ fn quick_bench_produces_sane_results() {
     for c in per_packet {
         positive(&c["ns"], &format!("per-packet ns of {}", c["case"]));
     }
+    // Hits at N concurrent flows (the bench checks each timed packet was a hit).
+    let concurrent = r["concurrent_flows"]["cases"]
+        .as_array()
+        .expect("concurrent_flows");
+    assert_eq!(concurrent.len(), 2, "{concurrent:?}");
+    for c in concurrent {
+        let what = format!("{} concurrent flows", c["flows"]);
+        assert!(
+            positive(&c["table_entries"], &what) >= positive(&c["flows"], &what),
+            "{what}: a table that holds them"
+        );
+        positive(&c["x_1_flow"], &what);
+    }
     positive(&r["verified_insns"], "verified_insns");
     for (k, v) in r["control_plane"].as_object().expect("control_plane") {
         match v {

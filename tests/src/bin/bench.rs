@@ -8,6 +8,9 @@
 //!   a NATed packet is no longer addressed to the VIP.
 //! * `calls`: N calls with repeat = 1, each with its own packet (new flows for miss cases).
 //!
+//! `L2 hit, N flows` (`concurrent`): hits at N concurrent flows, each recorded first in a
+//! table sized to hold them, then sent one call per flow in a random order.
+//!
 //! Every call's verdict is checked, so a case cannot silently measure the wrong path. It runs
 //! in a namespace where the FIB answers (lb_tests::fib), so L3 cases take their real path.
 //!
@@ -48,6 +51,10 @@ use lb_userspace::{
     model::{Mac, Mode, VipState},
 };
 use serde_json::json;
+
+#[path = "bench/concurrent.rs"]
+mod concurrent;
+use concurrent::Concurrent;
 
 static QUICK: AtomicBool = AtomicBool::new(false);
 
@@ -356,6 +363,23 @@ fn bench() -> Result<serde_json::Value> {
     let started = Instant::now();
     let (mut dp, c0, b0) = bench_data_path(&opts, fill)?;
     let insns = dp.verified_insns().unwrap_or(0);
+    // Hits at N concurrent flows, each set of flows in a data path of its own sized to hold it.
+    let quick = QUICK.load(Ordering::Relaxed);
+    let mut concurrent = Vec::new();
+    for n in concurrent::flow_counts(quick) {
+        let warm = Instant::now();
+        let c = Concurrent::warm(n)?;
+        println!(
+            "recorded {n} flows in a table of {} entries in {:.1} s",
+            c.table,
+            warm.elapsed().as_secs_f64()
+        );
+        concurrent.push(c);
+    }
+    let concurrent_names: Vec<String> = concurrent
+        .iter()
+        .map(|c| format!("L2 hit, {} flows", c.flows))
+        .collect();
 
     let non_vip = established("10.1.0.1", 40000, "10.1.0.7", 80);
     let hit4 = established("10.1.0.1", 40000, "10.1.0.100", 80);
@@ -519,6 +543,10 @@ fn bench() -> Result<serde_json::Value> {
                 .with_context(|| format!("case {case}"))?;
             measured.push((case, calls, ns, base_calls));
         }
+        for (c, case) in concurrent.iter_mut().zip(&concurrent_names) {
+            let ns = c.measure().with_context(|| format!("case {case}"))?;
+            measured.push((case, calls, ns, base_calls));
+        }
         for (i, (case, method, ns, base)) in measured.into_iter().enumerate() {
             if round == 0 {
                 samples.push((case, method, Vec::new()));
@@ -565,6 +593,7 @@ fn bench() -> Result<serde_json::Value> {
         );
         per_packet.push(json!({ "case": case, "method": method, "ns": ns, "net_ns": net, "x_empty": ns / base, "spread_pct": spread, "rounds": runs.len() }));
     }
+    let concurrent_flows = concurrent_report(&mut per_packet, &concurrent, &concurrent_names);
     println!("verifier: {insns} instructions processed (verified_insns)");
 
     let control = control_plane(&mut dp)?;
@@ -582,12 +611,57 @@ fn bench() -> Result<serde_json::Value> {
         "conntrack_entries": opts.conntrack_size,
         "conntrack_fill": fill.name(),
         "per_packet": per_packet,
+        "concurrent_flows": concurrent_flows,
         "verified_insns": insns,
         "control_plane": control,
         "map_memory_bytes": memory.iter().map(|(n, b)| (n.clone(), json!(b))).collect::<serde_json::Map<_, _>>(),
         "map_memory_total_bytes": total,
     });
     Ok(results)
+}
+
+/// The L2 hit at N concurrent flows against the 1-flow hit (both `calls`, net ns): printed
+/// below the table, marked in `per_packet` (`flows`, `table_entries`, `x_1_flow`) and returned
+/// for results.json. `x 1-flow` is the 1-flow hit's cost over this one's, the per-packet
+/// equivalent of "rate at N flows / rate at 1 flow" (issue 16's target: at least 0.6).
+fn concurrent_report(
+    per_packet: &mut [serde_json::Value],
+    concurrent: &[Concurrent],
+    names: &[String],
+) -> serde_json::Value {
+    let net_of = |per_packet: &[serde_json::Value], case: &str| {
+        per_packet
+            .iter()
+            .find(|r| r["case"] == case && r["method"] == CALLS)
+            .and_then(|r| r["net_ns"].as_f64())
+    };
+    let Some(one) = net_of(per_packet, "L2 hit, IPv4") else {
+        return json!(null);
+    };
+    println!(
+        "L2 hit at N concurrent flows, each recorded in a table that holds them, packets in a random order (calls, net ns; x 1-flow: {one:.1} ns / this, target >= 0.6):"
+    );
+    let mut rows = Vec::new();
+    for (c, name) in concurrent.iter().zip(names) {
+        let Some(net) = net_of(per_packet, name) else {
+            continue;
+        };
+        let ratio = one / net;
+        println!(
+            "  {:>9} flows, table of {:>9} entries {net:>10.1} ns {ratio:>8.2} x 1-flow",
+            c.flows, c.table
+        );
+        if let Some(r) = per_packet.iter_mut().find(|r| r["case"] == *name) {
+            r["flows"] = json!(c.flows);
+            r["table_entries"] = json!(c.table);
+            r["x_1_flow"] = json!(ratio);
+        }
+        rows.push(
+            json!({ "flows": c.flows, "table_entries": c.table, "net_ns": net, "x_1_flow": ratio }),
+        );
+    }
+    println!("  (the flood, more new flows than the table holds, is the `flood` cases and the live section's 1 000 000 flows)");
+    json!({ "one_flow_net_ns": one, "cases": rows })
 }
 
 /// Runs one case (named by `XDPLB_BENCH_PROFILE`) over and over for about 5 s, so a profiler
@@ -758,8 +832,19 @@ fn write_results(results: &serde_json::Value, dir: &std::path::Path) -> Result<(
             r["x_empty"].as_f64().unwrap_or(0.0)
         ));
     }
+    let concurrent = &results["concurrent_flows"];
+    for c in concurrent["cases"].as_array().into_iter().flatten() {
+        md.push_str(&format!(
+            "\nL2 hit at {} concurrent flows (table of {} entries): {:.1} ns net, {:.2} x the 1-flow hit ({:.1} ns)",
+            c["flows"],
+            c["table_entries"],
+            c["net_ns"].as_f64().unwrap_or(0.0),
+            c["x_1_flow"].as_f64().unwrap_or(0.0),
+            concurrent["one_flow_net_ns"].as_f64().unwrap_or(0.0)
+        ));
+    }
     md.push_str(&format!(
-        "\nverified instructions: {}\n\n```json\n{}\n```\n",
+        "\n\nverified instructions: {}\n\n```json\n{}\n```\n",
         results["verified_insns"],
         serde_json::to_string_pretty(&results["control_plane"])?
     ));
