@@ -55,6 +55,10 @@ pub enum DataPathError {
     },
     #[error("map {map}: {reason}")]
     Map { map: &'static str, reason: String },
+    /// Pins of other limits or a layout this daemon cannot migrate: left as they are, and
+    /// refused until the operator acts (a restart changes nothing).
+    #[error("map {map}: {reason}")]
+    PinsRefused { map: &'static str, reason: String },
     #[error("interface {0} is not attached")]
     NotAttached(String),
 }

@@ -13,6 +13,14 @@ fn the_systemd_unit_verifies() {
         unit.contains("ExecStart=/usr/local/bin/xdplb daemon"),
         "the unit starts the daemon"
     );
+    let refused = format!(
+        "RestartPreventExitStatus={}",
+        lb_userspace::daemon::EXIT_REFUSED
+    );
+    assert!(
+        unit.contains(&refused),
+        "a refused start is not restarted in a loop ({refused})"
+    );
     let dir = std::env::temp_dir().join(format!("xdplb-unit-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("xdplb.service");

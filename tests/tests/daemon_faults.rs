@@ -106,7 +106,9 @@ fn faults_incompatible_pins_and_a_full_disk() {
         m::LAYOUT_VERSION
     );
     assert!(
-        !other.status.success() && err.contains(&newer) && err.contains("--cleanup"),
+        other.status.code() == Some(lb_userspace::daemon::EXIT_REFUSED)
+            && err.contains(&newer)
+            && err.contains("--cleanup"),
         "{err}"
     );
     let data = MapData::from_pin(e.d.pin_path.join(m::CONFIG)).unwrap();

@@ -7,6 +7,7 @@ use std::{
 };
 
 use lb_tests::{
+    daemon::xdplb_bin,
     l2env::{wait_for, L2Env as Env, PORT},
     peers::{udp_once, Server},
     topology::VIP4,
@@ -208,6 +209,18 @@ fn cleanup_withdraws_announcements_even_when_the_state_file_is_unreadable() {
     }
     e.d.kill9().unwrap();
     std::fs::write(&e.d.state_file, "{ half a state file").unwrap();
+    // A daemon started on it refuses with status 78, which systemd does not restart on (no
+    // loop), and touches nothing: the routes stay, the pins forward.
+    let refused = e.d.refused_start(&xdplb_bin().unwrap()).unwrap();
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(
+        refused.status.code(),
+        Some(lb_userspace::daemon::EXIT_REFUSED),
+        "{why}"
+    );
+    assert!(why.contains("is not valid"), "{why}");
+    assert!(routes().contains(VIP4), "{}", routes());
+    assert!(e.d.pin_path.join("XDPLB_VIPS").exists());
     // Without a configuration the table is unknown: everything else is removed, the state
     // file is kept aside, and the command fails naming what is left.
     let out = e.d.cleanup(&[]).unwrap();

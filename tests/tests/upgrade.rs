@@ -141,7 +141,7 @@ fn an_upgrade_from_layout_1_keeps_every_connection() {
     let refused = e.d.refused_start(&old).unwrap();
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(
-        !refused.status.success()
+        refused.status.code() == Some(lb_userspace::daemon::EXIT_REFUSED)
             && err.contains(
                 "layout version 2 (a newer daemon made them); this daemon reads version 1"
             ),
@@ -159,7 +159,7 @@ fn an_upgrade_from_layout_1_keeps_every_connection() {
     let refused = e.d.refused_start(&new).unwrap();
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(
-        !refused.status.success()
+        refused.status.code() == Some(lb_userspace::daemon::EXIT_REFUSED)
             && err.contains("layout version 0 (none")
             && err.contains("migrates from version 1 only")
             && err.contains("--cleanup"),

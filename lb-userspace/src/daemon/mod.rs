@@ -26,7 +26,7 @@ use crate::{
     api::{BackendChange, Request, Response, MAX_REQUEST},
     config::{Config, MetricsConfig},
     conn::table::Walker,
-    datapath::{conntrack, AttachMode, DataPath},
+    datapath::{conntrack, AttachMode, DataPath, DataPathError},
     health::Checker,
     mirror::Mirror,
     trace::{
@@ -74,6 +74,26 @@ fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
     })
 }
 
+/// Exit status of a start refused for what no restart changes: a configuration or saved state
+/// the daemon refuses, or pinned maps of other limits or an unmigratable layout (sysexits'
+/// EX_CONFIG). The systemd unit does not restart on it (`RestartPreventExitStatus=78`), so a
+/// refused state does not loop every two seconds; the pinned data path forwards meanwhile.
+pub const EXIT_REFUSED: i32 = 78;
+
+/// Why the daemon stopped with an error.
+enum Stop {
+    /// Nothing a restart changes (`EXIT_REFUSED`).
+    Refused(String),
+    /// Anything else (exit status 1: a restart may succeed).
+    Failed(String),
+}
+
+impl From<String> for Stop {
+    fn from(e: String) -> Stop {
+        Stop::Failed(e)
+    }
+}
+
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(socket: &Path, args: &DaemonArgs) -> Result<(), String> {
     if args.cleanup {
@@ -84,7 +104,16 @@ pub fn run(socket: &Path, args: &DaemonArgs) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| format!("starting the runtime: {e}"))?;
-    rt.block_on(serve(socket.to_path_buf(), args.clone()))
+    let stopped = rt.block_on(serve(socket.to_path_buf(), args.clone()));
+    drop(rt);
+    match stopped {
+        Ok(()) => Ok(()),
+        Err(Stop::Failed(e)) => Err(e),
+        Err(Stop::Refused(e)) => {
+            eprintln!("xdplb: {e}");
+            std::process::exit(EXIT_REFUSED)
+        }
+    }
 }
 
 fn cleanup(args: &DaemonArgs) -> Result<(), String> {
@@ -228,7 +257,7 @@ fn bind_socket(path: &Path) -> Result<UnixListener, String> {
     Ok(listener)
 }
 
-async fn serve(socket: PathBuf, args: DaemonArgs) -> Result<(), String> {
+async fn serve(socket: PathBuf, args: DaemonArgs) -> Result<(), Stop> {
     ensure_bpffs(&args.pin_path)?;
     let _lock = state::StateLock::acquire(&args.state_file, Some(&args.pin_path))?;
     // Claim the socket before touching the maps: a second daemon stops here.
@@ -238,19 +267,22 @@ async fn serve(socket: PathBuf, args: DaemonArgs) -> Result<(), String> {
     result
 }
 
-async fn start(socket: &Path, args: &DaemonArgs, listener: UnixListener) -> Result<(), String> {
-    let saved = state::load(&args.state_file)?;
-    let mut config = initial_config(args, saved.as_ref())?;
+async fn start(socket: &Path, args: &DaemonArgs, listener: UnixListener) -> Result<(), Stop> {
+    let saved = state::load(&args.state_file).map_err(Stop::Refused)?;
+    let mut config = initial_config(args, saved.as_ref()).map_err(Stop::Refused)?;
     if let Some(listen) = args.metrics {
         config.metrics = Some(MetricsConfig {
             listen,
             allow_remote: false,
         });
     }
-    config.validate()?;
+    config.validate().map_err(Stop::Refused)?;
     let limits = config.limits();
     let mut dp =
-        DataPath::load(&limits.load_options(Some(&args.pin_path))).map_err(|e| e.to_string())?;
+        DataPath::load(&limits.load_options(Some(&args.pin_path))).map_err(|e| match e {
+            DataPathError::PinsRefused { .. } => Stop::Refused(e.to_string()),
+            e => Stop::Failed(e.to_string()),
+        })?;
     if let Some(file) = std::env::var_os(crate::datapath::faults::ENV) {
         log::warn!(
             "{} is set: map writes fail as the test plans in {} say (tests only)",
@@ -262,11 +294,11 @@ async fn start(socket: &Path, args: &DaemonArgs, listener: UnixListener) -> Resu
     let pinned_vips = dp.vip_entries().map_err(|e| e.to_string())?;
     if saved.is_none() && pinned_vips > 0 {
         // Without the saved ids, new ids would overwrite rings and backends that live VIPs use.
-        return Err(format!(
+        return Err(Stop::Refused(format!(
             "the maps pinned in {} hold {pinned_vips} VIP entries but no saved state describes them ({} is missing); restore the state file, or stop balancing with `xdplb daemon --cleanup` and start again",
             args.pin_path.display(),
             args.state_file.display()
-        ));
+        )));
     }
     let adopted = dp.adopted_maps().map_err(|e| e.to_string())?;
     // What the data path reports while watched: its aya-log records go to this process's log,
@@ -363,7 +395,7 @@ async fn start(socket: &Path, args: &DaemonArgs, listener: UnixListener) -> Resu
         "xdplb daemon stopping; attachments and maps stay pinned in {}, traffic keeps flowing",
         args.pin_path.display()
     );
-    result
+    result.map_err(Stop::Failed)
 }
 
 /// A one-line description of a change request (None for read-only requests).

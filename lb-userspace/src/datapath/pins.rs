@@ -108,7 +108,7 @@ pub(super) fn check_pinned_layout(
         let info = aya::maps::MapInfo::from_pin(&path).map_err(map_err(name))?;
         let got = (info.key_size(), info.value_size(), info.max_entries());
         if got.0 != key || value.is_some_and(|v| v != got.1) || got.2 != max {
-            return Err(DataPathError::Map {
+            return Err(DataPathError::PinsRefused {
                 map: name,
                 reason: format!(
                     "pinned at {} with key {} B, value {} B, {} entries, but this daemon needs key {key} B, value {} B, {max} entries (other limits or an older layout); start with the limits it was made with, or run `xdplb daemon --cleanup` first",
@@ -162,7 +162,7 @@ fn check_layout_version(
                 .join(", ")
         ),
     };
-    Err(DataPathError::Map {
+    Err(DataPathError::PinsRefused {
         map: m::CONFIG,
         reason: format!(
             "the maps pinned in {dir} have layout version {version}{why}; this daemon reads version {} and {migrates}. They are left as they are: run the daemon that made them, or `xdplb daemon --cleanup` first (it drops the connection table)",
