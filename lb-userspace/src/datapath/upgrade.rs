@@ -50,8 +50,10 @@ pub(super) fn migration_from(version: u32) -> Option<&'static Migration> {
 
 /// The versions this daemon migrates from, for the sentence that refuses others.
 pub(super) fn migratable() -> Vec<u32> {
-    (0..m::LAYOUT_VERSION)
-        .filter(|v| migration_from(*v).is_some())
+    MIGRATIONS
+        .iter()
+        .filter(|g| g.to == m::LAYOUT_VERSION)
+        .map(|g| g.from)
         .collect()
 }
 
@@ -71,8 +73,8 @@ impl Upgrade {
     }
 }
 
-/// What an upgrade did, for the log and `status`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What an upgrade did, for the log and `status` (`program.upgraded`, as these fields).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct UpgradeReport {
     pub from: u32,
     pub to: u32,
@@ -220,7 +222,6 @@ fn retire_ipv4_flows(dp: &mut DataPath) -> Result<usize, DataPathError> {
         match ct.remove(key) {
             Ok(()) => removed += 1,
             // Evicted meanwhile.
-            Err(aya::maps::MapError::KeyNotFound) => {}
             Err(aya::maps::MapError::SyscallError(e))
                 if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
             Err(e) => return Err(map_err(m::CONNTRACK)(e)),
